@@ -1,0 +1,222 @@
+//! The embedded orchestrator: runs exports on tokio tasks in this process, applying the same
+//! `ExecutionPolicy` (retries, backoff, start-to-close timeout) that Temporal applies.
+//!
+//! Durability comes from the export repository: every accepted export is recorded `pending`
+//! before it is started, and [`InProcessOrchestrator::recover`] resumes at start-up whatever a
+//! dead process left `pending` or `running`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use domain::{ExecutionPolicy, Export, ExportId, Scope};
+use ports::{CancelOutcome, ExportRepository, Orchestrator, PortError, WaitOutcome};
+use service::{AttemptControl, ExportRunner, RunError};
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span, warn};
+
+type RunKey = (Scope, ExportId);
+
+/// A run this process owns: its cancel switch and a flag that flips once it is over.
+struct Run {
+    cancel: CancellationToken,
+    done: watch::Receiver<bool>,
+}
+
+struct Inner {
+    runner: Arc<ExportRunner>,
+    exports: Arc<dyn ExportRepository>,
+    policy: ExecutionPolicy,
+    slots: Arc<Semaphore>,
+    runs: Mutex<HashMap<RunKey, Run>>,
+    tasks: TaskTracker,
+    closing: AtomicBool,
+    /// Cancelled when shutdown's grace period is over: attempts stop without touching records.
+    interrupt: CancellationToken,
+}
+
+/// Runs exports on tokio tasks with bounded concurrency.
+#[derive(Clone)]
+pub struct InProcessOrchestrator {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for InProcessOrchestrator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InProcessOrchestrator").field("policy", &self.inner.policy).finish_non_exhaustive()
+    }
+}
+
+impl InProcessOrchestrator {
+    pub fn new(
+        runner: Arc<ExportRunner>,
+        exports: Arc<dyn ExportRepository>,
+        policy: ExecutionPolicy,
+        max_concurrency: usize,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                runner,
+                exports,
+                policy,
+                slots: Arc::new(Semaphore::new(max_concurrency.max(1))),
+                runs: Mutex::default(),
+                tasks: TaskTracker::new(),
+                closing: AtomicBool::new(false),
+                interrupt: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// Resumes every export a previous process left unfinished. Returns how many.
+    pub async fn recover(&self) -> Result<usize, PortError> {
+        let unfinished = self.inner.exports.list_unfinished().await?;
+        for export in &unfinished {
+            info!(export_id = %export.id, tenant = %export.scope.tenant, status = %export.status(),
+                  "resuming unfinished export");
+            self.start(export).await?;
+        }
+        Ok(unfinished.len())
+    }
+
+    /// Stops accepting exports and lets running ones finish within `grace`. Whatever is still
+    /// running then is interrupted and left `pending`/`running` for the next start's recovery.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.closing.store(true, Ordering::SeqCst);
+        self.inner.tasks.close();
+        if tokio::time::timeout(grace, self.inner.tasks.wait()).await.is_err() {
+            warn!(running = self.inner.tasks.len(), "shutdown grace expired; interrupting running exports");
+            self.inner.interrupt.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(10), self.inner.tasks.wait()).await;
+        }
+    }
+
+    fn lock_runs(&self) -> std::sync::MutexGuard<'_, HashMap<RunKey, Run>> {
+        self.inner.runs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl Orchestrator for InProcessOrchestrator {
+    async fn start(&self, export: &Export) -> Result<(), PortError> {
+        if self.inner.closing.load(Ordering::SeqCst) {
+            return Err(PortError::unavailable(anyhow::anyhow!("the orchestrator is shutting down")));
+        }
+        if export.status().is_terminal() {
+            return Ok(());
+        }
+        let key = (export.scope.clone(), export.id);
+        let mut runs = self.lock_runs();
+        if runs.contains_key(&key) {
+            return Ok(());
+        }
+        let cancel = CancellationToken::new();
+        let (done_tx, done) = watch::channel(false);
+        runs.insert(key.clone(), Run { cancel: cancel.clone(), done });
+        drop(runs);
+
+        let span = info_span!("export", export_id = %export.id, tenant = %export.scope.tenant,
+                              environment = %export.scope.environment,
+                              workflow_id = %export.id.workflow_id(&export.scope));
+        let this = self.clone();
+        let first_attempt = export.attempt() + 1;
+        self.inner.tasks.spawn(
+            async move {
+                this.drive(&key, first_attempt, &cancel).await;
+                this.lock_runs().remove(&key);
+                let _ = done_tx.send(true);
+            }
+            .instrument(span),
+        );
+        Ok(())
+    }
+
+    async fn wait(&self, scope: &Scope, id: ExportId, timeout: Duration) -> Result<WaitOutcome, PortError> {
+        // Take the flag before reading the record, so a run ending in between is still seen.
+        let done = self.lock_runs().get(&(scope.clone(), id)).map(|run| run.done.clone());
+        match self.inner.exports.get(scope, id).await? {
+            None => return Ok(WaitOutcome::Finished),
+            Some(export) if export.status().is_terminal() => return Ok(WaitOutcome::Finished),
+            Some(_) => {}
+        }
+        let Some(mut done) = done else { return Ok(WaitOutcome::StillRunning) };
+        match tokio::time::timeout(timeout, done.wait_for(|finished| *finished)).await {
+            Ok(_) => Ok(WaitOutcome::Finished),
+            Err(_) => Ok(WaitOutcome::StillRunning),
+        }
+    }
+
+    async fn cancel(&self, scope: &Scope, id: ExportId) -> Result<CancelOutcome, PortError> {
+        match self.lock_runs().get(&(scope.clone(), id)) {
+            Some(run) => {
+                run.cancel.cancel();
+                Ok(CancelOutcome::Requested)
+            }
+            None => Ok(CancelOutcome::NotRunning),
+        }
+    }
+
+    async fn ping(&self) -> Result<(), PortError> {
+        if self.inner.closing.load(Ordering::SeqCst) {
+            return Err(PortError::unavailable(anyhow::anyhow!("the orchestrator is shutting down")));
+        }
+        Ok(())
+    }
+}
+
+impl InProcessOrchestrator {
+    /// Runs attempts until one settles the export, retrying per the policy.
+    async fn drive(&self, (scope, id): &RunKey, first_attempt: u32, cancel: &CancellationToken) {
+        let inner = &self.inner;
+        let _slot = tokio::select! {
+            slot = Arc::clone(&inner.slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
+            },
+            _ = cancel.cancelled() => return self.cancel_record(scope, *id).await,
+            _ = inner.interrupt.cancelled() => return,
+        };
+        let mut attempt = first_attempt;
+        loop {
+            let control = AttemptControl {
+                attempt,
+                cancel: cancel.clone(),
+                shutdown: inner.interrupt.clone(),
+                timeout: inner.policy.start_to_close,
+            };
+            let failure = match inner.runner.run_attempt(scope, *id, &control, &|_| {}).await {
+                Err(RunError::Failed { failure, retryable: true }) => failure,
+                Ok(_) | Err(_) => return,
+            };
+            // An interrupted attempt from a previous process does not count against the limit,
+            // so only retries within this run are checked.
+            if !inner.policy.retry.allows(attempt + 1) {
+                if let Err(err) = inner.runner.give_up(scope, *id, failure).await
+                    && !matches!(err, RunError::Failed { .. })
+                {
+                    warn!(error = %err, "could not mark the export failed");
+                }
+                return;
+            }
+            let delay = inner.policy.retry.delay_before(attempt + 1);
+            info!(attempt, retry_in_ms = delay.as_millis() as u64, "retrying export");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = cancel.cancelled() => return self.cancel_record(scope, *id).await,
+                _ = inner.interrupt.cancelled() => return,
+            }
+            attempt += 1;
+        }
+    }
+
+    async fn cancel_record(&self, scope: &Scope, id: ExportId) {
+        match self.inner.runner.cancel_unfinished(scope, id).await {
+            Ok(_) | Err(RunError::Cancelled) => {}
+            Err(err) => warn!(error = %err, "could not mark the export cancelled"),
+        }
+    }
+}

@@ -1,0 +1,79 @@
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use domain::{Export, ExportId, ExportStatus, ListCursor, Scope};
+use ports::{CreateOutcome, ExportPage, ExportQuery, ExportRepository, PortError, UpdateOutcome};
+
+/// Export records held in memory. One mutex makes every operation atomic, which is what the
+/// compare-and-set contract needs.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryExportRepository {
+    records: Arc<Mutex<HashMap<(Scope, ExportId), Export>>>,
+}
+
+impl MemoryExportRepository {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(Scope, ExportId), Export>> {
+        self.records.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl ExportRepository for MemoryExportRepository {
+    async fn create_if_absent(&self, export: &Export) -> Result<CreateOutcome, PortError> {
+        let mut records = self.lock();
+        let key = (export.scope.clone(), export.id);
+        if let Some(existing) = records.get(&key) {
+            return Ok(CreateOutcome::Existing(Box::new(existing.clone())));
+        }
+        records.insert(key, export.clone());
+        Ok(CreateOutcome::Created)
+    }
+
+    async fn get(&self, scope: &Scope, id: ExportId) -> Result<Option<Export>, PortError> {
+        Ok(self.lock().get(&(scope.clone(), id)).cloned())
+    }
+
+    async fn update_if_status(&self, export: &Export, expected: ExportStatus) -> Result<UpdateOutcome, PortError> {
+        let mut records = self.lock();
+        let Some(stored) = records.get_mut(&(export.scope.clone(), export.id)) else {
+            return Ok(UpdateOutcome::NotFound);
+        };
+        if stored.status() != expected || stored.attempt() > export.attempt() {
+            return Ok(UpdateOutcome::Conflict(Box::new(stored.clone())));
+        }
+        *stored = export.clone();
+        Ok(UpdateOutcome::Updated)
+    }
+
+    async fn list(&self, scope: &Scope, query: &ExportQuery) -> Result<ExportPage, PortError> {
+        let limit = query.limit.clamp(1, 100);
+        let records = self.lock();
+        let mut items: Vec<&Export> = records
+            .values()
+            .filter(|e| &e.scope == scope)
+            .filter(|e| query.status.is_none_or(|s| e.status() == s))
+            .filter(|e| query.after.is_none_or(|c| c.precedes(e.created_at, e.id)))
+            .collect();
+        items.sort_by_key(|e| std::cmp::Reverse((e.created_at, e.id)));
+        let more = items.len() > limit;
+        let items: Vec<Export> = items.into_iter().take(limit).cloned().collect();
+        let next = if more { items.last().map(|e| ListCursor { created_at: e.created_at, id: e.id }) } else { None };
+        Ok(ExportPage { items, next })
+    }
+
+    async fn list_unfinished(&self) -> Result<Vec<Export>, PortError> {
+        let mut items: Vec<Export> =
+            self.lock().values().filter(|e| !e.status().is_terminal()).cloned().collect();
+        items.sort_by_key(|e| (e.created_at, e.id));
+        Ok(items)
+    }
+
+    async fn ping(&self) -> Result<(), PortError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,478 @@
+use std::borrow::Cow;
+use std::fmt;
+use std::io::Read;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use proptest::prelude::*;
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::{Map, Value, json};
+
+use super::ExportEncoder;
+use super::row::neutralise_formula;
+use crate::ids::UserId;
+use crate::request::{Compression, ExportFormat, FieldSelection};
+use crate::user::{User, UserField, UserStatus};
+
+const COMPRESSIONS: [Compression; 2] = [Compression::None, Compression::Gzip];
+
+/// 2024-01-31T12:00:00.123456789Z: has a fraction, so AutoSi prints nanoseconds.
+fn created() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_706_702_400, 123_456_789).expect("valid timestamp")
+}
+
+/// 2024-02-01T00:00:00Z: whole seconds, so AutoSi prints no fraction.
+fn updated() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_706_745_600, 0).expect("valid timestamp")
+}
+
+fn user(n: u128, email: &str, name: &str, metadata: Value) -> User {
+    let Value::Object(metadata) = metadata else { panic!("metadata must be an object") };
+    User {
+        id: UserId::from_uuid(uuid::Uuid::from_u128(n)),
+        email: email.to_owned(),
+        name: name.to_owned(),
+        status: UserStatus::Active,
+        created_at: created(),
+        updated_at: updated(),
+        metadata,
+    }
+}
+
+fn selection(fields: &[UserField]) -> FieldSelection {
+    // The tuple field is private to `request`; serde is the public way in.
+    serde_json::from_value(serde_json::to_value(fields).expect("fields serialize")).expect("valid selection")
+}
+
+/// Encodes `users`, draining the output after the preamble and after every user, and returns the
+/// concatenation of all chunks and the bytes from `finish`, decompressed if gzip.
+fn encode(
+    format: ExportFormat,
+    compression: Compression,
+    fields: &FieldSelection,
+    users: &[User],
+) -> Vec<u8> {
+    let mut encoder = ExportEncoder::new(format, compression, fields.clone());
+    let mut file = encoder.take_output();
+    assert_eq!(encoder.buffered_len(), 0);
+    for u in users {
+        encoder.write_user(u).expect("write_user");
+        file.extend(encoder.take_output());
+    }
+    assert_eq!(encoder.rows_written(), users.len() as u64);
+    file.extend(encoder.finish().expect("finish"));
+    match compression {
+        Compression::None => file,
+        Compression::Gzip => gunzip(&file),
+    }
+}
+
+/// Decompresses exactly one gzip member and fails if anything follows it.
+fn gunzip(bytes: &[u8]) -> Vec<u8> {
+    let mut decoder = flate2::bufread::GzDecoder::new(bytes);
+    let mut plain = Vec::new();
+    decoder.read_to_end(&mut plain).expect("a valid gzip stream");
+    assert!(decoder.into_inner().is_empty(), "bytes after the gzip stream");
+    plain
+}
+
+/// A JSON object with its keys in document order (a serde_json `Map` may sort them).
+#[derive(Debug, Clone, PartialEq)]
+struct Ordered(Vec<(String, Value)>);
+
+impl<'de> Deserialize<'de> for Ordered {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct OrderedVisitor;
+        impl<'de> Visitor<'de> for OrderedVisitor {
+            type Value = Ordered;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Ordered, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(Ordered(entries))
+            }
+        }
+        deserializer.deserialize_map(OrderedVisitor)
+    }
+}
+
+/// Parses an export file with a real parser for its format into rows of (column, value). CSV
+/// cells become strings, except metadata, which is parsed as the JSON text it holds.
+fn decode(format: ExportFormat, fields: &FieldSelection, file: &[u8]) -> Vec<Ordered> {
+    let names: Vec<&str> = fields.fields().iter().map(|f| f.as_str()).collect();
+    match format {
+        ExportFormat::Csv => {
+            assert!(!file.starts_with(b"\xEF\xBB\xBF"), "no BOM");
+            let mut reader = csv::ReaderBuilder::new().from_reader(file);
+            let headers = reader.headers().expect("header row").clone();
+            assert_eq!(headers.iter().collect::<Vec<_>>(), names);
+            reader
+                .records()
+                .map(|record| {
+                    let record = record.expect("valid CSV record");
+                    assert_eq!(record.len(), names.len());
+                    Ordered(
+                        names
+                            .iter()
+                            .zip(record.iter())
+                            .map(|(&name, cell)| {
+                                let value = if name == "metadata" {
+                                    serde_json::from_str(cell).expect("metadata is JSON")
+                                } else {
+                                    Value::String(cell.to_owned())
+                                };
+                                (name.to_owned(), value)
+                            })
+                            .collect(),
+                    )
+                })
+                .collect()
+        }
+        ExportFormat::Json => serde_json::from_slice(file).expect("a JSON array of objects"),
+        ExportFormat::Ndjson => {
+            let text = std::str::from_utf8(file).expect("UTF-8");
+            if !text.is_empty() {
+                assert!(text.ends_with('\n'), "every line is terminated");
+            }
+            text.lines().map(|line| serde_json::from_str(line).expect("one object")).collect()
+        }
+    }
+}
+
+fn rfc3339(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// What `decode` should give back for `users`, derived from the users directly.
+fn expected(format: ExportFormat, fields: &FieldSelection, users: &[User]) -> Vec<Ordered> {
+    users
+        .iter()
+        .map(|u| {
+            Ordered(
+                fields
+                    .fields()
+                    .iter()
+                    .map(|&field| {
+                        let text = match field {
+                            UserField::Id => u.id.as_uuid().hyphenated().to_string(),
+                            UserField::Email => u.email.clone(),
+                            UserField::Name => u.name.clone(),
+                            UserField::Status => u.status.as_str().to_owned(),
+                            UserField::CreatedAt => rfc3339(u.created_at),
+                            UserField::UpdatedAt => rfc3339(u.updated_at),
+                            UserField::Metadata => {
+                                return (field.as_str().to_owned(), Value::Object(u.metadata.clone()));
+                            }
+                        };
+                        let text = match format {
+                            ExportFormat::Csv => neutralised(&text),
+                            ExportFormat::Json | ExportFormat::Ndjson => text,
+                        };
+                        (field.as_str().to_owned(), Value::String(text))
+                    })
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// The formula rule restated independently of the implementation.
+fn neutralised(text: &str) -> String {
+    match text.chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{text}"),
+        _ => text.to_owned(),
+    }
+}
+
+fn assert_round_trip(fields: &FieldSelection, users: &[User]) {
+    for format in ExportFormat::ALL {
+        for compression in COMPRESSIONS {
+            let file = encode(format, compression, fields, users);
+            assert_eq!(
+                decode(format, fields, &file),
+                expected(format, fields, users),
+                "{format:?} {compression:?}"
+            );
+        }
+    }
+}
+
+fn sample_users() -> Vec<User> {
+    let names = [
+        "plain",
+        "",
+        "comma, inside",
+        "\"quoted\" and \"\"doubled\"\"",
+        "line\nbreak",
+        "carriage\rreturn",
+        "crlf\r\nin the middle",
+        "trailing newline\n",
+        "  padded  ",
+        "emoji 👩‍👩‍👧‍👦🎉",
+        "مرحبا بالعالم",
+        "e\u{301}a\u{308} combining",
+        "line\u{2028}separator",
+        "nul\0byte",
+        "'already quoted",
+        "a=b",
+        "=1+1",
+        "+x",
+        "-x",
+        "@x",
+        "\tx",
+        "\rx",
+    ];
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let meta = json!({"note": name, "n": i, "nested": {"list": [name, null, true]}});
+            user(i as u128 + 1, &format!("{name}@example.com"), name, meta)
+        })
+        .collect()
+}
+
+#[test]
+fn csv_bytes_are_exact() {
+    let u = user(42, "a@example.com", "Doe, \"Jo\"", json!({"plan": "pro", "seats": 3}));
+    let file = encode(ExportFormat::Csv, Compression::None, &FieldSelection::all(), &[u]);
+    assert_eq!(
+        String::from_utf8(file).expect("UTF-8"),
+        "id,email,name,status,created_at,updated_at,metadata\r\n\
+         00000000-0000-0000-0000-00000000002a,a@example.com,\"Doe, \"\"Jo\"\"\",active,\
+         2024-01-31T12:00:00.123456789Z,2024-02-01T00:00:00Z,\
+         \"{\"\"plan\"\":\"\"pro\"\",\"\"seats\"\":3}\"\r\n"
+    );
+}
+
+#[test]
+fn json_and_ndjson_bytes_are_exact() {
+    let fields = selection(&[UserField::Email, UserField::Id, UserField::Metadata]);
+    let users =
+        [user(1, "a@example.com", "A", json!({"k": [1, "x"]})), user(2, "=b@example.com", "B", json!({}))];
+    let a = concat!(
+        r#"{"email":"a@example.com","id":"00000000-0000-0000-0000-000000000001","#,
+        r#""metadata":{"k":[1,"x"]}}"#
+    );
+    let b = concat!(
+        r#"{"email":"=b@example.com","id":"00000000-0000-0000-0000-000000000002","#,
+        r#""metadata":{}}"#
+    );
+    let json = encode(ExportFormat::Json, Compression::None, &fields, &users);
+    assert_eq!(String::from_utf8(json).expect("UTF-8"), format!("[\n{a},\n{b}\n]\n"));
+    let ndjson = encode(ExportFormat::Ndjson, Compression::None, &fields, &users);
+    assert_eq!(String::from_utf8(ndjson).expect("UTF-8"), format!("{a}\n{b}\n"));
+}
+
+#[test]
+fn tricky_strings_round_trip_in_every_format() {
+    assert_round_trip(&FieldSelection::all(), &sample_users());
+}
+
+#[test]
+fn formula_cells_are_neutralised_in_csv_only() {
+    let cases = [
+        ("=1+1", "'=1+1"),
+        ("+x", "'+x"),
+        ("-x", "'-x"),
+        ("@x", "'@x"),
+        ("\tx", "'\tx"),
+        ("\rx", "'\rx"),
+        ("a=b", "a=b"),
+        ("x-", "x-"),
+        (" =x", " =x"),
+        ("", ""),
+    ];
+    let fields = selection(&[UserField::Name, UserField::Email]);
+    let users: Vec<User> = (0..).zip(cases).map(|(n, (name, _))| user(n, name, name, json!({}))).collect();
+    for compression in COMPRESSIONS {
+        let file = encode(ExportFormat::Csv, compression, &fields, &users);
+        let mut reader = csv::Reader::from_reader(file.as_slice());
+        let cells: Vec<Vec<String>> =
+            reader.records().map(|r| r.expect("record").iter().map(str::to_owned).collect()).collect();
+        let want: Vec<Vec<String>> =
+            cases.iter().map(|(_, out)| vec![(*out).to_owned(), (*out).to_owned()]).collect();
+        assert_eq!(cells, want);
+    }
+    // JSON consumers get the data unchanged: the prefix only exists for spreadsheets.
+    let file = encode(ExportFormat::Json, Compression::None, &fields, &users);
+    let rows: Vec<Ordered> = serde_json::from_slice(&file).expect("JSON");
+    for (row, (name, _)) in rows.iter().zip(cases) {
+        assert_eq!(row.0[0], ("name".to_owned(), Value::String(name.to_owned())));
+    }
+}
+
+#[test]
+fn neutralise_formula_leaves_safe_cells_borrowed() {
+    assert!(matches!(neutralise_formula(Cow::Borrowed("safe")), Cow::Borrowed("safe")));
+    assert_eq!(neutralise_formula(Cow::Borrowed("-1")), "'-1");
+}
+
+#[test]
+fn field_selection_and_order_are_respected() {
+    let fields = selection(&[UserField::Metadata, UserField::Name, UserField::Id]);
+    let users = sample_users();
+    assert_round_trip(&fields, &users);
+
+    let csv = encode(ExportFormat::Csv, Compression::None, &fields, &users[..1]);
+    let text = String::from_utf8(csv).expect("UTF-8");
+    assert!(text.starts_with("metadata,name,id\r\n"), "{text}");
+    assert!(!text.contains("example.com"), "email was not selected: {text}");
+}
+
+#[test]
+fn single_empty_column_still_round_trips() {
+    // A record of one empty field must not become a blank line, which CSV readers skip.
+    let fields = selection(&[UserField::Name]);
+    let users = [user(1, "a@example.com", "", json!({}))];
+    assert_round_trip(&fields, &users);
+    let csv = encode(ExportFormat::Csv, Compression::None, &fields, &users);
+    assert_eq!(csv, b"name\r\n\"\"\r\n");
+}
+
+#[test]
+fn empty_export_is_valid_in_every_format() {
+    let fields = FieldSelection::all();
+    assert_round_trip(&fields, &[]);
+    let plain = |format| encode(format, Compression::None, &fields, &[]);
+    assert_eq!(plain(ExportFormat::Csv), b"id,email,name,status,created_at,updated_at,metadata\r\n");
+    assert_eq!(plain(ExportFormat::Json), b"[]\n");
+    assert_eq!(plain(ExportFormat::Ndjson), b"");
+}
+
+#[test]
+fn gzip_chunks_taken_at_any_point_form_one_stream() {
+    let users = sample_users();
+    let fields = FieldSelection::all();
+    let plain = encode(ExportFormat::Ndjson, Compression::None, &fields, &users);
+    // Never draining, and draining after every user (inside `encode`), give the same content.
+    let mut encoder = ExportEncoder::new(ExportFormat::Ndjson, Compression::Gzip, fields.clone());
+    for u in &users {
+        encoder.write_user(u).expect("write_user");
+    }
+    assert_eq!(gunzip(&encoder.finish().expect("finish")), plain);
+    assert_eq!(encode(ExportFormat::Ndjson, Compression::Gzip, &fields, &users), plain);
+}
+
+#[test]
+fn buffered_len_tracks_the_output_buffer() {
+    let mut encoder = ExportEncoder::new(ExportFormat::Csv, Compression::None, FieldSelection::all());
+    let header = encoder.buffered_len();
+    assert_eq!(header, "id,email,name,status,created_at,updated_at,metadata\r\n".len());
+    encoder.write_user(&sample_users()[0]).expect("write_user");
+    assert!(encoder.buffered_len() > header);
+    let before = encoder.buffered_len();
+    assert_eq!(encoder.take_output().len(), before);
+    assert_eq!(encoder.buffered_len(), 0);
+    assert_eq!(encoder.rows_written(), 1);
+    assert!(format!("{encoder:?}").contains("rows_written: 1"));
+}
+
+/// Encodes many users while draining every 64 KiB, as the service does, and checks that the
+/// buffer never holds more than one chunk plus what a single write can add.
+#[test]
+fn memory_stays_bounded_while_draining() {
+    const USERS: u128 = 200_000;
+    const CHUNK: usize = 64 * 1024;
+    // Rows of these users are well under this; it bounds what one plain write adds.
+    const MAX_ROW: usize = 1024;
+    // Deflate emits compressed output a block at a time, so one gzip write can add more than a
+    // row; the amount is bounded by the compressor's buffers, not by the number of users.
+    const MAX_GZIP_BURST: usize = 128 * 1024;
+
+    let mut template = user(0, "someone@example.com", "Some One", json!({"plan": "pro"}));
+    for format in ExportFormat::ALL {
+        for compression in COMPRESSIONS {
+            let mut encoder = ExportEncoder::new(format, compression, FieldSelection::all());
+            let mut peak = encoder.buffered_len();
+            let mut total = 0;
+            let mut drains = 0;
+            for n in 0..USERS {
+                template.id = UserId::from_uuid(uuid::Uuid::from_u128(n));
+                template.name = format!("User {n}");
+                template.metadata.insert("n".to_owned(), Value::from(n as u64));
+                encoder.write_user(&template).expect("write_user");
+                peak = peak.max(encoder.buffered_len());
+                if encoder.buffered_len() > CHUNK {
+                    total += encoder.take_output().len();
+                    drains += 1;
+                }
+            }
+            total += encoder.finish().expect("finish").len();
+            let allowance = match compression {
+                Compression::None => MAX_ROW,
+                Compression::Gzip => MAX_GZIP_BURST,
+            };
+            assert!(peak <= CHUNK + allowance, "{format:?} {compression:?}: peak {peak}");
+            // The export is far larger than the peak, so the bound is not an accident of size.
+            assert!(total > 8 * peak, "{format:?} {compression:?}: total {total}, peak {peak}");
+            assert!(drains > 8, "{format:?} {compression:?}: {drains} drains");
+        }
+    }
+}
+
+fn arb_string() -> impl Strategy<Value = String> {
+    // Arbitrary text, sometimes led by a character that matters to CSV or to the formula rule.
+    let lead = prop::sample::select(vec!["", "", "=", "+", "-", "@", "\t", "\r", "'", "\"", ",", "\n"]);
+    (lead, any::<String>()).prop_map(|(lead, rest)| format!("{lead}{rest}"))
+}
+
+fn arb_json() -> impl Strategy<Value = Value> {
+    // No floats: serde_json's default float parsing is not guaranteed to round-trip exactly.
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        arb_string().prop_map(Value::String),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::btree_map(arb_string(), inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+fn arb_user() -> impl Strategy<Value = User> {
+    let instant = (0_i64..4_102_444_800, 0_u32..1_000_000_000)
+        .prop_map(|(secs, nanos)| DateTime::from_timestamp(secs, nanos).unwrap_or_default());
+    (
+        any::<u128>(),
+        arb_string(),
+        arb_string(),
+        prop::sample::select(UserStatus::ALL.to_vec()),
+        instant.clone(),
+        instant,
+        prop::collection::btree_map(arb_string(), arb_json(), 0..4),
+    )
+        .prop_map(|(id, email, name, status, created_at, updated_at, metadata)| User {
+            id: UserId::from_uuid(uuid::Uuid::from_u128(id)),
+            email,
+            name,
+            status,
+            created_at,
+            updated_at,
+            metadata: metadata.into_iter().collect::<Map<String, Value>>(),
+        })
+}
+
+fn arb_fields() -> impl Strategy<Value = FieldSelection> {
+    prop::sample::subsequence(UserField::ALL.to_vec(), 1..=UserField::ALL.len())
+        .prop_shuffle()
+        .prop_map(|fields| selection(&fields))
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_users_round_trip(
+        fields in arb_fields(),
+        users in prop::collection::vec(arb_user(), 0..5),
+    ) {
+        assert_round_trip(&fields, &users);
+    }
+}

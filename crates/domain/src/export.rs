@@ -1,0 +1,362 @@
+//! The export record and its state machine:
+//! `pending -> running -> completed | failed | cancelled` (plus `pending -> failed | cancelled`,
+//! and `running -> running` for a retry with a higher attempt number).
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ExportId, IdempotencyKey, ObjectKey, Scope};
+use crate::request::ExportSpec;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportStatus {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl ExportStatus {
+    pub const ALL: [ExportStatus; 5] =
+        [Self::Pending, Self::Running, Self::Completed, Self::Failed, Self::Cancelled];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+
+    fn may_become(self, next: ExportStatus) -> bool {
+        use ExportStatus::*;
+        matches!(
+            (self, next),
+            (Pending, Running | Failed | Cancelled) | (Running, Running | Completed | Failed | Cancelled)
+        )
+    }
+}
+
+impl FromStr for ExportStatus {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s).ok_or(())
+    }
+}
+
+impl fmt::Display for ExportStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A transition the state machine does not allow, e.g. completing a cancelled export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("an export cannot go from {from} to {to}")]
+pub struct IllegalTransition {
+    pub from: ExportStatus,
+    pub to: ExportStatus,
+}
+
+/// Why an export failed, as a stable type plus a human message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The request itself is invalid; retrying cannot help.
+    Validation,
+    /// Reading users failed.
+    Source,
+    /// Writing the file failed.
+    Storage,
+    /// An attempt exceeded its start-to-close timeout.
+    Timeout,
+    /// Anything else.
+    Internal,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Validation => "validation",
+            Self::Source => "source",
+            Self::Storage => "storage",
+            Self::Timeout => "timeout",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportFailure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+impl ExportFailure {
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+}
+
+/// Rows written by the current attempt and, once counted, how many there will be.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub rows_written: u64,
+    pub total_rows: Option<u64>,
+}
+
+impl Progress {
+    /// Percent done (0..=100), known once the total is.
+    pub fn percent(&self) -> Option<u8> {
+        let total = self.total_rows?;
+        if total == 0 {
+            return Some(100);
+        }
+        let pct = self.rows_written.min(total).saturating_mul(100) / total;
+        Some(u8::try_from(pct).unwrap_or(100))
+    }
+}
+
+/// What a completed export produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportOutcome {
+    pub record_count: u64,
+    pub bytes: u64,
+    /// Lowercase hex SHA-256 of the stored object.
+    pub sha256: String,
+}
+
+/// The record of one export. Identity and request are public; everything the state machine
+/// governs changes only through its methods.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Export {
+    pub id: ExportId,
+    pub scope: Scope,
+    pub spec: ExportSpec,
+    pub idempotency_key: Option<IdempotencyKey>,
+    /// [`ExportSpec::fingerprint`] of the request that created the export.
+    pub request_fingerprint: String,
+    pub object_key: ObjectKey,
+    pub created_at: DateTime<Utc>,
+    status: ExportStatus,
+    progress: Progress,
+    attempt: u32,
+    outcome: Option<ExportOutcome>,
+    error: Option<ExportFailure>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    updated_at: DateTime<Utc>,
+}
+
+impl Export {
+    pub fn new(
+        id: ExportId,
+        scope: Scope,
+        spec: ExportSpec,
+        idempotency_key: Option<IdempotencyKey>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let object_key = ObjectKey::for_export(&scope, id, &spec.extension());
+        Self {
+            id,
+            request_fingerprint: spec.fingerprint(),
+            scope,
+            spec,
+            idempotency_key,
+            object_key,
+            created_at: now,
+            status: ExportStatus::Pending,
+            progress: Progress::default(),
+            attempt: 0,
+            outcome: None,
+            error: None,
+            started_at: None,
+            finished_at: None,
+            updated_at: now,
+        }
+    }
+
+    pub fn status(&self) -> ExportStatus {
+        self.status
+    }
+    pub fn progress(&self) -> Progress {
+        self.progress
+    }
+    /// The attempt currently or last running; 0 before the first.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+    pub fn outcome(&self) -> Option<&ExportOutcome> {
+        self.outcome.as_ref()
+    }
+    pub fn error(&self) -> Option<&ExportFailure> {
+        self.error.as_ref()
+    }
+    pub fn started_at(&self) -> Option<DateTime<Utc>> {
+        self.started_at
+    }
+    pub fn finished_at(&self) -> Option<DateTime<Utc>> {
+        self.finished_at
+    }
+    pub fn updated_at(&self) -> DateTime<Utc> {
+        self.updated_at
+    }
+
+    fn move_to(&mut self, to: ExportStatus, now: DateTime<Utc>) -> Result<(), IllegalTransition> {
+        if !self.status.may_become(to) {
+            return Err(IllegalTransition { from: self.status, to });
+        }
+        self.status = to;
+        self.updated_at = now;
+        if to.is_terminal() {
+            self.finished_at = Some(now);
+        }
+        Ok(())
+    }
+
+    /// Begins attempt `attempt`. A retry must carry a higher attempt number than the last one, so
+    /// a duplicated delivery of an old attempt cannot restart the export.
+    pub fn start_attempt(&mut self, attempt: u32, now: DateTime<Utc>) -> Result<(), IllegalTransition> {
+        if attempt <= self.attempt {
+            return Err(IllegalTransition { from: self.status, to: ExportStatus::Running });
+        }
+        self.move_to(ExportStatus::Running, now)?;
+        self.attempt = attempt;
+        self.started_at.get_or_insert(now);
+        self.progress.rows_written = 0;
+        self.error = None;
+        Ok(())
+    }
+
+    /// Records rows written by the current attempt; the total once it is known.
+    pub fn record_progress(&mut self, rows_written: u64, total_rows: Option<u64>, now: DateTime<Utc>) {
+        self.progress.rows_written = rows_written;
+        if total_rows.is_some() {
+            self.progress.total_rows = total_rows;
+        }
+        self.updated_at = now;
+    }
+
+    /// Notes why the last attempt failed while the export waits for a retry.
+    pub fn note_attempt_failure(&mut self, failure: ExportFailure, now: DateTime<Utc>) {
+        self.error = Some(failure);
+        self.updated_at = now;
+    }
+
+    pub fn complete(&mut self, outcome: ExportOutcome, now: DateTime<Utc>) -> Result<(), IllegalTransition> {
+        self.move_to(ExportStatus::Completed, now)?;
+        self.progress = Progress { rows_written: outcome.record_count, total_rows: Some(outcome.record_count) };
+        self.outcome = Some(outcome);
+        self.error = None;
+        Ok(())
+    }
+
+    pub fn fail(&mut self, failure: ExportFailure, now: DateTime<Utc>) -> Result<(), IllegalTransition> {
+        self.move_to(ExportStatus::Failed, now)?;
+        self.error = Some(failure);
+        Ok(())
+    }
+
+    pub fn cancel(&mut self, now: DateTime<Utc>) -> Result<(), IllegalTransition> {
+        self.move_to(ExportStatus::Cancelled, now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::ids::{EnvironmentId, TenantId};
+    use crate::request::ExportFormat;
+
+    fn export() -> Export {
+        let scope = Scope::new(TenantId::parse("acme").unwrap(), EnvironmentId::parse("prod").unwrap());
+        let id = ExportId::parse("0190f5c3-0000-7000-8000-000000000001").unwrap();
+        Export::new(id, scope, ExportSpec::new(ExportFormat::Csv), None, t(0))
+    }
+
+    fn t(s: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_700_000_000 + s, 0).unwrap()
+    }
+
+    fn outcome() -> ExportOutcome {
+        ExportOutcome { record_count: 3, bytes: 10, sha256: "ab".into() }
+    }
+
+    #[test]
+    fn happy_path_records_everything() {
+        let mut e = export();
+        assert_eq!(e.status(), ExportStatus::Pending);
+        assert_eq!(e.object_key.as_str(), "acme/prod/exports/0190f5c3-0000-7000-8000-000000000001.csv");
+        e.start_attempt(1, t(1)).unwrap();
+        e.record_progress(2, Some(3), t(2));
+        assert_eq!(e.progress().percent(), Some(66));
+        e.complete(outcome(), t(3)).unwrap();
+        assert_eq!(e.status(), ExportStatus::Completed);
+        assert_eq!(e.progress().percent(), Some(100));
+        assert_eq!((e.started_at(), e.finished_at()), (Some(t(1)), Some(t(3))));
+    }
+
+    #[test]
+    fn terminal_states_are_final() {
+        for finish in [
+            |e: &mut Export| e.complete(outcome(), t(2)),
+            |e: &mut Export| e.fail(ExportFailure::new(FailureKind::Storage, "x"), t(2)),
+            |e: &mut Export| e.cancel(t(2)),
+        ] {
+            let mut e = export();
+            e.start_attempt(1, t(1)).unwrap();
+            finish(&mut e).unwrap();
+            let before = e.clone();
+            assert!(e.start_attempt(2, t(3)).is_err());
+            assert!(e.complete(outcome(), t(3)).is_err());
+            assert!(e.fail(ExportFailure::new(FailureKind::Internal, "y"), t(3)).is_err());
+            assert!(e.cancel(t(3)).is_err());
+            assert_eq!(e, before, "a rejected transition must not change the record");
+        }
+    }
+
+    #[test]
+    fn pending_cannot_complete_but_can_be_cancelled_or_failed() {
+        let mut e = export();
+        assert_eq!(
+            e.complete(outcome(), t(1)),
+            Err(IllegalTransition { from: ExportStatus::Pending, to: ExportStatus::Completed })
+        );
+        e.clone().cancel(t(1)).unwrap();
+        e.fail(ExportFailure::new(FailureKind::Validation, "bad"), t(1)).unwrap();
+    }
+
+    #[test]
+    fn retries_need_a_higher_attempt_and_reset_progress() {
+        let mut e = export();
+        e.start_attempt(1, t(1)).unwrap();
+        e.record_progress(50, Some(100), t(2));
+        assert!(e.start_attempt(1, t(3)).is_err(), "a duplicated attempt must not restart");
+        e.note_attempt_failure(ExportFailure::new(FailureKind::Storage, "503"), t(3));
+        e.start_attempt(2, t(4)).unwrap();
+        assert_eq!(e.attempt(), 2);
+        assert_eq!(e.progress().rows_written, 0);
+        assert_eq!(e.progress().total_rows, Some(100));
+        assert_eq!(e.error(), None);
+        assert_eq!(e.started_at(), Some(t(1)));
+    }
+
+    #[test]
+    fn percent_of_empty_export_is_complete() {
+        assert_eq!(Progress { rows_written: 0, total_rows: Some(0) }.percent(), Some(100));
+        assert_eq!(Progress { rows_written: 5, total_rows: None }.percent(), None);
+    }
+}

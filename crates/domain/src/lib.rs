@@ -1,0 +1,22 @@
+//! The pure core of userexport: validated types, the export state machine, streaming encoders and
+//! naming schemes. No async runtime, no I/O: encoders write into buffers that the service moves.
+
+pub mod cursor;
+pub mod encode;
+pub mod export;
+pub mod ids;
+pub mod policy;
+pub mod request;
+pub mod synthetic;
+pub mod user;
+pub mod validation;
+
+pub use cursor::{BadCursor, ListCursor};
+pub use export::{
+    Export, ExportFailure, ExportOutcome, ExportStatus, FailureKind, IllegalTransition, Progress,
+};
+pub use ids::{EnvironmentId, ExportId, IdParseError, IdempotencyKey, ObjectKey, Scope, TenantId, UserId};
+pub use policy::{ExecutionPolicy, PolicyError, RetryPolicy};
+pub use request::{Compression, ExportFormat, ExportSpec, FieldSelection, UserFilter};
+pub use user::{User, UserField, UserStatus};
+pub use validation::{FieldError, ValidationErrors};

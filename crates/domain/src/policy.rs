@@ -1,0 +1,136 @@
+//! Retry and timeout policy as values, applied identically by every orchestrator.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("maximum_attempts must be at least 1")]
+    NoAttempts,
+    #[error("backoff_coefficient must be a finite number >= 1.0")]
+    BadBackoff,
+    #[error("initial_interval must be positive and not above maximum_interval")]
+    BadInterval,
+    #[error("timeouts must be positive")]
+    BadTimeout,
+}
+
+/// When a failed attempt is retried. Same meaning as Temporal's `RetryPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    pub initial_interval: Duration,
+    pub backoff_coefficient: f64,
+    pub maximum_interval: Duration,
+    pub maximum_attempts: u32,
+}
+
+impl Default for RetryPolicy {
+    /// The seed's defaults: 1 s, x2.0, at most 2 min apart, 3 attempts.
+    fn default() -> Self {
+        Self {
+            initial_interval: Duration::from_secs(1),
+            backoff_coefficient: 2.0,
+            maximum_interval: Duration::from_secs(120),
+            maximum_attempts: 3,
+        }
+    }
+}
+
+impl RetryPolicy {
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        if self.maximum_attempts == 0 {
+            return Err(PolicyError::NoAttempts);
+        }
+        if !self.backoff_coefficient.is_finite() || self.backoff_coefficient < 1.0 {
+            return Err(PolicyError::BadBackoff);
+        }
+        if self.initial_interval.is_zero() || self.initial_interval > self.maximum_interval {
+            return Err(PolicyError::BadInterval);
+        }
+        Ok(())
+    }
+
+    /// Whether `attempt` (1-based) may run at all.
+    pub fn allows(&self, attempt: u32) -> bool {
+        attempt <= self.maximum_attempts
+    }
+
+    /// The wait before `attempt` (1-based): zero for the first, then
+    /// `initial * coefficient^(attempt-2)`, capped at the maximum interval.
+    pub fn delay_before(&self, attempt: u32) -> Duration {
+        if attempt <= 1 {
+            return Duration::ZERO;
+        }
+        let exponent = i32::try_from(attempt - 2).unwrap_or(i32::MAX);
+        let secs = self.initial_interval.as_secs_f64() * self.backoff_coefficient.powi(exponent);
+        let max = self.maximum_interval.as_secs_f64();
+        Duration::from_secs_f64(if secs.is_finite() { secs.min(max) } else { max })
+    }
+}
+
+/// Everything an orchestrator needs to run one export the same way on any backend.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ExecutionPolicy {
+    pub retry: RetryPolicy,
+    /// Bound on one attempt.
+    pub start_to_close: Duration,
+    /// A running attempt that reports no progress for this long is considered lost.
+    pub heartbeat_timeout: Duration,
+}
+
+impl Default for ExecutionPolicy {
+    fn default() -> Self {
+        Self {
+            retry: RetryPolicy::default(),
+            start_to_close: Duration::from_secs(600),
+            heartbeat_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ExecutionPolicy {
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        self.retry.validate()?;
+        if self.start_to_close.is_zero() || self.heartbeat_timeout.is_zero() {
+            return Err(PolicyError::BadTimeout);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_defaults_back_off_exponentially_up_to_the_cap() {
+        let p = RetryPolicy::default();
+        assert!(p.validate().is_ok());
+        let delays: Vec<u64> = (1..=10).map(|a| p.delay_before(a).as_secs()).collect();
+        assert_eq!(delays, [0, 1, 2, 4, 8, 16, 32, 64, 120, 120]);
+        assert!(p.allows(3) && !p.allows(4));
+    }
+
+    #[test]
+    fn huge_attempt_numbers_do_not_overflow() {
+        assert_eq!(RetryPolicy::default().delay_before(u32::MAX), Duration::from_secs(120));
+    }
+
+    #[test]
+    fn invalid_policies_are_rejected() {
+        let base = RetryPolicy::default();
+        assert_eq!(RetryPolicy { maximum_attempts: 0, ..base }.validate(), Err(PolicyError::NoAttempts));
+        assert_eq!(RetryPolicy { backoff_coefficient: 0.5, ..base }.validate(), Err(PolicyError::BadBackoff));
+        assert_eq!(
+            RetryPolicy { backoff_coefficient: f64::NAN, ..base }.validate(),
+            Err(PolicyError::BadBackoff)
+        );
+        assert_eq!(
+            RetryPolicy { initial_interval: Duration::from_secs(500), ..base }.validate(),
+            Err(PolicyError::BadInterval)
+        );
+        let exec = ExecutionPolicy { start_to_close: Duration::ZERO, ..ExecutionPolicy::default() };
+        assert_eq!(exec.validate(), Err(PolicyError::BadTimeout));
+    }
+}

@@ -1,0 +1,68 @@
+use async_trait::async_trait;
+use domain::{Export, ExportId, ExportStatus, ListCursor, Scope};
+
+use crate::PortError;
+
+/// Result of [`ExportRepository::create_if_absent`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum CreateOutcome {
+    Created,
+    /// An export with that ID already exists in the scope; here it is, unchanged.
+    Existing(Box<Export>),
+}
+
+/// Result of [`ExportRepository::update_if_status`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpdateOutcome {
+    Updated,
+    NotFound,
+    /// The stored export was not in the expected status; nothing was written.
+    Conflict(Box<Export>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportQuery {
+    pub status: Option<ExportStatus>,
+    /// 1..=100; adapters may clamp.
+    pub limit: usize,
+    pub after: Option<ListCursor>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportPage {
+    pub items: Vec<Export>,
+    /// Present when more items may follow.
+    pub next: Option<ListCursor>,
+}
+
+/// Export records: the source of truth for an export's status, shared by API and workers.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait ExportRepository: Send + Sync {
+    /// Stores `export` unless one with the same scope and ID exists.
+    ///
+    /// Returns `Created`, or `Existing(stored)` (the stored record is left untouched, whatever
+    /// `export` holds). Concurrent calls with the same ID create exactly one record.
+    async fn create_if_absent(&self, export: &Export) -> Result<CreateOutcome, PortError>;
+
+    /// The export `id` of `scope`; `None` when missing or when it belongs to another scope.
+    async fn get(&self, scope: &Scope, id: ExportId) -> Result<Option<Export>, PortError>;
+
+    /// Replaces the stored record with `export` only if the stored status is `expected` and the
+    /// stored attempt is not higher than `export`'s (a compare-and-set, so a retried or duplicated
+    /// worker cannot move a finished export backwards or double-count).
+    ///
+    /// Returns `NotFound` when absent and `Conflict(stored)` when the condition fails.
+    async fn update_if_status(&self, export: &Export, expected: ExportStatus) -> Result<UpdateOutcome, PortError>;
+
+    /// `scope`'s exports, newest first (`created_at`, then `id`, descending), starting after
+    /// `query.after`, optionally only those in `query.status`.
+    async fn list(&self, scope: &Scope, query: &ExportQuery) -> Result<ExportPage, PortError>;
+
+    /// Every export in any scope still `pending` or `running`, oldest first: what a restarted
+    /// orchestrator must resume so that no accepted export is lost.
+    async fn list_unfinished(&self) -> Result<Vec<Export>, PortError>;
+
+    /// Checks that the store is reachable (for readiness).
+    async fn ping(&self) -> Result<(), PortError>;
+}

@@ -1,0 +1,44 @@
+use std::time::Duration;
+
+use async_trait::async_trait;
+use domain::{Export, ExportId, Scope};
+
+use crate::PortError;
+
+/// Result of [`Orchestrator::wait`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitOutcome {
+    /// The export reached a terminal status; read the record for which.
+    Finished,
+    /// Still pending or running when the bound expired.
+    StillRunning,
+}
+
+/// Result of [`Orchestrator::cancel`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// Cancellation was requested; the export ends `cancelled` and leaves no object.
+    Requested,
+    /// The orchestrator knows no unfinished run of that export.
+    NotRunning,
+}
+
+/// Runs exports durably: retries, timeouts and cancellation per the domain's `ExecutionPolicy`.
+#[async_trait]
+pub trait Orchestrator: Send + Sync {
+    /// Starts running a `pending` export asynchronously. Idempotent: starting an export that is
+    /// already started returns `Ok` and does not run it a second time.
+    ///
+    /// # Errors
+    /// `Unavailable` when the orchestrator cannot accept work (unreachable, shutting down).
+    async fn start(&self, export: &Export) -> Result<(), PortError>;
+
+    /// Waits at most `timeout` for the export to reach a terminal status.
+    async fn wait(&self, scope: &Scope, id: ExportId, timeout: Duration) -> Result<WaitOutcome, PortError>;
+
+    /// Asks a running or queued export to stop.
+    async fn cancel(&self, scope: &Scope, id: ExportId) -> Result<CancelOutcome, PortError>;
+
+    /// Checks that the orchestrator can accept work (for readiness).
+    async fn ping(&self) -> Result<(), PortError>;
+}

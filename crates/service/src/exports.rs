@@ -1,0 +1,218 @@
+//! The API's use cases. Each has its own error enum; the HTTP layer maps them in one place.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use domain::{Export, ExportId, ExportSpec, ExportStatus, IdempotencyKey, Scope};
+use ports::{
+    CancelOutcome, CreateOutcome, ExportPage, ExportQuery, ExportRepository, ExportStorage, ObjectReader,
+    Orchestrator, PortError, WaitOutcome,
+};
+use tracing::info;
+use url::Url;
+use uuid::Uuid;
+
+use crate::runner::{ExportRunner, RunError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The idempotency key was used before with a different request.
+    #[error("idempotency key {key:?} was already used for a different request (export {existing})")]
+    IdempotencyMismatch { key: String, existing: ExportId },
+    #[error(transparent)]
+    Port(#[from] PortError),
+    #[error(transparent)]
+    Unknown(#[from] anyhow::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GetError {
+    #[error("export not found")]
+    NotFound,
+    #[error(transparent)]
+    Port(#[from] PortError),
+    #[error(transparent)]
+    Unknown(#[from] anyhow::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    #[error(transparent)]
+    Port(#[from] PortError),
+    #[error(transparent)]
+    Unknown(#[from] anyhow::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("export not found")]
+    NotFound,
+    #[error("export already {0}")]
+    AlreadyFinished(ExportStatus),
+    #[error(transparent)]
+    Port(#[from] PortError),
+    #[error(transparent)]
+    Unknown(#[from] anyhow::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    #[error("export not found")]
+    NotFound,
+    #[error("export is {0}, not completed")]
+    NotReady(ExportStatus),
+    /// The record says completed but the object is gone.
+    #[error("the export's file is no longer available")]
+    Gone,
+    #[error(transparent)]
+    Port(#[from] PortError),
+    #[error(transparent)]
+    Unknown(#[from] anyhow::Error),
+}
+
+/// A requested export and whether this request created it.
+#[derive(Debug, Clone)]
+pub struct Requested {
+    pub export: Export,
+    /// False when an idempotency key matched an earlier request.
+    pub created: bool,
+}
+
+#[derive(Debug)]
+pub enum DownloadContent {
+    /// A presigned URL to hand to the client.
+    Redirect(Url),
+    Stream(ObjectReader),
+}
+
+#[derive(Debug)]
+pub struct Download {
+    pub export: Export,
+    pub content: DownloadContent,
+}
+
+/// The export use cases behind the API.
+pub struct ExportService {
+    exports: Arc<dyn ExportRepository>,
+    storage: Arc<dyn ExportStorage>,
+    orchestrator: Arc<dyn Orchestrator>,
+    runner: Arc<ExportRunner>,
+    signed_url_ttl: Duration,
+}
+
+impl std::fmt::Debug for ExportService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExportService").finish_non_exhaustive()
+    }
+}
+
+impl ExportService {
+    pub fn new(
+        exports: Arc<dyn ExportRepository>,
+        storage: Arc<dyn ExportStorage>,
+        orchestrator: Arc<dyn Orchestrator>,
+        runner: Arc<ExportRunner>,
+        signed_url_ttl: Duration,
+    ) -> Self {
+        Self { exports, storage, orchestrator, runner, signed_url_ttl }
+    }
+
+    /// Accepts an export and starts it asynchronously (seed pattern 2). With an idempotency key,
+    /// a repeat of the same request returns the existing export and a different request is an
+    /// error.
+    pub async fn request(
+        &self,
+        scope: &Scope,
+        spec: ExportSpec,
+        idempotency_key: Option<IdempotencyKey>,
+    ) -> Result<Requested, RequestError> {
+        let id = match &idempotency_key {
+            Some(key) => ExportId::for_idempotency_key(scope, key),
+            // v7: time-ordered, so IDs sort like creation and index well.
+            None => ExportId::from_uuid(Uuid::now_v7()),
+        };
+        let export = Export::new(id, scope.clone(), spec, idempotency_key, Utc::now());
+        match self.exports.create_if_absent(&export).await? {
+            CreateOutcome::Created => {
+                info!(export_id = %id, tenant = %scope.tenant, environment = %scope.environment,
+                      workflow_id = %id.workflow_id(scope), format = export.spec.format.as_str(), "export accepted");
+                self.orchestrator.start(&export).await?;
+                Ok(Requested { export, created: true })
+            }
+            CreateOutcome::Existing(existing) => {
+                if existing.request_fingerprint != export.request_fingerprint {
+                    let key = export.idempotency_key.map(String::from).unwrap_or_default();
+                    return Err(RequestError::IdempotencyMismatch { key, existing: existing.id });
+                }
+                // The first request may have stored the record and died before starting it;
+                // starting is idempotent, so make sure it runs.
+                if existing.status() == ExportStatus::Pending {
+                    self.orchestrator.start(&existing).await?;
+                }
+                Ok(Requested { export: *existing, created: false })
+            }
+        }
+    }
+
+    /// Requests an export and waits for it at most `timeout` (seed pattern 1). The returned
+    /// export may still be unfinished; the caller then answers with a pointer to poll.
+    pub async fn request_and_wait(
+        &self,
+        scope: &Scope,
+        spec: ExportSpec,
+        idempotency_key: Option<IdempotencyKey>,
+        timeout: Duration,
+    ) -> Result<Requested, RequestError> {
+        let requested = self.request(scope, spec, idempotency_key).await?;
+        if requested.export.status().is_terminal() {
+            return Ok(requested);
+        }
+        let id = requested.export.id;
+        if self.orchestrator.wait(scope, id, timeout).await? == WaitOutcome::StillRunning {
+            return Ok(requested);
+        }
+        let export = self.exports.get(scope, id).await?.unwrap_or(requested.export);
+        Ok(Requested { export, created: requested.created })
+    }
+
+    pub async fn get(&self, scope: &Scope, id: ExportId) -> Result<Export, GetError> {
+        self.exports.get(scope, id).await?.ok_or(GetError::NotFound)
+    }
+
+    pub async fn list(&self, scope: &Scope, query: &ExportQuery) -> Result<ExportPage, ListError> {
+        Ok(self.exports.list(scope, query).await?)
+    }
+
+    /// Cancels an unfinished export. It ends `cancelled` and leaves no object.
+    pub async fn cancel(&self, scope: &Scope, id: ExportId) -> Result<Export, CancelError> {
+        let export = self.exports.get(scope, id).await?.ok_or(CancelError::NotFound)?;
+        if export.status().is_terminal() {
+            return Err(CancelError::AlreadyFinished(export.status()));
+        }
+        info!(export_id = %id, tenant = %scope.tenant, environment = %scope.environment, "export cancel requested");
+        if self.orchestrator.cancel(scope, id).await? == CancelOutcome::NotRunning {
+            // Nobody is running it (e.g. its process died): cancel the record directly.
+            match self.runner.cancel_unfinished(scope, id).await {
+                Ok(_) | Err(RunError::Cancelled) => {}
+                Err(RunError::NotFound) => return Err(CancelError::NotFound),
+                Err(err) => return Err(anyhow::Error::from(err).context("cancelling the record").into()),
+            }
+        }
+        Ok(self.exports.get(scope, id).await?.unwrap_or(export))
+    }
+
+    /// Where to fetch a completed export: a presigned URL when storage can sign, else a stream.
+    pub async fn download(&self, scope: &Scope, id: ExportId) -> Result<Download, DownloadError> {
+        let export = self.exports.get(scope, id).await?.ok_or(DownloadError::NotFound)?;
+        if export.status() != ExportStatus::Completed {
+            return Err(DownloadError::NotReady(export.status()));
+        }
+        // Signed afresh on every request: the record keeps the key, never a URL.
+        if let Some(url) = self.storage.signed_url(&export.object_key, self.signed_url_ttl).await? {
+            return Ok(Download { export, content: DownloadContent::Redirect(url) });
+        }
+        let reader = self.storage.open(&export.object_key).await?.ok_or(DownloadError::Gone)?;
+        Ok(Download { export, content: DownloadContent::Stream(reader) })
+    }
+}

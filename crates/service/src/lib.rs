@@ -1,0 +1,14 @@
+//! userexport's use cases, written only against ports.
+//!
+//! - [`ExportRunner`] is the seed's `ExportUserData`: it runs one attempt of an export, streaming
+//!   users through an encoder into storage. Orchestrators (in-process, Temporal) call it.
+//! - [`ExportService`] is what the API calls: request, wait, read, list, cancel, download.
+
+mod exports;
+mod runner;
+
+pub use exports::{
+    CancelError, Download, DownloadContent, DownloadError, ExportService, GetError, ListError, RequestError,
+    Requested,
+};
+pub use runner::{AttemptControl, ExportRunner, ProgressFn, RunError, RunnerConfig};

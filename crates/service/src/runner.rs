@@ -1,0 +1,377 @@
+//! One attempt of an export: users -> encoder -> storage, with progress, cancellation, a
+//! deadline, and a record that always ends in the status that happened.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::Utc;
+use domain::encode::ExportEncoder;
+use domain::{
+    Export, ExportFailure, ExportId, ExportOutcome, ExportStatus, FailureKind, IllegalTransition, Scope,
+};
+use futures::StreamExt;
+use ports::{ExportRepository, ExportStorage, Notifier, ObjectWriter, PortError, UpdateOutcome, UserRepository};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Tuning of the streaming loop.
+#[derive(Debug, Clone, Copy)]
+pub struct RunnerConfig {
+    /// Encoded bytes buffered before they are handed to storage.
+    pub chunk_bytes: usize,
+    /// Minimum time between progress writes to the export record.
+    pub progress_interval: Duration,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self { chunk_bytes: 256 * 1024, progress_interval: Duration::from_millis(500) }
+    }
+}
+
+/// How an orchestrator controls one attempt.
+#[derive(Debug, Clone)]
+pub struct AttemptControl {
+    /// 1-based attempt number; must exceed the attempt stored on the record.
+    pub attempt: u32,
+    /// Cancelled by the user: the export ends `cancelled`.
+    pub cancel: CancellationToken,
+    /// The process is stopping: the attempt is abandoned and the record left for recovery.
+    pub shutdown: CancellationToken,
+    /// Bound on this attempt (start-to-close).
+    pub timeout: Duration,
+}
+
+/// Rows written so far, reported to the orchestrator (Temporal heartbeats carry it).
+pub type ProgressFn = dyn Fn(u64) + Send + Sync;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("export not found")]
+    NotFound,
+    /// The export was cancelled; its record says so and no object remains.
+    #[error("export cancelled")]
+    Cancelled,
+    /// The process is shutting down; the record stays unfinished for recovery.
+    #[error("attempt interrupted by shutdown")]
+    Interrupted,
+    /// Another attempt owns the export (a duplicate or stale delivery); nothing was done.
+    #[error("export is owned by attempt {current}")]
+    Superseded { current: u32 },
+    /// The attempt failed. When `retryable`, the record stays `running` with the failure noted;
+    /// otherwise the record is already `failed`.
+    #[error("{}: {}", failure.kind.as_str(), failure.message)]
+    Failed { failure: ExportFailure, retryable: bool },
+}
+
+impl RunError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Failed { retryable: true, .. })
+    }
+}
+
+/// Runs export attempts. Holds only ports, so every orchestrator shares it.
+pub struct ExportRunner {
+    users: Arc<dyn UserRepository>,
+    exports: Arc<dyn ExportRepository>,
+    storage: Arc<dyn ExportStorage>,
+    notifier: Arc<dyn Notifier>,
+    config: RunnerConfig,
+}
+
+impl std::fmt::Debug for ExportRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExportRunner").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// Why the streaming part stopped early.
+enum Stop {
+    Cancelled,
+    Interrupted,
+    TimedOut,
+    Failed(ExportFailure, bool),
+    /// The record moved on without us (taken over, deleted): give up without touching it.
+    Abandon(RunError),
+}
+
+impl ExportRunner {
+    pub fn new(
+        users: Arc<dyn UserRepository>,
+        exports: Arc<dyn ExportRepository>,
+        storage: Arc<dyn ExportStorage>,
+        notifier: Arc<dyn Notifier>,
+        config: RunnerConfig,
+    ) -> Self {
+        Self { users, exports, storage, notifier, config }
+    }
+
+    /// Runs attempt `control.attempt` of export `id`. Returns the finished record, or the record
+    /// as it already was when the export had finished before (duplicate deliveries are no-ops).
+    pub async fn run_attempt(
+        &self,
+        scope: &Scope,
+        id: ExportId,
+        control: &AttemptControl,
+        progress: &ProgressFn,
+    ) -> Result<Export, RunError> {
+        let mut export = self.load(scope, id).await?;
+        if export.status().is_terminal() {
+            return Ok(export);
+        }
+        if control.cancel.is_cancelled() {
+            return self.finish_cancelled(export).await;
+        }
+        let previous = export.status();
+        if export.start_attempt(control.attempt, Utc::now()).is_err() {
+            return Err(RunError::Superseded { current: export.attempt() });
+        }
+        match self.exports.update_if_status(&export, previous).await.map_err(store_failure)? {
+            UpdateOutcome::Updated => {}
+            UpdateOutcome::NotFound => return Err(RunError::NotFound),
+            UpdateOutcome::Conflict(stored) if stored.status().is_terminal() => return Ok(*stored),
+            UpdateOutcome::Conflict(stored) => return Err(RunError::Superseded { current: stored.attempt() }),
+        }
+        info!(export_id = %id, tenant = %scope.tenant, environment = %scope.environment,
+              attempt = control.attempt, "export attempt started");
+
+        match self.count_users(&export).await {
+            Ok(total) => {
+                export.record_progress(0, Some(total), Utc::now());
+                self.save_progress(&mut export).await?;
+            }
+            Err(err) => warn!(export_id = %id, error = %err, "could not count users; progress shows rows only"),
+        }
+
+        let mut writer = self.storage.writer(&export.object_key).await.map_err(storage_failure)?;
+        let streamed = tokio::select! {
+            biased;
+            _ = control.cancel.cancelled() => Err(Stop::Cancelled),
+            _ = control.shutdown.cancelled() => Err(Stop::Interrupted),
+            _ = tokio::time::sleep(control.timeout) => Err(Stop::TimedOut),
+            r = self.stream_into(&mut export, writer.as_mut(), progress) => r,
+        };
+        match streamed {
+            Ok(rows) => self.finish_completed(export, writer, rows).await,
+            Err(stop) => {
+                if let Err(err) = writer.abort().await {
+                    warn!(export_id = %id, error = %err, "aborting the upload failed");
+                }
+                self.handle_stop(export, stop).await
+            }
+        }
+    }
+
+    async fn load(&self, scope: &Scope, id: ExportId) -> Result<Export, RunError> {
+        self.exports.get(scope, id).await.map_err(store_failure)?.ok_or(RunError::NotFound)
+    }
+
+    async fn count_users(&self, export: &Export) -> Result<u64, PortError> {
+        let total = self.users.count(&export.scope, &export.spec.user_filters).await?;
+        Ok(export.spec.limit.map_or(total, |limit| total.min(limit)))
+    }
+
+    /// Streams every matching user into `writer`; returns the number of rows.
+    async fn stream_into(
+        &self,
+        export: &mut Export,
+        writer: &mut dyn ObjectWriter,
+        progress: &ProgressFn,
+    ) -> Result<u64, Stop> {
+        let spec = &export.spec;
+        let mut encoder = ExportEncoder::new(spec.format, spec.compression, spec.fields.clone());
+        let mut users = self.users.stream(&export.scope, &spec.user_filters, spec.limit);
+        let mut last_saved = Instant::now();
+        while let Some(user) = users.next().await {
+            let user = user.map_err(|e| Stop::Failed(source_failure(&e), e.is_retryable()))?;
+            encoder.write_user(&user).map_err(encode_failure)?;
+            if encoder.buffered_len() >= self.config.chunk_bytes {
+                write_chunk(writer, encoder.take_output()).await?;
+                progress(encoder.rows_written());
+                if last_saved.elapsed() >= self.config.progress_interval {
+                    export.record_progress(encoder.rows_written(), None, Utc::now());
+                    self.save_progress(export).await.map_err(|e| match e {
+                        RunError::Cancelled => Stop::Cancelled,
+                        e => Stop::Abandon(e),
+                    })?;
+                    last_saved = Instant::now();
+                }
+            }
+        }
+        let rows = encoder.rows_written();
+        write_chunk(writer, encoder.finish().map_err(encode_failure)?).await?;
+        progress(rows);
+        Ok(rows)
+    }
+
+    /// Persists progress; a record that left `running` meanwhile (cancelled through the API)
+    /// stops the attempt.
+    async fn save_progress(&self, export: &mut Export) -> Result<(), RunError> {
+        match self.exports.update_if_status(export, ExportStatus::Running).await.map_err(store_failure)? {
+            UpdateOutcome::Updated => Ok(()),
+            UpdateOutcome::NotFound => Err(RunError::NotFound),
+            UpdateOutcome::Conflict(stored) if stored.status() == ExportStatus::Cancelled => Err(RunError::Cancelled),
+            UpdateOutcome::Conflict(stored) => Err(RunError::Superseded { current: stored.attempt() }),
+        }
+    }
+
+    async fn finish_completed(
+        &self,
+        mut export: Export,
+        writer: Box<dyn ObjectWriter>,
+        rows: u64,
+    ) -> Result<Export, RunError> {
+        let stored = writer.finish().await.map_err(storage_failure)?;
+        let outcome = ExportOutcome { record_count: rows, bytes: stored.bytes, sha256: stored.sha256 };
+        if export.complete(outcome, Utc::now()).is_err() {
+            return Err(RunError::Superseded { current: export.attempt() });
+        }
+        match self.exports.update_if_status(&export, ExportStatus::Running).await.map_err(store_failure)? {
+            UpdateOutcome::Updated => {
+                info!(export_id = %export.id, tenant = %export.scope.tenant, rows, "export completed");
+                self.notify(&export).await;
+                Ok(export)
+            }
+            UpdateOutcome::Conflict(stored) if stored.status() == ExportStatus::Completed => Ok(*stored),
+            outcome => {
+                // Cancelled (or taken over) while the object was being finished: a cancelled
+                // export must leave no object behind.
+                self.delete_object(&export).await;
+                match outcome {
+                    UpdateOutcome::Conflict(stored) if stored.status() == ExportStatus::Cancelled => {
+                        Err(RunError::Cancelled)
+                    }
+                    UpdateOutcome::Conflict(stored) => Err(RunError::Superseded { current: stored.attempt() }),
+                    _ => Err(RunError::NotFound),
+                }
+            }
+        }
+    }
+
+    async fn handle_stop(&self, mut export: Export, stop: Stop) -> Result<Export, RunError> {
+        match stop {
+            Stop::Cancelled => self.finish_cancelled(export).await,
+            Stop::Interrupted => Err(RunError::Interrupted),
+            Stop::Abandon(err) => Err(err),
+            Stop::TimedOut => {
+                let failure = ExportFailure::new(FailureKind::Timeout, "the attempt exceeded its start-to-close timeout");
+                self.note_retryable(&mut export, failure).await
+            }
+            Stop::Failed(failure, true) => self.note_retryable(&mut export, failure).await,
+            Stop::Failed(failure, false) => self.finish_failed(export, failure).await,
+        }
+    }
+
+    async fn note_retryable(&self, export: &mut Export, failure: ExportFailure) -> Result<Export, RunError> {
+        warn!(export_id = %export.id, attempt = export.attempt(), error = %failure.message, "export attempt failed");
+        export.note_attempt_failure(failure.clone(), Utc::now());
+        // Best effort: the orchestrator's retry or give_up sets the final state either way.
+        if let Err(err) = self.exports.update_if_status(export, ExportStatus::Running).await {
+            warn!(export_id = %export.id, error = %err, "could not record the attempt failure");
+        }
+        Err(RunError::Failed { failure, retryable: true })
+    }
+
+    /// Marks an unfinished export `failed` (no attempts left, or a non-retryable failure).
+    pub async fn give_up(&self, scope: &Scope, id: ExportId, failure: ExportFailure) -> Result<Export, RunError> {
+        let export = self.load(scope, id).await?;
+        if export.status().is_terminal() {
+            return Ok(export);
+        }
+        self.finish_failed(export, failure).await
+    }
+
+    /// Marks an unfinished export `cancelled` (cancelled before or between attempts).
+    pub async fn cancel_unfinished(&self, scope: &Scope, id: ExportId) -> Result<Export, RunError> {
+        let export = self.load(scope, id).await?;
+        if export.status().is_terminal() {
+            return Ok(export);
+        }
+        self.finish_cancelled(export).await
+    }
+
+    async fn finish_failed(&self, export: Export, failure: ExportFailure) -> Result<Export, RunError> {
+        let failed = self.finish_with(export, |e| e.fail(failure.clone(), Utc::now())).await?;
+        if let Some(export) = failed {
+            warn!(export_id = %export.id, tenant = %export.scope.tenant, kind = failure.kind.as_str(),
+                  error = %failure.message, "export failed");
+            self.notify(&export).await;
+        }
+        Err(RunError::Failed { failure, retryable: false })
+    }
+
+    async fn finish_cancelled(&self, export: Export) -> Result<Export, RunError> {
+        if let Some(export) = self.finish_with(export, |e| e.cancel(Utc::now())).await? {
+            info!(export_id = %export.id, tenant = %export.scope.tenant, "export cancelled");
+        }
+        Err(RunError::Cancelled)
+    }
+
+    /// Applies a terminal transition and stores it. On a concurrent change (a progress write or
+    /// a new attempt racing a cancel) it re-applies the transition to the fresh record, so the
+    /// record never stays unfinished. Returns the record when this call finished it, `None` when
+    /// it had already finished.
+    async fn finish_with(
+        &self,
+        mut export: Export,
+        apply: impl Fn(&mut Export) -> Result<(), IllegalTransition>,
+    ) -> Result<Option<Export>, RunError> {
+        for _ in 0..3 {
+            let previous = export.status();
+            if apply(&mut export).is_err() {
+                return Ok(None);
+            }
+            match self.exports.update_if_status(&export, previous).await.map_err(store_failure)? {
+                UpdateOutcome::Updated => return Ok(Some(export)),
+                UpdateOutcome::NotFound => return Err(RunError::NotFound),
+                UpdateOutcome::Conflict(stored) => export = *stored,
+            }
+        }
+        Err(RunError::Superseded { current: export.attempt() })
+    }
+
+    async fn delete_object(&self, export: &Export) {
+        if let Err(err) = self.storage.delete(&export.object_key).await {
+            warn!(export_id = %export.id, error = %err, "could not delete the object of a cancelled export");
+        }
+    }
+
+    async fn notify(&self, export: &Export) {
+        if !export.spec.email_notify {
+            return;
+        }
+        if let Err(err) = self.notifier.export_finished(export).await {
+            warn!(export_id = %export.id, error = %err, "notification failed; the export is unaffected");
+        }
+    }
+}
+
+async fn write_chunk(writer: &mut dyn ObjectWriter, chunk: Vec<u8>) -> Result<(), Stop> {
+    if chunk.is_empty() {
+        return Ok(());
+    }
+    writer.write(Bytes::from(chunk)).await.map_err(|e| match e {
+        PortError::Cancelled => Stop::Cancelled,
+        e => Stop::Failed(ExportFailure::new(FailureKind::Storage, format!("{e:#}")), e.is_retryable()),
+    })
+}
+
+fn encode_failure(err: std::io::Error) -> Stop {
+    Stop::Failed(ExportFailure::new(FailureKind::Internal, format!("encoding failed: {err}")), false)
+}
+
+fn source_failure(err: &PortError) -> ExportFailure {
+    ExportFailure::new(FailureKind::Source, format!("reading users failed: {err:#}"))
+}
+
+fn store_failure(err: PortError) -> RunError {
+    let retryable = err.is_retryable();
+    RunError::Failed { failure: ExportFailure::new(FailureKind::Internal, format!("export record: {err:#}")), retryable }
+}
+
+fn storage_failure(err: PortError) -> RunError {
+    let retryable = err.is_retryable();
+    RunError::Failed { failure: ExportFailure::new(FailureKind::Storage, format!("{err:#}")), retryable }
+}
