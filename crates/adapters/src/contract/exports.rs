@@ -1,0 +1,171 @@
+//! [`ExportRepository`] contract. Each check uses fresh export IDs, so the suite can run
+//! against a shared database.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chrono::{Duration, Utc};
+use domain::{Export, ExportFailure, ExportFormat, ExportId, ExportOutcome, ExportSpec, ExportStatus, FailureKind, Scope};
+use ports::{CreateOutcome, ExportQuery, ExportRepository, UpdateOutcome};
+use uuid::Uuid;
+
+/// A fresh scope per run, so list checks see only their own exports.
+fn fresh_scope() -> Scope {
+    let tenant = format!("t{}", Uuid::new_v4().simple());
+    Scope::parse(&format!("{}/prod", &tenant[..20])).unwrap()
+}
+
+fn new_export(scope: &Scope, age_s: i64) -> Export {
+    let id = ExportId::from_uuid(Uuid::now_v7());
+    Export::new(id, scope.clone(), ExportSpec::new(ExportFormat::Csv), None, Utc::now() - Duration::seconds(age_s))
+}
+
+pub async fn run_all(repo: Arc<dyn ExportRepository>) {
+    create_is_idempotent_and_keeps_the_first(repo.as_ref()).await;
+    concurrent_creates_make_one_record(repo.clone()).await;
+    get_is_scoped(repo.as_ref()).await;
+    transitions_are_compare_and_set(repo.as_ref()).await;
+    concurrent_transitions_have_one_winner(repo.clone()).await;
+    list_is_newest_first_with_cursor_and_status(repo.as_ref()).await;
+    unfinished_are_listed_for_recovery(repo.as_ref()).await;
+    repo.ping().await.unwrap();
+}
+
+async fn create_is_idempotent_and_keeps_the_first(repo: &dyn ExportRepository) {
+    let scope = fresh_scope();
+    let first = new_export(&scope, 0);
+    assert_eq!(repo.create_if_absent(&first).await.unwrap(), CreateOutcome::Created);
+    let mut second = first.clone();
+    second.spec.limit = Some(3);
+    match repo.create_if_absent(&second).await.unwrap() {
+        CreateOutcome::Existing(stored) => assert_eq!(*stored, first),
+        other => panic!("expected Existing, got {other:?}"),
+    }
+    assert_eq!(repo.get(&scope, first.id).await.unwrap(), Some(first));
+}
+
+async fn concurrent_creates_make_one_record(repo: Arc<dyn ExportRepository>) {
+    let export = new_export(&fresh_scope(), 0);
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (repo, export) = (repo.clone(), export.clone());
+            tokio::spawn(async move { repo.create_if_absent(&export).await.unwrap() })
+        })
+        .collect();
+    let mut created = 0;
+    for task in tasks {
+        if task.await.unwrap() == CreateOutcome::Created {
+            created += 1;
+        }
+    }
+    assert_eq!(created, 1);
+}
+
+async fn get_is_scoped(repo: &dyn ExportRepository) {
+    let export = new_export(&fresh_scope(), 0);
+    repo.create_if_absent(&export).await.unwrap();
+    assert_eq!(repo.get(&fresh_scope(), export.id).await.unwrap(), None, "another scope sees nothing");
+    assert_eq!(repo.get(&export.scope, ExportId::from_uuid(Uuid::now_v7())).await.unwrap(), None);
+}
+
+async fn transitions_are_compare_and_set(repo: &dyn ExportRepository) {
+    let mut export = new_export(&fresh_scope(), 0);
+    repo.create_if_absent(&export).await.unwrap();
+    export.start_attempt(1, Utc::now()).unwrap();
+    assert_eq!(repo.update_if_status(&export, ExportStatus::Pending).await.unwrap(), UpdateOutcome::Updated);
+    // A stale writer expecting `pending` is refused and told what is stored.
+    match repo.update_if_status(&export, ExportStatus::Pending).await.unwrap() {
+        UpdateOutcome::Conflict(stored) => assert_eq!(stored.status(), ExportStatus::Running),
+        other => panic!("expected Conflict, got {other:?}"),
+    }
+    export.record_progress(10, Some(20), Utc::now());
+    assert_eq!(repo.update_if_status(&export, ExportStatus::Running).await.unwrap(), UpdateOutcome::Updated);
+    let outcome = ExportOutcome { record_count: 20, bytes: 100, sha256: "00".repeat(32) };
+    let mut done = export.clone();
+    done.complete(outcome, Utc::now()).unwrap();
+    assert_eq!(repo.update_if_status(&done, ExportStatus::Running).await.unwrap(), UpdateOutcome::Updated);
+    // Nothing moves a finished export backwards.
+    assert!(matches!(repo.update_if_status(&export, ExportStatus::Running).await.unwrap(), UpdateOutcome::Conflict(_)));
+    assert_eq!(repo.get(&export.scope, export.id).await.unwrap(), Some(done));
+    let missing = new_export(&export.scope, 0);
+    assert_eq!(repo.update_if_status(&missing, ExportStatus::Pending).await.unwrap(), UpdateOutcome::NotFound);
+}
+
+async fn concurrent_transitions_have_one_winner(repo: Arc<dyn ExportRepository>) {
+    let mut export = new_export(&fresh_scope(), 0);
+    repo.create_if_absent(&export).await.unwrap();
+    export.start_attempt(1, Utc::now()).unwrap();
+    repo.update_if_status(&export, ExportStatus::Pending).await.unwrap();
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let (repo, mut candidate) = (repo.clone(), export.clone());
+            tokio::spawn(async move {
+                if i % 2 == 0 {
+                    candidate.fail(ExportFailure::new(FailureKind::Storage, format!("writer {i}")), Utc::now()).unwrap();
+                } else {
+                    candidate.cancel(Utc::now()).unwrap();
+                }
+                repo.update_if_status(&candidate, ExportStatus::Running).await.unwrap()
+            })
+        })
+        .collect();
+    let mut winners = 0;
+    for task in tasks {
+        if task.await.unwrap() == UpdateOutcome::Updated {
+            winners += 1;
+        }
+    }
+    assert_eq!(winners, 1, "exactly one terminal write wins");
+}
+
+async fn list_is_newest_first_with_cursor_and_status(repo: &dyn ExportRepository) {
+    let scope = fresh_scope();
+    let mut made = Vec::new();
+    for age in (0..5).rev() {
+        let export = new_export(&scope, age * 10);
+        repo.create_if_absent(&export).await.unwrap();
+        made.push(export);
+    }
+    // One of them cancelled, to filter on.
+    let mut cancelled = made[2].clone();
+    cancelled.cancel(Utc::now()).unwrap();
+    repo.update_if_status(&cancelled, ExportStatus::Pending).await.unwrap();
+    repo.create_if_absent(&new_export(&fresh_scope(), 0)).await.unwrap(); // another scope
+
+    let mut seen = Vec::new();
+    let mut after = None;
+    for page_no in 0.. {
+        let page = repo.list(&scope, &ExportQuery { status: None, limit: 2, after }).await.unwrap();
+        assert!(page.items.len() <= 2);
+        seen.extend(page.items.iter().map(|e| e.id));
+        after = page.next;
+        if after.is_none() {
+            break;
+        }
+        assert!(page_no < 5, "pagination does not end");
+    }
+    let newest_first: Vec<_> = made.iter().rev().map(|e| e.id).collect();
+    assert_eq!(seen, newest_first);
+    assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 5);
+
+    let only = repo.list(&scope, &ExportQuery { status: Some(ExportStatus::Cancelled), limit: 10, after: None }).await.unwrap();
+    assert_eq!(only.items.iter().map(|e| e.id).collect::<Vec<_>>(), vec![cancelled.id]);
+    assert_eq!(only.next, None);
+}
+
+async fn unfinished_are_listed_for_recovery(repo: &dyn ExportRepository) {
+    let scope = fresh_scope();
+    let pending = new_export(&scope, 30);
+    let mut running = new_export(&scope, 20);
+    let mut failed = new_export(&scope, 10);
+    for e in [&pending, &running, &failed] {
+        repo.create_if_absent(e).await.unwrap();
+    }
+    running.start_attempt(1, Utc::now()).unwrap();
+    repo.update_if_status(&running, ExportStatus::Pending).await.unwrap();
+    failed.fail(ExportFailure::new(FailureKind::Validation, "x"), Utc::now()).unwrap();
+    repo.update_if_status(&failed, ExportStatus::Pending).await.unwrap();
+
+    let ids: Vec<_> = repo.list_unfinished().await.unwrap().into_iter().filter(|e| e.scope == scope).map(|e| e.id).collect();
+    assert_eq!(ids, vec![pending.id, running.id], "oldest first, finished ones excluded");
+}

@@ -1,0 +1,7 @@
+//! Contract test suites shared by every adapter of a port: the in-memory adapters run them in
+//! this crate's tests, and each real backend runs the same functions against its server, so
+//! "same contract" is checked, not assumed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod exports;
+pub mod users;

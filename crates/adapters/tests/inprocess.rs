@@ -1,0 +1,372 @@
+//! The in-process orchestrator with the export service on the in-memory adapters: retries,
+//! timeouts, concurrency, cancellation, recovery and graceful shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use adapters::inprocess::InProcessOrchestrator;
+use adapters::memory::{MemoryExportRepository, MemoryUserRepository};
+use adapters::notify::LogNotifier;
+use adapters::storage::ObjectStorage;
+use async_trait::async_trait;
+use chrono::Utc;
+use domain::{
+    ExecutionPolicy, Export, ExportFormat, ExportId, ExportSpec, ExportStatus, FailureKind, IdempotencyKey,
+    RetryPolicy, Scope, UserFilter,
+};
+use futures::StreamExt;
+use ports::{ExportRepository, ExportStorage, ObjectWriter, Orchestrator, PortError, UserRepository, UserStream, WaitOutcome};
+use service::{ExportRunner, ExportService, RequestError, RunnerConfig};
+
+fn scope() -> Scope {
+    Scope::parse("acme/prod").unwrap()
+}
+
+fn fast_policy(max_attempts: u32) -> ExecutionPolicy {
+    ExecutionPolicy {
+        retry: RetryPolicy {
+            initial_interval: Duration::from_millis(10),
+            backoff_coefficient: 2.0,
+            maximum_interval: Duration::from_millis(50),
+            maximum_attempts: max_attempts,
+        },
+        start_to_close: Duration::from_secs(30),
+        heartbeat_timeout: Duration::from_secs(5),
+    }
+}
+
+/// The memory repository, slowed down per user so exports stay running while tests act.
+#[derive(Clone)]
+struct SlowUsers {
+    inner: MemoryUserRepository,
+    per_user: Duration,
+}
+
+#[async_trait]
+impl UserRepository for SlowUsers {
+    fn stream(&self, scope: &Scope, filter: &UserFilter, limit: Option<u64>) -> UserStream {
+        let delay = self.per_user;
+        self.inner
+            .stream(scope, filter, limit)
+            .then(move |u| async move {
+                tokio::time::sleep(delay).await;
+                u
+            })
+            .boxed()
+    }
+    async fn count(&self, scope: &Scope, filter: &UserFilter) -> Result<u64, PortError> {
+        self.inner.count(scope, filter).await
+    }
+    async fn ping(&self) -> Result<(), PortError> {
+        Ok(())
+    }
+}
+
+/// Storage whose first `failures` writers fail on their first chunk (retryably or not).
+struct FlakyStorage {
+    inner: ObjectStorage,
+    failures: usize,
+    retryable: bool,
+    writers: AtomicUsize,
+}
+
+struct FailingWriter(bool);
+
+#[async_trait]
+impl ObjectWriter for FailingWriter {
+    async fn write(&mut self, _chunk: bytes::Bytes) -> Result<(), PortError> {
+        let err = anyhow::anyhow!("injected storage failure");
+        Err(if self.0 { PortError::unavailable(err) } else { PortError::Other(err) })
+    }
+    async fn finish(self: Box<Self>) -> Result<ports::StoredObject, PortError> {
+        Err(PortError::Other(anyhow::anyhow!("unreachable: write failed")))
+    }
+    async fn abort(self: Box<Self>) -> Result<(), PortError> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ExportStorage for FlakyStorage {
+    async fn writer(&self, key: &domain::ObjectKey) -> Result<Box<dyn ObjectWriter>, PortError> {
+        if self.writers.fetch_add(1, Ordering::SeqCst) < self.failures {
+            return Ok(Box::new(FailingWriter(self.retryable)));
+        }
+        self.inner.writer(key).await
+    }
+    async fn open(&self, key: &domain::ObjectKey) -> Result<Option<ports::ObjectReader>, PortError> {
+        self.inner.open(key).await
+    }
+    async fn signed_url(&self, key: &domain::ObjectKey, ttl: Duration) -> Result<Option<url::Url>, PortError> {
+        self.inner.signed_url(key, ttl).await
+    }
+    async fn delete(&self, key: &domain::ObjectKey) -> Result<(), PortError> {
+        self.inner.delete(key).await
+    }
+    async fn ping(&self) -> Result<(), PortError> {
+        Ok(())
+    }
+}
+
+struct System {
+    exports: Arc<MemoryExportRepository>,
+    storage: Arc<dyn ExportStorage>,
+    orchestrator: InProcessOrchestrator,
+    service: ExportService,
+}
+
+fn system_with(
+    users: Arc<dyn UserRepository>,
+    storage: Arc<dyn ExportStorage>,
+    exports: Arc<MemoryExportRepository>,
+    policy: ExecutionPolicy,
+    concurrency: usize,
+) -> System {
+    let runner = Arc::new(ExportRunner::new(
+        users,
+        exports.clone(),
+        storage.clone(),
+        Arc::new(LogNotifier),
+        RunnerConfig { chunk_bytes: 4096, progress_interval: Duration::from_millis(20) },
+    ));
+    let orchestrator = InProcessOrchestrator::new(runner.clone(), exports.clone(), policy, concurrency);
+    let service = ExportService::new(
+        exports.clone(),
+        storage.clone(),
+        Arc::new(orchestrator.clone()),
+        runner,
+        Duration::from_secs(900),
+    );
+    System { exports, storage, orchestrator, service }
+}
+
+fn users(count: u64) -> MemoryUserRepository {
+    let repo = MemoryUserRepository::new();
+    repo.seed_synthetic(&scope(), count);
+    repo
+}
+
+fn slow_users(count: u64) -> Arc<SlowUsers> {
+    Arc::new(SlowUsers { inner: users(count), per_user: Duration::from_millis(1) })
+}
+
+fn system(users: Arc<dyn UserRepository>, policy: ExecutionPolicy, concurrency: usize) -> System {
+    system_with(users, Arc::new(ObjectStorage::in_memory()), Arc::new(MemoryExportRepository::new()), policy, concurrency)
+}
+
+fn csv() -> ExportSpec {
+    ExportSpec::new(ExportFormat::Csv)
+}
+
+impl System {
+    async fn record(&self, id: ExportId) -> Export {
+        self.exports.get(&scope(), id).await.unwrap().unwrap()
+    }
+    async fn has_object(&self, export: &Export) -> bool {
+        self.storage.open(&export.object_key).await.unwrap().is_some()
+    }
+    async fn settle(&self, id: ExportId) -> Export {
+        let outcome = self.orchestrator.wait(&scope(), id, Duration::from_secs(20)).await.unwrap();
+        assert_eq!(outcome, WaitOutcome::Finished);
+        self.record(id).await
+    }
+}
+
+#[tokio::test]
+async fn a_requested_export_runs_to_completion() {
+    let sys = system(Arc::new(users(300)), fast_policy(3), 2);
+    let requested = sys.service.request(&scope(), csv(), None).await.unwrap();
+    assert!(requested.created);
+    assert_eq!(requested.export.status(), ExportStatus::Pending);
+    let done = sys.settle(requested.export.id).await;
+    assert_eq!(done.status(), ExportStatus::Completed);
+    assert_eq!(done.outcome().unwrap().record_count, 300);
+    assert!(sys.has_object(&done).await);
+}
+
+#[tokio::test]
+async fn an_idempotency_key_replays_the_same_export_and_rejects_a_different_request() {
+    let sys = system(Arc::new(users(50)), fast_policy(3), 2);
+    let key = IdempotencyKey::parse("nightly-2024-05-01").unwrap();
+    let first = sys.service.request(&scope(), csv(), Some(key.clone())).await.unwrap();
+    let again = sys.service.request(&scope(), csv(), Some(key.clone())).await.unwrap();
+    assert!(first.created && !again.created);
+    assert_eq!(first.export.id, again.export.id);
+
+    let mut other = csv();
+    other.limit = Some(1);
+    match sys.service.request(&scope(), other, Some(key)).await {
+        Err(RequestError::IdempotencyMismatch { existing, .. }) => assert_eq!(existing, first.export.id),
+        other => panic!("expected a mismatch, got {other:?}"),
+    }
+    assert_eq!(sys.settle(first.export.id).await.attempt(), 1, "ran once");
+}
+
+#[tokio::test]
+async fn retryable_failures_are_retried_with_backoff_then_complete_once() {
+    let storage = Arc::new(FlakyStorage {
+        inner: ObjectStorage::in_memory(),
+        failures: 2,
+        retryable: true,
+        writers: AtomicUsize::new(0),
+    });
+    let sys = system_with(Arc::new(users(100)), storage.clone(), Arc::default(), fast_policy(3), 2);
+    let id = sys.service.request(&scope(), csv(), None).await.unwrap().export.id;
+    let done = sys.settle(id).await;
+    assert_eq!((done.status(), done.attempt()), (ExportStatus::Completed, 3));
+    assert_eq!(storage.writers.load(Ordering::SeqCst), 3);
+    assert!(sys.has_object(&done).await);
+}
+
+#[tokio::test]
+async fn an_export_fails_with_the_last_reason_once_attempts_run_out() {
+    let storage = Arc::new(FlakyStorage {
+        inner: ObjectStorage::in_memory(),
+        failures: 10,
+        retryable: true,
+        writers: AtomicUsize::new(0),
+    });
+    let sys = system_with(Arc::new(users(100)), storage.clone(), Arc::default(), fast_policy(3), 2);
+    let id = sys.service.request(&scope(), csv(), None).await.unwrap().export.id;
+    let done = sys.settle(id).await;
+    assert_eq!((done.status(), done.attempt()), (ExportStatus::Failed, 3));
+    assert_eq!(done.error().unwrap().kind, FailureKind::Storage);
+    assert!(done.error().unwrap().message.contains("injected storage failure"));
+    assert_eq!(storage.writers.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_non_retryable_failure_is_not_retried() {
+    let storage = Arc::new(FlakyStorage {
+        inner: ObjectStorage::in_memory(),
+        failures: 10,
+        retryable: false,
+        writers: AtomicUsize::new(0),
+    });
+    let sys = system_with(Arc::new(users(100)), storage.clone(), Arc::default(), fast_policy(3), 2);
+    let id = sys.service.request(&scope(), csv(), None).await.unwrap().export.id;
+    let done = sys.settle(id).await;
+    assert_eq!((done.status(), done.attempt()), (ExportStatus::Failed, 1));
+    assert_eq!(storage.writers.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn an_attempt_that_exceeds_start_to_close_times_out_and_is_retried() {
+    let policy = ExecutionPolicy { start_to_close: Duration::from_millis(100), ..fast_policy(2) };
+    let sys = system(slow_users(1_000), policy, 2);
+    let id = sys.service.request(&scope(), csv(), None).await.unwrap().export.id;
+    let done = sys.settle(id).await;
+    assert_eq!((done.status(), done.attempt()), (ExportStatus::Failed, 2));
+    assert_eq!(done.error().unwrap().kind, FailureKind::Timeout);
+    assert!(!sys.has_object(&done).await);
+}
+
+#[tokio::test]
+async fn concurrency_is_bounded_and_queued_exports_can_be_cancelled() {
+    let sys = system(slow_users(400), fast_policy(3), 1);
+    let first = sys.service.request(&scope(), csv(), None).await.unwrap().export.id;
+    let second = sys.service.request(&scope(), csv(), None).await.unwrap().export.id;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(sys.record(first).await.status(), ExportStatus::Running);
+    assert_eq!(sys.record(second).await.status(), ExportStatus::Pending, "waits for a free slot");
+
+    let cancelled = sys.service.cancel(&scope(), second).await.unwrap();
+    let cancelled = if cancelled.status().is_terminal() { cancelled } else { sys.settle(second).await };
+    assert_eq!(cancelled.status(), ExportStatus::Cancelled);
+    assert_eq!(sys.settle(first).await.status(), ExportStatus::Completed);
+}
+
+#[tokio::test]
+async fn cancelling_a_running_export_ends_it_cancelled_without_an_object() {
+    let sys = system(slow_users(2_000), fast_policy(3), 2);
+    let id = sys.service.request(&scope(), csv(), None).await.unwrap().export.id;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sys.service.cancel(&scope(), id).await.unwrap();
+    let done = sys.settle(id).await;
+    assert_eq!(done.status(), ExportStatus::Cancelled);
+    assert!(!sys.has_object(&done).await);
+    assert!(matches!(sys.service.cancel(&scope(), id).await, Err(service::CancelError::AlreadyFinished(_))));
+}
+
+#[tokio::test]
+async fn waiting_is_bounded() {
+    let sys = system(slow_users(2_000), fast_policy(3), 2);
+    let started = std::time::Instant::now();
+    let requested = sys.service.request_and_wait(&scope(), csv(), None, Duration::from_millis(150)).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(!requested.export.status().is_terminal());
+    let quick = system(Arc::new(users(10)), fast_policy(3), 2);
+    let requested = quick.service.request_and_wait(&scope(), csv(), None, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(requested.export.status(), ExportStatus::Completed);
+}
+
+#[tokio::test]
+async fn exports_left_unfinished_by_a_dead_process_are_resumed_at_start_up() {
+    let exports = Arc::new(MemoryExportRepository::new());
+    let storage: Arc<dyn ExportStorage> = Arc::new(ObjectStorage::in_memory());
+    // What a crashed process leaves: one export accepted but never started, one mid-attempt.
+    let pending = Export::new(ExportId::from_uuid(uuid::Uuid::now_v7()), scope(), csv(), None, Utc::now());
+    let mut running = Export::new(ExportId::from_uuid(uuid::Uuid::now_v7()), scope(), csv(), None, Utc::now());
+    exports.create_if_absent(&pending).await.unwrap();
+    exports.create_if_absent(&running).await.unwrap();
+    running.start_attempt(1, Utc::now()).unwrap();
+    exports.update_if_status(&running, ExportStatus::Pending).await.unwrap();
+
+    let sys = system_with(Arc::new(users(120)), storage, exports, fast_policy(3), 2);
+    assert_eq!(sys.orchestrator.recover().await.unwrap(), 2);
+    let a = sys.settle(pending.id).await;
+    let b = sys.settle(running.id).await;
+    assert_eq!((a.status(), a.attempt()), (ExportStatus::Completed, 1));
+    assert_eq!((b.status(), b.attempt()), (ExportStatus::Completed, 2));
+    assert_eq!(b.outcome().unwrap().record_count, 120);
+}
+
+#[tokio::test]
+async fn shutdown_lets_short_exports_finish_and_leaves_long_ones_for_recovery() {
+    let exports = Arc::new(MemoryExportRepository::new());
+    let storage: Arc<dyn ExportStorage> = Arc::new(ObjectStorage::in_memory());
+    let sys = system_with(slow_users(5_000), storage.clone(), exports.clone(), fast_policy(3), 2);
+    let long = sys.service.request(&scope(), csv(), None).await.unwrap().export.id;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    sys.orchestrator.shutdown(Duration::from_millis(200)).await;
+
+    let left = sys.record(long).await;
+    assert_eq!(left.status(), ExportStatus::Running, "interrupted, not cancelled or failed");
+    assert!(!sys.has_object(&left).await);
+    let refused = sys.service.request(&scope(), csv(), None).await;
+    assert!(matches!(refused, Err(RequestError::Port(ref e)) if e.is_retryable()), "{refused:?}");
+    assert!(sys.orchestrator.ping().await.is_err());
+
+    // The next process picks it up.
+    let next = system_with(Arc::new(users(5_000)), storage, exports, fast_policy(3), 2);
+    next.orchestrator.recover().await.unwrap();
+    let done = next.settle(long).await;
+    assert_eq!((done.status(), done.attempt()), (ExportStatus::Completed, 2));
+
+    let quick = system(Arc::new(users(10)), fast_policy(3), 2);
+    let id = quick.service.request(&scope(), csv(), None).await.unwrap().export.id;
+    quick.orchestrator.shutdown(Duration::from_secs(10)).await;
+    assert_eq!(quick.record(id).await.status(), ExportStatus::Completed, "grace lets it finish");
+}
+
+#[tokio::test]
+async fn starting_twice_runs_once() {
+    let sys = system(Arc::new(users(100)), fast_policy(3), 2);
+    let requested = sys.service.request(&scope(), csv(), None).await.unwrap();
+    sys.orchestrator.start(&requested.export).await.unwrap();
+    sys.orchestrator.start(&requested.export).await.unwrap();
+    let done = sys.settle(requested.export.id).await;
+    assert_eq!((done.status(), done.attempt()), (ExportStatus::Completed, 1));
+}
+
+#[tokio::test]
+async fn other_tenants_cannot_see_or_cancel_an_export() {
+    let sys = system(Arc::new(users(10)), fast_policy(3), 2);
+    let id = sys.service.request(&scope(), csv(), None).await.unwrap().export.id;
+    let globex = Scope::parse("globex/prod").unwrap();
+    assert!(matches!(sys.service.get(&globex, id).await, Err(service::GetError::NotFound)));
+    assert!(matches!(sys.service.cancel(&globex, id).await, Err(service::CancelError::NotFound)));
+    assert!(matches!(sys.service.download(&globex, id).await, Err(service::DownloadError::NotFound)));
+    sys.settle(id).await;
+}

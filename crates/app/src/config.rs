@@ -1,0 +1,265 @@
+//! Start-up configuration: command-line flags, each with an environment-variable fallback.
+//!
+//! Nothing here is required: with no configuration at all the binary starts the embedded default
+//! (in-memory users and export records, files under `./data`, a `demo/dev` tenant with a fresh key).
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use domain::{ExecutionPolicy, PolicyError, RetryPolicy};
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_DATA_DIR: &str = "./data";
+const DEFAULT_DEMO_USERS: u64 = 1000;
+const DEFAULT_MAX_CONCURRENT_EXPORTS: usize = 4;
+const DEFAULT_SYNC_TIMEOUT_MAX_S: u64 = 60;
+const DEFAULT_SYNC_TIMEOUT_S: u64 = 30;
+const DEFAULT_SHUTDOWN_GRACE_S: u64 = 30;
+const DEFAULT_RETRY_MAX_ATTEMPTS: u32 = 3;
+const DEFAULT_RETRY_INITIAL_INTERVAL_MS: u64 = 1000;
+const DEFAULT_RETRY_BACKOFF: f64 = 2.0;
+const DEFAULT_RETRY_MAX_INTERVAL_S: u64 = 120;
+const DEFAULT_START_TO_CLOSE_S: u64 = 600;
+const DEFAULT_HEARTBEAT_TIMEOUT_S: u64 = 30;
+
+/// Where export files are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StorageKind {
+    /// Files under the data directory.
+    Local,
+    /// Process memory; lost on exit.
+    Memory,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The raw `USEREXPORT_API_KEYS` value. It holds secrets, so its `Debug` never shows them; it is
+/// parsed (and only hashes kept) when the application is built.
+#[derive(Clone)]
+pub struct ApiKeysSetting(String);
+
+impl ApiKeysSetting {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for ApiKeysSetting {
+    fn from(raw: String) -> Self {
+        Self(raw)
+    }
+}
+
+impl From<&str> for ApiKeysSetting {
+    fn from(raw: &str) -> Self {
+        Self(raw.to_owned())
+    }
+}
+
+impl fmt::Debug for ApiKeysSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKeysSetting(<redacted>)")
+    }
+}
+
+/// userexport's HTTP API. Every flag falls back to the environment variable shown in `--help`;
+/// `RUST_LOG` sets the log filter (default `info`).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "userexport", version, about)]
+pub struct Config {
+    /// Address to listen on; port 0 picks a free one.
+    #[arg(long, env = "USEREXPORT_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// API keys as `key=tenant/environment`, comma-separated. Unset: a `demo/dev` tenant with a
+    /// fresh random key printed at start-up.
+    #[arg(long, env = "USEREXPORT_API_KEYS", hide_env_values = true)]
+    pub api_keys: Option<ApiKeysSetting>,
+
+    /// Directory for export files when storage is `local`.
+    #[arg(long, env = "USEREXPORT_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+
+    /// Synthetic users seeded into the in-memory user store for each configured tenant scope.
+    #[arg(long, env = "USEREXPORT_DEMO_USERS", default_value_t = DEFAULT_DEMO_USERS)]
+    pub demo_users: u64,
+
+    /// Where export files are kept.
+    #[arg(long, env = "USEREXPORT_STORAGE", value_enum, default_value_t = StorageKind::Local)]
+    pub storage: StorageKind,
+
+    /// Exports run at the same time; more wait in line.
+    #[arg(long, env = "USEREXPORT_MAX_CONCURRENT_EXPORTS", default_value_t = DEFAULT_MAX_CONCURRENT_EXPORTS)]
+    pub max_concurrent_exports: usize,
+
+    /// Upper bound for `?timeout_s` of `POST /v1/exports/sync`.
+    #[arg(long, env = "USEREXPORT_SYNC_TIMEOUT_MAX_S", default_value_t = DEFAULT_SYNC_TIMEOUT_MAX_S)]
+    pub sync_timeout_max_s: u64,
+
+    /// Wait of `POST /v1/exports/sync` without `?timeout_s` (capped by the maximum).
+    #[arg(long, env = "USEREXPORT_SYNC_TIMEOUT_DEFAULT_S", default_value_t = DEFAULT_SYNC_TIMEOUT_S)]
+    pub sync_timeout_default_s: u64,
+
+    /// On SIGINT/SIGTERM: how long open requests, then running exports, may take to finish.
+    #[arg(long, env = "USEREXPORT_SHUTDOWN_GRACE_S", default_value_t = DEFAULT_SHUTDOWN_GRACE_S)]
+    pub shutdown_grace_s: u64,
+
+    /// Attempts per export, the first included.
+    #[arg(long, env = "USEREXPORT_RETRY_MAX_ATTEMPTS", default_value_t = DEFAULT_RETRY_MAX_ATTEMPTS)]
+    pub retry_max_attempts: u32,
+
+    /// Wait before the first retry, in milliseconds.
+    #[arg(long, env = "USEREXPORT_RETRY_INITIAL_INTERVAL_MS", default_value_t = DEFAULT_RETRY_INITIAL_INTERVAL_MS)]
+    pub retry_initial_interval_ms: u64,
+
+    /// Factor between consecutive retry waits (>= 1.0).
+    #[arg(long, env = "USEREXPORT_RETRY_BACKOFF", default_value_t = DEFAULT_RETRY_BACKOFF)]
+    pub retry_backoff: f64,
+
+    /// Longest wait between retries, in seconds.
+    #[arg(long, env = "USEREXPORT_RETRY_MAX_INTERVAL_S", default_value_t = DEFAULT_RETRY_MAX_INTERVAL_S)]
+    pub retry_max_interval_s: u64,
+
+    /// Bound on one export attempt, in seconds.
+    #[arg(long, env = "USEREXPORT_START_TO_CLOSE_S", default_value_t = DEFAULT_START_TO_CLOSE_S)]
+    pub start_to_close_s: u64,
+
+    /// A running attempt silent for this long is considered lost, in seconds.
+    #[arg(long, env = "USEREXPORT_HEARTBEAT_TIMEOUT_S", default_value_t = DEFAULT_HEARTBEAT_TIMEOUT_S)]
+    pub heartbeat_timeout_s: u64,
+
+    /// Log line format on stderr.
+    #[arg(long, env = "USEREXPORT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// The defaults with the given API keys, listening on a free loopback port with in-memory
+    /// storage and 100 users per scope. Reads no environment variable.
+    pub fn for_tests(api_keys: &str) -> Self {
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            api_keys: Some(ApiKeysSetting::from(api_keys)),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            demo_users: 100,
+            storage: StorageKind::Memory,
+            max_concurrent_exports: DEFAULT_MAX_CONCURRENT_EXPORTS,
+            sync_timeout_max_s: DEFAULT_SYNC_TIMEOUT_MAX_S,
+            sync_timeout_default_s: DEFAULT_SYNC_TIMEOUT_S,
+            shutdown_grace_s: DEFAULT_SHUTDOWN_GRACE_S,
+            retry_max_attempts: DEFAULT_RETRY_MAX_ATTEMPTS,
+            retry_initial_interval_ms: DEFAULT_RETRY_INITIAL_INTERVAL_MS,
+            retry_backoff: DEFAULT_RETRY_BACKOFF,
+            retry_max_interval_s: DEFAULT_RETRY_MAX_INTERVAL_S,
+            start_to_close_s: DEFAULT_START_TO_CLOSE_S,
+            heartbeat_timeout_s: DEFAULT_HEARTBEAT_TIMEOUT_S,
+            log_format: LogFormat::Text,
+        }
+    }
+
+    /// The retry and timeout policy, validated.
+    ///
+    /// # Errors
+    /// One line naming the setting that makes the policy invalid.
+    pub fn execution_policy(&self) -> anyhow::Result<ExecutionPolicy> {
+        let policy = ExecutionPolicy {
+            retry: RetryPolicy {
+                initial_interval: Duration::from_millis(self.retry_initial_interval_ms),
+                backoff_coefficient: self.retry_backoff,
+                maximum_interval: Duration::from_secs(self.retry_max_interval_s),
+                maximum_attempts: self.retry_max_attempts,
+            },
+            start_to_close: Duration::from_secs(self.start_to_close_s),
+            heartbeat_timeout: Duration::from_secs(self.heartbeat_timeout_s),
+        };
+        policy.validate().with_context(|| match policy.validate() {
+            Err(PolicyError::NoAttempts) => "invalid USEREXPORT_RETRY_MAX_ATTEMPTS",
+            Err(PolicyError::BadBackoff) => "invalid USEREXPORT_RETRY_BACKOFF",
+            Err(PolicyError::BadInterval) => {
+                "invalid USEREXPORT_RETRY_INITIAL_INTERVAL_MS / USEREXPORT_RETRY_MAX_INTERVAL_S"
+            }
+            Err(PolicyError::BadTimeout) => "invalid USEREXPORT_START_TO_CLOSE_S / USEREXPORT_HEARTBEAT_TIMEOUT_S",
+            Ok(()) => "invalid retry policy",
+        })?;
+        Ok(policy)
+    }
+
+    /// Checks the settings no type can express.
+    ///
+    /// # Errors
+    /// One line naming the offending setting.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.max_concurrent_exports == 0 {
+            bail!("invalid USEREXPORT_MAX_CONCURRENT_EXPORTS: must be at least 1");
+        }
+        self.execution_policy()?;
+        Ok(())
+    }
+
+    /// The wait used by `POST /v1/exports/sync` when the client names none.
+    pub fn sync_timeout_default(&self) -> Duration {
+        Duration::from_secs(self.sync_timeout_default_s.min(self.sync_timeout_max_s))
+    }
+
+    pub fn sync_timeout_max(&self) -> Duration {
+        Duration::from_secs(self.sync_timeout_max_s)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_setting_has_a_default() {
+        let config = Config::try_parse_from(["userexport"]);
+        assert!(config.is_ok(), "{config:?}");
+    }
+
+    fn check_error(config: &Config) -> String {
+        config.check().err().map(|e| format!("{e:#}")).unwrap_or_default()
+    }
+
+    #[test]
+    fn an_invalid_setting_is_named_in_the_error() {
+        let base = Config::for_tests("k=acme/prod");
+        assert_eq!(check_error(&base), "");
+        let cases = [
+            (Config { retry_backoff: 0.5, ..base.clone() }, "USEREXPORT_RETRY_BACKOFF"),
+            (Config { retry_max_attempts: 0, ..base.clone() }, "USEREXPORT_RETRY_MAX_ATTEMPTS"),
+            (Config { retry_initial_interval_ms: 0, ..base.clone() }, "USEREXPORT_RETRY_INITIAL_INTERVAL_MS"),
+            (Config { start_to_close_s: 0, ..base.clone() }, "USEREXPORT_START_TO_CLOSE_S"),
+            (Config { max_concurrent_exports: 0, ..base.clone() }, "USEREXPORT_MAX_CONCURRENT_EXPORTS"),
+        ];
+        for (config, setting) in cases {
+            let err = check_error(&config);
+            assert!(err.contains(setting), "{setting}: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+    }
+
+    #[test]
+    fn api_keys_are_not_shown_by_debug() {
+        let config = Config::for_tests("s3cret=acme/prod");
+        assert!(!format!("{config:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn the_default_sync_wait_is_capped_by_the_maximum() {
+        let config = Config { sync_timeout_max_s: 5, ..Config::for_tests("k=acme/prod") };
+        assert_eq!(config.sync_timeout_default(), Duration::from_secs(5));
+    }
+}

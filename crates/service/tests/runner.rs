@@ -1,0 +1,299 @@
+//! The ExportUserData use case against the in-memory adapters, with `mockall` for failures.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use adapters::memory::{MemoryExportRepository, MemoryUserRepository};
+use adapters::notify::LogNotifier;
+use adapters::storage::ObjectStorage;
+use chrono::Utc;
+use domain::{Export, ExportFormat, ExportId, ExportSpec, ExportStatus, FailureKind, Scope, UserStatus};
+use futures::{StreamExt, TryStreamExt};
+use ports::mocks::{MockExportStorage, MockObjectWriter, MockUserRepository};
+use ports::{ExportRepository, ExportStorage, PortError, UserRepository};
+use service::{AttemptControl, ExportRunner, RunError, RunnerConfig};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+fn scope() -> Scope {
+    Scope::parse("acme/prod").unwrap()
+}
+
+struct Fixture {
+    users: MemoryUserRepository,
+    exports: Arc<MemoryExportRepository>,
+    storage: Arc<ObjectStorage>,
+}
+
+impl Fixture {
+    fn new(users: u64) -> Self {
+        let repo = MemoryUserRepository::new();
+        repo.seed_synthetic(&scope(), users);
+        repo.seed_synthetic(&Scope::parse("globex/prod").unwrap(), 7);
+        Self { users: repo, exports: Arc::new(MemoryExportRepository::new()), storage: Arc::new(ObjectStorage::in_memory()) }
+    }
+
+    fn runner_with(&self, users: Arc<dyn UserRepository>, storage: Arc<dyn ExportStorage>) -> ExportRunner {
+        let config = RunnerConfig { chunk_bytes: 4096, progress_interval: Duration::ZERO };
+        ExportRunner::new(users, self.exports.clone(), storage, Arc::new(LogNotifier), config)
+    }
+
+    fn runner(&self) -> ExportRunner {
+        self.runner_with(Arc::new(self.users.clone()), self.storage.clone())
+    }
+
+    async fn pending(&self, spec: ExportSpec) -> Export {
+        let export = Export::new(ExportId::from_uuid(uuid::Uuid::now_v7()), scope(), spec, None, Utc::now());
+        self.exports.create_if_absent(&export).await.unwrap();
+        export
+    }
+
+    async fn record(&self, export: &Export) -> Export {
+        self.exports.get(&scope(), export.id).await.unwrap().unwrap()
+    }
+
+    async fn object(&self, export: &Export) -> Option<Vec<u8>> {
+        let reader = self.storage.open(&export.object_key).await.unwrap()?;
+        let chunks: Vec<bytes::Bytes> = reader.body.try_collect().await.unwrap();
+        Some(chunks.concat())
+    }
+}
+
+fn control(attempt: u32) -> AttemptControl {
+    AttemptControl {
+        attempt,
+        cancel: CancellationToken::new(),
+        shutdown: CancellationToken::new(),
+        timeout: Duration::from_secs(30),
+    }
+}
+
+#[tokio::test]
+async fn an_export_streams_every_user_of_the_tenant_and_records_the_checksum() {
+    let fx = Fixture::new(2_500);
+    let export = fx.pending(ExportSpec::new(ExportFormat::Csv)).await;
+    let reported = Arc::new(AtomicUsize::new(0));
+    let seen = reported.clone();
+    let done = fx
+        .runner()
+        .run_attempt(&scope(), export.id, &control(1), &move |rows| seen.store(rows as usize, Ordering::SeqCst))
+        .await
+        .unwrap();
+
+    assert_eq!(done.status(), ExportStatus::Completed);
+    let bytes = fx.object(&export).await.expect("object stored");
+    let outcome = done.outcome().unwrap();
+    assert_eq!(outcome.record_count, 2_500);
+    assert_eq!(outcome.bytes, bytes.len() as u64);
+    assert_eq!(outcome.sha256, hex::encode(Sha256::digest(&bytes)));
+    assert_eq!(reported.load(Ordering::SeqCst), 2_500);
+    let rows = csv::Reader::from_reader(bytes.as_slice()).records().count();
+    assert_eq!(rows, 2_500, "only acme's users, each once");
+    assert_eq!(fx.record(&export).await, done);
+}
+
+#[tokio::test]
+async fn filters_and_limit_select_the_users() {
+    let fx = Fixture::new(1_000);
+    let spec = ExportSpec::from_json(&serde_json::json!({
+        "format": "ndjson", "user_filters": {"status": "suspended", "email_domain": "example.org"}, "limit": 20
+    }))
+    .unwrap();
+    let expected: Vec<_> = fx.users.stream(&scope(), &spec.user_filters, Some(20)).try_collect().await.unwrap();
+    assert_eq!(expected.len(), 20);
+    assert!(expected.iter().all(|u| u.status == UserStatus::Suspended && u.email.ends_with("@example.org")));
+
+    let export = fx.pending(spec).await;
+    fx.runner().run_attempt(&scope(), export.id, &control(1), &|_| {}).await.unwrap();
+    let body = String::from_utf8(fx.object(&export).await.unwrap()).unwrap();
+    let ids: Vec<String> =
+        body.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(ids, expected.iter().map(|u| u.id.to_string()).collect::<Vec<_>>());
+}
+
+/// A writer that accepts two chunks, fails the third, and must then be aborted.
+fn writer_failing_on_third_chunk(aborted: Arc<AtomicUsize>, retryable: bool) -> MockObjectWriter {
+    let mut writer = MockObjectWriter::new();
+    let mut calls = 0;
+    writer.expect_write().returning(move |_| {
+        calls += 1;
+        match (calls, retryable) {
+            (..3, _) => Ok(()),
+            (_, true) => Err(PortError::unavailable(anyhow::anyhow!("503 slow down"))),
+            (_, false) => Err(PortError::Other(anyhow::anyhow!("access denied"))),
+        }
+    });
+    writer.expect_finish().never();
+    writer.expect_abort().times(1).returning(move || {
+        aborted.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    });
+    writer
+}
+
+#[tokio::test]
+async fn storage_failing_mid_stream_aborts_the_upload_and_fails_the_record() {
+    let fx = Fixture::new(2_000);
+    let aborted = Arc::new(AtomicUsize::new(0));
+    let mut storage = MockExportStorage::new();
+    let aborts = aborted.clone();
+    storage.expect_writer().times(1).returning(move |_| Ok(Box::new(writer_failing_on_third_chunk(aborts.clone(), false))));
+    let runner = fx.runner_with(Arc::new(fx.users.clone()), Arc::new(storage));
+    let export = fx.pending(ExportSpec::new(ExportFormat::Json)).await;
+
+    let err = runner.run_attempt(&scope(), export.id, &control(1), &|_| {}).await.unwrap_err();
+    assert!(matches!(err, RunError::Failed { retryable: false, .. }), "{err:?}");
+    assert_eq!(aborted.load(Ordering::SeqCst), 1);
+    let record = fx.record(&export).await;
+    assert_eq!(record.status(), ExportStatus::Failed);
+    assert_eq!(record.error().unwrap().kind, FailureKind::Storage);
+    assert!(record.error().unwrap().message.contains("access denied"));
+}
+
+#[tokio::test]
+async fn a_retryable_failure_then_success_completes_once() {
+    let fx = Fixture::new(2_000);
+    let aborted = Arc::new(AtomicUsize::new(0));
+    let real = fx.storage.clone();
+    let mut storage = MockExportStorage::new();
+    let aborts = aborted.clone();
+    let mut writers = 0;
+    storage.expect_writer().times(2).returning(move |key| {
+        writers += 1;
+        if writers == 1 {
+            return Ok(Box::new(writer_failing_on_third_chunk(aborts.clone(), true)));
+        }
+        let real = real.clone();
+        let key = key.clone();
+        futures::executor::block_on(async move { real.writer(&key).await })
+    });
+    let runner = fx.runner_with(Arc::new(fx.users.clone()), Arc::new(storage));
+    let export = fx.pending(ExportSpec::new(ExportFormat::Csv)).await;
+
+    let first = runner.run_attempt(&scope(), export.id, &control(1), &|_| {}).await.unwrap_err();
+    assert!(first.is_retryable(), "{first:?}");
+    let between = fx.record(&export).await;
+    assert_eq!(between.status(), ExportStatus::Running, "a retryable failure leaves the export running");
+    assert_eq!(between.error().unwrap().kind, FailureKind::Storage);
+    assert!(fx.object(&export).await.is_none(), "the failed attempt left no object");
+
+    let done = runner.run_attempt(&scope(), export.id, &control(2), &|_| {}).await.unwrap();
+    assert_eq!((done.status(), done.attempt()), (ExportStatus::Completed, 2));
+    assert_eq!(done.outcome().unwrap().record_count, 2_000);
+    assert_eq!(done.error(), None);
+
+    // A late duplicate of either attempt changes nothing.
+    let again = runner.run_attempt(&scope(), export.id, &control(2), &|_| {}).await.unwrap();
+    assert_eq!(again, done);
+    let again = runner.run_attempt(&scope(), export.id, &control(3), &|_| {}).await.unwrap();
+    assert_eq!(again, done);
+    assert_eq!(aborted.load(Ordering::SeqCst), 1);
+}
+
+/// Users that trickle in forever, so an export is still running when the test acts on it.
+fn endless_users() -> MockUserRepository {
+    let mut users = MockUserRepository::new();
+    users.expect_count().returning(|_, _| Ok(1_000_000));
+    users.expect_stream().returning(|scope, _, _| {
+        let scope = scope.clone();
+        futures::stream::iter(0..)
+            .then(move |i| {
+                let user = domain::synthetic::user(&scope, i);
+                async move {
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                    Ok(user)
+                }
+            })
+            .boxed()
+    });
+    users.expect_ping().returning(|| Ok(()));
+    users
+}
+
+#[tokio::test]
+async fn cancelling_a_running_export_leaves_no_object() {
+    let fx = Fixture::new(0);
+    let runner = Arc::new(fx.runner_with(Arc::new(endless_users()), fx.storage.clone()));
+    let export = fx.pending(ExportSpec::new(ExportFormat::Csv)).await;
+    let ctl = control(1);
+    let task = {
+        let (runner, ctl) = (runner.clone(), ctl.clone());
+        tokio::spawn(async move { runner.run_attempt(&scope(), export.id, &ctl, &|_| {}).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fx.record(&export).await.status(), ExportStatus::Running);
+    assert!(fx.record(&export).await.progress().rows_written > 0, "progress is recorded while running");
+    ctl.cancel.cancel();
+
+    assert!(matches!(task.await.unwrap(), Err(RunError::Cancelled)));
+    assert_eq!(fx.record(&export).await.status(), ExportStatus::Cancelled);
+    assert!(fx.object(&export).await.is_none());
+}
+
+#[tokio::test]
+async fn an_attempt_past_its_deadline_fails_retryably_and_leaves_no_object() {
+    let fx = Fixture::new(0);
+    let runner = fx.runner_with(Arc::new(endless_users()), fx.storage.clone());
+    let export = fx.pending(ExportSpec::new(ExportFormat::Csv)).await;
+    let ctl = AttemptControl { timeout: Duration::from_millis(200), ..control(1) };
+
+    let err = runner.run_attempt(&scope(), export.id, &ctl, &|_| {}).await.unwrap_err();
+    match err {
+        RunError::Failed { failure, retryable: true } => assert_eq!(failure.kind, FailureKind::Timeout),
+        other => panic!("expected a retryable timeout, got {other:?}"),
+    }
+    assert!(fx.object(&export).await.is_none());
+}
+
+#[tokio::test]
+async fn shutdown_interrupts_without_finishing_the_record() {
+    let fx = Fixture::new(0);
+    let runner = fx.runner_with(Arc::new(endless_users()), fx.storage.clone());
+    let export = fx.pending(ExportSpec::new(ExportFormat::Csv)).await;
+    let ctl = control(1);
+    ctl.shutdown.cancel();
+
+    let err = runner.run_attempt(&scope(), export.id, &ctl, &|_| {}).await.unwrap_err();
+    assert!(matches!(err, RunError::Interrupted), "{err:?}");
+    assert_eq!(fx.record(&export).await.status(), ExportStatus::Running, "left for recovery");
+    assert!(fx.object(&export).await.is_none());
+}
+
+#[tokio::test]
+async fn a_cancel_recorded_through_the_repository_stops_a_running_attempt() {
+    let fx = Fixture::new(0);
+    let runner = Arc::new(fx.runner_with(Arc::new(endless_users()), fx.storage.clone()));
+    let export = fx.pending(ExportSpec::new(ExportFormat::Csv)).await;
+    let task = {
+        let runner = runner.clone();
+        tokio::spawn(async move { runner.run_attempt(&scope(), export.id, &control(1), &|_| {}).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Another process (no shared token) cancels the record: the attempt notices at its next
+    // progress write.
+    runner.cancel_unfinished(&scope(), export.id).await.unwrap_err();
+
+    assert!(matches!(task.await.unwrap(), Err(RunError::Cancelled)));
+    assert_eq!(fx.record(&export).await.status(), ExportStatus::Cancelled);
+    assert!(fx.object(&export).await.is_none());
+}
+
+#[tokio::test]
+async fn giving_up_marks_the_export_failed_with_the_reason() {
+    let fx = Fixture::new(10);
+    let export = fx.pending(ExportSpec::new(ExportFormat::Csv)).await;
+    let failure = domain::ExportFailure::new(FailureKind::Source, "database down");
+    let err = fx.runner().give_up(&scope(), export.id, failure.clone()).await.unwrap_err();
+    assert!(matches!(err, RunError::Failed { retryable: false, .. }));
+    let record = fx.record(&export).await;
+    assert_eq!(record.status(), ExportStatus::Failed);
+    assert_eq!(record.error(), Some(&failure));
+}
+
+#[tokio::test]
+async fn an_unknown_export_is_not_found() {
+    let fx = Fixture::new(1);
+    let missing = ExportId::from_uuid(uuid::Uuid::now_v7());
+    assert!(matches!(fx.runner().run_attempt(&scope(), missing, &control(1), &|_| {}).await, Err(RunError::NotFound)));
+}
