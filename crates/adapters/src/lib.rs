@@ -6,4 +6,6 @@ pub mod contract;
 pub mod inprocess;
 pub mod memory;
 pub mod notify;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod storage;

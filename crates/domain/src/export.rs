@@ -5,7 +5,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{ExportId, IdempotencyKey, ObjectKey, Scope};
@@ -137,6 +137,33 @@ pub struct ExportOutcome {
     pub sha256: String,
 }
 
+/// Timestamps are kept at microsecond precision, as databases store them, so a record reads back
+/// exactly as it was written.
+fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.duration_trunc(TimeDelta::microseconds(1)).unwrap_or(t)
+}
+
+/// Every field of a stored record, for adapters that persist records column by column.
+/// Only stores hand these back; anything else changes a record through its transitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportParts {
+    pub id: ExportId,
+    pub scope: Scope,
+    pub spec: ExportSpec,
+    pub idempotency_key: Option<IdempotencyKey>,
+    pub request_fingerprint: String,
+    pub object_key: ObjectKey,
+    pub created_at: DateTime<Utc>,
+    pub status: ExportStatus,
+    pub progress: Progress,
+    pub attempt: u32,
+    pub outcome: Option<ExportOutcome>,
+    pub error: Option<ExportFailure>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
 /// The record of one export. Identity and request are public; everything the state machine
 /// governs changes only through its methods.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,6 +194,7 @@ impl Export {
         idempotency_key: Option<IdempotencyKey>,
         now: DateTime<Utc>,
     ) -> Self {
+        let now = micros(now);
         let object_key = ObjectKey::for_export(&scope, id, &spec.extension());
         Self {
             id,
@@ -184,6 +212,48 @@ impl Export {
             started_at: None,
             finished_at: None,
             updated_at: now,
+        }
+    }
+
+    /// Rebuilds a record a store persisted.
+    pub fn restore(p: ExportParts) -> Self {
+        Self {
+            id: p.id,
+            scope: p.scope,
+            spec: p.spec,
+            idempotency_key: p.idempotency_key,
+            request_fingerprint: p.request_fingerprint,
+            object_key: p.object_key,
+            created_at: p.created_at,
+            status: p.status,
+            progress: p.progress,
+            attempt: p.attempt,
+            outcome: p.outcome,
+            error: p.error,
+            started_at: p.started_at,
+            finished_at: p.finished_at,
+            updated_at: p.updated_at,
+        }
+    }
+
+    /// Every field, for a store to persist.
+    pub fn to_parts(&self) -> ExportParts {
+        ExportParts {
+            id: self.id,
+            scope: self.scope.clone(),
+            spec: self.spec.clone(),
+            idempotency_key: self.idempotency_key.clone(),
+            request_fingerprint: self.request_fingerprint.clone(),
+            object_key: self.object_key.clone(),
+            created_at: self.created_at,
+            status: self.status,
+            progress: self.progress,
+            attempt: self.attempt,
+            outcome: self.outcome.clone(),
+            error: self.error.clone(),
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            updated_at: self.updated_at,
         }
     }
 
@@ -217,6 +287,7 @@ impl Export {
         if !self.status.may_become(to) {
             return Err(IllegalTransition { from: self.status, to });
         }
+        let now = micros(now);
         self.status = to;
         self.updated_at = now;
         if to.is_terminal() {
@@ -233,7 +304,7 @@ impl Export {
         }
         self.move_to(ExportStatus::Running, now)?;
         self.attempt = attempt;
-        self.started_at.get_or_insert(now);
+        self.started_at.get_or_insert(micros(now));
         self.progress.rows_written = 0;
         self.error = None;
         Ok(())
@@ -245,13 +316,13 @@ impl Export {
         if total_rows.is_some() {
             self.progress.total_rows = total_rows;
         }
-        self.updated_at = now;
+        self.updated_at = micros(now);
     }
 
     /// Notes why the last attempt failed while the export waits for a retry.
     pub fn note_attempt_failure(&mut self, failure: ExportFailure, now: DateTime<Utc>) {
         self.error = Some(failure);
-        self.updated_at = now;
+        self.updated_at = micros(now);
     }
 
     pub fn complete(&mut self, outcome: ExportOutcome, now: DateTime<Utc>) -> Result<(), IllegalTransition> {
@@ -352,6 +423,14 @@ mod tests {
         assert_eq!(e.progress().total_rows, Some(100));
         assert_eq!(e.error(), None);
         assert_eq!(e.started_at(), Some(t(1)));
+    }
+
+    #[test]
+    fn parts_round_trip_and_times_are_microsecond_precise() {
+        let mut e = export();
+        e.start_attempt(1, t(1) + chrono::Duration::nanoseconds(1_234_567)).unwrap();
+        assert_eq!(e.started_at().unwrap().timestamp_subsec_nanos(), 1_234_000);
+        assert_eq!(Export::restore(e.to_parts()), e);
     }
 
     #[test]

@@ -203,6 +203,11 @@ impl From<IdempotencyKey> for String {
 pub struct ObjectKey(String);
 
 impl ObjectKey {
+    /// A key read back from a store that persisted [`ObjectKey::as_str`].
+    pub fn from_stored(key: String) -> Self {
+        Self(key)
+    }
+
     pub fn for_export(scope: &Scope, id: ExportId, extension: &str) -> Self {
         Self(format!("{}/{}/exports/{}.{}", scope.tenant, scope.environment, id, extension))
     }

@@ -13,7 +13,7 @@ pub mod validation;
 
 pub use cursor::{BadCursor, ListCursor};
 pub use export::{
-    Export, ExportFailure, ExportOutcome, ExportStatus, FailureKind, IllegalTransition, Progress,
+    Export, ExportFailure, ExportOutcome, ExportParts, ExportStatus, FailureKind, IllegalTransition, Progress,
 };
 pub use ids::{EnvironmentId, ExportId, IdParseError, IdempotencyKey, ObjectKey, Scope, TenantId, UserId};
 pub use policy::{ExecutionPolicy, PolicyError, RetryPolicy};

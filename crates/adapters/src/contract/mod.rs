@@ -4,4 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod exports;
+#[cfg(feature = "postgres")]
+pub mod pg;
 pub mod users;

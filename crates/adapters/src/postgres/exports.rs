@@ -1,0 +1,202 @@
+use async_trait::async_trait;
+use domain::{
+    Export, ExportFailure, ExportId, ExportOutcome, ExportParts, ExportSpec, ExportStatus, IdempotencyKey, ObjectKey,
+    Progress, Scope,
+};
+use ports::{CreateOutcome, ExportPage, ExportQuery, ExportRepository, PortError, UpdateOutcome};
+use sqlx::postgres::{PgPool, PgRow};
+use sqlx::types::Json;
+use sqlx::{Postgres, QueryBuilder, Row};
+
+use super::{to_i64, to_u64, translate};
+
+const COLUMNS: &str = "tenant_id, environment_id, id, idempotency_key, request_fingerprint, spec, object_key, \
+    status, attempt, rows_written, total_rows, record_count, bytes, sha256, error_kind, error_message, \
+    created_at, started_at, finished_at, updated_at";
+
+/// Export records in PostgreSQL. Status changes are `UPDATE ... WHERE status = $expected`, so
+/// concurrent writers cannot both win.
+#[derive(Debug, Clone)]
+pub struct PgExportRepository {
+    pool: PgPool,
+}
+
+impl PgExportRepository {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    async fn fetch(&self, scope: &Scope, id: ExportId) -> Result<Option<Export>, PortError> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM exports WHERE tenant_id = $1 AND environment_id = $2 AND id = $3"
+        ))
+        .bind(scope.tenant.as_str())
+        .bind(scope.environment.as_str())
+        .bind(id.as_uuid())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(translate)?;
+        row.as_ref().map(decode).transpose()
+    }
+}
+
+fn bad(what: &str, value: impl std::fmt::Debug) -> PortError {
+    PortError::Other(anyhow::anyhow!("stored export has an invalid {what}: {value:?}"))
+}
+
+fn decode(row: &PgRow) -> Result<Export, PortError> {
+    let get_str = |i: usize| row.try_get::<String, _>(i).map_err(translate);
+    let opt_i64 = |i: usize| row.try_get::<Option<i64>, _>(i).map_err(translate);
+    let tenant = get_str(0)?;
+    let environment = get_str(1)?;
+    let scope = Scope::parse(&format!("{tenant}/{environment}")).map_err(|_| bad("scope", (&tenant, &environment)))?;
+    let idempotency_key = row
+        .try_get::<Option<String>, _>(3)
+        .map_err(translate)?
+        .map(|k| IdempotencyKey::parse(&k).map_err(|_| bad("idempotency key", k)))
+        .transpose()?;
+    let Json(spec) = row.try_get::<Json<ExportSpec>, _>(5).map_err(translate)?;
+    let status = get_str(7)?;
+    let status: ExportStatus = status.parse().map_err(|()| bad("status", &status))?;
+    let attempt: i32 = row.try_get(8).map_err(translate)?;
+    let outcome = match (opt_i64(11)?, opt_i64(12)?, row.try_get::<Option<String>, _>(13).map_err(translate)?) {
+        (Some(records), Some(bytes), Some(sha256)) => {
+            Some(ExportOutcome { record_count: to_u64(records, "record_count")?, bytes: to_u64(bytes, "bytes")?, sha256 })
+        }
+        _ => None,
+    };
+    let error = match row.try_get::<Option<String>, _>(14).map_err(translate)? {
+        Some(kind) => Some(ExportFailure {
+            kind: serde_json::from_value(serde_json::Value::String(kind.clone())).map_err(|_| bad("error kind", kind))?,
+            message: row.try_get::<Option<String>, _>(15).map_err(translate)?.unwrap_or_default(),
+        }),
+        None => None,
+    };
+    Ok(Export::restore(ExportParts {
+        id: ExportId::from_uuid(row.try_get(2).map_err(translate)?),
+        scope,
+        spec,
+        idempotency_key,
+        request_fingerprint: get_str(4)?,
+        object_key: ObjectKey::from_stored(get_str(6)?),
+        status,
+        attempt: u32::try_from(attempt).map_err(|_| bad("attempt", attempt))?,
+        progress: Progress {
+            rows_written: to_u64(row.try_get(9).map_err(translate)?, "rows_written")?,
+            total_rows: opt_i64(10)?.map(|n| to_u64(n, "total_rows")).transpose()?,
+        },
+        outcome,
+        error,
+        created_at: row.try_get(16).map_err(translate)?,
+        started_at: row.try_get(17).map_err(translate)?,
+        finished_at: row.try_get(18).map_err(translate)?,
+        updated_at: row.try_get(19).map_err(translate)?,
+    }))
+}
+
+/// Binds every column of `export`, in [`COLUMNS`] order, as one parenthesised tuple.
+fn push_values(q: &mut QueryBuilder<'_, Postgres>, export: &Export) -> Result<(), PortError> {
+    let p = export.to_parts();
+    let outcome = p.outcome.as_ref();
+    let opt = |n: Option<u64>, what: &str| n.map(|n| to_i64(n, what)).transpose();
+    let attempt = i32::try_from(p.attempt).map_err(|_| bad("attempt", p.attempt))?;
+    let mut t = q.separated(", ");
+    t.push_unseparated("(");
+    t.push_bind(p.scope.tenant.as_str().to_owned());
+    t.push_bind(p.scope.environment.as_str().to_owned());
+    t.push_bind(p.id.as_uuid());
+    t.push_bind(p.idempotency_key.map(String::from));
+    t.push_bind(p.request_fingerprint);
+    t.push_bind(Json(p.spec));
+    t.push_bind(p.object_key.as_str().to_owned());
+    t.push_bind(p.status.as_str());
+    t.push_bind(attempt);
+    t.push_bind(to_i64(p.progress.rows_written, "rows_written")?);
+    t.push_bind(opt(p.progress.total_rows, "total_rows")?);
+    t.push_bind(opt(outcome.map(|o| o.record_count), "record_count")?);
+    t.push_bind(opt(outcome.map(|o| o.bytes), "bytes")?);
+    t.push_bind(outcome.map(|o| o.sha256.clone()));
+    t.push_bind(p.error.as_ref().map(|e| e.kind.as_str()));
+    t.push_bind(p.error.map(|e| e.message));
+    t.push_bind(p.created_at);
+    t.push_bind(p.started_at);
+    t.push_bind(p.finished_at);
+    t.push_bind(p.updated_at);
+    t.push_unseparated(")");
+    Ok(())
+}
+
+#[async_trait]
+impl ExportRepository for PgExportRepository {
+    async fn create_if_absent(&self, export: &Export) -> Result<CreateOutcome, PortError> {
+        let mut q = QueryBuilder::new(format!("INSERT INTO exports ({COLUMNS}) VALUES "));
+        push_values(&mut q, export)?;
+        q.push(" ON CONFLICT DO NOTHING");
+        let inserted = q.build().execute(&self.pool).await.map_err(translate)?.rows_affected();
+        if inserted == 1 {
+            return Ok(CreateOutcome::Created);
+        }
+        match self.fetch(&export.scope, export.id).await? {
+            Some(existing) => Ok(CreateOutcome::Existing(Box::new(existing))),
+            None => Err(PortError::Other(anyhow::anyhow!("export {} conflicted but cannot be read", export.id))),
+        }
+    }
+
+    async fn get(&self, scope: &Scope, id: ExportId) -> Result<Option<Export>, PortError> {
+        self.fetch(scope, id).await
+    }
+
+    async fn update_if_status(&self, export: &Export, expected: ExportStatus) -> Result<UpdateOutcome, PortError> {
+        // Row-valued SET keeps the column list in one place ([`COLUMNS`]).
+        let mut q = QueryBuilder::new(format!("UPDATE exports SET ({COLUMNS}) = "));
+        push_values(&mut q, export)?;
+        q.push(" WHERE tenant_id = ").push_bind(export.scope.tenant.as_str());
+        q.push(" AND environment_id = ").push_bind(export.scope.environment.as_str());
+        q.push(" AND id = ").push_bind(export.id.as_uuid());
+        q.push(" AND status = ").push_bind(expected.as_str());
+        q.push(" AND attempt <= ").push_bind(i32::try_from(export.attempt()).map_err(|_| bad("attempt", export.attempt()))?);
+        let updated = q.build().execute(&self.pool).await.map_err(translate)?.rows_affected();
+        if updated == 1 {
+            return Ok(UpdateOutcome::Updated);
+        }
+        Ok(match self.fetch(&export.scope, export.id).await? {
+            Some(stored) => UpdateOutcome::Conflict(Box::new(stored)),
+            None => UpdateOutcome::NotFound,
+        })
+    }
+
+    async fn list(&self, scope: &Scope, query: &ExportQuery) -> Result<ExportPage, PortError> {
+        let limit = query.limit.clamp(1, 100);
+        let mut q = QueryBuilder::new(format!("SELECT {COLUMNS} FROM exports WHERE tenant_id = "));
+        q.push_bind(scope.tenant.as_str());
+        q.push(" AND environment_id = ").push_bind(scope.environment.as_str());
+        if let Some(status) = query.status {
+            q.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(after) = query.after {
+            q.push(" AND (created_at, id) < (").push_bind(after.created_at).push(", ").push_bind(after.id.as_uuid()).push(")");
+        }
+        q.push(" ORDER BY created_at DESC, id DESC LIMIT ").push_bind(to_i64(limit as u64 + 1, "limit")?);
+        let rows = q.build().fetch_all(&self.pool).await.map_err(translate)?;
+        let mut items = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        let more = items.len() > limit;
+        items.truncate(limit);
+        let next = if more { items.last().map(|e| domain::ListCursor { created_at: e.created_at, id: e.id }) } else { None };
+        Ok(ExportPage { items, next })
+    }
+
+    async fn list_unfinished(&self) -> Result<Vec<Export>, PortError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM exports WHERE status IN ('pending', 'running') ORDER BY created_at, id"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(translate)?;
+        rows.iter().map(decode).collect()
+    }
+
+    async fn ping(&self) -> Result<(), PortError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(translate)?;
+        Ok(())
+    }
+}
