@@ -1,6 +1,8 @@
 //! The in-process orchestrator with the export service on the in-memory adapters: retries,
 //! timeouts, concurrency, cancellation, recovery and graceful shutdown.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;

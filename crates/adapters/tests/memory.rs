@@ -1,5 +1,7 @@
 //! The in-memory adapters against the shared port contracts.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 
 use adapters::contract;

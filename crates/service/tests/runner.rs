@@ -1,5 +1,7 @@
 //! The ExportUserData use case against the in-memory adapters, with `mockall` for failures.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
