@@ -6,17 +6,54 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { printf '\n==> %s\n' "$*"; }
+die() { printf '\nERROR: %s\n' "$*" >&2; exit 1; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/userexport-test.XXXXXX")
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$RUN_DIR"
+}
+trap cleanup EXIT INT TERM
+
+# wait_for NAME SECONDS COMMAND...: polls COMMAND until it succeeds.
+wait_for() {
+  local name=$1 secs=$2; shift 2
+  for _ in $(seq 1 $((secs * 5))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
+  die "$name did not become ready in ${secs}s (logs in $RUN_DIR)"
+}
+
+log "provisioning"
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
+command -v moto_server >/dev/null && python3 -c 'import moto.server' 2>/dev/null \
+  || python3 -m pip install --quiet --disable-pip-version-check "moto[server]"
+command -v psql >/dev/null || die "psql is missing: PostgreSQL client tools are expected on this machine"
+
+log "PostgreSQL"
+export TEST_DATABASE_URL=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+wait_for "PostgreSQL ($TEST_DATABASE_URL)" 30 psql "$TEST_DATABASE_URL" -Atc 'SELECT 1'
+# Leftovers of interrupted earlier runs.
+psql "$TEST_DATABASE_URL" -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'userexport_test_%'" |
+  while read -r db; do psql "$TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)"; done
+
+log "S3-compatible server (moto)"
+MOTO_PORT=$(free_port)
+moto_server -H 127.0.0.1 -p "$MOTO_PORT" >"$RUN_DIR/moto.log" 2>&1 &
+PIDS+=($!)
+export TEST_S3_ENDPOINT="http://127.0.0.1:$MOTO_PORT"
+wait_for "moto_server" 30 curl -sf "$TEST_S3_ENDPOINT/"
 
 log "toolchain: $(cargo --version)"
-rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
 
 log "format"
 cargo fmt --all -- --check
 
 log "lint"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
 log "tests"
-cargo test --workspace --locked --no-fail-fast
+cargo test --workspace --all-features --locked --no-fail-fast
 
 log "all checks passed"

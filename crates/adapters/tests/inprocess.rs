@@ -18,7 +18,10 @@ use domain::{
     RetryPolicy, Scope, UserFilter,
 };
 use futures::StreamExt;
-use ports::{ExportRepository, ExportStorage, ObjectWriter, Orchestrator, PortError, UserRepository, UserStream, WaitOutcome};
+use ports::{
+    ExportRepository, ExportStorage, ObjectWriter, Orchestrator, PortError, UserRepository, UserStream,
+    WaitOutcome,
+};
 use service::{ExportRunner, ExportService, RequestError, RunnerConfig};
 
 fn scope() -> Scope {
@@ -100,7 +103,11 @@ impl ExportStorage for FlakyStorage {
     async fn open(&self, key: &domain::ObjectKey) -> Result<Option<ports::ObjectReader>, PortError> {
         self.inner.open(key).await
     }
-    async fn signed_url(&self, key: &domain::ObjectKey, ttl: Duration) -> Result<Option<url::Url>, PortError> {
+    async fn signed_url(
+        &self,
+        key: &domain::ObjectKey,
+        ttl: Duration,
+    ) -> Result<Option<url::Url>, PortError> {
         self.inner.signed_url(key, ttl).await
     }
     async fn delete(&self, key: &domain::ObjectKey) -> Result<(), PortError> {
@@ -154,7 +161,13 @@ fn slow_users(count: u64) -> Arc<SlowUsers> {
 }
 
 fn system(users: Arc<dyn UserRepository>, policy: ExecutionPolicy, concurrency: usize) -> System {
-    system_with(users, Arc::new(ObjectStorage::in_memory()), Arc::new(MemoryExportRepository::new()), policy, concurrency)
+    system_with(
+        users,
+        Arc::new(ObjectStorage::in_memory()),
+        Arc::new(MemoryExportRepository::new()),
+        policy,
+        concurrency,
+    )
 }
 
 fn csv() -> ExportSpec {
@@ -295,11 +308,13 @@ async fn cancelling_a_running_export_ends_it_cancelled_without_an_object() {
 async fn waiting_is_bounded() {
     let sys = system(slow_users(2_000), fast_policy(3), 2);
     let started = std::time::Instant::now();
-    let requested = sys.service.request_and_wait(&scope(), csv(), None, Duration::from_millis(150)).await.unwrap();
+    let requested =
+        sys.service.request_and_wait(&scope(), csv(), None, Duration::from_millis(150)).await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(2));
     assert!(!requested.export.status().is_terminal());
     let quick = system(Arc::new(users(10)), fast_policy(3), 2);
-    let requested = quick.service.request_and_wait(&scope(), csv(), None, Duration::from_secs(10)).await.unwrap();
+    let requested =
+        quick.service.request_and_wait(&scope(), csv(), None, Duration::from_secs(10)).await.unwrap();
     assert_eq!(requested.export.status(), ExportStatus::Completed);
 }
 
@@ -309,7 +324,8 @@ async fn exports_left_unfinished_by_a_dead_process_are_resumed_at_start_up() {
     let storage: Arc<dyn ExportStorage> = Arc::new(ObjectStorage::in_memory());
     // What a crashed process leaves: one export accepted but never started, one mid-attempt.
     let pending = Export::new(ExportId::from_uuid(uuid::Uuid::now_v7()), scope(), csv(), None, Utc::now());
-    let mut running = Export::new(ExportId::from_uuid(uuid::Uuid::now_v7()), scope(), csv(), None, Utc::now());
+    let mut running =
+        Export::new(ExportId::from_uuid(uuid::Uuid::now_v7()), scope(), csv(), None, Utc::now());
     exports.create_if_absent(&pending).await.unwrap();
     exports.create_if_absent(&running).await.unwrap();
     running.start_attempt(1, Utc::now()).unwrap();

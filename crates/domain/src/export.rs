@@ -327,7 +327,8 @@ impl Export {
 
     pub fn complete(&mut self, outcome: ExportOutcome, now: DateTime<Utc>) -> Result<(), IllegalTransition> {
         self.move_to(ExportStatus::Completed, now)?;
-        self.progress = Progress { rows_written: outcome.record_count, total_rows: Some(outcome.record_count) };
+        self.progress =
+            Progress { rows_written: outcome.record_count, total_rows: Some(outcome.record_count) };
         self.outcome = Some(outcome);
         self.error = None;
         Ok(())

@@ -237,15 +237,9 @@ impl ExportSpec {
         };
 
         match (format, compression) {
-            (Some(format), Some(compression)) if errors.is_empty() => Ok(Self {
-                format,
-                compression,
-                fields,
-                user_filters,
-                limit,
-                email_notify,
-                notify_email,
-            }),
+            (Some(format), Some(compression)) if errors.is_empty() => {
+                Ok(Self { format, compression, fields, user_filters, limit, email_notify, notify_email })
+            }
             _ => Err(errors),
         }
     }

@@ -68,15 +68,8 @@ pub enum UserField {
 }
 
 impl UserField {
-    pub const ALL: [UserField; 7] = [
-        Self::Id,
-        Self::Email,
-        Self::Name,
-        Self::Status,
-        Self::CreatedAt,
-        Self::UpdatedAt,
-        Self::Metadata,
-    ];
+    pub const ALL: [UserField; 7] =
+        [Self::Id, Self::Email, Self::Name, Self::Status, Self::CreatedAt, Self::UpdatedAt, Self::Metadata];
 
     pub fn as_str(self) -> &'static str {
         match self {

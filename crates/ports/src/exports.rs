@@ -53,7 +53,11 @@ pub trait ExportRepository: Send + Sync {
     /// worker cannot move a finished export backwards or double-count).
     ///
     /// Returns `NotFound` when absent and `Conflict(stored)` when the condition fails.
-    async fn update_if_status(&self, export: &Export, expected: ExportStatus) -> Result<UpdateOutcome, PortError>;
+    async fn update_if_status(
+        &self,
+        export: &Export,
+        expected: ExportStatus,
+    ) -> Result<UpdateOutcome, PortError>;
 
     /// `scope`'s exports, newest first (`created_at`, then `id`, descending), starting after
     /// `query.after`, optionally only those in `query.status`.

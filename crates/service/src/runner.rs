@@ -11,7 +11,9 @@ use domain::{
     Export, ExportFailure, ExportId, ExportOutcome, ExportStatus, FailureKind, IllegalTransition, Scope,
 };
 use futures::StreamExt;
-use ports::{ExportRepository, ExportStorage, Notifier, ObjectWriter, PortError, UpdateOutcome, UserRepository};
+use ports::{
+    ExportRepository, ExportStorage, Notifier, ObjectWriter, PortError, UpdateOutcome, UserRepository,
+};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -132,7 +134,9 @@ impl ExportRunner {
             UpdateOutcome::Updated => {}
             UpdateOutcome::NotFound => return Err(RunError::NotFound),
             UpdateOutcome::Conflict(stored) if stored.status().is_terminal() => return Ok(*stored),
-            UpdateOutcome::Conflict(stored) => return Err(RunError::Superseded { current: stored.attempt() }),
+            UpdateOutcome::Conflict(stored) => {
+                return Err(RunError::Superseded { current: stored.attempt() });
+            }
         }
         info!(export_id = %id, tenant = %scope.tenant, environment = %scope.environment,
               attempt = control.attempt, "export attempt started");
@@ -142,7 +146,9 @@ impl ExportRunner {
                 export.record_progress(0, Some(total), Utc::now());
                 self.save_progress(&mut export).await?;
             }
-            Err(err) => warn!(export_id = %id, error = %err, "could not count users; progress shows rows only"),
+            Err(err) => {
+                warn!(export_id = %id, error = %err, "could not count users; progress shows rows only")
+            }
         }
 
         let mut writer = self.storage.writer(&export.object_key).await.map_err(storage_failure)?;
@@ -212,7 +218,9 @@ impl ExportRunner {
         match self.exports.update_if_status(export, ExportStatus::Running).await.map_err(store_failure)? {
             UpdateOutcome::Updated => Ok(()),
             UpdateOutcome::NotFound => Err(RunError::NotFound),
-            UpdateOutcome::Conflict(stored) if stored.status() == ExportStatus::Cancelled => Err(RunError::Cancelled),
+            UpdateOutcome::Conflict(stored) if stored.status() == ExportStatus::Cancelled => {
+                Err(RunError::Cancelled)
+            }
             UpdateOutcome::Conflict(stored) => Err(RunError::Superseded { current: stored.attempt() }),
         }
     }
@@ -243,7 +251,9 @@ impl ExportRunner {
                     UpdateOutcome::Conflict(stored) if stored.status() == ExportStatus::Cancelled => {
                         Err(RunError::Cancelled)
                     }
-                    UpdateOutcome::Conflict(stored) => Err(RunError::Superseded { current: stored.attempt() }),
+                    UpdateOutcome::Conflict(stored) => {
+                        Err(RunError::Superseded { current: stored.attempt() })
+                    }
                     _ => Err(RunError::NotFound),
                 }
             }
@@ -256,7 +266,10 @@ impl ExportRunner {
             Stop::Interrupted => Err(RunError::Interrupted),
             Stop::Abandon(err) => Err(err),
             Stop::TimedOut => {
-                let failure = ExportFailure::new(FailureKind::Timeout, "the attempt exceeded its start-to-close timeout");
+                let failure = ExportFailure::new(
+                    FailureKind::Timeout,
+                    "the attempt exceeded its start-to-close timeout",
+                );
                 self.note_retryable(&mut export, failure).await
             }
             Stop::Failed(failure, true) => self.note_retryable(&mut export, failure).await,
@@ -275,7 +288,12 @@ impl ExportRunner {
     }
 
     /// Marks an unfinished export `failed` (no attempts left, or a non-retryable failure).
-    pub async fn give_up(&self, scope: &Scope, id: ExportId, failure: ExportFailure) -> Result<Export, RunError> {
+    pub async fn give_up(
+        &self,
+        scope: &Scope,
+        id: ExportId,
+        failure: ExportFailure,
+    ) -> Result<Export, RunError> {
         let export = self.load(scope, id).await?;
         if export.status().is_terminal() {
             return Ok(export);
@@ -368,7 +386,10 @@ fn source_failure(err: &PortError) -> ExportFailure {
 
 fn store_failure(err: PortError) -> RunError {
     let retryable = err.is_retryable();
-    RunError::Failed { failure: ExportFailure::new(FailureKind::Internal, format!("export record: {err:#}")), retryable }
+    RunError::Failed {
+        failure: ExportFailure::new(FailureKind::Internal, format!("export record: {err:#}")),
+        retryable,
+    }
 }
 
 fn storage_failure(err: PortError) -> RunError {

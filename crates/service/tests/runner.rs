@@ -33,7 +33,11 @@ impl Fixture {
         let repo = MemoryUserRepository::new();
         repo.seed_synthetic(&scope(), users);
         repo.seed_synthetic(&Scope::parse("globex/prod").unwrap(), 7);
-        Self { users: repo, exports: Arc::new(MemoryExportRepository::new()), storage: Arc::new(ObjectStorage::in_memory()) }
+        Self {
+            users: repo,
+            exports: Arc::new(MemoryExportRepository::new()),
+            storage: Arc::new(ObjectStorage::in_memory()),
+        }
     }
 
     fn runner_with(&self, users: Arc<dyn UserRepository>, storage: Arc<dyn ExportStorage>) -> ExportRunner {
@@ -79,7 +83,9 @@ async fn an_export_streams_every_user_of_the_tenant_and_records_the_checksum() {
     let seen = reported.clone();
     let done = fx
         .runner()
-        .run_attempt(&scope(), export.id, &control(1), &move |rows| seen.store(rows as usize, Ordering::SeqCst))
+        .run_attempt(&scope(), export.id, &control(1), &move |rows| {
+            seen.store(rows as usize, Ordering::SeqCst)
+        })
         .await
         .unwrap();
 
@@ -102,15 +108,18 @@ async fn filters_and_limit_select_the_users() {
         "format": "ndjson", "user_filters": {"status": "suspended", "email_domain": "example.org"}, "limit": 20
     }))
     .unwrap();
-    let expected: Vec<_> = fx.users.stream(&scope(), &spec.user_filters, Some(20)).try_collect().await.unwrap();
+    let expected: Vec<_> =
+        fx.users.stream(&scope(), &spec.user_filters, Some(20)).try_collect().await.unwrap();
     assert_eq!(expected.len(), 20);
     assert!(expected.iter().all(|u| u.status == UserStatus::Suspended && u.email.ends_with("@example.org")));
 
     let export = fx.pending(spec).await;
     fx.runner().run_attempt(&scope(), export.id, &control(1), &|_| {}).await.unwrap();
     let body = String::from_utf8(fx.object(&export).await.unwrap()).unwrap();
-    let ids: Vec<String> =
-        body.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_str().unwrap().to_owned()).collect();
+    let ids: Vec<String> = body
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(ids, expected.iter().map(|u| u.id.to_string()).collect::<Vec<_>>());
 }
 
@@ -140,7 +149,10 @@ async fn storage_failing_mid_stream_aborts_the_upload_and_fails_the_record() {
     let aborted = Arc::new(AtomicUsize::new(0));
     let mut storage = MockExportStorage::new();
     let aborts = aborted.clone();
-    storage.expect_writer().times(1).returning(move |_| Ok(Box::new(writer_failing_on_third_chunk(aborts.clone(), false))));
+    storage
+        .expect_writer()
+        .times(1)
+        .returning(move |_| Ok(Box::new(writer_failing_on_third_chunk(aborts.clone(), false))));
     let runner = fx.runner_with(Arc::new(fx.users.clone()), Arc::new(storage));
     let export = fx.pending(ExportSpec::new(ExportFormat::Json)).await;
 
@@ -297,5 +309,8 @@ async fn giving_up_marks_the_export_failed_with_the_reason() {
 async fn an_unknown_export_is_not_found() {
     let fx = Fixture::new(1);
     let missing = ExportId::from_uuid(uuid::Uuid::now_v7());
-    assert!(matches!(fx.runner().run_attempt(&scope(), missing, &control(1), &|_| {}).await, Err(RunError::NotFound)));
+    assert!(matches!(
+        fx.runner().run_attempt(&scope(), missing, &control(1), &|_| {}).await,
+        Err(RunError::NotFound)
+    ));
 }

@@ -5,7 +5,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use chrono::{Duration, Utc};
-use domain::{Export, ExportFailure, ExportFormat, ExportId, ExportOutcome, ExportSpec, ExportStatus, FailureKind, Scope};
+use domain::{
+    Export, ExportFailure, ExportFormat, ExportId, ExportOutcome, ExportSpec, ExportStatus, FailureKind,
+    Scope,
+};
 use ports::{CreateOutcome, ExportQuery, ExportRepository, UpdateOutcome};
 use uuid::Uuid;
 
@@ -17,7 +20,13 @@ fn fresh_scope() -> Scope {
 
 fn new_export(scope: &Scope, age_s: i64) -> Export {
     let id = ExportId::from_uuid(Uuid::now_v7());
-    Export::new(id, scope.clone(), ExportSpec::new(ExportFormat::Csv), None, Utc::now() - Duration::seconds(age_s))
+    Export::new(
+        id,
+        scope.clone(),
+        ExportSpec::new(ExportFormat::Csv),
+        None,
+        Utc::now() - Duration::seconds(age_s),
+    )
 }
 
 pub async fn run_all(repo: Arc<dyn ExportRepository>) {
@@ -85,10 +94,16 @@ async fn transitions_are_compare_and_set(repo: &dyn ExportRepository) {
     done.complete(outcome, Utc::now()).unwrap();
     assert_eq!(repo.update_if_status(&done, ExportStatus::Running).await.unwrap(), UpdateOutcome::Updated);
     // Nothing moves a finished export backwards.
-    assert!(matches!(repo.update_if_status(&export, ExportStatus::Running).await.unwrap(), UpdateOutcome::Conflict(_)));
+    assert!(matches!(
+        repo.update_if_status(&export, ExportStatus::Running).await.unwrap(),
+        UpdateOutcome::Conflict(_)
+    ));
     assert_eq!(repo.get(&export.scope, export.id).await.unwrap(), Some(done));
     let missing = new_export(&export.scope, 0);
-    assert_eq!(repo.update_if_status(&missing, ExportStatus::Pending).await.unwrap(), UpdateOutcome::NotFound);
+    assert_eq!(
+        repo.update_if_status(&missing, ExportStatus::Pending).await.unwrap(),
+        UpdateOutcome::NotFound
+    );
 }
 
 async fn concurrent_transitions_have_one_winner(repo: Arc<dyn ExportRepository>) {
@@ -101,7 +116,9 @@ async fn concurrent_transitions_have_one_winner(repo: Arc<dyn ExportRepository>)
             let (repo, mut candidate) = (repo.clone(), export.clone());
             tokio::spawn(async move {
                 if i % 2 == 0 {
-                    candidate.fail(ExportFailure::new(FailureKind::Storage, format!("writer {i}")), Utc::now()).unwrap();
+                    candidate
+                        .fail(ExportFailure::new(FailureKind::Storage, format!("writer {i}")), Utc::now())
+                        .unwrap();
                 } else {
                     candidate.cancel(Utc::now()).unwrap();
                 }
@@ -148,7 +165,10 @@ async fn list_is_newest_first_with_cursor_and_status(repo: &dyn ExportRepository
     assert_eq!(seen, newest_first);
     assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 5);
 
-    let only = repo.list(&scope, &ExportQuery { status: Some(ExportStatus::Cancelled), limit: 10, after: None }).await.unwrap();
+    let only = repo
+        .list(&scope, &ExportQuery { status: Some(ExportStatus::Cancelled), limit: 10, after: None })
+        .await
+        .unwrap();
     assert_eq!(only.items.iter().map(|e| e.id).collect::<Vec<_>>(), vec![cancelled.id]);
     assert_eq!(only.next, None);
 }
@@ -166,6 +186,13 @@ async fn unfinished_are_listed_for_recovery(repo: &dyn ExportRepository) {
     failed.fail(ExportFailure::new(FailureKind::Validation, "x"), Utc::now()).unwrap();
     repo.update_if_status(&failed, ExportStatus::Pending).await.unwrap();
 
-    let ids: Vec<_> = repo.list_unfinished().await.unwrap().into_iter().filter(|e| e.scope == scope).map(|e| e.id).collect();
+    let ids: Vec<_> = repo
+        .list_unfinished()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.scope == scope)
+        .map(|e| e.id)
+        .collect();
     assert_eq!(ids, vec![pending.id, running.id], "oldest first, finished ones excluded");
 }

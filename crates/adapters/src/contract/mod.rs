@@ -6,4 +6,6 @@
 pub mod exports;
 #[cfg(feature = "postgres")]
 pub mod pg;
+#[cfg(feature = "s3")]
+pub mod s3;
 pub mod users;

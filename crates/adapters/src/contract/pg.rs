@@ -6,7 +6,8 @@ use sqlx::{Connection, PgConnection};
 /// The server tests use: `TEST_DATABASE_URL`, or the local one every development machine runs.
 /// Tests fail (never skip) when it is unreachable.
 pub fn admin_url() -> String {
-    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
 /// A freshly created and migrated database, dropped by [`TestDatabase::drop_now`].
@@ -38,6 +39,9 @@ impl TestDatabase {
     pub async fn drop_now(self) {
         self.pool.close().await;
         let mut conn = PgConnection::connect(&admin_url()).await.unwrap();
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).execute(&mut conn).await.unwrap();
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+            .execute(&mut conn)
+            .await
+            .unwrap();
     }
 }

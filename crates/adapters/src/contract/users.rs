@@ -33,7 +33,11 @@ fn filters() -> Vec<UserFilter> {
         serde_json::json!({"email_domain": "nowhere.test"}),
     ];
     json.into_iter()
-        .map(|f| domain::ExportSpec::from_json(&serde_json::json!({"format": "csv", "user_filters": f})).unwrap().user_filters)
+        .map(|f| {
+            domain::ExportSpec::from_json(&serde_json::json!({"format": "csv", "user_filters": f}))
+                .unwrap()
+                .user_filters
+        })
         .collect()
 }
 
@@ -55,7 +59,11 @@ async fn streams_match_filters_in_id_order(repo: &dyn UserRepository) {
             let want_ids: Vec<_> = expected.iter().map(|u| u.id).collect();
             assert_eq!(got_ids, want_ids, "scope {scope}, filter {filter:?}");
             assert_eq!(got.first(), expected.first().copied(), "users come back unchanged");
-            assert_eq!(repo.count(&scope, &filter).await.unwrap(), want_ids.len() as u64, "count, filter {filter:?}");
+            assert_eq!(
+                repo.count(&scope, &filter).await.unwrap(),
+                want_ids.len() as u64,
+                "count, filter {filter:?}"
+            );
         }
     }
 }

@@ -38,7 +38,11 @@ impl ExportRepository for MemoryExportRepository {
         Ok(self.lock().get(&(scope.clone(), id)).cloned())
     }
 
-    async fn update_if_status(&self, export: &Export, expected: ExportStatus) -> Result<UpdateOutcome, PortError> {
+    async fn update_if_status(
+        &self,
+        export: &Export,
+        expected: ExportStatus,
+    ) -> Result<UpdateOutcome, PortError> {
         let mut records = self.lock();
         let Some(stored) = records.get_mut(&(export.scope.clone(), export.id)) else {
             return Ok(UpdateOutcome::NotFound);
@@ -62,7 +66,8 @@ impl ExportRepository for MemoryExportRepository {
         items.sort_by_key(|e| std::cmp::Reverse((e.created_at, e.id)));
         let more = items.len() > limit;
         let items: Vec<Export> = items.into_iter().take(limit).cloned().collect();
-        let next = if more { items.last().map(|e| ListCursor { created_at: e.created_at, id: e.id }) } else { None };
+        let next =
+            if more { items.last().map(|e| ListCursor { created_at: e.created_at, id: e.id }) } else { None };
         Ok(ExportPage { items, next })
     }
 

@@ -37,7 +37,12 @@ impl MemoryUserRepository {
         let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
         let Some(rows) = table.get(scope) else { return Vec::new() };
         let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
-        rows.range((lower, Bound::Unbounded)).map(|(_, u)| u).filter(|u| filter.matches(u)).take(size).cloned().collect()
+        rows.range((lower, Bound::Unbounded))
+            .map(|(_, u)| u)
+            .filter(|u| filter.matches(u))
+            .take(size)
+            .cloned()
+            .collect()
     }
 }
 

@@ -1,7 +1,7 @@
 use async_trait::async_trait;
 use domain::{
-    Export, ExportFailure, ExportId, ExportOutcome, ExportParts, ExportSpec, ExportStatus, IdempotencyKey, ObjectKey,
-    Progress, Scope,
+    Export, ExportFailure, ExportId, ExportOutcome, ExportParts, ExportSpec, ExportStatus, IdempotencyKey,
+    ObjectKey, Progress, Scope,
 };
 use ports::{CreateOutcome, ExportPage, ExportQuery, ExportRepository, PortError, UpdateOutcome};
 use sqlx::postgres::{PgPool, PgRow};
@@ -49,7 +49,8 @@ fn decode(row: &PgRow) -> Result<Export, PortError> {
     let opt_i64 = |i: usize| row.try_get::<Option<i64>, _>(i).map_err(translate);
     let tenant = get_str(0)?;
     let environment = get_str(1)?;
-    let scope = Scope::parse(&format!("{tenant}/{environment}")).map_err(|_| bad("scope", (&tenant, &environment)))?;
+    let scope = Scope::parse(&format!("{tenant}/{environment}"))
+        .map_err(|_| bad("scope", (&tenant, &environment)))?;
     let idempotency_key = row
         .try_get::<Option<String>, _>(3)
         .map_err(translate)?
@@ -59,15 +60,19 @@ fn decode(row: &PgRow) -> Result<Export, PortError> {
     let status = get_str(7)?;
     let status: ExportStatus = status.parse().map_err(|()| bad("status", &status))?;
     let attempt: i32 = row.try_get(8).map_err(translate)?;
-    let outcome = match (opt_i64(11)?, opt_i64(12)?, row.try_get::<Option<String>, _>(13).map_err(translate)?) {
-        (Some(records), Some(bytes), Some(sha256)) => {
-            Some(ExportOutcome { record_count: to_u64(records, "record_count")?, bytes: to_u64(bytes, "bytes")?, sha256 })
-        }
+    let outcome = match (opt_i64(11)?, opt_i64(12)?, row.try_get::<Option<String>, _>(13).map_err(translate)?)
+    {
+        (Some(records), Some(bytes), Some(sha256)) => Some(ExportOutcome {
+            record_count: to_u64(records, "record_count")?,
+            bytes: to_u64(bytes, "bytes")?,
+            sha256,
+        }),
         _ => None,
     };
     let error = match row.try_get::<Option<String>, _>(14).map_err(translate)? {
         Some(kind) => Some(ExportFailure {
-            kind: serde_json::from_value(serde_json::Value::String(kind.clone())).map_err(|_| bad("error kind", kind))?,
+            kind: serde_json::from_value(serde_json::Value::String(kind.clone()))
+                .map_err(|_| bad("error kind", kind))?,
             message: row.try_get::<Option<String>, _>(15).map_err(translate)?.unwrap_or_default(),
         }),
         None => None,
@@ -138,7 +143,9 @@ impl ExportRepository for PgExportRepository {
         }
         match self.fetch(&export.scope, export.id).await? {
             Some(existing) => Ok(CreateOutcome::Existing(Box::new(existing))),
-            None => Err(PortError::Other(anyhow::anyhow!("export {} conflicted but cannot be read", export.id))),
+            None => {
+                Err(PortError::Other(anyhow::anyhow!("export {} conflicted but cannot be read", export.id)))
+            }
         }
     }
 
@@ -146,7 +153,11 @@ impl ExportRepository for PgExportRepository {
         self.fetch(scope, id).await
     }
 
-    async fn update_if_status(&self, export: &Export, expected: ExportStatus) -> Result<UpdateOutcome, PortError> {
+    async fn update_if_status(
+        &self,
+        export: &Export,
+        expected: ExportStatus,
+    ) -> Result<UpdateOutcome, PortError> {
         // Row-valued SET keeps the column list in one place ([`COLUMNS`]).
         let mut q = QueryBuilder::new(format!("UPDATE exports SET ({COLUMNS}) = "));
         push_values(&mut q, export)?;
@@ -154,7 +165,8 @@ impl ExportRepository for PgExportRepository {
         q.push(" AND environment_id = ").push_bind(export.scope.environment.as_str());
         q.push(" AND id = ").push_bind(export.id.as_uuid());
         q.push(" AND status = ").push_bind(expected.as_str());
-        q.push(" AND attempt <= ").push_bind(i32::try_from(export.attempt()).map_err(|_| bad("attempt", export.attempt()))?);
+        q.push(" AND attempt <= ")
+            .push_bind(i32::try_from(export.attempt()).map_err(|_| bad("attempt", export.attempt()))?);
         let updated = q.build().execute(&self.pool).await.map_err(translate)?.rows_affected();
         if updated == 1 {
             return Ok(UpdateOutcome::Updated);
@@ -174,14 +186,22 @@ impl ExportRepository for PgExportRepository {
             q.push(" AND status = ").push_bind(status.as_str());
         }
         if let Some(after) = query.after {
-            q.push(" AND (created_at, id) < (").push_bind(after.created_at).push(", ").push_bind(after.id.as_uuid()).push(")");
+            q.push(" AND (created_at, id) < (")
+                .push_bind(after.created_at)
+                .push(", ")
+                .push_bind(after.id.as_uuid())
+                .push(")");
         }
         q.push(" ORDER BY created_at DESC, id DESC LIMIT ").push_bind(to_i64(limit as u64 + 1, "limit")?);
         let rows = q.build().fetch_all(&self.pool).await.map_err(translate)?;
         let mut items = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
         let more = items.len() > limit;
         items.truncate(limit);
-        let next = if more { items.last().map(|e| domain::ListCursor { created_at: e.created_at, id: e.id }) } else { None };
+        let next = if more {
+            items.last().map(|e| domain::ListCursor { created_at: e.created_at, id: e.id })
+        } else {
+            None
+        };
         Ok(ExportPage { items, next })
     }
 

@@ -53,7 +53,9 @@ pub(crate) fn translate(err: sqlx::Error) -> PortError {
 /// SQLSTATE classes a retry can fix: connection exceptions (08), serialization failures and
 /// deadlocks (40001, 40P01), insufficient resources (53), operator intervention (57P0x).
 fn is_transient(code: Option<&str>) -> bool {
-    code.is_some_and(|c| c.starts_with("08") || c.starts_with("53") || c.starts_with("57P") || c == "40001" || c == "40P01")
+    code.is_some_and(|c| {
+        c.starts_with("08") || c.starts_with("53") || c.starts_with("57P") || c == "40001" || c == "40P01"
+    })
 }
 
 pub(crate) fn to_i64(n: u64, what: &str) -> Result<i64, PortError> {

@@ -53,9 +53,11 @@ fn push_filter<'a>(q: &mut QueryBuilder<'a, Postgres>, scope: &'a Scope, filter:
 
 fn decode(row: &PgRow) -> Result<User, PortError> {
     let status: &str = row.try_get(3).map_err(translate)?;
-    let status: UserStatus =
-        status.parse().map_err(|()| PortError::Other(anyhow::anyhow!("unknown user status {status:?} in database")))?;
-    let Json(metadata) = row.try_get::<Json<serde_json::Map<String, serde_json::Value>>, _>(6).map_err(translate)?;
+    let status: UserStatus = status
+        .parse()
+        .map_err(|()| PortError::Other(anyhow::anyhow!("unknown user status {status:?} in database")))?;
+    let Json(metadata) =
+        row.try_get::<Json<serde_json::Map<String, serde_json::Value>>, _>(6).map_err(translate)?;
     Ok(User {
         id: UserId::from_uuid(row.try_get(0).map_err(translate)?),
         email: row.try_get(1).map_err(translate)?,
@@ -68,13 +70,20 @@ fn decode(row: &PgRow) -> Result<User, PortError> {
 }
 
 /// Reads pages into `tx` until done, the limit is reached, or the receiver is gone.
-async fn pump(pool: PgPool, scope: Scope, filter: UserFilter, limit: Option<u64>, tx: mpsc::Sender<Vec<Result<User, PortError>>>) {
+async fn pump(
+    pool: PgPool,
+    scope: Scope,
+    filter: UserFilter,
+    limit: Option<u64>,
+    tx: mpsc::Sender<Vec<Result<User, PortError>>>,
+) {
     let mut remaining = limit.unwrap_or(u64::MAX);
     let mut after: Option<Uuid> = None;
     while remaining > 0 {
         let page = remaining.min(PAGE_ROWS);
         let Ok(page_limit) = to_i64(page, "page") else { return };
-        let mut q = QueryBuilder::new("SELECT id, email, name, status, created_at, updated_at, metadata FROM users");
+        let mut q =
+            QueryBuilder::new("SELECT id, email, name, status, created_at, updated_at, metadata FROM users");
         push_filter(&mut q, &scope, &filter);
         if let Some(last) = after {
             q.push(" AND id > ").push_bind(last);
@@ -91,7 +100,9 @@ async fn pump(pool: PgPool, scope: Scope, filter: UserFilter, limit: Option<u64>
             }
             batch.push(user);
             read += 1;
-            if (batch.len() == BATCH || failed) && tx.send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH))).await.is_err() {
+            if (batch.len() == BATCH || failed)
+                && tx.send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH))).await.is_err()
+            {
                 return;
             }
             if failed {
