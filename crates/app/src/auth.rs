@@ -98,7 +98,11 @@ impl ApiKeys {
             index = u64::conditional_select(&index, &(i as u64), equal);
             found |= equal;
         }
-        if bool::from(found) { self.entries.get(usize::try_from(index).ok()?).map(|(_, s)| s.clone()) } else { None }
+        if bool::from(found) {
+            self.entries.get(usize::try_from(index).ok()?).map(|(_, s)| s.clone())
+        } else {
+            None
+        }
     }
 }
 
@@ -111,7 +115,8 @@ impl FromRequestParts<AppState> for Authenticated {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let header = parts.headers.get(AUTHORIZATION).ok_or(ApiError::Unauthenticated { presented: false })?;
+        let header =
+            parts.headers.get(AUTHORIZATION).ok_or(ApiError::Unauthenticated { presented: false })?;
         let token = header
             .to_str()
             .ok()

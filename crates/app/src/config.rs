@@ -187,7 +187,9 @@ impl Config {
             Err(PolicyError::BadInterval) => {
                 "invalid USEREXPORT_RETRY_INITIAL_INTERVAL_MS / USEREXPORT_RETRY_MAX_INTERVAL_S"
             }
-            Err(PolicyError::BadTimeout) => "invalid USEREXPORT_START_TO_CLOSE_S / USEREXPORT_HEARTBEAT_TIMEOUT_S",
+            Err(PolicyError::BadTimeout) => {
+                "invalid USEREXPORT_START_TO_CLOSE_S / USEREXPORT_HEARTBEAT_TIMEOUT_S"
+            }
             Ok(()) => "invalid retry policy",
         })?;
         Ok(policy)

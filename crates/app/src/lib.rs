@@ -1,1 +1,17 @@
+//! userexport's HTTP API: authentication, routes, problem documents, OpenAPI, and the wiring of
+//! the ports into one [`Application`] used by `main` and by the tests.
 
+mod auth;
+pub mod banner;
+pub mod config;
+pub mod dto;
+pub mod openapi;
+pub mod problem;
+mod routes;
+pub mod startup;
+mod state;
+pub mod telemetry;
+
+pub use config::Config;
+pub use routes::BODY_LIMIT_BYTES;
+pub use startup::{Adapters, Application, DemoTenant, shutdown_signal};

@@ -1,1 +1,31 @@
-fn main() {}
+//! `userexport`: the HTTP API. With no configuration it starts the embedded default.
+
+use std::process::ExitCode;
+
+use app::{Application, Config, banner, shutdown_signal, telemetry};
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = Config::parse();
+    if let Err(err) = telemetry::init(config.log_format) {
+        eprintln!("userexport: {err:#}");
+        return ExitCode::FAILURE;
+    }
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One line, naming the setting when configuration is at fault.
+            eprintln!("userexport: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let app = Application::build(config).await?;
+    if let Some(demo) = app.demo_tenant() {
+        banner::print_demo_banner(app.local_addr(), demo);
+    }
+    app.run_until_stopped(shutdown_signal()).await
+}

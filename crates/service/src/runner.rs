@@ -144,14 +144,19 @@ impl ExportRunner {
         match self.count_users(&export).await {
             Ok(total) => {
                 export.record_progress(0, Some(total), Utc::now());
-                self.save_progress(&mut export).await?;
+                if let Err(err) = self.save_progress(&mut export).await {
+                    return self.handle_stop(export, Stop::from(err)).await;
+                }
             }
             Err(err) => {
                 warn!(export_id = %id, error = %err, "could not count users; progress shows rows only")
             }
         }
 
-        let mut writer = self.storage.writer(&export.object_key).await.map_err(storage_failure)?;
+        let mut writer = match self.storage.writer(&export.object_key).await {
+            Ok(writer) => writer,
+            Err(err) => return self.handle_stop(export, storage_stop(&err)).await,
+        };
         let streamed = tokio::select! {
             biased;
             _ = control.cancel.cancelled() => Err(Stop::Cancelled),
@@ -198,10 +203,7 @@ impl ExportRunner {
                 progress(encoder.rows_written());
                 if last_saved.elapsed() >= self.config.progress_interval {
                     export.record_progress(encoder.rows_written(), None, Utc::now());
-                    self.save_progress(export).await.map_err(|e| match e {
-                        RunError::Cancelled => Stop::Cancelled,
-                        e => Stop::Abandon(e),
-                    })?;
+                    self.save_progress(export).await.map_err(Stop::from)?;
                     last_saved = Instant::now();
                 }
             }
@@ -231,7 +233,10 @@ impl ExportRunner {
         writer: Box<dyn ObjectWriter>,
         rows: u64,
     ) -> Result<Export, RunError> {
-        let stored = writer.finish().await.map_err(storage_failure)?;
+        let stored = match writer.finish().await {
+            Ok(stored) => stored,
+            Err(err) => return self.handle_stop(export, storage_stop(&err)).await,
+        };
         let outcome = ExportOutcome { record_count: rows, bytes: stored.bytes, sha256: stored.sha256 };
         if export.complete(outcome, Utc::now()).is_err() {
             return Err(RunError::Superseded { current: export.attempt() });
@@ -370,10 +375,26 @@ async fn write_chunk(writer: &mut dyn ObjectWriter, chunk: Vec<u8>) -> Result<()
     if chunk.is_empty() {
         return Ok(());
     }
-    writer.write(Bytes::from(chunk)).await.map_err(|e| match e {
+    writer.write(Bytes::from(chunk)).await.map_err(|e| storage_stop(&e))
+}
+
+impl From<RunError> for Stop {
+    /// A failed record write is a failure like any other; a cancelled record stops the attempt;
+    /// anything else means the record moved on without this attempt.
+    fn from(err: RunError) -> Self {
+        match err {
+            RunError::Failed { failure, retryable } => Stop::Failed(failure, retryable),
+            RunError::Cancelled => Stop::Cancelled,
+            other => Stop::Abandon(other),
+        }
+    }
+}
+
+fn storage_stop(err: &PortError) -> Stop {
+    match err {
         PortError::Cancelled => Stop::Cancelled,
         e => Stop::Failed(ExportFailure::new(FailureKind::Storage, format!("{e:#}")), e.is_retryable()),
-    })
+    }
 }
 
 fn encode_failure(err: std::io::Error) -> Stop {
@@ -390,9 +411,4 @@ fn store_failure(err: PortError) -> RunError {
         failure: ExportFailure::new(FailureKind::Internal, format!("export record: {err:#}")),
         retryable,
     }
-}
-
-fn storage_failure(err: PortError) -> RunError {
-    let retryable = err.is_retryable();
-    RunError::Failed { failure: ExportFailure::new(FailureKind::Storage, format!("{err:#}")), retryable }
 }

@@ -314,3 +314,29 @@ async fn an_unknown_export_is_not_found() {
         Err(RunError::NotFound)
     ));
 }
+
+#[tokio::test]
+async fn storage_refusing_to_open_or_finish_an_upload_fails_the_record_instead_of_leaving_it_running() {
+    let fx = Fixture::new(100);
+    let mut storage = MockExportStorage::new();
+    let mut opened = 0;
+    storage.expect_writer().times(2).returning(move |_| {
+        opened += 1;
+        if opened == 1 {
+            return Err(PortError::Other(anyhow::anyhow!("bucket does not exist")));
+        }
+        let mut writer = MockObjectWriter::new();
+        writer.expect_write().returning(|_| Ok(()));
+        writer.expect_finish().times(1).returning(|| Err(PortError::Other(anyhow::anyhow!("complete refused"))));
+        Ok(Box::new(writer))
+    });
+    let runner = fx.runner_with(Arc::new(fx.users.clone()), Arc::new(storage));
+    for expected in ["bucket does not exist", "complete refused"] {
+        let export = fx.pending(ExportSpec::new(ExportFormat::Csv)).await;
+        let err = runner.run_attempt(&scope(), export.id, &control(1), &|_| {}).await.unwrap_err();
+        assert!(matches!(err, RunError::Failed { retryable: false, .. }), "{err:?}");
+        let record = fx.record(&export).await;
+        assert_eq!(record.status(), ExportStatus::Failed);
+        assert!(record.error().unwrap().message.contains(expected), "{:?}", record.error());
+    }
+}

@@ -1,0 +1,69 @@
+//! The OpenAPI 3.1 description of the API, generated from the handlers and body types.
+
+use std::sync::LazyLock;
+
+use axum::Json;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::dto;
+use crate::problem;
+use crate::routes::{exports, health};
+
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "userexport",
+        description = "Exports a tenant's user records to CSV, JSON or NDJSON files. Every error is an \
+                       RFC 9457 `application/problem+json` document with a stable `type` URI."
+    ),
+    paths(
+        exports::create_export,
+        exports::create_export_sync,
+        exports::list_exports,
+        exports::get_export,
+        exports::download_export,
+        exports::cancel_export,
+        health::healthz,
+        health::readyz,
+        openapi_json,
+    ),
+    components(schemas(problem::Problem, problem::FieldErrorBody, dto::ExportResource, dto::ExportList)),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags(
+        (name = "exports", description = "Request, follow, download and cancel exports."),
+        (name = "health", description = "Probes for orchestrators and load balancers."),
+    )
+)]
+pub struct ApiDoc;
+
+/// Adds the `bearer` security scheme: `Authorization: Bearer <API key>`.
+#[derive(Debug)]
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An API key; each key belongs to one tenant and environment."))
+                    .build(),
+            ),
+        );
+    }
+}
+
+static SPEC: LazyLock<utoipa::openapi::OpenApi> = LazyLock::new(ApiDoc::openapi);
+
+/// This document.
+#[utoipa::path(
+    get, path = "/openapi.json", tag = "health", security(()),
+    responses((status = 200, description = "The OpenAPI 3.1 description of this API.", content_type = "application/json"))
+)]
+pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(SPEC.clone())
+}

@@ -1,0 +1,482 @@
+//! The API's one error type and its RFC 9457 `application/problem+json` rendering. Every service
+//! error is mapped to HTTP here and nowhere else.
+
+use std::any::Any;
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use domain::{ExportId, ExportStatus, ValidationErrors};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use ports::PortError;
+use serde::{Deserialize, Serialize};
+use service::{CancelError, DownloadError, GetError, ListError, RequestError};
+use tracing::{error, warn};
+use utoipa::ToSchema;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+const TYPE_BASE: &str = "https://userexport.dev/problems/";
+/// Seconds a client should wait before retrying after a `503`.
+const UNAVAILABLE_RETRY_AFTER_S: &str = "5";
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "type": "https://userexport.dev/problems/validation",
+    "title": "Invalid request",
+    "status": 422,
+    "detail": "2 fields are invalid",
+    "errors": [{"field": "format", "code": "invalid_value", "message": "format must be one of csv, json, ndjson"}]
+}))]
+pub struct Problem {
+    /// Stable URI identifying the kind of problem; switch on this, not on `title` or `detail`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Short summary of the kind of problem.
+    pub title: String,
+    /// The HTTP status code.
+    pub status: u16,
+    /// What went wrong with this request.
+    pub detail: String,
+    /// What to do about it, where there is something to do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+    /// For `validation`: every field that failed, not only the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<FieldErrorBody>>,
+}
+
+/// One invalid field of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FieldErrorBody {
+    /// Dotted path of the field (`user_filters.status[1]`), or a header or query parameter name.
+    pub field: String,
+    /// Stable machine-readable reason (`required`, `invalid_value`, `unknown_field`...).
+    pub code: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(slug: &str, title: &str, status: StatusCode, detail: impl Into<String>) -> Self {
+        Self {
+            kind: format!("{TYPE_BASE}{slug}"),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail: detail.into(),
+            hint: None,
+            errors: None,
+        }
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// A generic problem for a status produced outside the handlers (a layer or the router).
+    pub fn for_status(status: StatusCode) -> Self {
+        let generic = |slug, title, detail: &str| Self::new(slug, title, status, detail);
+        let problem = match status {
+            StatusCode::BAD_REQUEST => {
+                generic("bad-request", "Bad request", "The request could not be read.")
+            }
+            StatusCode::UNAUTHORIZED => unauthenticated_problem(false),
+            StatusCode::NOT_FOUND => generic("not-found", "Not found", "There is nothing at this URL."),
+            StatusCode::METHOD_NOT_ALLOWED => method_not_allowed_problem(),
+            StatusCode::PAYLOAD_TOO_LARGE => payload_too_large_problem(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => unsupported_media_type_problem(status),
+            StatusCode::REQUEST_TIMEOUT => {
+                generic("request-timeout", "Request timeout", "The request took too long to arrive.")
+            }
+            StatusCode::SERVICE_UNAVAILABLE => unavailable_problem(),
+            s if s.is_server_error() => internal_problem(),
+            s => Self {
+                kind: "about:blank".to_owned(),
+                title: s.canonical_reason().unwrap_or("Error").to_owned(),
+                status: s.as_u16(),
+                detail: s.canonical_reason().unwrap_or("The request failed.").to_owned(),
+                hint: None,
+                errors: None,
+            },
+        };
+        // The body's status always matches the response's, whichever shared problem was used.
+        Self { status: status.as_u16(), ..problem }
+    }
+
+    fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = self.status_code();
+        match serde_json::to_vec(&self) {
+            Ok(body) => {
+                (status, [(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))], body).into_response()
+            }
+            Err(_) => status.into_response(),
+        }
+    }
+}
+
+fn unauthenticated_problem(presented: bool) -> Problem {
+    let detail = if presented {
+        "The API key is not valid."
+    } else {
+        "This endpoint needs an API key: send `Authorization: Bearer <key>`."
+    };
+    Problem::new("unauthenticated", "Authentication required", StatusCode::UNAUTHORIZED, detail)
+}
+
+fn method_not_allowed_problem() -> Problem {
+    Problem::new(
+        "method-not-allowed",
+        "Method not allowed",
+        StatusCode::METHOD_NOT_ALLOWED,
+        "This URL does not support that method; the Allow header lists the ones it does.",
+    )
+}
+
+fn payload_too_large_problem() -> Problem {
+    Problem::new(
+        "payload-too-large",
+        "Request body too large",
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("The request body is larger than {} KiB.", crate::routes::BODY_LIMIT_BYTES / 1024),
+    )
+}
+
+fn unsupported_media_type_problem(status: StatusCode) -> Problem {
+    Problem::new(
+        "unsupported-media-type",
+        "Unsupported content type",
+        status,
+        "The request body must be JSON sent with `Content-Type: application/json`.",
+    )
+}
+
+fn unavailable_problem() -> Problem {
+    Problem::new(
+        "service-unavailable",
+        "Service unavailable",
+        StatusCode::SERVICE_UNAVAILABLE,
+        "A dependency of the service is temporarily unavailable.",
+    )
+    .with_hint(format!("Retry after {UNAVAILABLE_RETRY_AFTER_S} seconds, with the same Idempotency-Key."))
+}
+
+fn internal_problem() -> Problem {
+    Problem::new(
+        "internal",
+        "Internal server error",
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "The server failed to process the request; the failure has been logged.",
+    )
+}
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No API key, or one that is not configured.
+    #[error("unauthenticated")]
+    Unauthenticated { presented: bool },
+    /// The resource does not exist in the caller's scope (or at all: callers cannot tell).
+    #[error("export not found")]
+    NotFound,
+    /// No route matches the path.
+    #[error("no route for {method} {path}")]
+    RouteNotFound { method: String, path: String },
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The body is not `application/json`.
+    #[error("unsupported content type")]
+    UnsupportedMediaType,
+    /// The body is not syntactically valid JSON.
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    /// The body could not be read (other than for its size).
+    #[error("unreadable body: {0}")]
+    UnreadableBody(String),
+    #[error("request body too large")]
+    PayloadTooLarge,
+    /// Fields, headers or query parameters failed validation; all of them are listed.
+    #[error(transparent)]
+    Validation(ValidationErrors),
+    #[error("idempotency key reused for a different request (export {existing})")]
+    IdempotencyKeyReused { existing: ExportId },
+    /// Download of an export that has not completed.
+    #[error("export is {0}, not completed")]
+    ExportNotReady(ExportStatus),
+    /// Cancel of an export that already finished.
+    #[error("export already {0}")]
+    ExportFinished(ExportStatus),
+    /// The record says completed but its file is gone.
+    #[error("export file gone")]
+    ExportGone,
+    /// A dependency failed in a way that may pass (`PortError::is_retryable`).
+    #[error("dependency unavailable: {0:#}")]
+    Unavailable(#[source] PortError),
+    /// Anything else: logged in full, answered with an opaque 500.
+    #[error(transparent)]
+    Internal(anyhow::Error),
+}
+
+impl ApiError {
+    pub fn problem(&self) -> Problem {
+        match self {
+            Self::Unauthenticated { presented } => unauthenticated_problem(*presented),
+            Self::NotFound => Problem::new(
+                "not-found",
+                "Export not found",
+                StatusCode::NOT_FOUND,
+                "No export with this ID exists for your API key's tenant and environment.",
+            ),
+            Self::RouteNotFound { method, path } => Problem::new(
+                "not-found",
+                "Not found",
+                StatusCode::NOT_FOUND,
+                format!("There is no route for {method} {path}."),
+            )
+            .with_hint("See /openapi.json for the routes of this API."),
+            Self::MethodNotAllowed => method_not_allowed_problem(),
+            Self::UnsupportedMediaType => unsupported_media_type_problem(StatusCode::BAD_REQUEST)
+                .with_hint("Send the body with the header `Content-Type: application/json`."),
+            Self::MalformedJson(detail) => Problem::new(
+                "malformed-json",
+                "Malformed JSON",
+                StatusCode::BAD_REQUEST,
+                format!("The request body is not valid JSON: {detail}."),
+            ),
+            Self::UnreadableBody(detail) => Problem::new(
+                "bad-request",
+                "Bad request",
+                StatusCode::BAD_REQUEST,
+                format!("The request body could not be read: {detail}."),
+            ),
+            Self::PayloadTooLarge => payload_too_large_problem(),
+            Self::Validation(errors) => validation_problem(errors),
+            Self::IdempotencyKeyReused { existing } => Problem::new(
+                "idempotency-key-reused",
+                "Idempotency key reused",
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("This Idempotency-Key was already used for a different request (export {existing})."),
+            )
+            .with_hint(
+                "Resend the original request unchanged, or use a new Idempotency-Key for a new request.",
+            ),
+            Self::ExportNotReady(status) => {
+                let problem = Problem::new(
+                    "export-not-ready",
+                    "Export not ready",
+                    StatusCode::CONFLICT,
+                    format!("The export is {status}; only completed exports can be downloaded."),
+                );
+                if status.is_terminal() {
+                    problem.with_hint("This export will not complete; request a new one.")
+                } else {
+                    problem.with_hint("Poll GET /v1/exports/{id} until its status is completed.")
+                }
+            }
+            Self::ExportFinished(status) => Problem::new(
+                "export-already-finished",
+                "Export already finished",
+                StatusCode::CONFLICT,
+                format!("The export is already {status} and can no longer be cancelled."),
+            ),
+            Self::ExportGone => Problem::new(
+                "export-gone",
+                "Export file gone",
+                StatusCode::GONE,
+                "The export completed, but its file is no longer available.",
+            )
+            .with_hint("Request a new export."),
+            Self::Unavailable(_) => unavailable_problem(),
+            Self::Internal(_) => internal_problem(),
+        }
+    }
+}
+
+fn validation_problem(errors: &ValidationErrors) -> Problem {
+    let errors: Vec<FieldErrorBody> = errors
+        .errors()
+        .iter()
+        .map(|e| FieldErrorBody {
+            field: e.field.clone(),
+            code: e.code.to_owned(),
+            message: e.message.clone(),
+        })
+        .collect();
+    let detail = match errors.as_slice() {
+        [one] if one.field.is_empty() => one.message.clone(),
+        [one] => format!("{} is invalid: {}", one.field, one.message),
+        many => format!("{} fields are invalid; see errors.", many.len()),
+    };
+    Problem {
+        errors: Some(errors),
+        ..Problem::new("validation", "Invalid request", StatusCode::UNPROCESSABLE_ENTITY, detail)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match &self {
+            Self::Internal(err) => error!(error = %format!("{err:#}"), "request failed"),
+            Self::Unavailable(err) => warn!(error = %format!("{err:#}"), "dependency unavailable"),
+            _ => {}
+        }
+        let mut response = self.problem().into_response();
+        let headers = response.headers_mut();
+        match self {
+            Self::Unauthenticated { presented } => {
+                let challenge = if presented {
+                    r#"Bearer realm="userexport", error="invalid_token""#
+                } else {
+                    r#"Bearer realm="userexport""#
+                };
+                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+            }
+            Self::Unavailable(_) => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static(UNAVAILABLE_RETRY_AFTER_S));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl From<PortError> for ApiError {
+    fn from(err: PortError) -> Self {
+        if err.is_retryable() { Self::Unavailable(err) } else { Self::Internal(err.into()) }
+    }
+}
+
+impl From<RequestError> for ApiError {
+    fn from(err: RequestError) -> Self {
+        match err {
+            RequestError::IdempotencyMismatch { existing, .. } => Self::IdempotencyKeyReused { existing },
+            RequestError::Port(err) => err.into(),
+            RequestError::Unknown(err) => Self::Internal(err),
+        }
+    }
+}
+
+impl From<GetError> for ApiError {
+    fn from(err: GetError) -> Self {
+        match err {
+            GetError::NotFound => Self::NotFound,
+            GetError::Port(err) => err.into(),
+            GetError::Unknown(err) => Self::Internal(err),
+        }
+    }
+}
+
+impl From<ListError> for ApiError {
+    fn from(err: ListError) -> Self {
+        match err {
+            ListError::Port(err) => err.into(),
+            ListError::Unknown(err) => Self::Internal(err),
+        }
+    }
+}
+
+impl From<CancelError> for ApiError {
+    fn from(err: CancelError) -> Self {
+        match err {
+            CancelError::NotFound => Self::NotFound,
+            CancelError::AlreadyFinished(status) => Self::ExportFinished(status),
+            CancelError::Port(err) => err.into(),
+            CancelError::Unknown(err) => Self::Internal(err),
+        }
+    }
+}
+
+impl From<DownloadError> for ApiError {
+    fn from(err: DownloadError) -> Self {
+        match err {
+            DownloadError::NotFound => Self::NotFound,
+            DownloadError::NotReady(status) => Self::ExportNotReady(status),
+            DownloadError::Gone => Self::ExportGone,
+            DownloadError::Port(err) => err.into(),
+            DownloadError::Unknown(err) => Self::Internal(err),
+        }
+    }
+}
+
+fn is_problem(headers: &HeaderMap) -> bool {
+    headers.get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()))
+}
+
+/// Middleware: turns an error response that is not a problem document (from the router, a layer
+/// or an extractor) into one, keeping its status and headers (`Allow`, `Retry-After`...).
+pub async fn problem_for_bare_errors(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) || is_problem(response.headers()) {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(CONTENT_TYPE);
+    parts.headers.remove(CONTENT_LENGTH);
+    let mut problem = Problem::for_status(status).into_response();
+    problem.headers_mut().extend(parts.headers);
+    problem
+}
+
+/// `CatchPanicLayer` handler: a panic becomes an opaque 500 problem, logged with its message.
+pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response<Body> {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    error!(panic = message, "request handler panicked");
+    internal_problem().into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_problems_list_every_field() {
+        let mut errors = ValidationErrors::new();
+        errors.add("format", "required", "format is required");
+        errors.add("limit", "invalid_value", "limit must be positive");
+        let problem = ApiError::Validation(errors).problem();
+        assert_eq!(problem.kind, "https://userexport.dev/problems/validation");
+        assert_eq!(problem.status, 422);
+        assert_eq!(problem.errors.map(|e| e.len()), Some(2));
+    }
+
+    #[test]
+    fn a_panic_becomes_an_opaque_500_problem() {
+        for payload in [Box::new("boom") as Box<dyn Any + Send>, Box::new(String::from("secret boom"))] {
+            let response = panic_response(payload);
+            assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+            assert_eq!(
+                response.headers().get(CONTENT_TYPE).map(HeaderValue::as_bytes),
+                Some(PROBLEM_JSON.as_bytes())
+            );
+        }
+    }
+
+    #[test]
+    fn bare_error_statuses_get_a_problem_of_their_own() {
+        for status in [400, 401, 404, 405, 408, 413, 415, 418, 500, 502, 503] {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::IM_A_TEAPOT);
+            let problem = Problem::for_status(status);
+            assert_eq!(problem.status, status.as_u16());
+            assert!(!problem.title.is_empty() && !problem.detail.is_empty());
+        }
+    }
+
+    #[test]
+    fn retryable_port_errors_are_unavailable_and_others_internal() {
+        let retryable = ApiError::from(PortError::unavailable(anyhow::anyhow!("db down")));
+        assert_eq!(retryable.problem().status, 503);
+        let other = ApiError::from(PortError::Other(anyhow::anyhow!("secret detail")));
+        let problem = other.problem();
+        assert_eq!(problem.status, 500);
+        assert!(!problem.detail.contains("secret"));
+    }
+}

@@ -1,0 +1,81 @@
+//! The HTTP surface: routes, fallbacks and the layers every request goes through.
+
+pub(crate) mod exports;
+pub(crate) mod health;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use http::{Method, Request, Uri};
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::{Level, Span};
+
+use crate::openapi;
+use crate::problem::{self, ApiError};
+use crate::state::AppState;
+
+/// Largest request body accepted (`413` above).
+pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
+
+/// Longest path echoed back in a `404` problem.
+const MAX_ECHOED_PATH: usize = 200;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/exports", post(exports::create_export).get(exports::list_exports))
+        .route("/v1/exports/sync", post(exports::create_export_sync))
+        .route("/v1/exports/{id}", get(exports::get_export))
+        .route("/v1/exports/{id}/download", get(exports::download_export))
+        .route("/v1/exports/{id}/cancel", post(exports::cancel_export))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .with_state(state)
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(request_span)
+                        .on_response(DefaultOnResponse::new().level(Level::INFO)),
+                )
+                .layer(PropagateRequestIdLayer::x_request_id())
+                .layer(CatchPanicLayer::custom(problem::panic_response))
+                .layer(axum::middleware::map_response(problem::problem_for_bare_errors)),
+        )
+}
+
+/// One span per request; handlers fill in `tenant`, `environment` and `export_id`.
+fn request_span(request: &Request<Body>) -> Span {
+    let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    tracing::info_span!(
+        "request",
+        request_id,
+        method = %request.method(),
+        path = %request.uri().path(),
+        tenant = tracing::field::Empty,
+        environment = tracing::field::Empty,
+        export_id = tracing::field::Empty,
+    )
+}
+
+async fn route_not_found(method: Method, uri: Uri) -> ApiError {
+    let mut path = uri.path().to_owned();
+    if path.len() > MAX_ECHOED_PATH {
+        let cut = (0..=MAX_ECHOED_PATH).rev().find(|i| path.is_char_boundary(*i)).unwrap_or(0);
+        path.truncate(cut);
+        path.push('…');
+    }
+    ApiError::RouteNotFound { method: method.to_string(), path }
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}

@@ -1,0 +1,279 @@
+//! Builds the application once, for `main` and for the tests alike: configuration in, ports
+//! wired, listener bound.
+
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use adapters::inprocess::InProcessOrchestrator;
+use adapters::memory::{MemoryExportRepository, MemoryUserRepository};
+use adapters::notify::LogNotifier;
+use adapters::storage::ObjectStorage;
+use anyhow::Context;
+use axum::Router;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use domain::{EnvironmentId, Scope, TenantId};
+use ports::{ExportRepository, ExportStorage, Notifier, Orchestrator, UserRepository};
+use rand::RngCore;
+use service::{ExportRunner, ExportService, RunnerConfig};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::auth::ApiKeys;
+use crate::config::{Config, StorageKind};
+use crate::routes;
+use crate::state::{AppState, Dependencies, SyncLimits};
+
+/// How long a presigned download URL stays valid.
+const SIGNED_URL_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// The ports the application runs on, other than the orchestrator (built from these).
+#[derive(Clone)]
+pub struct Adapters {
+    pub users: Arc<dyn UserRepository>,
+    pub exports: Arc<dyn ExportRepository>,
+    pub storage: Arc<dyn ExportStorage>,
+    pub notifier: Arc<dyn Notifier>,
+}
+
+impl fmt::Debug for Adapters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Adapters").finish_non_exhaustive()
+    }
+}
+
+impl Adapters {
+    /// The embedded default: in-memory users (`config.demo_users` synthetic users per scope) and
+    /// export records, storage per `config.storage`, notifications to the log.
+    ///
+    /// # Errors
+    /// When the data directory cannot be created or opened.
+    pub fn embedded(config: &Config, scopes: &[Scope]) -> anyhow::Result<Self> {
+        let users = MemoryUserRepository::new();
+        for scope in scopes {
+            users.seed_synthetic(scope, config.demo_users);
+        }
+        let storage: Arc<dyn ExportStorage> = match config.storage {
+            StorageKind::Local => Arc::new(
+                ObjectStorage::local(&config.data_dir)
+                    .with_context(|| format!("invalid USEREXPORT_DATA_DIR {}", config.data_dir.display()))?,
+            ),
+            StorageKind::Memory => Arc::new(ObjectStorage::in_memory()),
+        };
+        Ok(Self {
+            users: Arc::new(users),
+            exports: Arc::new(MemoryExportRepository::new()),
+            storage,
+            notifier: Arc::new(LogNotifier),
+        })
+    }
+}
+
+/// The `demo/dev` tenant created when no API key is configured.
+#[derive(Clone)]
+pub struct DemoTenant {
+    pub scope: Scope,
+    /// Valid until the process stops.
+    pub api_key: String,
+}
+
+impl fmt::Debug for DemoTenant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DemoTenant").field("scope", &self.scope).field("api_key", &"<redacted>").finish()
+    }
+}
+
+impl DemoTenant {
+    fn generate() -> anyhow::Result<Self> {
+        let scope = Scope::new(TenantId::parse("demo")?, EnvironmentId::parse("dev")?);
+        let mut secret = [0_u8; 32];
+        rand::rng().fill_bytes(&mut secret);
+        Ok(Self { scope, api_key: format!("uex_{}", URL_SAFE_NO_PAD.encode(secret)) })
+    }
+}
+
+/// A built application: listener bound, routes wired, exports ready to run.
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    router: Router,
+    orchestrator: InProcessOrchestrator,
+    shutdown_grace: Duration,
+    demo: Option<DemoTenant>,
+}
+
+impl fmt::Debug for Application {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Application").field("local_addr", &self.local_addr).finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Builds the application on the embedded adapters.
+    ///
+    /// # Errors
+    /// Invalid configuration (the message names the setting), or a port that cannot be bound.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        Self::build_with(config, |adapters| adapters).await
+    }
+
+    /// Like [`Application::build`], with a chance to replace or wrap the embedded adapters (tests
+    /// inject failures this way).
+    ///
+    /// # Errors
+    /// As [`Application::build`].
+    pub async fn build_with(
+        config: Config,
+        customize: impl FnOnce(Adapters) -> Adapters,
+    ) -> anyhow::Result<Self> {
+        config.check()?;
+        let policy = config.execution_policy()?;
+        let (keys, demo) = match &config.api_keys {
+            Some(raw) => (ApiKeys::parse(raw.expose()).context("invalid USEREXPORT_API_KEYS")?, None),
+            None => {
+                let demo = DemoTenant::generate()?;
+                (ApiKeys::single(&demo.api_key, demo.scope.clone()), Some(demo))
+            }
+        };
+        let adapters = customize(Adapters::embedded(&config, &keys.scopes())?);
+
+        let runner = Arc::new(ExportRunner::new(
+            Arc::clone(&adapters.users),
+            Arc::clone(&adapters.exports),
+            Arc::clone(&adapters.storage),
+            Arc::clone(&adapters.notifier),
+            RunnerConfig::default(),
+        ));
+        let orchestrator = InProcessOrchestrator::new(
+            Arc::clone(&runner),
+            Arc::clone(&adapters.exports),
+            policy,
+            config.max_concurrent_exports,
+        );
+        let resumed = orchestrator.recover().await.context("resuming unfinished exports")?;
+        if resumed > 0 {
+            info!(resumed, "resumed unfinished exports");
+        }
+        let dyn_orchestrator: Arc<dyn Orchestrator> = Arc::new(orchestrator.clone());
+        let service = ExportService::new(
+            Arc::clone(&adapters.exports),
+            Arc::clone(&adapters.storage),
+            Arc::clone(&dyn_orchestrator),
+            runner,
+            SIGNED_URL_TTL,
+        );
+        let state = AppState {
+            service: Arc::new(service),
+            keys: Arc::new(keys),
+            dependencies: Dependencies {
+                users: adapters.users,
+                exports: adapters.exports,
+                storage: adapters.storage,
+                orchestrator: dyn_orchestrator,
+            },
+            sync: SyncLimits {
+                default_wait: config.sync_timeout_default(),
+                max_wait: config.sync_timeout_max(),
+            },
+        };
+
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on USEREXPORT_LISTEN {}", config.listen))?;
+        let local_addr = listener.local_addr().context("reading the bound address")?;
+        Ok(Self {
+            listener,
+            local_addr,
+            router: routes::router(state),
+            orchestrator,
+            shutdown_grace: config.shutdown_grace(),
+            demo,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr.port()
+    }
+
+    /// The routes with every layer, for `router().oneshot(request)` without a socket.
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// The demo tenant, when no API key was configured.
+    pub fn demo_tenant(&self) -> Option<&DemoTenant> {
+        self.demo.as_ref()
+    }
+
+    /// Serves HTTP until `shutdown` completes, then stops accepting connections, lets open
+    /// requests finish (at most the grace period), and gives running exports the grace period
+    /// to finish before interrupting them (they are resumed at the next start).
+    ///
+    /// # Errors
+    /// When the HTTP server fails.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self { listener, local_addr, router, orchestrator, shutdown_grace, .. } = self;
+        info!(%local_addr, "listening");
+        let stopping = CancellationToken::new();
+        let signal = {
+            let stopping = stopping.clone();
+            async move {
+                shutdown.await;
+                info!("shutting down: no longer accepting connections");
+                stopping.cancel();
+            }
+        };
+        let server = axum::serve(listener, router).with_graceful_shutdown(signal).into_future();
+        let drain_deadline = async {
+            stopping.cancelled().await;
+            tokio::time::sleep(shutdown_grace).await;
+        };
+        tokio::select! {
+            served = server => served.context("HTTP server failed")?,
+            () = drain_deadline => warn!(grace_s = shutdown_grace.as_secs(), "open requests did not finish within the grace period; closing them"),
+        }
+        info!(grace_s = shutdown_grace.as_secs(), "HTTP stopped; letting running exports finish");
+        orchestrator.shutdown(shutdown_grace).await;
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            warn!(error = %err, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                warn!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => info!("received SIGINT"),
+        () = terminate => info!("received SIGTERM"),
+    }
+}

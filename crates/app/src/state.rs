@@ -1,0 +1,39 @@
+//! What every handler can reach: built once at start-up, cloned per request (all `Arc`s).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ports::{ExportRepository, ExportStorage, Orchestrator, UserRepository};
+use service::ExportService;
+
+use crate::auth::ApiKeys;
+
+/// The dependencies `/readyz` checks.
+#[derive(Clone)]
+pub struct Dependencies {
+    pub users: Arc<dyn UserRepository>,
+    pub exports: Arc<dyn ExportRepository>,
+    pub storage: Arc<dyn ExportStorage>,
+    pub orchestrator: Arc<dyn Orchestrator>,
+}
+
+/// Bounds of `POST /v1/exports/sync?timeout_s=`.
+#[derive(Debug, Clone, Copy)]
+pub struct SyncLimits {
+    pub default_wait: Duration,
+    pub max_wait: Duration,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub service: Arc<ExportService>,
+    pub keys: Arc<ApiKeys>,
+    pub dependencies: Dependencies,
+    pub sync: SyncLimits,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("keys", &self.keys).field("sync", &self.sync).finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,16 @@
+//! Black-box tests of the HTTP API: one binary, a module per area, each test on its own
+//! `TestApp` (two tenants, in-memory ports) driven with `router().oneshot(..)`.
+
+#![allow(clippy::unwrap_used)]
+
+mod auth;
+mod cancel;
+mod create;
+mod download;
+mod errors;
+mod health;
+mod helpers;
+mod lifecycle;
+mod openapi;
+mod read;
+mod sync;
