@@ -9,12 +9,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use domain::{ExecutionPolicy, PolicyError, RetryPolicy};
+pub use wiring::{BackendArgs, StorageKind};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-const DEFAULT_DATA_DIR: &str = "./data";
-const DEFAULT_DEMO_USERS: u64 = 1000;
 const DEFAULT_MAX_CONCURRENT_EXPORTS: usize = 4;
 const DEFAULT_SYNC_TIMEOUT_MAX_S: u64 = 60;
 const DEFAULT_SYNC_TIMEOUT_S: u64 = 30;
@@ -25,15 +24,6 @@ const DEFAULT_RETRY_BACKOFF: f64 = 2.0;
 const DEFAULT_RETRY_MAX_INTERVAL_S: u64 = 120;
 const DEFAULT_START_TO_CLOSE_S: u64 = 600;
 const DEFAULT_HEARTBEAT_TIMEOUT_S: u64 = 30;
-
-/// Where export files are kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum StorageKind {
-    /// Files under the data directory.
-    Local,
-    /// Process memory; lost on exit.
-    Memory,
-}
 
 /// How log lines are written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -85,17 +75,9 @@ pub struct Config {
     #[arg(long, env = "USEREXPORT_API_KEYS", hide_env_values = true)]
     pub api_keys: Option<ApiKeysSetting>,
 
-    /// Directory for export files when storage is `local`.
-    #[arg(long, env = "USEREXPORT_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
-    pub data_dir: PathBuf,
-
-    /// Synthetic users seeded into the in-memory user store for each configured tenant scope.
-    #[arg(long, env = "USEREXPORT_DEMO_USERS", default_value_t = DEFAULT_DEMO_USERS)]
-    pub demo_users: u64,
-
-    /// Where export files are kept.
-    #[arg(long, env = "USEREXPORT_STORAGE", value_enum, default_value_t = StorageKind::Local)]
-    pub storage: StorageKind,
+    /// Users, export records and storage.
+    #[command(flatten)]
+    pub backends: BackendArgs,
 
     /// Exports run at the same time; more wait in line.
     #[arg(long, env = "USEREXPORT_MAX_CONCURRENT_EXPORTS", default_value_t = DEFAULT_MAX_CONCURRENT_EXPORTS)]
@@ -140,6 +122,28 @@ pub struct Config {
     /// Log line format on stderr.
     #[arg(long, env = "USEREXPORT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// What to do; serving the API when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Operational commands besides serving.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API (the default).
+    Serve,
+    /// Apply pending database migrations to `DATABASE_URL` and exit.
+    Migrate,
+    /// Replace a tenant's users in `DATABASE_URL` with N deterministic synthetic users (COPY).
+    Seed {
+        /// The tenant scope, `tenant/environment`.
+        #[arg(long)]
+        scope: String,
+        /// How many users.
+        #[arg(long)]
+        count: u64,
+    },
 }
 
 impl Config {
@@ -149,9 +153,10 @@ impl Config {
         Self {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             api_keys: Some(ApiKeysSetting::from(api_keys)),
-            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
-            demo_users: 100,
-            storage: StorageKind::Memory,
+            backends: BackendArgs {
+                storage: StorageKind::Memory,
+                ..BackendArgs::embedded(PathBuf::from("./data"), 100)
+            },
             max_concurrent_exports: DEFAULT_MAX_CONCURRENT_EXPORTS,
             sync_timeout_max_s: DEFAULT_SYNC_TIMEOUT_MAX_S,
             sync_timeout_default_s: DEFAULT_SYNC_TIMEOUT_S,
@@ -163,6 +168,7 @@ impl Config {
             start_to_close_s: DEFAULT_START_TO_CLOSE_S,
             heartbeat_timeout_s: DEFAULT_HEARTBEAT_TIMEOUT_S,
             log_format: LogFormat::Text,
+            command: None,
         }
     }
 

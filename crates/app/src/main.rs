@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use app::config::Command;
 use app::{Application, Config, banner, shutdown_signal, telemetry};
 use clap::Parser;
 
@@ -23,6 +24,11 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    match &config.command {
+        None | Some(Command::Serve) => {}
+        Some(Command::Migrate) => return app::ops::migrate(&config.backends).await,
+        Some(Command::Seed { scope, count }) => return app::ops::seed(&config.backends, scope, *count).await,
+    }
     let app = Application::build(config).await?;
     if let Some(demo) = app.demo_tenant() {
         banner::print_demo_banner(app.local_addr(), demo);

@@ -8,70 +8,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use adapters::inprocess::InProcessOrchestrator;
-use adapters::memory::{MemoryExportRepository, MemoryUserRepository};
-use adapters::notify::LogNotifier;
-use adapters::storage::ObjectStorage;
 use anyhow::Context;
 use axum::Router;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use domain::{EnvironmentId, Scope, TenantId};
-use ports::{ExportRepository, ExportStorage, Notifier, Orchestrator, UserRepository};
+use ports::Orchestrator;
 use rand::RngCore;
 use service::{ExportRunner, ExportService, RunnerConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+pub use wiring::Adapters;
 
 use crate::auth::ApiKeys;
-use crate::config::{Config, StorageKind};
+use crate::config::Config;
 use crate::routes;
 use crate::state::{AppState, Dependencies, SyncLimits};
-
-/// How long a presigned download URL stays valid.
-const SIGNED_URL_TTL: Duration = Duration::from_secs(15 * 60);
-
-/// The ports the application runs on, other than the orchestrator (built from these).
-#[derive(Clone)]
-pub struct Adapters {
-    pub users: Arc<dyn UserRepository>,
-    pub exports: Arc<dyn ExportRepository>,
-    pub storage: Arc<dyn ExportStorage>,
-    pub notifier: Arc<dyn Notifier>,
-}
-
-impl fmt::Debug for Adapters {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Adapters").finish_non_exhaustive()
-    }
-}
-
-impl Adapters {
-    /// The embedded default: in-memory users (`config.demo_users` synthetic users per scope) and
-    /// export records, storage per `config.storage`, notifications to the log.
-    ///
-    /// # Errors
-    /// When the data directory cannot be created or opened.
-    pub fn embedded(config: &Config, scopes: &[Scope]) -> anyhow::Result<Self> {
-        let users = MemoryUserRepository::new();
-        for scope in scopes {
-            users.seed_synthetic(scope, config.demo_users);
-        }
-        let storage: Arc<dyn ExportStorage> = match config.storage {
-            StorageKind::Local => Arc::new(
-                ObjectStorage::local(&config.data_dir)
-                    .with_context(|| format!("invalid USEREXPORT_DATA_DIR {}", config.data_dir.display()))?,
-            ),
-            StorageKind::Memory => Arc::new(ObjectStorage::in_memory()),
-        };
-        Ok(Self {
-            users: Arc::new(users),
-            exports: Arc::new(MemoryExportRepository::new()),
-            storage,
-            notifier: Arc::new(LogNotifier),
-        })
-    }
-}
 
 /// The `demo/dev` tenant created when no API key is configured.
 #[derive(Clone)]
@@ -139,7 +92,7 @@ impl Application {
                 (ApiKeys::single(&demo.api_key, demo.scope.clone()), Some(demo))
             }
         };
-        let adapters = customize(Adapters::embedded(&config, &keys.scopes())?);
+        let adapters = customize(wiring::build_adapters(&config.backends, &keys.scopes()).await?);
 
         let runner = Arc::new(ExportRunner::new(
             Arc::clone(&adapters.users),
@@ -164,7 +117,7 @@ impl Application {
             Arc::clone(&adapters.storage),
             Arc::clone(&dyn_orchestrator),
             runner,
-            SIGNED_URL_TTL,
+            config.backends.download_url_ttl(),
         );
         let state = AppState {
             service: Arc::new(service),

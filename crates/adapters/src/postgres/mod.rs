@@ -10,7 +10,8 @@ use std::time::Duration;
 use anyhow::Context;
 use ports::PortError;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+pub use sqlx::postgres::PgPool;
+use sqlx::postgres::PgPoolOptions;
 
 pub use exports::PgExportRepository;
 pub use seed::seed_synthetic_users;

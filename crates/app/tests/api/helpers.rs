@@ -165,14 +165,14 @@ impl TestAppBuilder {
     }
 
     pub fn users(self, count: u64) -> Self {
-        self.config(|c| c.demo_users = count)
+        self.config(|c| c.backends.demo_users = count)
     }
 
     /// Files in a fresh temporary directory instead of memory.
     pub fn local_storage(mut self) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        self.config.storage = app::config::StorageKind::Local;
-        self.config.data_dir = dir.path().to_owned();
+        self.config.backends.storage = app::config::StorageKind::Local;
+        self.config.backends.data_dir = dir.path().to_owned();
         self.data_dir = Some(dir);
         self
     }
