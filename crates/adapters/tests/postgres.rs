@@ -7,7 +7,7 @@ use std::sync::Arc;
 use adapters::contract::{self, pg::TestDatabase};
 use adapters::postgres::{PgExportRepository, PgUserRepository, seed_synthetic_users};
 use domain::{Scope, UserFilter};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use ports::UserRepository;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,4 +68,25 @@ async fn an_unreachable_database_is_reported_as_unavailable() {
         .unwrap();
     let err = PgUserRepository::new(pool).ping().await.unwrap_err();
     assert!(err.is_retryable(), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoning_a_stream_midway_leaves_the_pool_usable() {
+    let db = TestDatabase::create().await;
+    let scope = Scope::parse("acme/prod").unwrap();
+    seed_synthetic_users(&db.pool, &scope, 30_000).await.unwrap();
+    // One connection: a COPY left half-read must not wedge it for the next export.
+    let pool = adapters::postgres::connect(&db.url, 1).await.unwrap();
+    let repo = PgUserRepository::new(pool.clone());
+    for _ in 0..3 {
+        let first: Vec<_> =
+            repo.stream(&scope, &UserFilter::default(), None).take(10).try_collect().await.unwrap();
+        assert_eq!(first.len(), 10);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let all: Vec<_> = repo.stream(&scope, &UserFilter::default(), None).try_collect().await.unwrap();
+    assert_eq!(all.len(), 30_000);
+    assert_eq!(repo.count(&scope, &UserFilter::default()).await.unwrap(), 30_000);
+    pool.close().await;
+    db.drop_now().await;
 }

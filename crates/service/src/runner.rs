@@ -10,7 +10,7 @@ use domain::encode::ExportEncoder;
 use domain::{
     Export, ExportFailure, ExportId, ExportOutcome, ExportStatus, FailureKind, IllegalTransition, Scope,
 };
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use ports::{
     ExportRepository, ExportStorage, Notifier, ObjectWriter, PortError, UpdateOutcome, UserRepository,
 };
@@ -141,18 +141,6 @@ impl ExportRunner {
         info!(export_id = %id, tenant = %scope.tenant, environment = %scope.environment,
               attempt = control.attempt, "export attempt started");
 
-        match self.count_users(&export).await {
-            Ok(total) => {
-                export.record_progress(0, Some(total), Utc::now());
-                if let Err(err) = self.save_progress(&mut export).await {
-                    return self.handle_stop(export, Stop::from(err)).await;
-                }
-            }
-            Err(err) => {
-                warn!(export_id = %id, error = %err, "could not count users; progress shows rows only")
-            }
-        }
-
         let mut writer = match self.storage.writer(&export.object_key).await {
             Ok(writer) => writer,
             Err(err) => return self.handle_stop(export, storage_stop(&err)).await,
@@ -179,11 +167,6 @@ impl ExportRunner {
         self.exports.get(scope, id).await.map_err(store_failure)?.ok_or(RunError::NotFound)
     }
 
-    async fn count_users(&self, export: &Export) -> Result<u64, PortError> {
-        let total = self.users.count(&export.scope, &export.spec.user_filters).await?;
-        Ok(export.spec.limit.map_or(total, |limit| total.min(limit)))
-    }
-
     /// Streams every matching user into `writer`; returns the number of rows.
     async fn stream_into(
         &self,
@@ -194,15 +177,24 @@ impl ExportRunner {
         let spec = &export.spec;
         let mut encoder = ExportEncoder::new(spec.format, spec.compression, spec.fields.clone());
         let mut users = self.users.stream(&export.scope, &spec.user_filters, spec.limit);
+        // Counting runs beside the stream rather than before it: it only feeds the percentage.
+        let counting = (Arc::clone(&self.users), export.scope.clone(), spec.user_filters.clone(), spec.limit);
+        let mut total = Box::pin(async move {
+            let (users, scope, filter, limit) = counting;
+            let total = users.count(&scope, &filter).await?;
+            Ok(limit.map_or(total, |limit| total.min(limit)))
+        })
+        .fuse();
+        let mut total_rows = None;
         let mut last_saved = Instant::now();
-        while let Some(user) = users.next().await {
+        while let Some(user) = next_user(&mut users, &mut total, &mut total_rows).await {
             let user = user.map_err(|e| Stop::Failed(source_failure(&e), e.is_retryable()))?;
             encoder.write_user(&user).map_err(encode_failure)?;
             if encoder.buffered_len() >= self.config.chunk_bytes {
                 write_chunk(writer, encoder.take_output()).await?;
                 progress(encoder.rows_written());
                 if last_saved.elapsed() >= self.config.progress_interval {
-                    export.record_progress(encoder.rows_written(), None, Utc::now());
+                    export.record_progress(encoder.rows_written(), total_rows, Utc::now());
                     self.save_progress(export).await.map_err(Stop::from)?;
                     last_saved = Instant::now();
                 }
@@ -367,6 +359,24 @@ impl ExportRunner {
         }
         if let Err(err) = self.notifier.export_finished(export).await {
             warn!(export_id = %export.id, error = %err, "notification failed; the export is unaffected");
+        }
+    }
+}
+
+/// The next user, polling the count alongside so its result is kept once it arrives.
+async fn next_user(
+    users: &mut ports::UserStream,
+    total: &mut (impl futures::future::FusedFuture<Output = Result<u64, PortError>> + Unpin),
+    total_rows: &mut Option<u64>,
+) -> Option<Result<domain::User, PortError>> {
+    loop {
+        tokio::select! {
+            biased;
+            user = users.next() => return user,
+            counted = &mut *total, if !total.is_terminated() => match counted {
+                Ok(n) => *total_rows = Some(n),
+                Err(err) => warn!(error = %err, "could not count users; progress shows rows only"),
+            },
         }
     }
 }

@@ -327,7 +327,10 @@ async fn storage_refusing_to_open_or_finish_an_upload_fails_the_record_instead_o
         }
         let mut writer = MockObjectWriter::new();
         writer.expect_write().returning(|_| Ok(()));
-        writer.expect_finish().times(1).returning(|| Err(PortError::Other(anyhow::anyhow!("complete refused"))));
+        writer
+            .expect_finish()
+            .times(1)
+            .returning(|| Err(PortError::Other(anyhow::anyhow!("complete refused"))));
         Ok(Box::new(writer))
     });
     let runner = fx.runner_with(Arc::new(fx.users.clone()), Arc::new(storage));

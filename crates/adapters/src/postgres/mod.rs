@@ -1,6 +1,7 @@
 //! PostgreSQL adapters (sqlx): users and export records. SQL is parameterised only; sqlx errors
 //! are translated to `PortError` here and never cross a port.
 
+mod binary_copy;
 mod exports;
 mod seed;
 mod users;

@@ -1,24 +1,23 @@
 use async_trait::async_trait;
-use domain::{Scope, User, UserFilter, UserId, UserStatus};
+use chrono::{DateTime, Utc};
+use domain::{Scope, User, UserFilter};
 use futures::StreamExt;
 use futures::stream;
 use ports::{PortError, UserRepository, UserStream};
-use sqlx::postgres::{PgPool, PgRow};
-use sqlx::types::Json;
-use sqlx::{Postgres, QueryBuilder, Row};
+use sqlx::postgres::{PgConnection, PgPool};
+use sqlx::{Postgres, QueryBuilder};
 use tokio::sync::mpsc;
-use uuid::Uuid;
 
+use super::binary_copy::UserCopyDecoder;
 use super::{to_i64, translate};
 
-/// Rows per keyset page: large enough to amortise the query, small enough to keep each query short.
-const PAGE_ROWS: u64 = 10_000;
 /// Users per message between the reading task and the export; with the channel bound this caps
 /// what is held in memory at about `BATCH * CHANNEL_BATCHES` users.
 const BATCH: usize = 256;
 const CHANNEL_BATCHES: usize = 8;
 
-/// Users stored in PostgreSQL, read with keyset pagination on the primary key.
+/// Users stored in PostgreSQL, streamed out with binary `COPY` (a server-side stream: rows flow
+/// as they are produced and TCP back-pressure bounds what is in flight).
 #[derive(Debug, Clone)]
 pub struct PgUserRepository {
     pool: PgPool,
@@ -30,99 +29,144 @@ impl PgUserRepository {
     }
 }
 
-/// `WHERE` clause shared by stream and count; every value is a bind parameter.
-fn push_filter<'a>(q: &mut QueryBuilder<'a, Postgres>, scope: &'a Scope, filter: &'a UserFilter) {
-    q.push(" WHERE tenant_id = ").push_bind(scope.tenant.as_str());
-    q.push(" AND environment_id = ").push_bind(scope.environment.as_str());
+/// A value for one `%L` of the COPY template.
+enum Arg {
+    Text(String),
+    Texts(Vec<String>),
+    Time(DateTime<Utc>),
+    Int(i64),
+}
+
+/// The filter as SQL fragments, each with its values. Fragments are constants: only values vary.
+fn conditions(scope: &Scope, filter: &UserFilter) -> Vec<(&'static str, Arg)> {
+    let mut out = vec![
+        (" WHERE tenant_id = {}", Arg::Text(scope.tenant.as_str().to_owned())),
+        (" AND environment_id = {}", Arg::Text(scope.environment.as_str().to_owned())),
+    ];
     if let Some(statuses) = &filter.status {
-        let names: Vec<&'static str> = statuses.iter().map(|s| s.as_str()).collect();
-        q.push(" AND status = ANY(").push_bind(names).push(")");
+        out.push((
+            " AND status = ANY({}::text[])",
+            Arg::Texts(statuses.iter().map(|s| s.as_str().to_owned()).collect()),
+        ));
     }
     if let Some(after) = filter.created_after {
-        q.push(" AND created_at > ").push_bind(after);
+        out.push((" AND created_at > {}::timestamptz", Arg::Time(after)));
     }
     if let Some(before) = filter.created_before {
-        q.push(" AND created_at < ").push_bind(before);
+        out.push((" AND created_at < {}::timestamptz", Arg::Time(before)));
     }
     if let Some(domain) = &filter.email_domain {
         // The part after the last '@', compared case-insensitively, like `UserFilter::matches`.
-        q.push(" AND position('@' in email) > 0 AND lower(substring(email from '[^@]*$')) = ")
-            .push_bind(domain.as_str());
+        out.push((
+            " AND position('@' in email) > 0 AND lower(substring(email from '[^@]*$')) = {}",
+            Arg::Text(domain.clone()),
+        ));
     }
+    out
 }
 
-fn decode(row: &PgRow) -> Result<User, PortError> {
-    let status: &str = row.try_get(3).map_err(translate)?;
-    let status: UserStatus = status
-        .parse()
-        .map_err(|()| PortError::Other(anyhow::anyhow!("unknown user status {status:?} in database")))?;
-    let Json(metadata) =
-        row.try_get::<Json<serde_json::Map<String, serde_json::Value>>, _>(6).map_err(translate)?;
-    Ok(User {
-        id: UserId::from_uuid(row.try_get(0).map_err(translate)?),
-        email: row.try_get(1).map_err(translate)?,
-        name: row.try_get(2).map_err(translate)?,
-        status,
-        created_at: row.try_get(4).map_err(translate)?,
-        updated_at: row.try_get(5).map_err(translate)?,
-        metadata,
-    })
+fn bind(q: &mut QueryBuilder<'_, Postgres>, arg: Arg) {
+    match arg {
+        Arg::Text(v) => q.push_bind(v),
+        Arg::Texts(v) => q.push_bind(v),
+        Arg::Time(v) => q.push_bind(v),
+        Arg::Int(v) => q.push_bind(v),
+    };
 }
 
-/// Reads pages into `tx` until done, the limit is reached, or the receiver is gone.
-async fn pump(
-    pool: PgPool,
-    scope: Scope,
-    filter: UserFilter,
+/// The export's `COPY ... TO STDOUT (FORMAT binary)` statement. COPY takes no bind parameters,
+/// so the server assembles it: `format()` receives a template made only of the constant
+/// fragments above and quotes every value with `%L` itself. No request value is spliced into
+/// SQL text by us.
+async fn copy_statement(
+    conn: &mut PgConnection,
+    scope: &Scope,
+    filter: &UserFilter,
     limit: Option<u64>,
-    tx: mpsc::Sender<Vec<Result<User, PortError>>>,
-) {
-    let mut remaining = limit.unwrap_or(u64::MAX);
-    let mut after: Option<Uuid> = None;
-    while remaining > 0 {
-        let page = remaining.min(PAGE_ROWS);
-        let Ok(page_limit) = to_i64(page, "page") else { return };
-        let mut q =
-            QueryBuilder::new("SELECT id, email, name, status, created_at, updated_at, metadata FROM users");
-        push_filter(&mut q, &scope, &filter);
-        if let Some(last) = after {
-            q.push(" AND id > ").push_bind(last);
-        }
-        q.push(" ORDER BY id LIMIT ").push_bind(page_limit);
-        let mut rows = q.build().fetch(&pool);
-        let mut batch = Vec::with_capacity(BATCH);
-        let mut read = 0u64;
-        while let Some(row) = rows.next().await {
-            let user = row.map_err(translate).and_then(|r| decode(&r));
-            let failed = user.is_err();
-            if let Ok(u) = &user {
-                after = Some(u.id.as_uuid());
-            }
-            batch.push(user);
-            read += 1;
-            if (batch.len() == BATCH || failed)
-                && tx.send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH))).await.is_err()
-            {
-                return;
-            }
-            if failed {
-                return;
-            }
-        }
-        if !batch.is_empty() && tx.send(batch).await.is_err() {
-            return;
-        }
-        if read < page {
-            return;
-        }
-        remaining -= read;
+) -> Result<String, PortError> {
+    let mut template =
+        String::from("COPY (SELECT id, email, name, status, created_at, updated_at, metadata FROM users");
+    let mut args = Vec::new();
+    for (fragment, arg) in conditions(scope, filter) {
+        template.push_str(&fragment.replace("{}", "%L"));
+        args.push(arg);
     }
+    template.push_str(" ORDER BY id");
+    if let Some(limit) = limit {
+        template.push_str(" LIMIT %L::bigint");
+        args.push(Arg::Int(to_i64(limit, "limit")?));
+    }
+    template.push_str(") TO STDOUT (FORMAT binary)");
+    let mut q = QueryBuilder::new("SELECT format(");
+    q.push_bind(template);
+    for arg in args {
+        // format() takes `variadic "any"`: every parameter needs its type spelled out.
+        let cast = match arg {
+            Arg::Text(_) => "::text",
+            Arg::Texts(_) => "::text[]",
+            Arg::Time(_) => "::timestamptz",
+            Arg::Int(_) => "::bigint",
+        };
+        q.push(", ");
+        bind(&mut q, arg);
+        q.push(cast);
+    }
+    q.push(")");
+    q.build_query_scalar().fetch_one(conn).await.map_err(translate)
+}
+
+type Batch = Vec<Result<User, PortError>>;
+
+/// Runs the COPY and decodes it into `tx` until done or the receiver is gone.
+async fn pump(pool: PgPool, scope: Scope, filter: UserFilter, limit: Option<u64>, tx: mpsc::Sender<Batch>) {
+    let mut conn = match pool.acquire().await {
+        Ok(conn) => conn,
+        Err(err) => return drop(tx.send(vec![Err(translate(err))]).await),
+    };
+    if let Err(err) = copy_into(&mut conn, &scope, &filter, limit, &tx).await {
+        let _ = tx.send(vec![Err(err)]).await;
+        // The COPY may be half-read: such a connection must never go back to the pool.
+        drop(conn.detach());
+    }
+}
+
+/// Sends every user of the COPY to `tx`; an error when the COPY did not run to its end
+/// (including the receiver going away).
+async fn copy_into(
+    conn: &mut PgConnection,
+    scope: &Scope,
+    filter: &UserFilter,
+    limit: Option<u64>,
+    tx: &mpsc::Sender<Batch>,
+) -> Result<(), PortError> {
+    let statement = copy_statement(conn, scope, filter, limit).await?;
+    let mut chunks = conn.copy_out_raw(&statement).await.map_err(translate)?;
+    let mut decoder = UserCopyDecoder::default();
+    let mut batch = Vec::with_capacity(BATCH);
+    let gone = || PortError::Cancelled;
+    while let Some(chunk) = chunks.next().await {
+        decoder.push(&chunk.map_err(translate)?);
+        while let Some(user) = decoder.next_user().map_err(|e| PortError::Other(e.into()))? {
+            batch.push(Ok(user));
+            if batch.len() == BATCH {
+                tx.send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
+                    .await
+                    .map_err(|_| gone())?;
+            }
+        }
+    }
+    // A connection that ends mid-stream must never make a short export look complete.
+    decoder.finish().map_err(PortError::unavailable)?;
+    if !batch.is_empty() {
+        tx.send(batch).await.map_err(|_| gone())?;
+    }
+    Ok(())
 }
 
 #[async_trait]
 impl UserRepository for PgUserRepository {
-    /// Pages are read by a task into a bounded channel, so decoding overlaps with encoding on
-    /// another core while memory stays bounded; dropping the stream stops the task.
+    /// A task runs the COPY into a bounded channel, so decoding overlaps with encoding on another
+    /// core while memory stays bounded; dropping the stream stops the task.
     fn stream(&self, scope: &Scope, filter: &UserFilter, limit: Option<u64>) -> UserStream {
         let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
         tokio::spawn(pump(self.pool.clone(), scope.clone(), filter.clone(), limit, tx));
@@ -133,7 +177,12 @@ impl UserRepository for PgUserRepository {
 
     async fn count(&self, scope: &Scope, filter: &UserFilter) -> Result<u64, PortError> {
         let mut q = QueryBuilder::new("SELECT count(*) FROM users");
-        push_filter(&mut q, scope, filter);
+        for (fragment, arg) in conditions(scope, filter) {
+            let (before, after) = fragment.split_once("{}").unwrap_or((fragment, ""));
+            q.push(before);
+            bind(&mut q, arg);
+            q.push(after);
+        }
         let n: i64 = q.build_query_scalar().fetch_one(&self.pool).await.map_err(translate)?;
         super::to_u64(n, "count")
     }

@@ -27,6 +27,8 @@ pub struct ExportEncoder {
     /// One encoded row, reused between rows so a warm encoder does not allocate per row, and so
     /// each row reaches the (possibly compressing) sink in a single write.
     row: Vec<u8>,
+    /// Reused for values formatted before they are quoted (CSV timestamps and metadata).
+    scratch: Vec<u8>,
     rows_written: u64,
     /// Set once a write has failed: the output is then incomplete, and later calls must say so
     /// rather than produce a file that looks whole.
@@ -44,6 +46,7 @@ impl ExportEncoder {
             fields,
             sink: Sink::new(compression),
             row: Vec::new(),
+            scratch: Vec::new(),
             rows_written: 0,
             failed: false,
             deferred_error: None,
@@ -106,7 +109,7 @@ impl ExportEncoder {
         let fields = self.fields.fields();
         self.row.clear();
         match self.format {
-            ExportFormat::Csv => row::csv_record(user, fields, &mut self.row)?,
+            ExportFormat::Csv => row::csv_record(user, fields, &mut self.row, &mut self.scratch)?,
             ExportFormat::Json => {
                 // Separators go before each element so the last one needs no trailing comma.
                 let separator: &[u8] = if self.rows_written == 0 { b"\n" } else { b",\n" };

@@ -1,9 +1,9 @@
-//! Encoding of one header or user into the bytes of one row, per format.
+//! Encoding of one header or user into the bytes of one row, per format. This is the hot loop of
+//! every export, so rows are written straight into the reused row buffer without allocating.
 
-use std::borrow::Cow;
-use std::io;
+use std::io::{self, Write};
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
 
 use crate::user::{User, UserField};
 
@@ -11,26 +11,76 @@ use crate::user::{User, UserField};
 /// "CSV injection").
 const FORMULA_TRIGGERS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
 
-/// Capacity of the csv writer's internal buffer. A writer is built per row, so this is kept small;
-/// longer rows just flush it more than once.
-const CSV_WRITER_BUFFER: usize = 1024;
-
 /// Writes the CSV header row: the selected field names.
 pub(super) fn csv_header(fields: &[UserField], out: &mut Vec<u8>) -> io::Result<()> {
-    let mut writer = csv_writer(out);
-    writer.write_record(fields.iter().map(|field| field.as_str()))?;
-    // Moves the bytes out of the csv writer's own buffer into `out`.
-    writer.flush()
+    for (i, field) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(field.as_str().as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(())
 }
 
-/// Writes one user as a CSV record (RFC 4180 quoting, CRLF terminated).
-pub(super) fn csv_record(user: &User, fields: &[UserField], out: &mut Vec<u8>) -> io::Result<()> {
-    let mut writer = csv_writer(out);
-    for &field in fields {
-        writer.write_field(neutralise_formula(csv_cell(user, field)?).as_bytes())?;
+/// Writes one user as a CSV record (RFC 4180 quoting, CRLF terminated). `scratch` is reused for
+/// values that must be formatted before they can be quoted.
+pub(super) fn csv_record(
+    user: &User,
+    fields: &[UserField],
+    out: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+) -> io::Result<()> {
+    let start = out.len();
+    for (i, &field) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        match field {
+            // Lowercase hex and dashes, starting with a hex digit: never quoted or neutralised.
+            UserField::Id => write_uuid(out, user),
+            UserField::Email => csv_field(out, &user.email),
+            UserField::Name => csv_field(out, &user.name),
+            UserField::Status => out.extend_from_slice(user.status.as_str().as_bytes()),
+            UserField::CreatedAt | UserField::UpdatedAt => {
+                let at = if field == UserField::CreatedAt { user.created_at } else { user.updated_at };
+                scratch.clear();
+                write_timestamp(scratch, at);
+                // Only a negative year could start with '-'; csv_field neutralises it.
+                csv_field(out, std::str::from_utf8(scratch).map_err(io::Error::other)?);
+            }
+            UserField::Metadata => {
+                scratch.clear();
+                serde_json::to_writer(&mut *scratch, &user.metadata)?;
+                csv_field(out, std::str::from_utf8(scratch).map_err(io::Error::other)?);
+            }
+        }
     }
-    writer.write_record(None::<&[u8]>)?;
-    writer.flush()
+    // A record that is one empty field would be a blank line, which readers skip: quote it.
+    if out.len() == start {
+        out.extend_from_slice(b"\"\"");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(())
+}
+
+/// One CSV field: neutralised against formulas, quoted only when it must be (RFC 4180).
+fn csv_field(out: &mut Vec<u8>, value: &str) {
+    let prefix: &[u8] = if value.starts_with(FORMULA_TRIGGERS) { b"'" } else { b"" };
+    if !value.bytes().any(|b| matches!(b, b'"' | b',' | b'\r' | b'\n')) {
+        out.extend_from_slice(prefix);
+        out.extend_from_slice(value.as_bytes());
+        return;
+    }
+    out.push(b'"');
+    out.extend_from_slice(prefix);
+    for (i, part) in value.split('"').enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b"\"\"");
+        }
+        out.extend_from_slice(part.as_bytes());
+    }
+    out.push(b'"');
 }
 
 /// Writes one user as a JSON object with the selected keys in the selected order.
@@ -40,15 +90,29 @@ pub(super) fn json_object(user: &User, fields: &[UserField], out: &mut Vec<u8>) 
         if i > 0 {
             out.push(b',');
         }
-        serde_json::to_writer(&mut *out, field.as_str())?;
-        out.push(b':');
+        // Field names are plain ASCII identifiers: no escaping needed.
+        out.push(b'"');
+        out.extend_from_slice(field.as_str().as_bytes());
+        out.extend_from_slice(b"\":");
         match field {
-            UserField::Id => serde_json::to_writer(&mut *out, &user.id.to_string())?,
+            UserField::Id => {
+                out.push(b'"');
+                write_uuid(out, user);
+                out.push(b'"');
+            }
             UserField::Email => serde_json::to_writer(&mut *out, &user.email)?,
             UserField::Name => serde_json::to_writer(&mut *out, &user.name)?,
-            UserField::Status => serde_json::to_writer(&mut *out, user.status.as_str())?,
-            UserField::CreatedAt => serde_json::to_writer(&mut *out, &timestamp(user.created_at))?,
-            UserField::UpdatedAt => serde_json::to_writer(&mut *out, &timestamp(user.updated_at))?,
+            UserField::Status => {
+                out.push(b'"');
+                out.extend_from_slice(user.status.as_str().as_bytes());
+                out.push(b'"');
+            }
+            UserField::CreatedAt | UserField::UpdatedAt => {
+                let at = if field == UserField::CreatedAt { user.created_at } else { user.updated_at };
+                out.push(b'"');
+                write_timestamp(out, at);
+                out.push(b'"');
+            }
             UserField::Metadata => serde_json::to_writer(&mut *out, &user.metadata)?,
         }
     }
@@ -57,30 +121,61 @@ pub(super) fn json_object(user: &User, fields: &[UserField], out: &mut Vec<u8>) 
 }
 
 /// Prefixes a cell that a spreadsheet would run as a formula with `'`, which makes it text.
-pub(super) fn neutralise_formula(cell: Cow<'_, str>) -> Cow<'_, str> {
-    if cell.starts_with(FORMULA_TRIGGERS) { Cow::Owned(format!("'{cell}")) } else { cell }
+#[cfg(test)]
+pub(super) fn neutralise_formula(cell: std::borrow::Cow<'_, str>) -> std::borrow::Cow<'_, str> {
+    if cell.starts_with(FORMULA_TRIGGERS) { std::borrow::Cow::Owned(format!("'{cell}")) } else { cell }
 }
 
-fn csv_writer(out: &mut Vec<u8>) -> csv::Writer<&mut Vec<u8>> {
-    csv::WriterBuilder::new()
-        .terminator(csv::Terminator::CRLF)
-        .buffer_capacity(CSV_WRITER_BUFFER)
-        .from_writer(out)
+fn write_uuid(out: &mut Vec<u8>, user: &User) {
+    out.extend_from_slice(user.id.as_uuid().hyphenated().encode_lower(&mut [0; 36]).as_bytes());
 }
 
-fn csv_cell(user: &User, field: UserField) -> io::Result<Cow<'_, str>> {
-    Ok(match field {
-        UserField::Id => Cow::Owned(user.id.to_string()),
-        UserField::Email => Cow::Borrowed(&user.email),
-        UserField::Name => Cow::Borrowed(&user.name),
-        UserField::Status => Cow::Borrowed(user.status.as_str()),
-        UserField::CreatedAt => Cow::Owned(timestamp(user.created_at)),
-        UserField::UpdatedAt => Cow::Owned(timestamp(user.updated_at)),
-        UserField::Metadata => Cow::Owned(serde_json::to_string(&user.metadata)?),
-    })
+/// RFC 3339 in UTC with a `Z` suffix and only as many fractional digits as the value needs
+/// (chrono's `SecondsFormat::AutoSi`), without allocating for years 0 to 9999.
+fn write_timestamp(out: &mut Vec<u8>, at: DateTime<Utc>) {
+    let year = at.year();
+    let nanos = at.nanosecond();
+    // Years outside 0..=9999 and leap seconds (nanos >= 1e9) are rare: chrono formats them.
+    if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
+        out.extend_from_slice(at.to_rfc3339_opts(SecondsFormat::AutoSi, true).as_bytes());
+        return;
+    }
+    let _ = write!(
+        out,
+        "{year:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        at.month(),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second()
+    );
+    let _ = match nanos {
+        0 => Ok(()),
+        n if n % 1_000_000 == 0 => write!(out, ".{:03}", n / 1_000_000),
+        n if n % 1_000 == 0 => write!(out, ".{:06}", n / 1_000),
+        n => write!(out, ".{n:09}"),
+    };
+    out.push(b'Z');
 }
 
-/// RFC 3339 in UTC with a `Z` suffix, with only as many fractional digits as the value needs.
-fn timestamp(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    #[test]
+    fn timestamps_match_chrono_auto_si() {
+        let base = Utc.with_ymd_and_hms(2024, 2, 29, 23, 59, 7).unwrap();
+        for nanos in [0, 1, 1_000, 120_000, 5_000_000, 999_999_999, 123_456_789] {
+            let at = base + chrono::Duration::nanoseconds(nanos);
+            let mut out = Vec::new();
+            write_timestamp(&mut out, at);
+            assert_eq!(String::from_utf8(out).unwrap(), at.to_rfc3339_opts(SecondsFormat::AutoSi, true));
+        }
+        let ancient = Utc.with_ymd_and_hms(-44, 3, 15, 12, 0, 0).unwrap();
+        let mut out = Vec::new();
+        write_timestamp(&mut out, ancient);
+        assert_eq!(String::from_utf8(out).unwrap(), ancient.to_rfc3339_opts(SecondsFormat::AutoSi, true));
+    }
 }
