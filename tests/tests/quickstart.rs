@@ -3,37 +3,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// Builds the binary (a no-op when it is fresh) and returns its path, as cargo reports it.
-fn userexport_binary() -> String {
-    let output = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "-p", "app", "--bin", "userexport", "--message-format=json"])
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("running cargo build");
-    assert!(output.status.success(), "cargo build failed");
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .find_map(|msg| msg["executable"].as_str().filter(|p| p.ends_with("userexport")).map(str::to_owned))
-        .expect("cargo reported no userexport executable")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-    }
-}
+use common::{Running, free_port, userexport_binary};
 
 #[tokio::test]
 async fn the_zero_configuration_binary_exports_the_demo_tenant_and_stops_gracefully() {
