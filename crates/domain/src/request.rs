@@ -461,6 +461,61 @@ mod tests {
         assert_ne!(a.fingerprint(), b.fingerprint());
     }
 
+    fn arbitrary_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            prop_oneof![
+                Just("csv".to_owned()),
+                Just("gzip".to_owned()),
+                Just("active".to_owned()),
+                Just("2024-01-01T00:00:00Z".to_owned()),
+                ".{0,12}"
+            ]
+            .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 32, 6, |inner| {
+            let keys = prop_oneof![
+                Just("format".to_owned()),
+                Just("compression".to_owned()),
+                Just("fields".to_owned()),
+                Just("user_filters".to_owned()),
+                Just("status".to_owned()),
+                Just("created_after".to_owned()),
+                Just("email_domain".to_owned()),
+                Just("limit".to_owned()),
+                "[a-z_]{1,8}"
+            ];
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(keys, inner, 0..5)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Whatever arrives, validation answers: a spec, or errors that each name a field.
+        #[test]
+        fn any_json_is_accepted_or_rejected_with_named_fields(body in arbitrary_json()) {
+            match ExportSpec::from_json(&body) {
+                Ok(spec) => {
+                    let again = ExportSpec::from_json(&serde_json::to_value(&spec).unwrap());
+                    proptest::prop_assert_eq!(again.ok(), Some(spec));
+                }
+                Err(errors) => {
+                    proptest::prop_assert!(!errors.is_empty());
+                    for e in errors.errors() {
+                        proptest::prop_assert!(!e.message.is_empty());
+                        proptest::prop_assert!(body.is_object() || e.field.is_empty());
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn spec_round_trips_through_serde() {
         let spec = ExportSpec::from_json(&json!({
