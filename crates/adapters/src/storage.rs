@@ -22,9 +22,12 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use url::Url;
 
-/// Bytes buffered before an upload switches to multipart, and the size of each part.
-const PART_BYTES: usize = 8 * 1024 * 1024;
-/// Parts in flight at once; bounds memory to about `PART_BYTES * (MAX_PARTS_IN_FLIGHT + 1)`.
+/// Bytes buffered before an S3 upload switches to multipart, and the size of each part (S3's
+/// minimum part is 5 MiB).
+const S3_PART_BYTES: usize = 8 * 1024 * 1024;
+/// The same for local files, where parts are plain writes and small ones keep memory low.
+const LOCAL_PART_BYTES: usize = 1024 * 1024;
+/// Parts in flight at once; bounds memory to about `part size * (MAX_PARTS_IN_FLIGHT + 1)`.
 const MAX_PARTS_IN_FLIGHT: usize = 2;
 
 /// Where and how to reach an S3 bucket. Credentials, region and the rest come from the standard
@@ -56,6 +59,7 @@ pub struct ObjectStorage {
     signer: Option<Arc<dyn Signer>>,
     prefix: Option<StorePath>,
     kind: &'static str,
+    part_bytes: usize,
 }
 
 impl std::fmt::Debug for ObjectStorage {
@@ -90,6 +94,7 @@ impl ObjectStorage {
             signer: None,
             prefix: None,
             kind,
+            part_bytes: LOCAL_PART_BYTES,
         }
     }
 
@@ -121,7 +126,7 @@ impl ObjectStorage {
             Arc::new(builder.build().context("configuring S3 storage (USEREXPORT_S3_BUCKET, AWS_*)")?);
         let prefix =
             settings.key_prefix.as_deref().filter(|p| !p.trim_matches('/').is_empty()).map(StorePath::from);
-        Ok(Self { store: store.clone(), signer: Some(store), prefix, kind: "s3" })
+        Ok(Self { store: store.clone(), signer: Some(store), prefix, kind: "s3", part_bytes: S3_PART_BYTES })
     }
 
     /// Which backend this is (`local`, `memory`, `s3`), for logs and readiness.
@@ -161,7 +166,7 @@ fn translate(err: object_store::Error) -> PortError {
 #[async_trait]
 impl ExportStorage for ObjectStorage {
     async fn writer(&self, key: &ObjectKey) -> Result<Box<dyn ObjectWriter>, PortError> {
-        let inner = BufWriter::with_capacity(Arc::clone(&self.store), self.path(key), PART_BYTES)
+        let inner = BufWriter::with_capacity(Arc::clone(&self.store), self.path(key), self.part_bytes)
             .with_max_concurrency(MAX_PARTS_IN_FLIGHT);
         Ok(Box::new(ChecksummingWriter { inner: Some(inner), hasher: Sha256::new(), bytes: 0 }))
     }

@@ -34,7 +34,7 @@ async fn read_all(storage: &ObjectStorage, key: &ObjectKey) -> Option<Vec<u8>> {
     Some(chunks.concat())
 }
 
-/// 20 MiB of varied bytes: more than two 8 MiB parts, so the upload goes multipart.
+/// 20 MiB of varied bytes: many parts, so the upload goes multipart.
 fn big_payload() -> Vec<Bytes> {
     (0..80u32).map(|i| Bytes::from(vec![(i % 251) as u8; 256 * 1024])).collect()
 }
@@ -67,12 +67,12 @@ async fn a_multipart_local_write_is_invisible_until_finished_and_checksummed() {
 async fn an_aborted_write_leaves_no_object_and_no_staging_file() {
     let dir = tempfile::tempdir().unwrap();
     let storage = ObjectStorage::local(dir.path()).unwrap();
-    for size in [1usize, 3] {
-        // 1 chunk stays in the buffer; 3 x 4 MiB has started a multipart upload.
+    for (chunks, size) in [(1usize, 100usize), (3, 4 * 1024 * 1024)] {
+        // 100 bytes stay in the buffer; 3 x 4 MiB has started a multipart upload.
         let key = key("json");
         let mut writer = storage.writer(&key).await.unwrap();
-        for _ in 0..size {
-            writer.write(Bytes::from(vec![b'x'; 4 * 1024 * 1024])).await.unwrap();
+        for _ in 0..chunks {
+            writer.write(Bytes::from(vec![b'x'; size])).await.unwrap();
         }
         writer.abort().await.unwrap();
         assert!(storage.open(&key).await.unwrap().is_none());
