@@ -9,3 +9,5 @@ pub mod notify;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod storage;
+#[cfg(feature = "temporal")]
+pub mod temporal;

@@ -153,14 +153,17 @@ impl fmt::Debug for ExportEncoder {
 /// Where encoded bytes go: straight into a buffer, or through gzip into one.
 enum Sink {
     Plain(Vec<u8>),
-    Gzip(GzEncoder<Vec<u8>>),
+    // Boxed: the compressor's state is large and an encoder lives for the whole export.
+    Gzip(Box<GzEncoder<Vec<u8>>>),
 }
 
 impl Sink {
     fn new(compression: Compression) -> Self {
         match compression {
             Compression::None => Self::Plain(Vec::new()),
-            Compression::Gzip => Self::Gzip(GzEncoder::new(Vec::new(), flate2::Compression::default())),
+            Compression::Gzip => {
+                Self::Gzip(Box::new(GzEncoder::new(Vec::new(), flate2::Compression::default())))
+            }
         }
     }
 

@@ -1,0 +1,332 @@
+//! The activities: the only workflow steps that touch ports. `ExportUserData` is one attempt of
+//! [`ExportRunner::run_attempt`]; `PrepareExport` and `FinishExport` keep the export record the
+//! source of truth before and after it.
+
+// The macros generate marker types (one per activity or handler) without `Debug`.
+#![allow(missing_debug_implementations)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use domain::{
+    EnvironmentId, ExecutionPolicy, Export, ExportFailure, ExportId, ExportSpec, ExportStatus, FailureKind,
+    Scope, TenantId,
+};
+use ports::{CreateOutcome, ExportRepository, PortError};
+use serde_json::Value;
+use service::{AttemptControl, ExportRunner, RunError};
+use temporalio_macros::activities;
+use temporalio_sdk::ApplicationFailure;
+use temporalio_sdk::activities::{ActivityContext, ActivityError};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+use tracing::{Instrument, info, info_span, warn};
+
+use super::types::{
+    ExportRef, ExportUserDataInput, ExportUserDataOutput, FinishInput, FinishOutcome, FinishOutput,
+    PrepareInput, PrepareOutput, failure_type,
+};
+
+/// Fastest heartbeat ticker, whatever the heartbeat timeout.
+const MIN_HEARTBEAT_EVERY: Duration = Duration::from_millis(100);
+
+/// Everything the activities need. Registered once per worker by [`super::register`].
+pub struct ExportActivities {
+    runner: Arc<ExportRunner>,
+    exports: Arc<dyn ExportRepository>,
+    default_policy: ExecutionPolicy,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for ExportActivities {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExportActivities")
+            .field("default_policy", &self.default_policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ExportActivities {
+    /// `default_policy` runs workflows started without a policy (e.g. from the CLI).
+    /// Cancelling `shutdown` interrupts running attempts without touching their records (they
+    /// fail retryably and run again elsewhere); the worker cancels it when its shutdown grace
+    /// period is over.
+    pub fn new(
+        runner: Arc<ExportRunner>,
+        exports: Arc<dyn ExportRepository>,
+        default_policy: ExecutionPolicy,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self { runner, exports, default_policy, shutdown }
+    }
+}
+
+#[activities]
+impl ExportActivities {
+    /// Validates the request and makes sure a record exists: an export started through the API
+    /// already has one; one started with the seed's fields only gets a `pending` record here.
+    /// Returns the record's status (a finished export is not run again) and the policy.
+    #[activity(name = "PrepareExport")]
+    pub async fn prepare(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        input: PrepareInput,
+    ) -> Result<PrepareOutput, ActivityError> {
+        let (scope, id) = parse_ref(&input.export)?;
+        let policy = input.policy.unwrap_or(self.default_policy);
+        policy.validate().map_err(|e| validation_failed(format!("invalid policy: {e}")))?;
+        let export = match self.exports.get(&scope, id).await.map_err(port_failure)? {
+            Some(existing) => existing,
+            None => {
+                let spec = ExportSpec::from_json(&Value::Object(input.request))
+                    .map_err(|errors| validation_failed(errors.to_string()))?;
+                let export = Export::new(id, scope.clone(), spec, None, Utc::now());
+                match self.exports.create_if_absent(&export).await.map_err(port_failure)? {
+                    CreateOutcome::Created => {
+                        info!(export_id = %id, tenant = %scope.tenant, environment = %scope.environment,
+                              "export record created for a workflow started without one");
+                        export
+                    }
+                    CreateOutcome::Existing(existing) => *existing,
+                }
+            }
+        };
+        Ok(PrepareOutput {
+            status: export.status(),
+            attempt: export.attempt(),
+            policy,
+            result: ExportUserDataOutput::from_export(&export),
+            error: export.error().cloned(),
+        })
+    }
+
+    /// One attempt of the export. Progress goes out as heartbeats (rows written), and a ticker
+    /// heartbeats every third of the heartbeat timeout even when rows come slowly, so a dead
+    /// worker is noticed within the heartbeat timeout. A cancellation (delivered with a
+    /// heartbeat response) aborts the upload and ends the record `cancelled`.
+    #[activity(name = "ExportUserData")]
+    pub async fn export_user_data(
+        self: Arc<Self>,
+        ctx: ActivityContext,
+        input: ExportUserDataInput,
+    ) -> Result<ExportUserDataOutput, ActivityError> {
+        let (scope, id) = parse_ref(&input.export)?;
+        let info = ctx.info();
+        let attempt = input.attempt_offset.saturating_add(info.attempt);
+        let span = info_span!("export_attempt", export_id = %id, tenant = %scope.tenant,
+                              environment = %scope.environment, attempt,
+                              workflow_id = info.workflow_id.as_deref().unwrap_or(""),
+                              activity_id = %info.activity_id);
+        let heartbeat_timeout = info.heartbeat_timeout.unwrap_or(self.default_policy.heartbeat_timeout);
+        let control = AttemptControl {
+            attempt,
+            cancel: CancellationToken::new(),
+            shutdown: self.shutdown.child_token(),
+            timeout: input.attempt_timeout.unwrap_or(self.default_policy.start_to_close),
+        };
+        let result = run_with_heartbeats(&self.runner, &ctx, &scope, id, &control, heartbeat_timeout)
+            .instrument(span)
+            .await;
+        match result {
+            Ok(export) => match export.status() {
+                ExportStatus::Completed => ExportUserDataOutput::from_export(&export).ok_or_else(|| {
+                    non_retryable(failure_type::EXPORT_FAILED, "completed without an outcome")
+                }),
+                ExportStatus::Cancelled => Err(cancelled_error(&ctx)),
+                status => {
+                    let message = export
+                        .error()
+                        .map_or_else(|| format!("the export is {status}"), |f| f.message.clone());
+                    Err(non_retryable(failure_type::EXPORT_FAILED, message))
+                }
+            },
+            Err(err) => Err(run_error(err, &ctx)),
+        }
+    }
+
+    /// Ends an unfinished export when the workflow cannot: `cancelled` after a workflow
+    /// cancellation, `failed` (with the reason) after the last attempt failed or timed out.
+    /// A finished record is left as it is. Confirms by reading the record back.
+    #[activity(name = "FinishExport")]
+    pub async fn finish(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        input: FinishInput,
+    ) -> Result<FinishOutput, ActivityError> {
+        let (scope, id) = parse_ref(&input.export)?;
+        let outcome = match &input.outcome {
+            FinishOutcome::Cancelled => self.runner.cancel_unfinished(&scope, id).await,
+            FinishOutcome::Failed { failure } => self.runner.give_up(&scope, id, failure.clone()).await,
+        };
+        // The runner reports the transition it just stored as an error (`Cancelled`, `Failed`),
+        // and store trouble the same way, so the record read back tells what happened.
+        if let Err(RunError::NotFound) = outcome {
+            return Ok(FinishOutput { status: None });
+        }
+        let export = self.exports.get(&scope, id).await.map_err(port_failure)?;
+        match export {
+            None => Ok(FinishOutput { status: None }),
+            Some(export) if export.status().is_terminal() => {
+                info!(export_id = %id, status = %export.status(), "export record finished by the workflow");
+                Ok(FinishOutput { status: Some(export.status()) })
+            }
+            Some(export) => Err(ApplicationFailure::new(format!(
+                "could not finish export {id}: it is still {}",
+                export.status()
+            ))
+            .into()),
+        }
+    }
+}
+
+/// Runs the attempt while heartbeating progress and forwarding the activity's cancellation.
+///
+/// Heartbeats run on a task of their own, so an attempt that seldom yields (fast stores, CPU-bound
+/// encoding) cannot starve them on a multi-threaded runtime; the task ends with the attempt.
+async fn run_with_heartbeats(
+    runner: &ExportRunner,
+    ctx: &ActivityContext,
+    scope: &Scope,
+    id: ExportId,
+    control: &AttemptControl,
+    heartbeat_timeout: Duration,
+) -> Result<Export, RunError> {
+    let (rows_tx, rows_rx) = watch::channel(0_u64);
+    let progress = move |rows: u64| {
+        rows_tx.send_replace(rows);
+    };
+    let side_tasks = tokio::spawn(
+        heartbeat_and_forward_cancel(ctx.clone(), rows_rx, control.clone(), heartbeat_timeout)
+            .in_current_span(),
+    );
+    let _stop_side_tasks = AbortOnDropHandle::new(side_tasks);
+    runner.run_attempt(scope, id, control, &progress).await
+}
+
+/// Heartbeats the latest row count on every change and at least every third of the heartbeat
+/// timeout, and forwards the activity's cancellation to the attempt. Runs until aborted.
+async fn heartbeat_and_forward_cancel(
+    ctx: ActivityContext,
+    mut rows: watch::Receiver<u64>,
+    control: AttemptControl,
+    heartbeat_timeout: Duration,
+) {
+    let started = Instant::now();
+    let heartbeats = async {
+        let mut ticker = tokio::time::interval((heartbeat_timeout / 3).max(MIN_HEARTBEAT_EVERY));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                changed = rows.changed() => {
+                    if changed.is_err() {
+                        // The attempt is over; this task is about to be aborted.
+                        std::future::pending::<()>().await;
+                    }
+                }
+            }
+            let current = *rows.borrow_and_update();
+            // Throttled by the SDK: only the latest details go out, at most every 0.8 × timeout.
+            if let Err(err) = ctx.record_heartbeat(current).await {
+                warn!(error = %err, "could not record a heartbeat");
+            }
+        }
+    };
+    let forward_cancel = async {
+        ctx.cancelled().await;
+        if started.elapsed() >= control.timeout {
+            // The SDK also cancels an attempt that overran its start-to-close timeout (by its
+            // own timer, 5 s late). That is not a user's cancellation: stop, and leave the
+            // record to the next attempt.
+            warn!("attempt overran its timeout; interrupting it");
+            control.shutdown.cancel();
+        } else {
+            info!("cancellation received; stopping the attempt");
+            control.cancel.cancel();
+        }
+    };
+    tokio::join!(heartbeats, forward_cancel);
+}
+
+fn parse_ref(export: &ExportRef) -> Result<(Scope, ExportId), ActivityError> {
+    let mut problems = Vec::new();
+    let tenant = TenantId::parse(&export.tenant_id).map_err(|e| problems.push(format!("tenant_id: {e}")));
+    let environment = EnvironmentId::parse(&export.environment_id)
+        .map_err(|e| problems.push(format!("environment_id: {e}")));
+    let id = ExportId::parse(&export.export_id).map_err(|e| problems.push(format!("export_id: {e}")));
+    match (tenant, environment, id) {
+        (Ok(tenant), Ok(environment), Ok(id)) => Ok((Scope::new(tenant, environment), id)),
+        _ => Err(validation_failed(format!("invalid request: {}", problems.join("; ")))),
+    }
+}
+
+fn failure(
+    type_name: &str,
+    message: String,
+    retryable: bool,
+    details: Option<ExportFailure>,
+) -> ActivityError {
+    ApplicationFailure::builder(message)
+        .type_name(type_name.to_owned())
+        .non_retryable(!retryable)
+        .maybe_details(details)
+        .build()
+        .into()
+}
+
+fn non_retryable(type_name: &str, message: impl Into<String>) -> ActivityError {
+    failure(type_name, message.into(), false, None)
+}
+
+fn validation_failed(message: String) -> ActivityError {
+    let details = ExportFailure::new(FailureKind::Validation, message.clone());
+    failure(failure_type::VALIDATION_FAILED, message, false, Some(details))
+}
+
+/// Store trouble: retryable when the store is unavailable, not otherwise.
+fn port_failure(err: PortError) -> ActivityError {
+    let retryable = err.is_retryable();
+    let message = format!("export record: {err:#}");
+    let details = ExportFailure::new(FailureKind::Internal, message.clone());
+    let type_name = if retryable { failure_type::ATTEMPT_FAILED } else { failure_type::EXPORT_FAILED };
+    failure(type_name, message, retryable, Some(details))
+}
+
+/// The activity was cancelled by Temporal, or the record was cancelled by someone else (the API
+/// cancelling an export whose workflow it cannot see). Temporal accepts a "cancelled" completion
+/// only for an activity whose cancellation it requested, so the second case is a failure.
+fn cancelled_error(ctx: &ActivityContext) -> ActivityError {
+    if ctx.is_cancelled() {
+        ActivityError::cancelled()
+    } else {
+        non_retryable(failure_type::EXPORT_CANCELLED, "the export was cancelled")
+    }
+}
+
+fn run_error(err: RunError, ctx: &ActivityContext) -> ActivityError {
+    match err {
+        RunError::Cancelled => cancelled_error(ctx),
+        RunError::Interrupted => {
+            failure(failure_type::INTERRUPTED, "the worker stopped during the attempt".to_owned(), true, None)
+        }
+        RunError::NotFound => non_retryable(failure_type::EXPORT_NOT_FOUND, "export not found"),
+        RunError::Superseded { current } => non_retryable(
+            failure_type::EXPORT_SUPERSEDED,
+            format!("the export is owned by attempt {current}"),
+        ),
+        RunError::Failed { failure: f, retryable: true } => {
+            failure(failure_type::ATTEMPT_FAILED, f.message.clone(), true, Some(f))
+        }
+        RunError::Failed { failure: f, retryable: false } => {
+            let type_name = if f.kind == FailureKind::Validation {
+                failure_type::VALIDATION_FAILED
+            } else {
+                failure_type::EXPORT_FAILED
+            };
+            failure(type_name, f.message.clone(), false, Some(f))
+        }
+    }
+}

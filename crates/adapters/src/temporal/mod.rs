@@ -1,0 +1,106 @@
+//! Temporal: exports as durable workflows (feature `temporal`).
+//!
+//! - [`UserDataExportWorkflow`] (registered as `UserDataExportWorkflow`) runs one export:
+//!   `PrepareExport` (create the record if absent, validate), `ExportUserData` (one attempt of
+//!   [`service::ExportRunner::run_attempt`], retried per the export's `ExecutionPolicy`), and
+//!   `FinishExport` when the run ends by failure, timeout or cancellation, so the record never
+//!   stays unfinished.
+//! - [`TemporalOrchestrator`] implements `ports::Orchestrator` for the API.
+//! - [`register`] is the one place a worker gets the workflow and activities.
+//!
+//! The names and the input's JSON shape are a contract shared with the seed (Go) guide: a
+//! workflow started by any client with `{"tenant_id","environment_id","user_filters","format",
+//! "email_notify"}` runs here.
+
+mod activities;
+mod orchestrator;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+mod types;
+mod workflow;
+
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use temporalio_client::{Client, ClientOptions, Connection, ConnectionOptions, Url};
+use temporalio_sdk::{WorkerOptions, WorkflowRegistrationError};
+
+pub use activities::ExportActivities;
+pub use orchestrator::{TemporalOrchestrator, TemporalSettings};
+pub use types::{
+    EXPORT_ACTIVITY, ExportRef, ExportUserDataInput, ExportUserDataOutput, ExportWorkflowInput,
+    FINISH_ACTIVITY, FinishInput, FinishOutcome, FinishOutput, PREPARE_ACTIVITY, PrepareInput, PrepareOutput,
+    WORKFLOW_TYPE, derived_export_id, failure_type,
+};
+pub use workflow::UserDataExportWorkflow;
+
+/// How long connecting may take before Temporal counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Registers the workflow and every activity on a worker's options. The only place they are
+/// registered, so API-less workers, tests and the binary all run the same set.
+///
+/// # Errors
+/// When the workflow cannot be registered (a duplicate registration).
+pub fn register(
+    options: &mut WorkerOptions,
+    activities: ExportActivities,
+) -> Result<(), WorkflowRegistrationError> {
+    options.register_workflow::<UserDataExportWorkflow>()?;
+    options.register_activities(activities);
+    Ok(())
+}
+
+/// The server URL of a Temporal address as the `temporal` CLI and envconfig accept it:
+/// `host:port` means `http://host:port`; a URL is taken as it is.
+///
+/// # Errors
+/// When the result is not a URL.
+pub fn server_url(address: &str) -> anyhow::Result<Url> {
+    let address = address.trim();
+    let full = if address.contains("://") { address.to_owned() } else { format!("http://{address}") };
+    Url::parse(&full).with_context(|| format!("invalid Temporal address {address:?}"))
+}
+
+/// A client bound to `namespace`, failing within a few seconds when the server is unreachable.
+/// `identity` names this process in Temporal's history (the process ID is appended).
+///
+/// # Errors
+/// An invalid address, an unreachable server, or a rejected namespace name.
+pub async fn connect_client(address: &str, namespace: &str, identity: &str) -> anyhow::Result<Client> {
+    let options = ConnectionOptions::new(server_url(address)?)
+        .identity(format!("{identity}-{}", std::process::id()))
+        .connect_timeout(CONNECT_TIMEOUT)
+        .build();
+    let connection = tokio::time::timeout(CONNECT_TIMEOUT * 2, Connection::connect(options))
+        .await
+        .map_err(|_| anyhow!("no answer within {:?}", CONNECT_TIMEOUT * 2))
+        .and_then(|connected| connected.map_err(anyhow::Error::from))
+        .with_context(|| format!("connecting to Temporal at {address} (TEMPORAL_ADDRESS)"))?;
+    Client::new(connection, ClientOptions::new(namespace).build())
+        .with_context(|| format!("Temporal namespace {namespace:?} (TEMPORAL_NAMESPACE)"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn registration_names_are_the_contract() {
+        assert_eq!(UserDataExportWorkflow::name(), WORKFLOW_TYPE);
+        assert_eq!(WORKFLOW_TYPE, "UserDataExportWorkflow");
+        assert_eq!(ExportActivities::export_user_data.name(), "ExportUserData");
+        assert_eq!(ExportActivities::prepare.name(), PREPARE_ACTIVITY);
+        assert_eq!(ExportActivities::finish.name(), FINISH_ACTIVITY);
+        assert_eq!(EXPORT_ACTIVITY, "ExportUserData");
+    }
+
+    #[test]
+    fn bare_addresses_are_plain_http() {
+        assert_eq!(server_url("127.0.0.1:7233").unwrap().as_str(), "http://127.0.0.1:7233/");
+        assert_eq!(server_url("https://t.example:7233").unwrap().as_str(), "https://t.example:7233/");
+        assert!(server_url("http://exa mple:1").is_err());
+    }
+}

@@ -1,0 +1,222 @@
+//! [`TemporalOrchestrator`]: the `Orchestrator` port on a Temporal cluster. Exports run as
+//! `UserDataExportWorkflow`s on `userexport-worker` processes; this side only starts, waits for
+//! and cancels them.
+
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use async_trait::async_trait;
+use domain::{ExecutionPolicy, Export, ExportId, Scope};
+use ports::{CancelOutcome, Orchestrator, PortError, WaitOutcome};
+use temporalio_client::errors::{WorkflowGetResultError, WorkflowInteractionError, WorkflowStartError};
+use temporalio_client::tonic::{Code, IntoRequest, Status};
+use temporalio_client::{
+    Client, RetryOptions, RpcOptions, WorkflowCancelOptions, WorkflowDescribeOptions,
+    WorkflowExecutionStatus, WorkflowGetResultOptions, WorkflowIdConflictPolicy, WorkflowIdReusePolicy,
+    WorkflowStartOptions,
+};
+use temporalio_common::protos::temporal::api::workflowservice::v1::GetSystemInfoRequest;
+use tracing::info;
+
+use super::connect_client;
+use super::types::ExportWorkflowInput;
+use super::workflow::UserDataExportWorkflow;
+
+/// Bound on one RPC (start, cancel, ping), retries included. Past it, Temporal counts as
+/// unavailable.
+const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the Temporal cluster is and how exports run on it.
+#[derive(Debug, Clone)]
+pub struct TemporalSettings {
+    /// `host:port` (plain `http://` is assumed, as the `temporal` CLI and envconfig do) or a
+    /// full `http(s)://host:port` URL.
+    pub address: String,
+    pub namespace: String,
+    /// The task queue `userexport-worker` polls.
+    pub task_queue: String,
+    /// Sent with every workflow, so exports run with the API's policy whatever the worker's.
+    pub policy: ExecutionPolicy,
+}
+
+/// Starts exports as workflows with the deterministic ID [`ExportId::workflow_id`], so a
+/// duplicate start finds the first run instead of running the export twice. Cheap to clone.
+#[derive(Clone)]
+pub struct TemporalOrchestrator {
+    client: Client,
+    task_queue: String,
+    policy: ExecutionPolicy,
+}
+
+impl std::fmt::Debug for TemporalOrchestrator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TemporalOrchestrator")
+            .field("namespace", &self.client.options().namespace)
+            .field("task_queue", &self.task_queue)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TemporalOrchestrator {
+    /// Connects to the cluster (failing within a few seconds when it is unreachable).
+    ///
+    /// # Errors
+    /// An invalid address, or a cluster that cannot be reached.
+    pub async fn connect(settings: TemporalSettings) -> anyhow::Result<Self> {
+        settings.policy.validate().context("invalid execution policy")?;
+        let client = connect_client(&settings.address, &settings.namespace, "userexport-api").await?;
+        info!(address = %settings.address, namespace = %settings.namespace, task_queue = %settings.task_queue,
+              "connected to Temporal");
+        Ok(Self::new(client, settings.task_queue, settings.policy))
+    }
+
+    /// On an existing client (shared with a worker, or a test's).
+    pub fn new(client: Client, task_queue: impl Into<String>, policy: ExecutionPolicy) -> Self {
+        Self { client, task_queue: task_queue.into(), policy }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn task_queue(&self) -> &str {
+        &self.task_queue
+    }
+}
+
+#[async_trait]
+impl Orchestrator for TemporalOrchestrator {
+    async fn start(&self, export: &Export) -> Result<(), PortError> {
+        if export.status().is_terminal() {
+            return Ok(());
+        }
+        let input = serde_json::to_value(ExportWorkflowInput::for_export(export, Some(self.policy)))
+            .map_err(|e| PortError::Other(anyhow!(e).context("encoding the workflow input")))?;
+        let workflow_id = export.id.workflow_id(&export.scope);
+        let options = WorkflowStartOptions::new(self.task_queue.clone(), workflow_id.clone())
+            // A running export: the duplicate start returns the running workflow.
+            .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)
+            // A completed export is never run again; one whose run failed, was cancelled or
+            // terminated may be started again (its record decides whether anything runs).
+            .id_reuse_policy(WorkflowIdReusePolicy::AllowDuplicateFailedOnly)
+            .rpc_options(rpc_options())
+            .build();
+        let started = bounded(
+            "starting the workflow",
+            self.client.start_workflow(UserDataExportWorkflow::run, input, options),
+        )
+        .await?;
+        match started {
+            Ok(handle) => {
+                info!(export_id = %export.id, workflow_id, run_id = handle.run_id(), "export workflow started");
+                Ok(())
+            }
+            // Rejected by the reuse policy: the export's workflow already completed.
+            Err(WorkflowStartError::AlreadyStarted { .. }) => Ok(()),
+            Err(WorkflowStartError::Rpc(status)) => Err(status_error(status, "starting the workflow")),
+            Err(err) => Err(PortError::Other(anyhow!(err).context("starting the workflow"))),
+        }
+    }
+
+    async fn wait(&self, scope: &Scope, id: ExportId, timeout: Duration) -> Result<WaitOutcome, PortError> {
+        let handle = self.client.get_workflow_handle::<UserDataExportWorkflow>(id.workflow_id(scope));
+        let result =
+            match tokio::time::timeout(timeout, handle.get_result(WorkflowGetResultOptions::default())).await
+            {
+                Err(_) => return Ok(WaitOutcome::StillRunning),
+                Ok(result) => result,
+            };
+        match result {
+            // However the run ended, it ended; the record says how.
+            Ok(_)
+            | Err(
+                WorkflowGetResultError::Failed(_)
+                | WorkflowGetResultError::Cancelled { .. }
+                | WorkflowGetResultError::Terminated { .. }
+                | WorkflowGetResultError::TimedOut
+                | WorkflowGetResultError::PayloadConversion(_),
+            ) => Ok(WaitOutcome::Finished),
+            // Never started here: nothing will finish it (the in-process orchestrator answers
+            // the same for an export it does not run).
+            Err(WorkflowGetResultError::NotFound(_)) => Ok(WaitOutcome::StillRunning),
+            Err(WorkflowGetResultError::Rpc(status)) => Err(status_error(status, "waiting for the workflow")),
+            Err(err) => Err(PortError::Other(anyhow!(err).context("waiting for the workflow"))),
+        }
+    }
+
+    async fn cancel(&self, scope: &Scope, id: ExportId) -> Result<CancelOutcome, PortError> {
+        let handle = self.client.get_workflow_handle::<UserDataExportWorkflow>(id.workflow_id(scope));
+        // Temporal accepts a cancel of a run that was already cancelled, so look first: a closed
+        // run (whatever its record says) is not running, and the caller finishes the record.
+        let described = WorkflowDescribeOptions::builder().rpc_options(rpc_options()).build();
+        match bounded("describing the workflow", handle.describe(described)).await? {
+            Ok(description) if description.status() == WorkflowExecutionStatus::Running => {}
+            Ok(_) | Err(WorkflowInteractionError::NotFound(_)) => return Ok(CancelOutcome::NotRunning),
+            Err(WorkflowInteractionError::Rpc(status)) => {
+                return Err(status_error(status, "describing the workflow"));
+            }
+            Err(err) => return Err(PortError::Other(anyhow!(err).context("describing the workflow"))),
+        }
+        let options = WorkflowCancelOptions::builder()
+            .reason("cancelled through the API")
+            .rpc_options(rpc_options())
+            .build();
+        match bounded("cancelling the workflow", handle.cancel(options)).await? {
+            Ok(()) => Ok(CancelOutcome::Requested),
+            // No such workflow, or its run already closed.
+            Err(WorkflowInteractionError::NotFound(_)) => Ok(CancelOutcome::NotRunning),
+            Err(WorkflowInteractionError::Rpc(status))
+                if status.code() == Code::FailedPrecondition || status.code() == Code::AlreadyExists =>
+            {
+                Ok(CancelOutcome::NotRunning)
+            }
+            Err(WorkflowInteractionError::Rpc(status)) => {
+                Err(status_error(status, "cancelling the workflow"))
+            }
+            Err(err) => Err(PortError::Other(anyhow!(err).context("cancelling the workflow"))),
+        }
+    }
+
+    async fn ping(&self) -> Result<(), PortError> {
+        let mut service = self.client.connection().workflow_service();
+        let mut request = GetSystemInfoRequest::default().into_request();
+        request.set_timeout(RPC_TIMEOUT);
+        match bounded("pinging Temporal", service.get_system_info(request)).await? {
+            Ok(_) => Ok(()),
+            Err(status) => Err(status_error(status, "pinging Temporal")),
+        }
+    }
+}
+
+/// Per-call RPC options: a deadline and retries that give up within [`RPC_TIMEOUT`].
+fn rpc_options() -> RpcOptions {
+    let retry = RetryOptions::builder()
+        .initial_interval(Duration::from_millis(100))
+        .max_interval(Duration::from_secs(1))
+        .max_elapsed_time(Some(RPC_TIMEOUT))
+        .max_retries(5)
+        .build();
+    RpcOptions::builder().timeout(RPC_TIMEOUT).retry_options(retry).build()
+}
+
+/// Runs `call` for at most a little longer than [`RPC_TIMEOUT`]; past that, Temporal is
+/// unavailable (whatever the client's own retries are doing).
+async fn bounded<T>(what: &str, call: impl Future<Output = T>) -> Result<T, PortError> {
+    tokio::time::timeout(RPC_TIMEOUT + Duration::from_secs(1), call).await.map_err(|_| {
+        PortError::unavailable(anyhow!("{what}: Temporal did not answer within {RPC_TIMEOUT:?}"))
+    })
+}
+
+/// Transport trouble and overload are retryable (`Unavailable`); the rest is not.
+fn status_error(status: Status, what: &str) -> PortError {
+    let err = anyhow!("{what}: {} ({:?})", status.message(), status.code());
+    match status.code() {
+        Code::Unavailable
+        | Code::DeadlineExceeded
+        | Code::ResourceExhausted
+        | Code::Aborted
+        | Code::Cancelled
+        | Code::Unknown => PortError::unavailable(err),
+        _ => PortError::Other(err),
+    }
+}

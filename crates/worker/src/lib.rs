@@ -1,0 +1,239 @@
+//! The Temporal worker: configuration, and [`run`].
+//!
+//! Users, export records and storage come from [`wiring`], with the same settings (flags and
+//! environment variables) as the API, so a worker and an API started from one environment work
+//! on the same records and files. The retry policy uses the API's variable names too.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use adapters::temporal::{ExportActivities, connect_client, register};
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use domain::{ExecutionPolicy, PolicyError, RetryPolicy, Scope};
+use service::{ExportRunner, RunnerConfig};
+use temporalio_sdk::runtime::worker_tuner::{FixedSizeSlotSupplier, TunerHolder};
+use temporalio_sdk::{Runtime, Worker, WorkerOptions};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+pub use wiring::{Adapters, BackendArgs, ExportsBackend, StorageKind, UsersBackend};
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// userexport's Temporal worker. Every flag falls back to the environment variable shown in
+/// `--help`; `RUST_LOG` sets the log filter (default `info`).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "userexport-worker", version, about)]
+pub struct WorkerConfig {
+    /// Temporal frontend, `host:port` or a URL.
+    #[arg(long, env = "TEMPORAL_ADDRESS", default_value = "127.0.0.1:7233")]
+    pub temporal_address: String,
+
+    /// Temporal namespace.
+    #[arg(long, env = "TEMPORAL_NAMESPACE", default_value = "default")]
+    pub temporal_namespace: String,
+
+    /// Task queue to poll; the API starts workflows on the same one.
+    #[arg(long, env = "USEREXPORT_TASK_QUEUE", default_value = "user-export")]
+    pub task_queue: String,
+
+    /// Users, export records and storage: the same settings as the API's.
+    #[command(flatten)]
+    pub backends: BackendArgs,
+
+    /// Scopes (`tenant/environment`, comma-separated) seeded with demo users when users are in
+    /// `memory`.
+    #[arg(long, env = "USEREXPORT_DEMO_SCOPES", value_delimiter = ',', default_value = "demo/dev")]
+    pub demo_scopes: Vec<String>,
+
+    /// Activities run at the same time by this worker (export attempts and the short record
+    /// bookkeeping); more wait on the task queue, for this or another worker.
+    #[arg(long, env = "USEREXPORT_MAX_CONCURRENT_EXPORTS", default_value_t = 4)]
+    pub max_concurrent_exports: usize,
+
+    /// Workflow tasks processed at the same time by this worker.
+    #[arg(long, env = "USEREXPORT_WORKER_MAX_WORKFLOW_TASKS", default_value_t = 10)]
+    pub max_workflow_tasks: usize,
+
+    /// On SIGINT/SIGTERM: how long running exports may take to finish before they are
+    /// interrupted (they then fail retryably and run again on another worker).
+    #[arg(long, env = "USEREXPORT_SHUTDOWN_GRACE_S", default_value_t = 30)]
+    pub shutdown_grace_s: u64,
+
+    /// Attempts per export, the first included (for workflows started without a policy).
+    #[arg(long, env = "USEREXPORT_RETRY_MAX_ATTEMPTS", default_value_t = 3)]
+    pub retry_max_attempts: u32,
+
+    /// Wait before the first retry, in milliseconds.
+    #[arg(long, env = "USEREXPORT_RETRY_INITIAL_INTERVAL_MS", default_value_t = 1000)]
+    pub retry_initial_interval_ms: u64,
+
+    /// Factor between consecutive retry waits (>= 1.0).
+    #[arg(long, env = "USEREXPORT_RETRY_BACKOFF", default_value_t = 2.0)]
+    pub retry_backoff: f64,
+
+    /// Longest wait between retries, in seconds.
+    #[arg(long, env = "USEREXPORT_RETRY_MAX_INTERVAL_S", default_value_t = 120)]
+    pub retry_max_interval_s: u64,
+
+    /// Bound on one export attempt, in seconds.
+    #[arg(long, env = "USEREXPORT_START_TO_CLOSE_S", default_value_t = 600)]
+    pub start_to_close_s: u64,
+
+    /// A running attempt silent for this long is considered lost, in seconds.
+    #[arg(long, env = "USEREXPORT_HEARTBEAT_TIMEOUT_S", default_value_t = 30)]
+    pub heartbeat_timeout_s: u64,
+
+    /// Log line format on stderr.
+    #[arg(long, env = "USEREXPORT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl WorkerConfig {
+    /// The policy of workflows started without one, validated.
+    ///
+    /// # Errors
+    /// One line naming the setting that makes the policy invalid.
+    pub fn execution_policy(&self) -> anyhow::Result<ExecutionPolicy> {
+        let policy = ExecutionPolicy {
+            retry: RetryPolicy {
+                initial_interval: Duration::from_millis(self.retry_initial_interval_ms),
+                backoff_coefficient: self.retry_backoff,
+                maximum_interval: Duration::from_secs(self.retry_max_interval_s),
+                maximum_attempts: self.retry_max_attempts,
+            },
+            start_to_close: Duration::from_secs(self.start_to_close_s),
+            heartbeat_timeout: Duration::from_secs(self.heartbeat_timeout_s),
+        };
+        if let Err(err) = policy.validate() {
+            let setting = match err {
+                PolicyError::NoAttempts => "USEREXPORT_RETRY_MAX_ATTEMPTS",
+                PolicyError::BadBackoff => "USEREXPORT_RETRY_BACKOFF",
+                PolicyError::BadInterval => {
+                    "USEREXPORT_RETRY_INITIAL_INTERVAL_MS / USEREXPORT_RETRY_MAX_INTERVAL_S"
+                }
+                PolicyError::BadTimeout => "USEREXPORT_START_TO_CLOSE_S / USEREXPORT_HEARTBEAT_TIMEOUT_S",
+            };
+            bail!("invalid {setting}: {err}");
+        }
+        Ok(policy)
+    }
+
+    /// Checks the settings no type can express.
+    ///
+    /// # Errors
+    /// One line naming the offending setting.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.max_concurrent_exports == 0 {
+            bail!("invalid USEREXPORT_MAX_CONCURRENT_EXPORTS: must be at least 1");
+        }
+        if self.max_workflow_tasks < 2 {
+            bail!("invalid USEREXPORT_WORKER_MAX_WORKFLOW_TASKS: must be at least 2");
+        }
+        self.demo_scopes()?;
+        self.execution_policy()?;
+        Ok(())
+    }
+
+    pub fn demo_scopes(&self) -> anyhow::Result<Vec<Scope>> {
+        self.demo_scopes
+            .iter()
+            .filter(|raw| !raw.trim().is_empty())
+            .map(|raw| {
+                Scope::parse(raw.trim()).with_context(|| {
+                    format!("invalid USEREXPORT_DEMO_SCOPES entry {raw:?} (tenant/environment)")
+                })
+            })
+            .collect()
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_s)
+    }
+}
+
+/// Runs the worker until `stop` resolves, then shuts down gracefully: polling stops at once,
+/// running exports get [`WorkerConfig::shutdown_grace`] to finish, and whatever still runs is
+/// interrupted (its record is left for the retry, which Temporal schedules on another worker).
+///
+/// # Errors
+/// Invalid configuration, an unreachable store or Temporal server, or a worker failure.
+pub async fn run(config: WorkerConfig, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+    config.check()?;
+    let adapters = wiring::build_adapters(&config.backends, &config.demo_scopes()?).await?;
+    run_with(config, adapters, stop).await
+}
+
+/// Like [`run`], on adapters built by the caller (tests wrap or inject them this way).
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with(
+    config: WorkerConfig,
+    adapters: Adapters,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    config.check()?;
+    let policy = config.execution_policy()?;
+    if config.backends.exports == ExportsBackend::Memory {
+        warn!(
+            "export records are in this process's memory: exports started through the API are invisible \
+             here (set USEREXPORT_EXPORTS=postgres to share them)"
+        );
+    }
+    let runner = Arc::new(ExportRunner::new(
+        adapters.users,
+        Arc::clone(&adapters.exports),
+        adapters.storage,
+        adapters.notifier,
+        RunnerConfig::default(),
+    ));
+    let client =
+        connect_client(&config.temporal_address, &config.temporal_namespace, "userexport-worker").await?;
+    let runtime = Runtime::from_current_tokio(Default::default()).context("starting the Temporal runtime")?;
+
+    let interrupt = CancellationToken::new();
+    let mut options = WorkerOptions::new(config.task_queue.clone())
+        .tuner(
+            TunerHolder::builder()
+                .workflow_task_slot_supplier(FixedSizeSlotSupplier::new(config.max_workflow_tasks))
+                .activity_task_slot_supplier(FixedSizeSlotSupplier::new(config.max_concurrent_exports))
+                .local_activity_task_slot_supplier(FixedSizeSlotSupplier::new(1))
+                .nexus_task_slot_supplier(FixedSizeSlotSupplier::new(1))
+                .build(),
+        )
+        .build();
+    register(&mut options, ExportActivities::new(runner, adapters.exports, policy, interrupt.clone()))
+        .context("registering the workflow and activities")?;
+    let mut worker = Worker::new(&runtime, client, options).context("creating the Temporal worker")?;
+    let shutdown = worker.shutdown_handle();
+    info!(address = %config.temporal_address, namespace = %config.temporal_namespace,
+          task_queue = %config.task_queue, max_concurrent_exports = config.max_concurrent_exports,
+          "worker started");
+
+    let grace = config.shutdown_grace();
+    let stopping = async move {
+        stop.await;
+        info!(
+            grace_s = grace.as_secs(),
+            "stopping: no new tasks; running exports may finish within the grace period"
+        );
+        shutdown();
+        tokio::time::sleep(grace).await;
+        warn!("grace period over: interrupting running exports (they are retried on another worker)");
+        interrupt.cancel();
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        result = worker.run() => result.context("the Temporal worker failed")?,
+        () = stopping => {}
+    }
+    info!("worker stopped");
+    Ok(())
+}
