@@ -8,28 +8,24 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::{Parser, Subcommand, ValueEnum};
-use domain::{ExecutionPolicy, PolicyError, RetryPolicy};
-pub use wiring::{BackendArgs, StorageKind};
+use domain::ExecutionPolicy;
+pub use wiring::{BackendArgs, LogFormat, PolicyArgs, StorageKind, TemporalArgs};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_MAX_CONCURRENT_EXPORTS: usize = 4;
 const DEFAULT_SYNC_TIMEOUT_MAX_S: u64 = 60;
 const DEFAULT_SYNC_TIMEOUT_S: u64 = 30;
 const DEFAULT_SHUTDOWN_GRACE_S: u64 = 30;
-const DEFAULT_RETRY_MAX_ATTEMPTS: u32 = 3;
-const DEFAULT_RETRY_INITIAL_INTERVAL_MS: u64 = 1000;
-const DEFAULT_RETRY_BACKOFF: f64 = 2.0;
-const DEFAULT_RETRY_MAX_INTERVAL_S: u64 = 120;
-const DEFAULT_START_TO_CLOSE_S: u64 = 600;
-const DEFAULT_HEARTBEAT_TIMEOUT_S: u64 = 30;
 
-/// How log lines are written to stderr.
+/// Which orchestrator runs exports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
+pub enum OrchestratorKind {
+    /// Tokio tasks in this process (the embedded default).
+    Inprocess,
+    /// Temporal workflows, run by `userexport-worker` processes.
+    Temporal,
 }
 
 /// The raw `USEREXPORT_API_KEYS` value. It holds secrets, so its `Debug` never shows them; it is
@@ -95,29 +91,17 @@ pub struct Config {
     #[arg(long, env = "USEREXPORT_SHUTDOWN_GRACE_S", default_value_t = DEFAULT_SHUTDOWN_GRACE_S)]
     pub shutdown_grace_s: u64,
 
-    /// Attempts per export, the first included.
-    #[arg(long, env = "USEREXPORT_RETRY_MAX_ATTEMPTS", default_value_t = DEFAULT_RETRY_MAX_ATTEMPTS)]
-    pub retry_max_attempts: u32,
+    /// Retry and timeout policy of exports.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
 
-    /// Wait before the first retry, in milliseconds.
-    #[arg(long, env = "USEREXPORT_RETRY_INITIAL_INTERVAL_MS", default_value_t = DEFAULT_RETRY_INITIAL_INTERVAL_MS)]
-    pub retry_initial_interval_ms: u64,
+    /// Which orchestrator runs exports.
+    #[arg(long, env = "USEREXPORT_ORCHESTRATOR", value_enum, default_value_t = OrchestratorKind::Inprocess)]
+    pub orchestrator: OrchestratorKind,
 
-    /// Factor between consecutive retry waits (>= 1.0).
-    #[arg(long, env = "USEREXPORT_RETRY_BACKOFF", default_value_t = DEFAULT_RETRY_BACKOFF)]
-    pub retry_backoff: f64,
-
-    /// Longest wait between retries, in seconds.
-    #[arg(long, env = "USEREXPORT_RETRY_MAX_INTERVAL_S", default_value_t = DEFAULT_RETRY_MAX_INTERVAL_S)]
-    pub retry_max_interval_s: u64,
-
-    /// Bound on one export attempt, in seconds.
-    #[arg(long, env = "USEREXPORT_START_TO_CLOSE_S", default_value_t = DEFAULT_START_TO_CLOSE_S)]
-    pub start_to_close_s: u64,
-
-    /// A running attempt silent for this long is considered lost, in seconds.
-    #[arg(long, env = "USEREXPORT_HEARTBEAT_TIMEOUT_S", default_value_t = DEFAULT_HEARTBEAT_TIMEOUT_S)]
-    pub heartbeat_timeout_s: u64,
+    /// Temporal server and task queue, when the orchestrator is `temporal`.
+    #[command(flatten)]
+    pub temporal: TemporalArgs,
 
     /// Log line format on stderr.
     #[arg(long, env = "USEREXPORT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -161,12 +145,13 @@ impl Config {
             sync_timeout_max_s: DEFAULT_SYNC_TIMEOUT_MAX_S,
             sync_timeout_default_s: DEFAULT_SYNC_TIMEOUT_S,
             shutdown_grace_s: DEFAULT_SHUTDOWN_GRACE_S,
-            retry_max_attempts: DEFAULT_RETRY_MAX_ATTEMPTS,
-            retry_initial_interval_ms: DEFAULT_RETRY_INITIAL_INTERVAL_MS,
-            retry_backoff: DEFAULT_RETRY_BACKOFF,
-            retry_max_interval_s: DEFAULT_RETRY_MAX_INTERVAL_S,
-            start_to_close_s: DEFAULT_START_TO_CLOSE_S,
-            heartbeat_timeout_s: DEFAULT_HEARTBEAT_TIMEOUT_S,
+            policy: PolicyArgs::default(),
+            orchestrator: OrchestratorKind::Inprocess,
+            temporal: TemporalArgs {
+                temporal_address: "127.0.0.1:7233".to_owned(),
+                temporal_namespace: "default".to_owned(),
+                task_queue: "user-export".to_owned(),
+            },
             log_format: LogFormat::Text,
             command: None,
         }
@@ -177,28 +162,7 @@ impl Config {
     /// # Errors
     /// One line naming the setting that makes the policy invalid.
     pub fn execution_policy(&self) -> anyhow::Result<ExecutionPolicy> {
-        let policy = ExecutionPolicy {
-            retry: RetryPolicy {
-                initial_interval: Duration::from_millis(self.retry_initial_interval_ms),
-                backoff_coefficient: self.retry_backoff,
-                maximum_interval: Duration::from_secs(self.retry_max_interval_s),
-                maximum_attempts: self.retry_max_attempts,
-            },
-            start_to_close: Duration::from_secs(self.start_to_close_s),
-            heartbeat_timeout: Duration::from_secs(self.heartbeat_timeout_s),
-        };
-        policy.validate().with_context(|| match policy.validate() {
-            Err(PolicyError::NoAttempts) => "invalid USEREXPORT_RETRY_MAX_ATTEMPTS",
-            Err(PolicyError::BadBackoff) => "invalid USEREXPORT_RETRY_BACKOFF",
-            Err(PolicyError::BadInterval) => {
-                "invalid USEREXPORT_RETRY_INITIAL_INTERVAL_MS / USEREXPORT_RETRY_MAX_INTERVAL_S"
-            }
-            Err(PolicyError::BadTimeout) => {
-                "invalid USEREXPORT_START_TO_CLOSE_S / USEREXPORT_HEARTBEAT_TIMEOUT_S"
-            }
-            Ok(()) => "invalid retry policy",
-        })?;
-        Ok(policy)
+        self.policy.execution_policy()
     }
 
     /// Checks the settings no type can express.
@@ -246,10 +210,17 @@ mod tests {
         let base = Config::for_tests("k=acme/prod");
         assert_eq!(check_error(&base), "");
         let cases = [
-            (Config { retry_backoff: 0.5, ..base.clone() }, "USEREXPORT_RETRY_BACKOFF"),
-            (Config { retry_max_attempts: 0, ..base.clone() }, "USEREXPORT_RETRY_MAX_ATTEMPTS"),
-            (Config { retry_initial_interval_ms: 0, ..base.clone() }, "USEREXPORT_RETRY_INITIAL_INTERVAL_MS"),
-            (Config { start_to_close_s: 0, ..base.clone() }, "USEREXPORT_START_TO_CLOSE_S"),
+            (
+                Config { policy: PolicyArgs { retry_backoff: 0.5, ..PolicyArgs::default() }, ..base.clone() },
+                "USEREXPORT_RETRY_BACKOFF",
+            ),
+            (
+                Config {
+                    policy: PolicyArgs { start_to_close_s: 0, ..PolicyArgs::default() },
+                    ..base.clone()
+                },
+                "USEREXPORT_START_TO_CLOSE_S",
+            ),
             (Config { max_concurrent_exports: 0, ..base.clone() }, "USEREXPORT_MAX_CONCURRENT_EXPORTS"),
         ];
         for (config, setting) in cases {

@@ -11,7 +11,6 @@ pub mod problem;
 mod routes;
 pub mod startup;
 mod state;
-pub mod telemetry;
 
 pub use config::Config;
 pub use routes::BODY_LIMIT_BYTES;

@@ -3,13 +3,13 @@
 use std::process::ExitCode;
 
 use app::config::Command;
-use app::{Application, Config, banner, shutdown_signal, telemetry};
+use app::{Application, Config, banner, shutdown_signal};
 use clap::Parser;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    if let Err(err) = telemetry::init(config.log_format) {
+    if let Err(err) = wiring::init_logging(config.log_format) {
         eprintln!("userexport: {err:#}");
         return ExitCode::FAILURE;
     }

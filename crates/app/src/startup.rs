@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use adapters::inprocess::InProcessOrchestrator;
+use adapters::temporal::{TemporalOrchestrator, TemporalSettings};
 use anyhow::Context;
 use axum::Router;
 use base64::Engine;
@@ -22,7 +23,7 @@ use tracing::{info, warn};
 pub use wiring::Adapters;
 
 use crate::auth::ApiKeys;
-use crate::config::Config;
+use crate::config::{Config, OrchestratorKind};
 use crate::routes;
 use crate::state::{AppState, Dependencies, SyncLimits};
 
@@ -49,12 +50,37 @@ impl DemoTenant {
     }
 }
 
+/// The orchestrator this process uses. The in-process one also needs start-up recovery and a
+/// graceful shutdown; Temporal keeps its own state.
+#[derive(Clone)]
+enum Orchestration {
+    InProcess(InProcessOrchestrator),
+    Temporal(TemporalOrchestrator),
+}
+
+impl Orchestration {
+    fn port(&self) -> Arc<dyn Orchestrator> {
+        match self {
+            Self::InProcess(o) => Arc::new(o.clone()),
+            Self::Temporal(o) => Arc::new(o.clone()),
+        }
+    }
+
+    async fn shutdown(&self, grace: Duration) {
+        match self {
+            Self::InProcess(o) => o.shutdown(grace).await,
+            // Workflows run in worker processes and outlive this one.
+            Self::Temporal(_) => {}
+        }
+    }
+}
+
 /// A built application: listener bound, routes wired, exports ready to run.
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
     router: Router,
-    orchestrator: InProcessOrchestrator,
+    orchestrator: Orchestration,
     shutdown_grace: Duration,
     demo: Option<DemoTenant>,
 }
@@ -101,17 +127,31 @@ impl Application {
             Arc::clone(&adapters.notifier),
             RunnerConfig::default(),
         ));
-        let orchestrator = InProcessOrchestrator::new(
-            Arc::clone(&runner),
-            Arc::clone(&adapters.exports),
-            policy,
-            config.max_concurrent_exports,
-        );
-        let resumed = orchestrator.recover().await.context("resuming unfinished exports")?;
-        if resumed > 0 {
-            info!(resumed, "resumed unfinished exports");
-        }
-        let dyn_orchestrator: Arc<dyn Orchestrator> = Arc::new(orchestrator.clone());
+        let orchestrator = match config.orchestrator {
+            OrchestratorKind::Inprocess => {
+                let orchestrator = InProcessOrchestrator::new(
+                    Arc::clone(&runner),
+                    Arc::clone(&adapters.exports),
+                    policy,
+                    config.max_concurrent_exports,
+                );
+                let resumed = orchestrator.recover().await.context("resuming unfinished exports")?;
+                if resumed > 0 {
+                    info!(resumed, "resumed unfinished exports");
+                }
+                Orchestration::InProcess(orchestrator)
+            }
+            OrchestratorKind::Temporal => Orchestration::Temporal(
+                TemporalOrchestrator::connect(TemporalSettings {
+                    address: config.temporal.temporal_address.clone(),
+                    namespace: config.temporal.temporal_namespace.clone(),
+                    task_queue: config.temporal.task_queue.clone(),
+                    policy,
+                })
+                .await?,
+            ),
+        };
+        let dyn_orchestrator = orchestrator.port();
         let service = ExportService::new(
             Arc::clone(&adapters.exports),
             Arc::clone(&adapters.storage),

@@ -16,6 +16,10 @@ use domain::Scope;
 use ports::{ExportRepository, ExportStorage, Notifier, UserRepository};
 use tracing::info;
 
+mod settings;
+
+pub use settings::{LogFormat, PolicyArgs, TemporalArgs, init_logging};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum UsersBackend {
     /// Synthetic users in process memory (`USEREXPORT_DEMO_USERS` per tenant).

@@ -10,38 +10,25 @@ use std::time::Duration;
 
 use adapters::temporal::{ExportActivities, connect_client, register};
 use anyhow::{Context, bail};
-use clap::{Parser, ValueEnum};
-use domain::{ExecutionPolicy, PolicyError, RetryPolicy, Scope};
+use clap::Parser;
+use domain::{ExecutionPolicy, Scope};
 use service::{ExportRunner, RunnerConfig};
 use temporalio_sdk::runtime::worker_tuner::{FixedSizeSlotSupplier, TunerHolder};
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-pub use wiring::{Adapters, BackendArgs, ExportsBackend, StorageKind, UsersBackend};
-
-/// How log lines are written to stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use wiring::{
+    Adapters, BackendArgs, ExportsBackend, LogFormat, PolicyArgs, StorageKind, TemporalArgs, UsersBackend,
+};
 
 /// userexport's Temporal worker. Every flag falls back to the environment variable shown in
 /// `--help`; `RUST_LOG` sets the log filter (default `info`).
 #[derive(Debug, Clone, Parser)]
 #[command(name = "userexport-worker", version, about)]
 pub struct WorkerConfig {
-    /// Temporal frontend, `host:port` or a URL.
-    #[arg(long, env = "TEMPORAL_ADDRESS", default_value = "127.0.0.1:7233")]
-    pub temporal_address: String,
-
-    /// Temporal namespace.
-    #[arg(long, env = "TEMPORAL_NAMESPACE", default_value = "default")]
-    pub temporal_namespace: String,
-
-    /// Task queue to poll; the API starts workflows on the same one.
-    #[arg(long, env = "USEREXPORT_TASK_QUEUE", default_value = "user-export")]
-    pub task_queue: String,
+    /// Temporal server, namespace and task queue: the same settings as the API's.
+    #[command(flatten)]
+    pub temporal: TemporalArgs,
 
     /// Users, export records and storage: the same settings as the API's.
     #[command(flatten)]
@@ -66,29 +53,9 @@ pub struct WorkerConfig {
     #[arg(long, env = "USEREXPORT_SHUTDOWN_GRACE_S", default_value_t = 30)]
     pub shutdown_grace_s: u64,
 
-    /// Attempts per export, the first included (for workflows started without a policy).
-    #[arg(long, env = "USEREXPORT_RETRY_MAX_ATTEMPTS", default_value_t = 3)]
-    pub retry_max_attempts: u32,
-
-    /// Wait before the first retry, in milliseconds.
-    #[arg(long, env = "USEREXPORT_RETRY_INITIAL_INTERVAL_MS", default_value_t = 1000)]
-    pub retry_initial_interval_ms: u64,
-
-    /// Factor between consecutive retry waits (>= 1.0).
-    #[arg(long, env = "USEREXPORT_RETRY_BACKOFF", default_value_t = 2.0)]
-    pub retry_backoff: f64,
-
-    /// Longest wait between retries, in seconds.
-    #[arg(long, env = "USEREXPORT_RETRY_MAX_INTERVAL_S", default_value_t = 120)]
-    pub retry_max_interval_s: u64,
-
-    /// Bound on one export attempt, in seconds.
-    #[arg(long, env = "USEREXPORT_START_TO_CLOSE_S", default_value_t = 600)]
-    pub start_to_close_s: u64,
-
-    /// A running attempt silent for this long is considered lost, in seconds.
-    #[arg(long, env = "USEREXPORT_HEARTBEAT_TIMEOUT_S", default_value_t = 30)]
-    pub heartbeat_timeout_s: u64,
+    /// Policy of workflows started without one (the API always sends its own).
+    #[command(flatten)]
+    pub policy: PolicyArgs,
 
     /// Log line format on stderr.
     #[arg(long, env = "USEREXPORT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -101,28 +68,7 @@ impl WorkerConfig {
     /// # Errors
     /// One line naming the setting that makes the policy invalid.
     pub fn execution_policy(&self) -> anyhow::Result<ExecutionPolicy> {
-        let policy = ExecutionPolicy {
-            retry: RetryPolicy {
-                initial_interval: Duration::from_millis(self.retry_initial_interval_ms),
-                backoff_coefficient: self.retry_backoff,
-                maximum_interval: Duration::from_secs(self.retry_max_interval_s),
-                maximum_attempts: self.retry_max_attempts,
-            },
-            start_to_close: Duration::from_secs(self.start_to_close_s),
-            heartbeat_timeout: Duration::from_secs(self.heartbeat_timeout_s),
-        };
-        if let Err(err) = policy.validate() {
-            let setting = match err {
-                PolicyError::NoAttempts => "USEREXPORT_RETRY_MAX_ATTEMPTS",
-                PolicyError::BadBackoff => "USEREXPORT_RETRY_BACKOFF",
-                PolicyError::BadInterval => {
-                    "USEREXPORT_RETRY_INITIAL_INTERVAL_MS / USEREXPORT_RETRY_MAX_INTERVAL_S"
-                }
-                PolicyError::BadTimeout => "USEREXPORT_START_TO_CLOSE_S / USEREXPORT_HEARTBEAT_TIMEOUT_S",
-            };
-            bail!("invalid {setting}: {err}");
-        }
-        Ok(policy)
+        self.policy.execution_policy()
     }
 
     /// Checks the settings no type can express.
@@ -194,12 +140,16 @@ pub async fn run_with(
         adapters.notifier,
         RunnerConfig::default(),
     ));
-    let client =
-        connect_client(&config.temporal_address, &config.temporal_namespace, "userexport-worker").await?;
+    let client = connect_client(
+        &config.temporal.temporal_address,
+        &config.temporal.temporal_namespace,
+        "userexport-worker",
+    )
+    .await?;
     let runtime = Runtime::from_current_tokio(Default::default()).context("starting the Temporal runtime")?;
 
     let interrupt = CancellationToken::new();
-    let mut options = WorkerOptions::new(config.task_queue.clone())
+    let mut options = WorkerOptions::new(config.temporal.task_queue.clone())
         .tuner(
             TunerHolder::builder()
                 .workflow_task_slot_supplier(FixedSizeSlotSupplier::new(config.max_workflow_tasks))
@@ -213,8 +163,8 @@ pub async fn run_with(
         .context("registering the workflow and activities")?;
     let mut worker = Worker::new(&runtime, client, options).context("creating the Temporal worker")?;
     let shutdown = worker.shutdown_handle();
-    info!(address = %config.temporal_address, namespace = %config.temporal_namespace,
-          task_queue = %config.task_queue, max_concurrent_exports = config.max_concurrent_exports,
+    info!(address = %config.temporal.temporal_address, namespace = %config.temporal.temporal_namespace,
+          task_queue = %config.temporal.task_queue, max_concurrent_exports = config.max_concurrent_exports,
           "worker started");
 
     let grace = config.shutdown_grace();

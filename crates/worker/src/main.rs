@@ -6,28 +6,21 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tracing::error;
-use worker::{LogFormat, WorkerConfig};
+use worker::WorkerConfig;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = WorkerConfig::parse();
-    init_tracing(config.log_format);
+    if let Err(err) = wiring::init_logging(config.log_format) {
+        eprintln!("userexport-worker: {err:#}");
+        return ExitCode::FAILURE;
+    }
     match worker::run(config, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             error!("{err:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).init(),
     }
 }
 

@@ -69,7 +69,8 @@ async fn invalid_api_keys_fail_start_up_naming_the_setting_but_not_the_key() {
 
 #[tokio::test]
 async fn an_invalid_retry_policy_fails_start_up_naming_the_setting() {
-    let config = Config { retry_backoff: 0.5, ..Config::for_tests(API_KEYS) };
+    let mut config = Config::for_tests(API_KEYS);
+    config.policy.retry_backoff = 0.5;
 
     let err = error_of(Application::build(config).await);
 

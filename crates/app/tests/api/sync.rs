@@ -71,8 +71,8 @@ async fn an_invalid_sync_timeout_is_a_422_naming_timeout_s() {
 async fn a_sync_export_that_fails_answers_200_with_the_failed_export() {
     let app = TestApp::builder()
         .config(|c| {
-            c.retry_max_attempts = 2;
-            c.retry_initial_interval_ms = 10;
+            c.policy.retry_max_attempts = 2;
+            c.policy.retry_initial_interval_ms = 10;
         })
         .adapters(|mut adapters| {
             let storage = FailingStorage { writes_fail: true, ..FailingStorage::wrap(adapters.storage) };

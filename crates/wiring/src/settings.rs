@@ -1,0 +1,143 @@
+//! Settings both binaries share besides the backends: retry policy, Temporal, logging.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use domain::{ExecutionPolicy, PolicyError, RetryPolicy};
+
+/// The retry and timeout policy of exports (the domain's `ExecutionPolicy`), applied the same
+/// way by the in-process orchestrator and by Temporal.
+#[derive(Debug, Clone, Args)]
+pub struct PolicyArgs {
+    /// Attempts per export, the first included.
+    #[arg(long, env = "USEREXPORT_RETRY_MAX_ATTEMPTS", default_value_t = 3)]
+    pub retry_max_attempts: u32,
+
+    /// Wait before the first retry, in milliseconds.
+    #[arg(long, env = "USEREXPORT_RETRY_INITIAL_INTERVAL_MS", default_value_t = 1000)]
+    pub retry_initial_interval_ms: u64,
+
+    /// Factor between consecutive retry waits (>= 1.0).
+    #[arg(long, env = "USEREXPORT_RETRY_BACKOFF", default_value_t = 2.0)]
+    pub retry_backoff: f64,
+
+    /// Longest wait between retries, in seconds.
+    #[arg(long, env = "USEREXPORT_RETRY_MAX_INTERVAL_S", default_value_t = 120)]
+    pub retry_max_interval_s: u64,
+
+    /// Bound on one export attempt, in seconds.
+    #[arg(long, env = "USEREXPORT_START_TO_CLOSE_S", default_value_t = 600)]
+    pub start_to_close_s: u64,
+
+    /// A running attempt silent for this long is considered lost, in seconds (Temporal).
+    #[arg(long, env = "USEREXPORT_HEARTBEAT_TIMEOUT_S", default_value_t = 30)]
+    pub heartbeat_timeout_s: u64,
+}
+
+impl Default for PolicyArgs {
+    fn default() -> Self {
+        let policy = ExecutionPolicy::default();
+        Self {
+            retry_max_attempts: policy.retry.maximum_attempts,
+            retry_initial_interval_ms: u64::try_from(policy.retry.initial_interval.as_millis())
+                .unwrap_or(1000),
+            retry_backoff: policy.retry.backoff_coefficient,
+            retry_max_interval_s: policy.retry.maximum_interval.as_secs(),
+            start_to_close_s: policy.start_to_close.as_secs(),
+            heartbeat_timeout_s: policy.heartbeat_timeout.as_secs(),
+        }
+    }
+}
+
+impl PolicyArgs {
+    /// The policy, validated.
+    ///
+    /// # Errors
+    /// One line naming the setting that makes the policy invalid.
+    pub fn execution_policy(&self) -> anyhow::Result<ExecutionPolicy> {
+        let policy = ExecutionPolicy {
+            retry: RetryPolicy {
+                initial_interval: Duration::from_millis(self.retry_initial_interval_ms),
+                backoff_coefficient: self.retry_backoff,
+                maximum_interval: Duration::from_secs(self.retry_max_interval_s),
+                maximum_attempts: self.retry_max_attempts,
+            },
+            start_to_close: Duration::from_secs(self.start_to_close_s),
+            heartbeat_timeout: Duration::from_secs(self.heartbeat_timeout_s),
+        };
+        let setting = match policy.validate() {
+            Ok(()) => return Ok(policy),
+            Err(PolicyError::NoAttempts) => "USEREXPORT_RETRY_MAX_ATTEMPTS",
+            Err(PolicyError::BadBackoff) => "USEREXPORT_RETRY_BACKOFF",
+            Err(PolicyError::BadInterval) => {
+                "USEREXPORT_RETRY_INITIAL_INTERVAL_MS / USEREXPORT_RETRY_MAX_INTERVAL_S"
+            }
+            Err(PolicyError::BadTimeout) => "USEREXPORT_START_TO_CLOSE_S / USEREXPORT_HEARTBEAT_TIMEOUT_S",
+        };
+        policy.validate().with_context(|| format!("invalid {setting}"))?;
+        Ok(policy)
+    }
+}
+
+/// Where the Temporal server is and which task queue exports run on.
+#[derive(Debug, Clone, Args)]
+pub struct TemporalArgs {
+    /// Temporal frontend, `host:port` or a URL.
+    #[arg(long, env = "TEMPORAL_ADDRESS", default_value = "127.0.0.1:7233")]
+    pub temporal_address: String,
+
+    /// Temporal namespace.
+    #[arg(long, env = "TEMPORAL_NAMESPACE", default_value = "default")]
+    pub temporal_namespace: String,
+
+    /// Task queue of export workflows: the API starts them on it, workers poll it.
+    #[arg(long, env = "USEREXPORT_TASK_QUEUE", default_value = "user-export")]
+    pub task_queue: String,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs the global `tracing` subscriber: stderr, text or JSON lines, `RUST_LOG` filter
+/// (default `info`). Call once, first thing in `main`.
+///
+/// # Errors
+/// When a global subscriber is already installed.
+pub fn init_logging(format: LogFormat) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).try_init(),
+    }
+    .map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invalid_policy_names_its_setting() {
+        let base = PolicyArgs::default();
+        assert!(base.execution_policy().is_ok());
+        for (args, setting) in [
+            (PolicyArgs { retry_backoff: 0.5, ..base.clone() }, "USEREXPORT_RETRY_BACKOFF"),
+            (PolicyArgs { retry_max_attempts: 0, ..base.clone() }, "USEREXPORT_RETRY_MAX_ATTEMPTS"),
+            (
+                PolicyArgs { retry_initial_interval_ms: 0, ..base.clone() },
+                "USEREXPORT_RETRY_INITIAL_INTERVAL_MS",
+            ),
+            (PolicyArgs { start_to_close_s: 0, ..base.clone() }, "USEREXPORT_START_TO_CLOSE_S"),
+        ] {
+            let err = format!("{:#}", args.execution_policy().unwrap_err());
+            assert!(err.contains(setting) && !err.contains('\n'), "{setting}: {err}");
+        }
+    }
+}
