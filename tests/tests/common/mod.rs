@@ -5,10 +5,20 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// Builds the binary (a no-op when it is fresh) and returns its path, as cargo reports it.
+/// The API binary, built if needed.
 pub fn userexport_binary() -> String {
+    binary("app", "userexport")
+}
+
+/// The worker binary, built if needed.
+pub fn worker_binary() -> String {
+    binary("worker", "userexport-worker")
+}
+
+/// Builds `bin` of `package` (a no-op when it is fresh) and returns its path, as cargo reports it.
+fn binary(package: &str, bin: &str) -> String {
     let output = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "-p", "app", "--bin", "userexport", "--message-format=json"])
+        .args(["build", "--quiet", "-p", package, "--bin", bin, "--message-format=json"])
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .stderr(Stdio::inherit())
         .output()
@@ -17,8 +27,10 @@ pub fn userexport_binary() -> String {
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .find_map(|msg| msg["executable"].as_str().filter(|p| p.ends_with("userexport")).map(str::to_owned))
-        .expect("cargo reported no userexport executable")
+        .find_map(|msg| {
+            msg["executable"].as_str().filter(|p| p.ends_with(&format!("/{bin}"))).map(str::to_owned)
+        })
+        .unwrap_or_else(|| panic!("cargo reported no {bin} executable"))
 }
 
 pub fn free_port() -> u16 {
@@ -68,4 +80,45 @@ pub fn s3_endpoint() -> String {
 pub fn psql(url: &str, sql: &str) {
     let status = Command::new("psql").args([url, "-qc", sql]).status().expect("psql is required");
     assert!(status.success(), "psql failed: {sql}");
+}
+
+/// The Temporal server tests run against; scripts/test-all.sh starts one.
+pub fn temporal_address() -> String {
+    std::env::var("TEST_TEMPORAL_ADDRESS")
+        .expect("TEST_TEMPORAL_ADDRESS is not set: run scripts/test-all.sh, or start `temporal server start-dev` and set it")
+}
+
+/// A throwaway database on the test server, dropped with the value.
+pub struct TestDb {
+    pub url: String,
+    name: String,
+}
+
+impl TestDb {
+    pub fn create(tag: &str) -> Self {
+        let admin = admin_database_url();
+        let name = format!("userexport_sys_{tag}_{}", std::process::id());
+        psql(&admin, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        psql(&admin, &format!("CREATE DATABASE {name}"));
+        Self { url: format!("{}/{name}", admin.rsplit_once('/').unwrap().0), name }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        psql(&admin_database_url(), &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+    }
+}
+
+/// Creates a bucket on the S3 test server.
+pub async fn create_bucket(name: &str) {
+    let created = reqwest::Client::new().put(format!("{}/{name}", s3_endpoint())).send().await.unwrap();
+    assert!(created.status().is_success(), "creating bucket {name}: {}", created.status());
+}
+
+/// Keys in `bucket` (S3 ListObjectsV2).
+pub async fn bucket_keys(bucket: &str) -> Vec<String> {
+    let url = format!("{}/{bucket}?list-type=2", s3_endpoint());
+    let body = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    body.split("<Key>").skip(1).filter_map(|s| s.split("</Key>").next()).map(str::to_owned).collect()
 }
