@@ -14,4 +14,5 @@ mod state;
 
 pub use config::Config;
 pub use routes::BODY_LIMIT_BYTES;
-pub use startup::{Adapters, Application, DemoTenant, shutdown_signal};
+pub use startup::{Adapters, Application, DemoTenant};
+pub use wiring::shutdown_signal;
