@@ -21,7 +21,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 echo "building release binaries and the benchmark"
 cargo build --release --locked -p app -p worker --quiet
-cargo bench --locked -p worker --bench temporal_overhead --no-run --quiet 2>/dev/null
+cargo bench --locked -p worker --bench temporal_overhead --no-run --quiet
 
 TEMPORAL_PORT=$(free_port)
 temporal server start-dev --headless --ip 127.0.0.1 --port "$TEMPORAL_PORT" --ui-port "$(free_port)" \
@@ -43,6 +43,7 @@ USEREXPORT_ORCHESTRATOR=temporal USEREXPORT_API_KEYS="$KEY=acme/prod" USEREXPORT
 PIDS+=($!)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$API_PORT/readyz" >/dev/null && break; sleep 0.1; done
 
-cargo bench --locked -p worker --bench temporal_overhead --quiet -- \
-  --temporal "$TEMPORAL_ADDRESS" --api "http://127.0.0.1:$API_PORT" --key "$KEY" -n "$N" -c "$C"
+RUST_BACKTRACE=0 cargo bench --locked -p worker --bench temporal_overhead --quiet -- \
+  --temporal "$TEMPORAL_ADDRESS" --api "http://127.0.0.1:$API_PORT" --key "$KEY" -n "$N" -c "$C" || {
+  echo "--- API log"; tail -n 20 "$WORK/api.log"; echo "--- worker log"; tail -n 20 "$WORK/worker.log"; exit 1; }
 psql "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)"

@@ -24,6 +24,7 @@ use url::Url;
 
 /// Bytes buffered before an S3 upload switches to multipart, and the size of each part (S3's
 /// minimum part is 5 MiB).
+#[cfg(feature = "s3")]
 const S3_PART_BYTES: usize = 8 * 1024 * 1024;
 /// The same for local files, where parts are plain writes and small ones keep memory low.
 const LOCAL_PART_BYTES: usize = 1024 * 1024;

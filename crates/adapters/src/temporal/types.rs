@@ -76,6 +76,10 @@ pub struct ExportWorkflowInput {
     /// Retry and timeout policy. Absent: the worker's configured policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<ExecutionPolicy>,
+    /// The record's attempt counter when the run was started. The API sends it with the export
+    /// ID and policy for a record it has just stored, which lets the run skip `PrepareExport`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_offset: Option<u32>,
     /// The request fields, as sent.
     #[serde(flatten)]
     pub request: Map<String, Value>,
@@ -92,6 +96,7 @@ impl ExportWorkflowInput {
             tenant_id: export.scope.tenant.to_string(),
             environment_id: export.scope.environment.to_string(),
             export_id: Some(export.id.to_string()),
+            attempt_offset: Some(export.attempt()),
             policy,
             request,
         }

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use super::activities::ExportActivities;
 use super::types::{
     ExportRef, ExportUserDataInput, ExportUserDataOutput, ExportWorkflowInput, FinishInput, FinishOutcome,
-    PrepareInput, derived_export_id, failure_type,
+    PrepareInput, PrepareOutput, derived_export_id, failure_type,
 };
 
 /// Bound on one bookkeeping activity (prepare, finish).
@@ -58,6 +58,7 @@ impl UserDataExportWorkflow {
                 ExportFailure::new(FailureKind::Validation, message),
             )
         })?;
+        let started_for_record = input.export_id.is_some();
         let export = ExportRef {
             tenant_id: input.tenant_id,
             environment_id: input.environment_id,
@@ -68,11 +69,22 @@ impl UserDataExportWorkflow {
                   environment = %export.environment_id, "export workflow started");
         }
 
-        let prepare = PrepareInput { export: export.clone(), request: input.request, policy: input.policy };
-        let prepared = match ctx.execute_activity(ExportActivities::prepare, prepare, prepare_options()).await
-        {
-            Ok(prepared) => prepared,
-            Err(err) => return Err(end_unfinished(ctx, &export, &err).await),
+        let prepared = match (input.policy, input.attempt_offset) {
+            // Started by the API for a record it stored: nothing to prepare, one round trip saved.
+            (Some(policy), Some(attempt)) if started_for_record => PrepareOutput {
+                status: ExportStatus::Pending,
+                attempt,
+                policy,
+                result: None,
+                error: None,
+            },
+            _ => {
+                let prepare = PrepareInput { export: export.clone(), request: input.request, policy: input.policy };
+                match ctx.execute_activity(ExportActivities::prepare, prepare, prepare_options()).await {
+                    Ok(prepared) => prepared,
+                    Err(err) => return Err(end_unfinished(ctx, &export, &err).await),
+                }
+            }
         };
         match prepared.status {
             ExportStatus::Pending | ExportStatus::Running => {}
