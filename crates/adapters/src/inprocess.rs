@@ -192,8 +192,9 @@ impl InProcessOrchestrator {
                 Err(RunError::Failed { failure, retryable: true }) => failure,
                 Ok(_) | Err(_) => return,
             };
-            // An interrupted attempt from a previous process does not count against the limit,
-            // so only retries within this run are checked.
+            // Attempt numbers continue from the record, so attempts a dead process started count
+            // against the limit; the first attempt of a resumed run always runs, since an
+            // interruption is not a failure.
             if !inner.policy.retry.allows(attempt + 1) {
                 if let Err(err) = inner.runner.give_up(scope, *id, failure).await
                     && !matches!(err, RunError::Failed { .. })

@@ -35,7 +35,7 @@ const MAX_PARTS_IN_FLIGHT: usize = 2;
 /// `AWS_*` variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
 /// `AWS_REGION`, `AWS_ENDPOINT_URL`...); these settings override them.
 #[cfg(feature = "s3")]
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct S3Settings {
     pub bucket: String,
     /// For S3-compatible servers; requests are path-style, and `http://` is allowed.
@@ -49,6 +49,22 @@ pub struct S3Settings {
     /// Usually left to `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` or the instance's role.
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
+}
+
+#[cfg(feature = "s3")]
+impl std::fmt::Debug for S3Settings {
+    // By hand, so the secret key never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Settings")
+            .field("bucket", &self.bucket)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("key_prefix", &self.key_prefix)
+            .field("server_side_encryption", &self.server_side_encryption)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
 }
 
 /// Storage for export files backed by an [`ObjectStore`].

@@ -174,7 +174,7 @@ async fn heartbeats_keep_coming_while_rows_come_slowly() {
 }
 
 #[tokio::test]
-async fn cancelling_the_activity_leaves_no_object_and_a_cancelled_record() {
+async fn cancelling_the_activity_stops_it_without_an_object_and_leaves_the_record_to_the_workflow() {
     let users = MemoryUserRepository::new();
     users.seed_synthetic(&scope(), 2000);
     let slow = SlowUsers { inner: Arc::new(users), per_user: Duration::from_millis(2) };
@@ -199,8 +199,10 @@ async fn cancelling_the_activity_leaves_no_object_and_a_cancelled_record() {
         "{result:?}"
     );
     assert_eq!(read_object(fixture.storage.as_ref(), &export.object_key).await, None);
+    // The SDK does not say why an activity is cancelled (a missed heartbeat looks the same as a
+    // user's cancel), so the attempt only stops; the workflow records a cancel itself.
     let record = fixture.record(&export).await;
-    assert_eq!(record.status(), ExportStatus::Cancelled);
+    assert_eq!(record.status(), ExportStatus::Running);
     assert!(record.progress().rows_written < 2000);
 }
 

@@ -124,7 +124,7 @@ impl ExportRunner {
             return Ok(export);
         }
         if control.cancel.is_cancelled() {
-            return self.finish_cancelled(export).await;
+            return self.finish_cancelled(export, None).await;
         }
         let previous = export.status();
         if export.start_attempt(control.attempt, Utc::now()).is_err() {
@@ -225,6 +225,15 @@ impl ExportRunner {
         writer: Box<dyn ObjectWriter>,
         rows: u64,
     ) -> Result<Export, RunError> {
+        // Every attempt writes the same key: make sure this one still owns the export before its
+        // object replaces whatever is there (a stale attempt must not overwrite the winner's).
+        export.record_progress(rows, None, Utc::now());
+        if let Err(err) = self.save_progress(&mut export).await {
+            if let Err(abort) = writer.abort().await {
+                warn!(export_id = %export.id, error = %abort, "aborting the upload failed");
+            }
+            return self.handle_stop(export, Stop::from(err)).await;
+        }
         let stored = match writer.finish().await {
             Ok(stored) => stored,
             Err(err) => return self.handle_stop(export, storage_stop(&err)).await,
@@ -240,26 +249,26 @@ impl ExportRunner {
                 Ok(export)
             }
             UpdateOutcome::Conflict(stored) if stored.status() == ExportStatus::Completed => Ok(*stored),
-            outcome => {
-                // Cancelled (or taken over) while the object was being finished: a cancelled
-                // export must leave no object behind.
+            // Cancelled while the object was being finished: a cancelled export leaves no object.
+            UpdateOutcome::Conflict(stored) if stored.status() == ExportStatus::Cancelled => {
                 self.delete_object(&export).await;
-                match outcome {
-                    UpdateOutcome::Conflict(stored) if stored.status() == ExportStatus::Cancelled => {
-                        Err(RunError::Cancelled)
-                    }
-                    UpdateOutcome::Conflict(stored) => {
-                        Err(RunError::Superseded { current: stored.attempt() })
-                    }
-                    _ => Err(RunError::NotFound),
-                }
+                Err(RunError::Cancelled)
+            }
+            // Taken over by a newer attempt: the object is (or will be) the newer attempt's.
+            UpdateOutcome::Conflict(stored) => Err(RunError::Superseded { current: stored.attempt() }),
+            UpdateOutcome::NotFound => {
+                self.delete_object(&export).await;
+                Err(RunError::NotFound)
             }
         }
     }
 
     async fn handle_stop(&self, mut export: Export, stop: Stop) -> Result<Export, RunError> {
         match stop {
-            Stop::Cancelled => self.finish_cancelled(export).await,
+            Stop::Cancelled => {
+                let owner = export.attempt();
+                self.finish_cancelled(export, Some(owner)).await
+            }
             Stop::Interrupted => Err(RunError::Interrupted),
             Stop::Abandon(err) => Err(err),
             Stop::TimedOut => {
@@ -270,7 +279,10 @@ impl ExportRunner {
                 self.note_retryable(&mut export, failure).await
             }
             Stop::Failed(failure, true) => self.note_retryable(&mut export, failure).await,
-            Stop::Failed(failure, false) => self.finish_failed(export, failure).await,
+            Stop::Failed(failure, false) => {
+                let owner = export.attempt();
+                self.finish_failed(export, failure, Some(owner)).await
+            }
         }
     }
 
@@ -295,7 +307,7 @@ impl ExportRunner {
         if export.status().is_terminal() {
             return Ok(export);
         }
-        self.finish_failed(export, failure).await
+        self.finish_failed(export, failure, None).await
     }
 
     /// Marks an unfinished export `cancelled` (cancelled before or between attempts).
@@ -304,11 +316,16 @@ impl ExportRunner {
         if export.status().is_terminal() {
             return Ok(export);
         }
-        self.finish_cancelled(export).await
+        self.finish_cancelled(export, None).await
     }
 
-    async fn finish_failed(&self, export: Export, failure: ExportFailure) -> Result<Export, RunError> {
-        let failed = self.finish_with(export, |e| e.fail(failure.clone(), Utc::now())).await?;
+    async fn finish_failed(
+        &self,
+        export: Export,
+        failure: ExportFailure,
+        owner: Option<u32>,
+    ) -> Result<Export, RunError> {
+        let failed = self.finish_with(export, owner, |e| e.fail(failure.clone(), Utc::now())).await?;
         if let Some(export) = failed {
             warn!(export_id = %export.id, tenant = %export.scope.tenant, kind = failure.kind.as_str(),
                   error = %failure.message, "export failed");
@@ -317,8 +334,8 @@ impl ExportRunner {
         Err(RunError::Failed { failure, retryable: false })
     }
 
-    async fn finish_cancelled(&self, export: Export) -> Result<Export, RunError> {
-        if let Some(export) = self.finish_with(export, |e| e.cancel(Utc::now())).await? {
+    async fn finish_cancelled(&self, export: Export, owner: Option<u32>) -> Result<Export, RunError> {
+        if let Some(export) = self.finish_with(export, owner, |e| e.cancel(Utc::now())).await? {
             info!(export_id = %export.id, tenant = %export.scope.tenant, "export cancelled");
         }
         Err(RunError::Cancelled)
@@ -326,11 +343,13 @@ impl ExportRunner {
 
     /// Applies a terminal transition and stores it. On a concurrent change (a progress write or
     /// a new attempt racing a cancel) it re-applies the transition to the fresh record, so the
-    /// record never stays unfinished. Returns the record when this call finished it, `None` when
-    /// it had already finished.
+    /// record never stays unfinished; but an attempt (`owner`) only ever finishes its own run,
+    /// never one a newer attempt has taken over. Returns the record when this call finished it,
+    /// `None` when it had already finished.
     async fn finish_with(
         &self,
         mut export: Export,
+        owner: Option<u32>,
         apply: impl Fn(&mut Export) -> Result<(), IllegalTransition>,
     ) -> Result<Option<Export>, RunError> {
         for _ in 0..3 {
@@ -341,6 +360,9 @@ impl ExportRunner {
             match self.exports.update_if_status(&export, previous).await.map_err(store_failure)? {
                 UpdateOutcome::Updated => return Ok(Some(export)),
                 UpdateOutcome::NotFound => return Err(RunError::NotFound),
+                UpdateOutcome::Conflict(stored) if owner.is_some_and(|n| stored.attempt() > n) => {
+                    return Err(RunError::Superseded { current: stored.attempt() });
+                }
                 UpdateOutcome::Conflict(stored) => export = *stored,
             }
         }
@@ -370,8 +392,8 @@ async fn next_user(
     total_rows: &mut Option<u64>,
 ) -> Option<Result<domain::User, PortError>> {
     loop {
+        // Unbiased: a stream that always has a user ready must not starve the count.
         tokio::select! {
-            biased;
             user = users.next() => return user,
             counted = &mut *total, if !total.is_terminated() => match counted {
                 Ok(n) => *total_rows = Some(n),

@@ -343,3 +343,28 @@ async fn storage_refusing_to_open_or_finish_an_upload_fails_the_record_instead_o
         assert!(record.error().unwrap().message.contains(expected), "{:?}", record.error());
     }
 }
+
+#[tokio::test]
+async fn a_stale_attempt_taken_over_by_a_newer_one_stops_without_touching_the_record() {
+    let fx = Fixture::new(0);
+    let runner = Arc::new(fx.runner_with(Arc::new(endless_users()), fx.storage.clone()));
+    let export = fx.pending(ExportSpec::new(ExportFormat::Csv)).await;
+    let stale = {
+        let runner = runner.clone();
+        tokio::spawn(async move { runner.run_attempt(&scope(), export.id, &control(1), &|_| {}).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Another worker takes over (as after a missed heartbeat): attempt 2 now owns the export.
+    let mut taken = fx.record(&export).await;
+    taken.start_attempt(2, Utc::now()).unwrap();
+    assert_eq!(
+        fx.exports.update_if_status(&taken, ExportStatus::Running).await.unwrap(),
+        ports::UpdateOutcome::Updated
+    );
+
+    let err = stale.await.unwrap().unwrap_err();
+    assert!(matches!(err, RunError::Superseded { current: 2 }), "{err:?}");
+    let record = fx.record(&export).await;
+    assert_eq!((record.status(), record.attempt()), (ExportStatus::Running, 2), "left to attempt 2");
+    assert!(fx.object(&export).await.is_none(), "the stale attempt wrote no object");
+}

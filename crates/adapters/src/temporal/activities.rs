@@ -106,7 +106,7 @@ impl ExportActivities {
     /// One attempt of the export. Progress goes out as heartbeats (rows written), and a ticker
     /// heartbeats every third of the heartbeat timeout even when rows come slowly, so a dead
     /// worker is noticed within the heartbeat timeout. A cancellation (delivered with a
-    /// heartbeat response) aborts the upload and ends the record `cancelled`.
+    /// heartbeat response) aborts the upload and leaves the record to the workflow.
     #[activity(name = "ExportUserData")]
     pub async fn export_user_data(
         self: Arc<Self>,
@@ -235,18 +235,18 @@ async fn heartbeat_and_forward_cancel(
             }
         }
     };
+    // The SDK cancels an activity for several reasons it does not pass on: the workflow was
+    // cancelled, but also the server already timed the attempt out (a missed heartbeat), a
+    // timeout, a pause or a reset. So a cancellation only stops this attempt (upload aborted,
+    // record left alone); a user's cancel reaches the record through the workflow, which runs
+    // `FinishExport(Cancelled)` once this activity has stopped.
     let forward_cancel = async {
         ctx.cancelled().await;
-        if started.elapsed() >= control.timeout {
-            // The SDK also cancels an attempt that overran its start-to-close timeout (by its
-            // own timer, 5 s late). That is not a user's cancellation: stop, and leave the
-            // record to the next attempt.
-            warn!("attempt overran its timeout; interrupting it");
-            control.shutdown.cancel();
-        } else {
-            info!("cancellation received; stopping the attempt");
-            control.cancel.cancel();
-        }
+        info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "cancellation received; stopping the attempt"
+        );
+        control.shutdown.cancel();
     };
     tokio::join!(heartbeats, forward_cancel);
 }
@@ -309,6 +309,8 @@ fn cancelled_error(ctx: &ActivityContext) -> ActivityError {
 fn run_error(err: RunError, ctx: &ActivityContext) -> ActivityError {
     match err {
         RunError::Cancelled => cancelled_error(ctx),
+        // Stopped by the activity's cancellation: acknowledge it as such.
+        RunError::Interrupted if ctx.is_cancelled() => ActivityError::cancelled(),
         RunError::Interrupted => {
             failure(failure_type::INTERRUPTED, "the worker stopped during the attempt".to_owned(), true, None)
         }

@@ -71,15 +71,12 @@ impl UserDataExportWorkflow {
 
         let prepared = match (input.policy, input.attempt_offset) {
             // Started by the API for a record it stored: nothing to prepare, one round trip saved.
-            (Some(policy), Some(attempt)) if started_for_record => PrepareOutput {
-                status: ExportStatus::Pending,
-                attempt,
-                policy,
-                result: None,
-                error: None,
-            },
+            (Some(policy), Some(attempt)) if started_for_record => {
+                PrepareOutput { status: ExportStatus::Pending, attempt, policy, result: None, error: None }
+            }
             _ => {
-                let prepare = PrepareInput { export: export.clone(), request: input.request, policy: input.policy };
+                let prepare =
+                    PrepareInput { export: export.clone(), request: input.request, policy: input.policy };
                 match ctx.execute_activity(ExportActivities::prepare, prepare, prepare_options()).await {
                     Ok(prepared) => prepared,
                     Err(err) => return Err(end_unfinished(ctx, &export, &err).await),
