@@ -38,6 +38,25 @@ use crate::routes::{exports, health};
 )]
 pub struct ApiDoc;
 
+/// The error responses every authenticated route can give, declared once. Only documents the
+/// API: handlers answer with `ApiError`.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(crate) enum CommonErrors {
+    #[response(status = 401, description = "Missing or invalid API key.",
+               content_type = "application/problem+json", headers(("WWW-Authenticate" = String)))]
+    Unauthenticated(problem::Problem),
+    #[response(
+        status = 500,
+        description = "Unexpected failure; details are logged, not returned.",
+        content_type = "application/problem+json"
+    )]
+    Internal(problem::Problem),
+    #[response(status = 503, description = "A dependency is temporarily unavailable.",
+               content_type = "application/problem+json", headers(("Retry-After" = u32)))]
+    Unavailable(problem::Problem),
+}
+
 /// Adds the `bearer` security scheme: `Authorization: Bearer <API key>`.
 #[derive(Debug)]
 struct BearerAuth;

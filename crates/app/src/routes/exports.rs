@@ -24,6 +24,7 @@ use tracing::{Span, warn};
 
 use crate::auth::Authenticated;
 use crate::dto::{CreateExportRequest, ExportList, ExportResource, export_path};
+use crate::openapi::CommonErrors;
 use crate::problem::{ApiError, Problem};
 use crate::state::{AppState, SyncLimits};
 
@@ -52,17 +53,12 @@ const LIST_LIMIT_MAX: usize = 100;
          body = ExportResource, headers(("Location" = String), ("Idempotent-Replayed" = String))),
         (status = 400, description = "Malformed JSON, or not `Content-Type: application/json`.",
          body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid API key.", body = Problem,
-         content_type = "application/problem+json", headers(("WWW-Authenticate" = String))),
         (status = 413, description = "Request body larger than 64 KiB.", body = Problem,
          content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields (all listed in `errors`), an invalid Idempotency-Key, \
          or an Idempotency-Key reused for a different request (`idempotency-key-reused`).",
          body = Problem, content_type = "application/problem+json"),
-        (status = 500, description = "Unexpected failure; details are logged, not returned.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 503, description = "A dependency is temporarily unavailable.", body = Problem,
-         content_type = "application/problem+json", headers(("Retry-After" = u32))),
+        CommonErrors,
     )
 )]
 pub async fn create_export(
@@ -103,17 +99,12 @@ pub async fn create_export(
          headers(("Location" = String), ("Retry-After" = u32))),
         (status = 400, description = "Malformed JSON, or not `Content-Type: application/json`.",
          body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid API key.", body = Problem,
-         content_type = "application/problem+json", headers(("WWW-Authenticate" = String))),
         (status = 413, description = "Request body larger than 64 KiB.", body = Problem,
          content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields, `timeout_s` or Idempotency-Key (all listed in `errors`), \
          or an Idempotency-Key reused for a different request.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 500, description = "Unexpected failure; details are logged, not returned.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 503, description = "A dependency is temporarily unavailable.", body = Problem,
-         content_type = "application/problem+json", headers(("Retry-After" = u32))),
+        CommonErrors,
     )
 )]
 pub async fn create_export_sync(
@@ -146,14 +137,9 @@ pub async fn create_export_sync(
     responses(
         (status = 200, description = "The export.", body = ExportResource,
          headers(("Retry-After" = u32, description = "Present while the export is unfinished"))),
-        (status = 401, description = "Missing or invalid API key.", body = Problem,
-         content_type = "application/problem+json", headers(("WWW-Authenticate" = String))),
         (status = 404, description = "No such export for this API key (including malformed IDs and other \
          tenants' exports).", body = Problem, content_type = "application/problem+json"),
-        (status = 500, description = "Unexpected failure; details are logged, not returned.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 503, description = "A dependency is temporarily unavailable.", body = Problem,
-         content_type = "application/problem+json", headers(("Retry-After" = u32))),
+        CommonErrors,
     )
 )]
 pub async fn get_export(
@@ -180,14 +166,9 @@ pub async fn get_export(
     ),
     responses(
         (status = 200, description = "A page of exports.", body = ExportList),
-        (status = 401, description = "Missing or invalid API key.", body = Problem,
-         content_type = "application/problem+json", headers(("WWW-Authenticate" = String))),
         (status = 422, description = "Invalid `status`, `limit` or `cursor` (all listed in `errors`).",
          body = Problem, content_type = "application/problem+json"),
-        (status = 500, description = "Unexpected failure; details are logged, not returned.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 503, description = "A dependency is temporarily unavailable.", body = Problem,
-         content_type = "application/problem+json", headers(("Retry-After" = u32))),
+        CommonErrors,
     )
 )]
 pub async fn list_exports(
@@ -220,18 +201,13 @@ pub async fn list_exports(
             ("X-Checksum-Sha256" = String, description = "Lowercase hex SHA-256 of the file"))),
         (status = 307, description = "Download from the URL in `Location` (valid for a short time).",
          headers(("Location" = String))),
-        (status = 401, description = "Missing or invalid API key.", body = Problem,
-         content_type = "application/problem+json", headers(("WWW-Authenticate" = String))),
         (status = 404, description = "No such export for this API key.", body = Problem,
          content_type = "application/problem+json"),
         (status = 409, description = "The export is not completed (`export-not-ready`).", body = Problem,
          content_type = "application/problem+json"),
         (status = 410, description = "The export completed but its file is gone (`export-gone`).",
          body = Problem, content_type = "application/problem+json"),
-        (status = 500, description = "Unexpected failure; details are logged, not returned.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 503, description = "A dependency is temporarily unavailable.", body = Problem,
-         content_type = "application/problem+json", headers(("Retry-After" = u32))),
+        CommonErrors,
     )
 )]
 pub async fn download_export(
@@ -283,16 +259,11 @@ pub async fn download_export(
     params(("id" = Uuid, Path, description = "Export ID")),
     responses(
         (status = 202, description = "Cancellation requested.", body = ExportResource),
-        (status = 401, description = "Missing or invalid API key.", body = Problem,
-         content_type = "application/problem+json", headers(("WWW-Authenticate" = String))),
         (status = 404, description = "No such export for this API key.", body = Problem,
          content_type = "application/problem+json"),
         (status = 409, description = "The export already finished (`export-already-finished`).",
          body = Problem, content_type = "application/problem+json"),
-        (status = 500, description = "Unexpected failure; details are logged, not returned.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 503, description = "A dependency is temporarily unavailable.", body = Problem,
-         content_type = "application/problem+json", headers(("Retry-After" = u32))),
+        CommonErrors,
     )
 )]
 pub async fn cancel_export(
