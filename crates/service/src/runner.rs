@@ -141,6 +141,7 @@ impl ExportRunner {
         info!(export_id = %id, tenant = %scope.tenant, environment = %scope.environment,
               attempt = control.attempt, "export attempt started");
 
+        let deadline = Instant::now() + control.timeout;
         let mut writer = match self.storage.writer(&export.object_key).await {
             Ok(writer) => writer,
             Err(err) => return self.handle_stop(export, storage_stop(&err)).await,
@@ -149,11 +150,11 @@ impl ExportRunner {
             biased;
             _ = control.cancel.cancelled() => Err(Stop::Cancelled),
             _ = control.shutdown.cancelled() => Err(Stop::Interrupted),
-            _ = tokio::time::sleep(control.timeout) => Err(Stop::TimedOut),
+            _ = tokio::time::sleep_until(deadline) => Err(Stop::TimedOut),
             r = self.stream_into(&mut export, writer.as_mut(), progress) => r,
         };
         match streamed {
-            Ok(rows) => self.finish_completed(export, writer, rows).await,
+            Ok(rows) => self.finish_completed(export, writer, rows, deadline).await,
             Err(stop) => {
                 if let Err(err) = writer.abort().await {
                     warn!(export_id = %id, error = %err, "aborting the upload failed");
@@ -224,6 +225,7 @@ impl ExportRunner {
         mut export: Export,
         writer: Box<dyn ObjectWriter>,
         rows: u64,
+        deadline: Instant,
     ) -> Result<Export, RunError> {
         // Every attempt writes the same key: make sure this one still owns the export before its
         // object replaces whatever is there (a stale attempt must not overwrite the winner's).
@@ -234,9 +236,11 @@ impl ExportRunner {
             }
             return self.handle_stop(export, Stop::from(err)).await;
         }
-        let stored = match writer.finish().await {
-            Ok(stored) => stored,
-            Err(err) => return self.handle_stop(export, storage_stop(&err)).await,
+        // Completing a multipart upload is part of the attempt: the deadline bounds it too.
+        let stored = match tokio::time::timeout_at(deadline, writer.finish()).await {
+            Ok(Ok(stored)) => stored,
+            Ok(Err(err)) => return self.handle_stop(export, storage_stop(&err)).await,
+            Err(_) => return self.handle_stop(export, Stop::TimedOut).await,
         };
         let outcome = ExportOutcome { record_count: rows, bytes: stored.bytes, sha256: stored.sha256 };
         if export.complete(outcome, Utc::now()).is_err() {

@@ -368,3 +368,40 @@ async fn a_stale_attempt_taken_over_by_a_newer_one_stops_without_touching_the_re
     assert_eq!((record.status(), record.attempt()), (ExportStatus::Running, 2), "left to attempt 2");
     assert!(fx.object(&export).await.is_none(), "the stale attempt wrote no object");
 }
+
+#[tokio::test]
+async fn the_deadline_also_bounds_completing_the_upload() {
+    let fx = Fixture::new(50);
+    let mut storage = MockExportStorage::new();
+    storage.expect_writer().times(1).returning(|_| {
+        let mut writer = MockObjectWriter::new();
+        writer.expect_write().returning(|_| Ok(()));
+        Ok(Box::new(HangingFinish(writer)))
+    });
+    let runner = fx.runner_with(Arc::new(fx.users.clone()), Arc::new(storage));
+    let export = fx.pending(ExportSpec::new(ExportFormat::Csv)).await;
+    let ctl = AttemptControl { timeout: Duration::from_millis(300), ..control(1) };
+    let started = std::time::Instant::now();
+    let err = runner.run_attempt(&scope(), export.id, &ctl, &|_| {}).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    match err {
+        RunError::Failed { failure, retryable: true } => assert_eq!(failure.kind, FailureKind::Timeout),
+        other => panic!("expected a retryable timeout, got {other:?}"),
+    }
+}
+
+/// Delegates writes, but its `finish` never completes.
+struct HangingFinish(MockObjectWriter);
+
+#[async_trait::async_trait]
+impl ports::ObjectWriter for HangingFinish {
+    async fn write(&mut self, chunk: bytes::Bytes) -> Result<(), PortError> {
+        self.0.write(chunk).await
+    }
+    async fn finish(self: Box<Self>) -> Result<ports::StoredObject, PortError> {
+        std::future::pending().await
+    }
+    async fn abort(self: Box<Self>) -> Result<(), PortError> {
+        Ok(())
+    }
+}
