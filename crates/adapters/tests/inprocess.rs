@@ -4,24 +4,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use adapters::contract::fakes::{FlakyStorage, SlowUsers};
 use adapters::inprocess::InProcessOrchestrator;
 use adapters::memory::{MemoryExportRepository, MemoryUserRepository};
 use adapters::notify::LogNotifier;
 use adapters::storage::ObjectStorage;
-use async_trait::async_trait;
 use chrono::Utc;
 use domain::{
     ExecutionPolicy, Export, ExportFormat, ExportId, ExportSpec, ExportStatus, FailureKind, IdempotencyKey,
-    RetryPolicy, Scope, UserFilter,
+    RetryPolicy, Scope,
 };
-use futures::StreamExt;
-use ports::{
-    ExportRepository, ExportStorage, ObjectWriter, Orchestrator, PortError, UserRepository, UserStream,
-    WaitOutcome,
-};
+use ports::{ExportRepository, ExportStorage, Orchestrator, UserRepository, WaitOutcome};
 use service::{ExportRunner, ExportService, RequestError, RunnerConfig};
 
 fn scope() -> Scope {
@@ -38,83 +33,6 @@ fn fast_policy(max_attempts: u32) -> ExecutionPolicy {
         },
         start_to_close: Duration::from_secs(30),
         heartbeat_timeout: Duration::from_secs(5),
-    }
-}
-
-/// The memory repository, slowed down per user so exports stay running while tests act.
-#[derive(Clone)]
-struct SlowUsers {
-    inner: MemoryUserRepository,
-    per_user: Duration,
-}
-
-#[async_trait]
-impl UserRepository for SlowUsers {
-    fn stream(&self, scope: &Scope, filter: &UserFilter, limit: Option<u64>) -> UserStream {
-        let delay = self.per_user;
-        self.inner
-            .stream(scope, filter, limit)
-            .then(move |u| async move {
-                tokio::time::sleep(delay).await;
-                u
-            })
-            .boxed()
-    }
-    async fn count(&self, scope: &Scope, filter: &UserFilter) -> Result<u64, PortError> {
-        self.inner.count(scope, filter).await
-    }
-    async fn ping(&self) -> Result<(), PortError> {
-        Ok(())
-    }
-}
-
-/// Storage whose first `failures` writers fail on their first chunk (retryably or not).
-struct FlakyStorage {
-    inner: ObjectStorage,
-    failures: usize,
-    retryable: bool,
-    writers: AtomicUsize,
-}
-
-struct FailingWriter(bool);
-
-#[async_trait]
-impl ObjectWriter for FailingWriter {
-    async fn write(&mut self, _chunk: bytes::Bytes) -> Result<(), PortError> {
-        let err = anyhow::anyhow!("injected storage failure");
-        Err(if self.0 { PortError::unavailable(err) } else { PortError::Other(err) })
-    }
-    async fn finish(self: Box<Self>) -> Result<ports::StoredObject, PortError> {
-        Err(PortError::Other(anyhow::anyhow!("unreachable: write failed")))
-    }
-    async fn abort(self: Box<Self>) -> Result<(), PortError> {
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl ExportStorage for FlakyStorage {
-    async fn writer(&self, key: &domain::ObjectKey) -> Result<Box<dyn ObjectWriter>, PortError> {
-        if self.writers.fetch_add(1, Ordering::SeqCst) < self.failures {
-            return Ok(Box::new(FailingWriter(self.retryable)));
-        }
-        self.inner.writer(key).await
-    }
-    async fn open(&self, key: &domain::ObjectKey) -> Result<Option<ports::ObjectReader>, PortError> {
-        self.inner.open(key).await
-    }
-    async fn signed_url(
-        &self,
-        key: &domain::ObjectKey,
-        ttl: Duration,
-    ) -> Result<Option<url::Url>, PortError> {
-        self.inner.signed_url(key, ttl).await
-    }
-    async fn delete(&self, key: &domain::ObjectKey) -> Result<(), PortError> {
-        self.inner.delete(key).await
-    }
-    async fn ping(&self) -> Result<(), PortError> {
-        Ok(())
     }
 }
 
@@ -157,7 +75,7 @@ fn users(count: u64) -> MemoryUserRepository {
 }
 
 fn slow_users(count: u64) -> Arc<SlowUsers> {
-    Arc::new(SlowUsers { inner: users(count), per_user: Duration::from_millis(1) })
+    Arc::new(SlowUsers { inner: Arc::new(users(count)), per_user: Duration::from_millis(1) })
 }
 
 fn system(users: Arc<dyn UserRepository>, policy: ExecutionPolicy, concurrency: usize) -> System {
@@ -220,50 +138,35 @@ async fn an_idempotency_key_replays_the_same_export_and_rejects_a_different_requ
 
 #[tokio::test]
 async fn retryable_failures_are_retried_with_backoff_then_complete_once() {
-    let storage = Arc::new(FlakyStorage {
-        inner: ObjectStorage::in_memory(),
-        failures: 2,
-        retryable: true,
-        writers: AtomicUsize::new(0),
-    });
+    let storage = Arc::new(FlakyStorage::new(Arc::new(ObjectStorage::in_memory()), 2, true));
     let sys = system_with(Arc::new(users(100)), storage.clone(), Arc::default(), fast_policy(3), 2);
     let id = sys.service.request(&scope(), csv(), None).await.unwrap().export.id;
     let done = sys.settle(id).await;
     assert_eq!((done.status(), done.attempt()), (ExportStatus::Completed, 3));
-    assert_eq!(storage.writers.load(Ordering::SeqCst), 3);
+    assert_eq!(storage.writers(), 3);
     assert!(sys.has_object(&done).await);
 }
 
 #[tokio::test]
 async fn an_export_fails_with_the_last_reason_once_attempts_run_out() {
-    let storage = Arc::new(FlakyStorage {
-        inner: ObjectStorage::in_memory(),
-        failures: 10,
-        retryable: true,
-        writers: AtomicUsize::new(0),
-    });
+    let storage = Arc::new(FlakyStorage::new(Arc::new(ObjectStorage::in_memory()), 10, true));
     let sys = system_with(Arc::new(users(100)), storage.clone(), Arc::default(), fast_policy(3), 2);
     let id = sys.service.request(&scope(), csv(), None).await.unwrap().export.id;
     let done = sys.settle(id).await;
     assert_eq!((done.status(), done.attempt()), (ExportStatus::Failed, 3));
     assert_eq!(done.error().unwrap().kind, FailureKind::Storage);
     assert!(done.error().unwrap().message.contains("injected storage failure"));
-    assert_eq!(storage.writers.load(Ordering::SeqCst), 3);
+    assert_eq!(storage.writers(), 3);
 }
 
 #[tokio::test]
 async fn a_non_retryable_failure_is_not_retried() {
-    let storage = Arc::new(FlakyStorage {
-        inner: ObjectStorage::in_memory(),
-        failures: 10,
-        retryable: false,
-        writers: AtomicUsize::new(0),
-    });
+    let storage = Arc::new(FlakyStorage::new(Arc::new(ObjectStorage::in_memory()), 10, false));
     let sys = system_with(Arc::new(users(100)), storage.clone(), Arc::default(), fast_policy(3), 2);
     let id = sys.service.request(&scope(), csv(), None).await.unwrap().export.id;
     let done = sys.settle(id).await;
     assert_eq!((done.status(), done.attempt()), (ExportStatus::Failed, 1));
-    assert_eq!(storage.writers.load(Ordering::SeqCst), 1);
+    assert_eq!(storage.writers(), 1);
 }
 
 #[tokio::test]

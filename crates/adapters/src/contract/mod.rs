@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod exports;
+pub mod fakes;
 #[cfg(feature = "postgres")]
 pub mod pg;
 #[cfg(feature = "s3")]

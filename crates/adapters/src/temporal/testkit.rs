@@ -1,21 +1,14 @@
 //! Helpers for tests against a real Temporal server (feature `testkit`). The server address
 //! comes from `TEST_TEMPORAL_ADDRESS`; tests fail, never skip, when it is unset or unreachable.
-//! Also the test doubles those tests share (slow users, failing or counting storage).
+//! The test doubles they share live in [`crate::contract::fakes`], re-exported here.
 #![allow(clippy::expect_used, clippy::panic)]
 
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
-use async_trait::async_trait;
-use bytes::Bytes;
-use domain::{ObjectKey, Scope, UserFilter};
-use futures::{StreamExt, TryStreamExt};
-use ports::{ExportStorage, ObjectReader, ObjectWriter, PortError, StoredObject, UserRepository, UserStream};
 use temporalio_client::Client;
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
-use url::Url;
+
+pub use crate::contract::fakes::{FlakyStorage, SlowUsers, read_object};
 
 const HINT: &str = "tests need a Temporal dev server: run scripts/test-all.sh, which starts one and \
                     exports TEST_TEMPORAL_ADDRESS (e.g. 127.0.0.1:7233)";
@@ -56,125 +49,4 @@ pub async fn with_worker<F: Future>(client: &Client, options: WorkerOptions, bod
     });
     ran.expect("the worker failed");
     output
-}
-
-/// Users from `inner`, each delayed by `per_user`, so an export stays running while a test acts
-/// on it (or, with a long delay, hangs until its attempt times out). A zero delay still yields
-/// between users, as a stream from a real database does.
-#[derive(Clone)]
-pub struct SlowUsers {
-    pub inner: Arc<dyn UserRepository>,
-    pub per_user: Duration,
-}
-
-impl std::fmt::Debug for SlowUsers {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SlowUsers").field("per_user", &self.per_user).finish_non_exhaustive()
-    }
-}
-
-#[async_trait]
-impl UserRepository for SlowUsers {
-    fn stream(&self, scope: &Scope, filter: &UserFilter, limit: Option<u64>) -> UserStream {
-        let delay = self.per_user;
-        self.inner
-            .stream(scope, filter, limit)
-            .then(move |user| async move {
-                if delay.is_zero() {
-                    // Like a database-backed stream: gives other tasks a turn between rows.
-                    tokio::task::yield_now().await;
-                } else {
-                    tokio::time::sleep(delay).await;
-                }
-                user
-            })
-            .boxed()
-    }
-    async fn count(&self, scope: &Scope, filter: &UserFilter) -> Result<u64, PortError> {
-        self.inner.count(scope, filter).await
-    }
-    async fn ping(&self) -> Result<(), PortError> {
-        Ok(())
-    }
-}
-
-/// Storage that counts the writers it hands out; the first `failures` of them fail on their
-/// first chunk, retryably (`Unavailable`) or not.
-pub struct FlakyStorage {
-    inner: Arc<dyn ExportStorage>,
-    failures: usize,
-    retryable: bool,
-    writers: AtomicUsize,
-}
-
-impl std::fmt::Debug for FlakyStorage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FlakyStorage")
-            .field("failures", &self.failures)
-            .field("writers", &self.writers())
-            .finish_non_exhaustive()
-    }
-}
-
-impl FlakyStorage {
-    pub fn new(inner: Arc<dyn ExportStorage>, failures: usize, retryable: bool) -> Self {
-        Self { inner, failures, retryable, writers: AtomicUsize::new(0) }
-    }
-
-    /// Storage that never fails and only counts.
-    pub fn counting(inner: Arc<dyn ExportStorage>) -> Self {
-        Self::new(inner, 0, true)
-    }
-
-    /// Writers handed out so far (one per attempt that reached storage).
-    pub fn writers(&self) -> usize {
-        self.writers.load(Ordering::SeqCst)
-    }
-}
-
-struct FailingWriter {
-    retryable: bool,
-}
-
-#[async_trait]
-impl ObjectWriter for FailingWriter {
-    async fn write(&mut self, _chunk: Bytes) -> Result<(), PortError> {
-        let err = anyhow::anyhow!("injected storage failure");
-        Err(if self.retryable { PortError::unavailable(err) } else { PortError::Other(err) })
-    }
-    async fn finish(self: Box<Self>) -> Result<StoredObject, PortError> {
-        Err(PortError::Other(anyhow::anyhow!("injected storage failure")))
-    }
-    async fn abort(self: Box<Self>) -> Result<(), PortError> {
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl ExportStorage for FlakyStorage {
-    async fn writer(&self, key: &ObjectKey) -> Result<Box<dyn ObjectWriter>, PortError> {
-        if self.writers.fetch_add(1, Ordering::SeqCst) < self.failures {
-            return Ok(Box::new(FailingWriter { retryable: self.retryable }));
-        }
-        self.inner.writer(key).await
-    }
-    async fn open(&self, key: &ObjectKey) -> Result<Option<ObjectReader>, PortError> {
-        self.inner.open(key).await
-    }
-    async fn signed_url(&self, key: &ObjectKey, ttl: Duration) -> Result<Option<Url>, PortError> {
-        self.inner.signed_url(key, ttl).await
-    }
-    async fn delete(&self, key: &ObjectKey) -> Result<(), PortError> {
-        self.inner.delete(key).await
-    }
-    async fn ping(&self) -> Result<(), PortError> {
-        self.inner.ping().await
-    }
-}
-
-/// The whole object at `key`, or `None` when there is none.
-pub async fn read_object(storage: &dyn ExportStorage, key: &ObjectKey) -> Option<Vec<u8>> {
-    let reader = storage.open(key).await.expect("opening the object")?;
-    let chunks: Vec<Bytes> = reader.body.try_collect().await.expect("reading the object");
-    Some(chunks.concat())
 }
