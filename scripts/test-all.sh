@@ -57,6 +57,9 @@ temporal_ready() { temporal operator cluster health --address "$TEST_TEMPORAL_AD
 wait_for "temporal server" 60 temporal_ready
 
 log "toolchain: $(cargo --version)"
+# Incremental caches only cost disk on a one-shot run; a full disk has crashed the linker before.
+export CARGO_INCREMENTAL=0
+df -h . | tail -1 | awk '{print "disk: " $4 " free of " $2}'
 
 log "format"
 cargo fmt --all -- --check
@@ -67,4 +70,4 @@ cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 log "tests"
 cargo test --workspace --all-features --locked --no-fail-fast
 
-log "all checks passed"
+log "all checks passed (target/ is $(du -sh target 2>/dev/null | cut -f1))"

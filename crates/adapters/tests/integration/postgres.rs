@@ -1,6 +1,5 @@
 //! The PostgreSQL adapters against the shared port contracts, on the real server.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 

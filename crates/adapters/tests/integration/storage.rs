@@ -1,6 +1,5 @@
 //! Export storage over object_store: local filesystem and in-memory.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 

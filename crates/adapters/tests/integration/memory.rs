@@ -1,6 +1,5 @@
 //! The in-memory adapters against the shared port contracts.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 

@@ -2,8 +2,6 @@
 //! scripts/test-all.sh): a worker runs in the test, `ExportService` requests exports through
 //! `TemporalOrchestrator`, and the memory adapters are shared between both sides. Each test has
 //! its own task queue and workflow IDs.
-#![cfg(feature = "temporal")]
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -1,6 +1,5 @@
 //! S3 storage against a real S3-compatible server (moto), started by scripts/test-all.sh.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 

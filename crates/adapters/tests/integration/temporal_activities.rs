@@ -1,8 +1,6 @@
 //! The Temporal activities in the SDK's `ActivityEnvironment` (no server): progress heartbeats,
 //! cancellation, interruption, failure mapping, and the record bookkeeping of `PrepareExport`
 //! and `FinishExport`.
-#![cfg(feature = "temporal")]
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

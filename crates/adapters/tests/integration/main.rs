@@ -1,0 +1,13 @@
+//! The adapters' integration tests, in one test binary: every binary links the whole SDK, so
+//! one binary instead of seven saves minutes of linking and gigabytes of disk.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod inprocess;
+mod memory;
+mod postgres;
+mod s3;
+mod storage;
+#[cfg(feature = "temporal")]
+mod temporal_activities;
+#[cfg(feature = "temporal")]
+mod temporal_workflows;
