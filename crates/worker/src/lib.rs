@@ -8,7 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use adapters::temporal::{ExportActivities, connect_client, register};
+use adapters::temporal::{WorkerDeps, connect_client, register};
 use anyhow::{Context, bail};
 use clap::Parser;
 use domain::{ExecutionPolicy, Scope};
@@ -136,7 +136,7 @@ pub async fn run_with(
     let runner = Arc::new(ExportRunner::new(
         adapters.users,
         Arc::clone(&adapters.exports),
-        adapters.storage,
+        Arc::clone(&adapters.storage),
         adapters.notifier,
         RunnerConfig::default(),
     ));
@@ -159,8 +159,14 @@ pub async fn run_with(
                 .build(),
         )
         .build();
-    register(&mut options, ExportActivities::new(runner, adapters.exports, policy, interrupt.clone()))
-        .context("registering the workflow and activities")?;
+    let deps = WorkerDeps {
+        runner,
+        exports: adapters.exports,
+        storage: adapters.storage,
+        default_policy: policy,
+        shutdown: interrupt.clone(),
+    };
+    register(&mut options, &deps).context("registering the workflows and activities")?;
     let mut worker = Worker::new(&runtime, client, options).context("creating the Temporal worker")?;
     let shutdown = worker.shutdown_handle();
     info!(address = %config.temporal.temporal_address, namespace = %config.temporal.temporal_namespace,

@@ -62,6 +62,15 @@ impl ExportActivities {
     ) -> Self {
         Self { runner, exports, default_policy, shutdown }
     }
+
+    pub fn from_deps(deps: &super::WorkerDeps) -> Self {
+        Self::new(
+            Arc::clone(&deps.runner),
+            Arc::clone(&deps.exports),
+            deps.default_policy,
+            deps.shutdown.clone(),
+        )
+    }
 }
 
 #[activities]

@@ -6,7 +6,9 @@
 //!   `FinishExport` when the run ends by failure, timeout or cancellation, so the record never
 //!   stays unfinished.
 //! - [`TemporalOrchestrator`] implements `ports::Orchestrator` for the API.
-//! - [`register`] is the one place a worker gets the workflow and activities.
+//! - [`register`] is the one place a worker gets its workflows and activities: one line per
+//!   workflow module, each module registering its workflow and building its activities from
+//!   the shared [`WorkerDeps`].
 //!
 //! The names and the input's JSON shape are a contract shared with the seed (Go) guide: a
 //! workflow started by any client with `{"tenant_id","environment_id","user_filters","format",
@@ -19,11 +21,16 @@ pub mod testkit;
 mod types;
 mod workflow;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
+use domain::ExecutionPolicy;
+use ports::{ExportRepository, ExportStorage};
+use service::ExportRunner;
 use temporalio_client::{Client, ClientOptions, Connection, ConnectionOptions, Url};
 use temporalio_sdk::{WorkerOptions, WorkflowRegistrationError};
+use tokio_util::sync::CancellationToken;
 
 pub use activities::ExportActivities;
 pub use orchestrator::{TemporalOrchestrator, TemporalSettings};
@@ -37,17 +44,33 @@ pub use workflow::UserDataExportWorkflow;
 /// How long connecting may take before Temporal counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Registers the workflow and every activity on a worker's options. The only place they are
-/// registered, so API-less workers, tests and the binary all run the same set.
+/// What every workflow module builds its activities from: the worker's ports and settings.
+#[derive(Clone)]
+pub struct WorkerDeps {
+    pub runner: Arc<ExportRunner>,
+    pub exports: Arc<dyn ExportRepository>,
+    pub storage: Arc<dyn ExportStorage>,
+    /// Runs workflows started without a policy (e.g. from the CLI).
+    pub default_policy: ExecutionPolicy,
+    /// Cancelled when the worker's shutdown grace period is over: running attempts are
+    /// interrupted without touching their records, and run again elsewhere.
+    pub shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for WorkerDeps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerDeps").field("default_policy", &self.default_policy).finish_non_exhaustive()
+    }
+}
+
+/// Registers every workflow and activity on a worker's options. The only place they are
+/// registered, so API-less workers, tests and the binary all run the same set. A new workflow
+/// module adds one line here.
 ///
 /// # Errors
-/// When the workflow cannot be registered (a duplicate registration).
-pub fn register(
-    options: &mut WorkerOptions,
-    activities: ExportActivities,
-) -> Result<(), WorkflowRegistrationError> {
-    options.register_workflow::<UserDataExportWorkflow>()?;
-    options.register_activities(activities);
+/// When a workflow cannot be registered (a duplicate registration).
+pub fn register(options: &mut WorkerOptions, deps: &WorkerDeps) -> Result<(), WorkflowRegistrationError> {
+    workflow::register(options, deps)?;
     Ok(())
 }
 

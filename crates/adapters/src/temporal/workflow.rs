@@ -26,6 +26,16 @@ use super::types::{
     PrepareInput, PrepareOutput, derived_export_id, failure_type,
 };
 
+/// Registers `UserDataExportWorkflow` and its activities.
+pub(super) fn register(
+    options: &mut temporalio_sdk::WorkerOptions,
+    deps: &super::WorkerDeps,
+) -> Result<(), temporalio_sdk::WorkflowRegistrationError> {
+    options.register_workflow::<UserDataExportWorkflow>()?;
+    options.register_activities(ExportActivities::from_deps(deps));
+    Ok(())
+}
+
 /// Bound on one bookkeeping activity (prepare, finish).
 const BOOKKEEPING_TIMEOUT: Duration = Duration::from_secs(30);
 /// Attempts of `PrepareExport` before the workflow gives up (about five minutes of backoff).

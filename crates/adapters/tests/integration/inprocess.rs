@@ -1,7 +1,6 @@
 //! The in-process orchestrator with the export service on the in-memory adapters: retries,
 //! timeouts, concurrency, cancellation, recovery and graceful shutdown.
 
-
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,6 +1,5 @@
 //! The in-memory adapters against the shared port contracts.
 
-
 use std::sync::Arc;
 
 use adapters::contract;

@@ -1,6 +1,5 @@
 //! The PostgreSQL adapters against the shared port contracts, on the real server.
 
-
 use std::sync::Arc;
 
 use adapters::contract::{self, pg::TestDatabase};

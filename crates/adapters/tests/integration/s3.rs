@@ -1,6 +1,5 @@
 //! S3 storage against a real S3-compatible server (moto), started by scripts/test-all.sh.
 
-
 use std::time::Duration;
 
 use adapters::contract::s3;

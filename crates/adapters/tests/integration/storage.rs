@@ -1,6 +1,5 @@
 //! Export storage over object_store: local filesystem and in-memory.
 
-
 use std::path::Path;
 
 use adapters::storage::ObjectStorage;

@@ -15,7 +15,7 @@ use adapters::temporal::testkit::{
     FlakyStorage, SlowUsers, read_object, test_address, test_client, unique_task_queue, with_worker,
 };
 use adapters::temporal::{
-    ExportActivities, ExportUserDataOutput, TemporalOrchestrator, TemporalSettings, UserDataExportWorkflow,
+    ExportUserDataOutput, TemporalOrchestrator, TemporalSettings, UserDataExportWorkflow, WorkerDeps,
     derived_export_id, failure_type, register,
 };
 use domain::{
@@ -23,7 +23,9 @@ use domain::{
     Scope, UserFilter, UserStatus,
 };
 use futures::future::BoxFuture;
-use ports::{CancelOutcome, ExportRepository, Orchestrator, PortError, UserRepository, WaitOutcome};
+use ports::{
+    CancelOutcome, ExportRepository, ExportStorage, Orchestrator, PortError, UserRepository, WaitOutcome,
+};
 use serde_json::{Value, json};
 use service::{ExportRunner, ExportService, RunnerConfig};
 use temporalio_client::errors::WorkflowGetResultError;
@@ -129,13 +131,14 @@ impl Harness {
 
     fn worker_options(&self) -> WorkerOptions {
         let mut options = WorkerOptions::new(self.task_queue.clone()).build();
-        let activities = ExportActivities::new(
-            self.runner.clone(),
-            self.exports.clone(),
-            self.policy,
-            CancellationToken::new(),
-        );
-        register(&mut options, activities).unwrap();
+        let deps = WorkerDeps {
+            runner: self.runner.clone(),
+            exports: self.exports.clone(),
+            storage: self.storage.clone() as Arc<dyn ExportStorage>,
+            default_policy: self.policy,
+            shutdown: CancellationToken::new(),
+        };
+        register(&mut options, &deps).unwrap();
         options
     }
 
