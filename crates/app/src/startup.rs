@@ -119,6 +119,10 @@ impl Application {
             }
         };
         let adapters = customize(wiring::build_adapters(&config.backends, &keys.scopes()).await?);
+        let mut tenants = config.tenants.directory()?;
+        for scope in keys.scopes() {
+            tenants.include(scope);
+        }
 
         let runner = Arc::new(ExportRunner::new(
             Arc::clone(&adapters.users),
@@ -162,6 +166,7 @@ impl Application {
         let state = AppState {
             service: Arc::new(service),
             keys: Arc::new(keys),
+            tenants: Arc::new(tenants),
             dependencies: Dependencies {
                 users: adapters.users,
                 exports: adapters.exports,

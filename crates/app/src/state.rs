@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use domain::TenantDirectory;
 use ports::{ExportRepository, ExportStorage, Orchestrator, UserRepository};
 use service::ExportService;
 
@@ -28,6 +29,8 @@ pub struct SyncLimits {
 pub struct AppState {
     pub service: Arc<ExportService>,
     pub keys: Arc<ApiKeys>,
+    /// Known scopes and their settings (the API keys' scopes included).
+    pub tenants: Arc<TenantDirectory>,
     pub dependencies: Dependencies,
     pub sync: SyncLimits,
 }

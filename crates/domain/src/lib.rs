@@ -8,6 +8,7 @@ pub mod ids;
 pub mod policy;
 pub mod request;
 pub mod synthetic;
+pub mod tenants;
 pub mod user;
 pub mod validation;
 
@@ -18,5 +19,6 @@ pub use export::{
 pub use ids::{EnvironmentId, ExportId, IdParseError, IdempotencyKey, ObjectKey, Scope, TenantId, UserId};
 pub use policy::{ExecutionPolicy, PolicyError, RetryPolicy};
 pub use request::{Compression, ExportFormat, ExportSpec, FieldSelection, UserFilter};
+pub use tenants::{Secret, TenantDirectory, TenantSettings};
 pub use user::{User, UserField, UserStatus};
 pub use validation::{FieldError, ValidationErrors};

@@ -169,3 +169,37 @@ mod tests {
         }
     }
 }
+
+/// The tenant directory (`domain::TenantDirectory`): known scopes and per-tenant settings.
+#[derive(Clone, Default, Args)]
+pub struct TenantArgs {
+    /// Tenants as a JSON array, or `@path` to a JSON file:
+    /// `[{"scope":"acme/prod","notify_email":"ops@acme.test","webhook_secret":"…"}]`.
+    #[arg(long, env = "USEREXPORT_TENANTS", hide_env_values = true)]
+    pub tenants: Option<String>,
+}
+
+impl std::fmt::Debug for TenantArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Webhook secrets live in the value.
+        f.debug_struct("TenantArgs").field("tenants", &self.tenants.as_ref().map(|_| "<set>")).finish()
+    }
+}
+
+impl TenantArgs {
+    /// The directory, validated; empty when unset.
+    ///
+    /// # Errors
+    /// One line naming `USEREXPORT_TENANTS` and every bad entry (never a secret).
+    pub fn directory(&self) -> anyhow::Result<domain::TenantDirectory> {
+        let Some(raw) = self.tenants.as_deref().map(str::trim).filter(|r| !r.is_empty()) else {
+            return Ok(domain::TenantDirectory::default());
+        };
+        let json = match raw.strip_prefix('@') {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("USEREXPORT_TENANTS: reading {path}"))?,
+            None => raw.to_owned(),
+        };
+        domain::TenantDirectory::parse_json(&json).map_err(|e| anyhow::anyhow!("USEREXPORT_TENANTS: {e}"))
+    }
+}
