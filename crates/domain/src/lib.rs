@@ -1,6 +1,7 @@
 //! The pure core of userexport: validated types, the export state machine, streaming encoders and
 //! naming schemes. No async runtime, no I/O: encoders write into buffers that the service moves.
 
+pub mod batch;
 pub mod cursor;
 pub mod encode;
 pub mod export;
@@ -12,6 +13,7 @@ pub mod tenants;
 pub mod user;
 pub mod validation;
 
+pub use batch::{Batch, BatchId, BatchRequest, BatchSummary, TargetResult, TargetSelection};
 pub use cursor::{BadCursor, ListCursor};
 pub use export::{
     Export, ExportFailure, ExportOutcome, ExportParts, ExportStatus, FailureKind, IllegalTransition, Progress,
