@@ -3,6 +3,7 @@
 //! "same contract" is checked, not assumed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod batches;
 pub mod exports;
 pub mod fakes;
 #[cfg(feature = "postgres")]

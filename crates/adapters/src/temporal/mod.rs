@@ -9,12 +9,15 @@
 //! - [`register`] is the one place a worker gets its workflows and activities: one line per
 //!   workflow module, each module registering its workflow and building its activities from
 //!   the shared [`WorkerDeps`].
+//! - [`UserBatchExportWorkflow`] (registered as `UserBatchExportWorkflow`) runs one export
+//!   request for many scopes as child `UserDataExportWorkflow`s.
 //!
 //! The names and the input's JSON shape are a contract shared with the seed (Go) guide: a
 //! workflow started by any client with `{"tenant_id","environment_id","user_filters","format",
 //! "email_notify"}` runs here.
 
 mod activities;
+mod batch;
 mod orchestrator;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -33,6 +36,10 @@ use temporalio_sdk::{WorkerOptions, WorkflowRegistrationError};
 use tokio_util::sync::CancellationToken;
 
 pub use activities::ExportActivities;
+pub use batch::{
+    BATCH_WORKFLOW_TYPE, BatchProgress, BatchTargetFailure, BatchWorkflowInput, BatchWorkflowOutput,
+    DEFAULT_TARGETS_PER_RUN, UserBatchExportWorkflow,
+};
 pub use orchestrator::{TemporalOrchestrator, TemporalSettings};
 pub use types::{
     EXPORT_ACTIVITY, ExportRef, ExportUserDataInput, ExportUserDataOutput, ExportWorkflowInput,
@@ -71,6 +78,7 @@ impl std::fmt::Debug for WorkerDeps {
 /// When a workflow cannot be registered (a duplicate registration).
 pub fn register(options: &mut WorkerOptions, deps: &WorkerDeps) -> Result<(), WorkflowRegistrationError> {
     workflow::register(options, deps)?;
+    batch::register(options, deps)?;
     Ok(())
 }
 
