@@ -71,6 +71,11 @@ pub struct Config {
     #[arg(long, env = "USEREXPORT_API_KEYS", hide_env_values = true)]
     pub api_keys: Option<ApiKeysSetting>,
 
+    /// Operator keys as `key=permission[+permission]`, comma-separated (permission: `batch`).
+    /// Unset: no operator, so the batch endpoints answer 401/403.
+    #[arg(long, env = "USEREXPORT_OPERATOR_KEYS", hide_env_values = true)]
+    pub operator_keys: Option<ApiKeysSetting>,
+
     /// Users, export records and storage.
     #[command(flatten)]
     pub backends: BackendArgs,
@@ -141,6 +146,7 @@ impl Config {
         Self {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             api_keys: Some(ApiKeysSetting::from(api_keys)),
+            operator_keys: None,
             backends: BackendArgs {
                 storage: StorageKind::Memory,
                 ..BackendArgs::embedded(PathBuf::from("./data"), 100)

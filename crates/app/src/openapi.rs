@@ -8,7 +8,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::dto;
 use crate::problem;
-use crate::routes::{exports, health};
+use crate::routes::{batches, exports, health};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -24,6 +24,8 @@ use crate::routes::{exports, health};
         exports::get_export,
         exports::download_export,
         exports::cancel_export,
+        batches::create_batch,
+        batches::get_batch,
         health::healthz,
         health::readyz,
         openapi_json,
@@ -33,6 +35,7 @@ use crate::routes::{exports, health};
     security(("bearer" = [])),
     tags(
         (name = "exports", description = "Request, follow, download and cancel exports."),
+        (name = "batches", description = "Operators: run one export for many tenants and follow it."),
         (name = "health", description = "Probes for orchestrators and load balancers."),
     )
 )]

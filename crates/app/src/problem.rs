@@ -5,12 +5,14 @@ use std::any::Any;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
-use domain::{ExportId, ExportStatus, ValidationErrors};
+use domain::{BatchId, ExportId, ExportStatus, ValidationErrors};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use ports::PortError;
 use serde::{Deserialize, Serialize};
-use service::{CancelError, DownloadError, GetError, ListError, RequestError};
+use service::{
+    BatchGetError, BatchRequestError, CancelError, DownloadError, GetError, ListError, RequestError,
+};
 use tracing::{error, warn};
 use utoipa::ToSchema;
 
@@ -181,9 +183,16 @@ pub enum ApiError {
     /// No API key, or one that is not configured.
     #[error("unauthenticated")]
     Unauthenticated { presented: bool },
+    /// A valid key without the permission the route needs (a tenant key on an operator route).
+    #[error("forbidden: needs an operator key with the {needs} permission")]
+    Forbidden { needs: &'static str },
     /// The resource does not exist in the caller's scope (or at all: callers cannot tell).
     #[error("export not found")]
     NotFound,
+    #[error("batch not found")]
+    BatchNotFound,
+    #[error("idempotency key reused for a different batch (batch {existing})")]
+    BatchIdempotencyKeyReused { existing: BatchId },
     /// No route matches the path.
     #[error("no route for {method} {path}")]
     RouteNotFound { method: String, path: String },
@@ -226,6 +235,33 @@ impl ApiError {
     pub fn problem(&self) -> Problem {
         match self {
             Self::Unauthenticated { presented } => unauthenticated_problem(*presented),
+            Self::Forbidden { needs } => Problem::new(
+                "forbidden",
+                "Forbidden",
+                StatusCode::FORBIDDEN,
+                format!("This endpoint needs an operator key with the `{needs}` permission."),
+            )
+            .with_hint(format!(
+                "Tenant API keys cannot run cross-tenant operations; use a key configured in \
+                 USEREXPORT_OPERATOR_KEYS as key={needs}."
+            )),
+            Self::BatchNotFound => Problem::new(
+                "not-found",
+                "Batch not found",
+                StatusCode::NOT_FOUND,
+                "No batch with this ID exists.",
+            ),
+            Self::BatchIdempotencyKeyReused { existing } => Problem::new(
+                "idempotency-key-reused",
+                "Idempotency key reused",
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "This Idempotency-Key was already used for a different batch request (batch {existing})."
+                ),
+            )
+            .with_hint(
+                "Resend the original request unchanged, or use a new Idempotency-Key for a new batch.",
+            ),
             Self::NotFound => Problem::new(
                 "not-found",
                 "Export not found",
@@ -357,6 +393,29 @@ impl From<RequestError> for ApiError {
             RequestError::IdempotencyMismatch { existing, .. } => Self::IdempotencyKeyReused { existing },
             RequestError::Port(err) => err.into(),
             RequestError::Unknown(err) => Self::Internal(err),
+        }
+    }
+}
+
+impl From<BatchRequestError> for ApiError {
+    fn from(err: BatchRequestError) -> Self {
+        match err {
+            BatchRequestError::UnknownTargets(errors) => Self::Validation(errors),
+            BatchRequestError::IdempotencyMismatch { existing, .. } => {
+                Self::BatchIdempotencyKeyReused { existing }
+            }
+            BatchRequestError::Port(err) => err.into(),
+            BatchRequestError::Unknown(err) => Self::Internal(err),
+        }
+    }
+}
+
+impl From<BatchGetError> for ApiError {
+    fn from(err: BatchGetError) -> Self {
+        match err {
+            BatchGetError::NotFound => Self::BatchNotFound,
+            BatchGetError::Port(err) => err.into(),
+            BatchGetError::Unknown(err) => Self::Internal(err),
         }
     }
 }

@@ -16,13 +16,13 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use domain::{EnvironmentId, Scope, TenantId};
 use ports::Orchestrator;
 use rand::RngCore;
-use service::{ExportRunner, ExportService, RunnerConfig};
+use service::{BatchService, ExportRunner, ExportService, RunnerConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 pub use wiring::Adapters;
 
-use crate::auth::ApiKeys;
+use crate::auth::{ApiKeys, OperatorKeys};
 use crate::config::{Config, OrchestratorKind};
 use crate::routes;
 use crate::state::{AppState, Dependencies, SyncLimits};
@@ -118,6 +118,14 @@ impl Application {
                 (ApiKeys::single(&demo.api_key, demo.scope.clone()), Some(demo))
             }
         };
+        let operators = match &config.operator_keys {
+            Some(raw) => OperatorKeys::parse(raw.expose()).context("invalid USEREXPORT_OPERATOR_KEYS")?,
+            None => OperatorKeys::default(),
+        };
+        operators.check_disjoint(&keys).context("invalid USEREXPORT_OPERATOR_KEYS")?;
+        if operators.is_empty() {
+            info!("no operator keys (USEREXPORT_OPERATOR_KEYS): the batch endpoints are closed");
+        }
         let adapters = customize(wiring::build_adapters(&config.backends, &keys.scopes()).await?);
         let mut tenants = config.tenants.directory()?;
         for scope in keys.scopes() {
@@ -163,10 +171,19 @@ impl Application {
             runner,
             config.backends.download_url_ttl(),
         );
+        let tenants = Arc::new(tenants);
+        let batches = BatchService::new(
+            Arc::clone(&adapters.batches),
+            Arc::clone(&adapters.exports),
+            Arc::clone(&dyn_orchestrator),
+            Arc::clone(&tenants),
+        );
         let state = AppState {
             service: Arc::new(service),
             keys: Arc::new(keys),
-            tenants: Arc::new(tenants),
+            operators: Arc::new(operators),
+            batches: Arc::new(batches),
+            tenants,
             dependencies: Dependencies {
                 users: adapters.users,
                 exports: adapters.exports,
