@@ -126,11 +126,13 @@ impl Application {
         if operators.is_empty() {
             info!("no operator keys (USEREXPORT_OPERATOR_KEYS): the batch endpoints are closed");
         }
-        let adapters = customize(wiring::build_adapters(&config.backends, &keys.scopes()).await?);
         let mut tenants = config.tenants.directory()?;
         for scope in keys.scopes() {
             tenants.include(scope);
         }
+        // Every known tenant gets demo users (memory users), so a batch over "all" exports some.
+        let known: Vec<Scope> = tenants.scopes().cloned().collect();
+        let adapters = customize(wiring::build_adapters(&config.backends, &known).await?);
 
         let runner = Arc::new(ExportRunner::new(
             Arc::clone(&adapters.users),

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod auth;
+mod batches;
 mod cancel;
 mod create;
 mod download;
