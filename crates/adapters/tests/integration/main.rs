@@ -10,4 +10,6 @@ mod storage;
 #[cfg(feature = "temporal")]
 mod temporal_activities;
 #[cfg(feature = "temporal")]
+mod temporal_batch;
+#[cfg(feature = "temporal")]
 mod temporal_workflows;
