@@ -178,7 +178,6 @@ impl Application {
             Arc::clone(&adapters.batches),
             Arc::clone(&adapters.exports),
             Arc::clone(&dyn_orchestrator),
-            Arc::clone(&tenants),
         );
         let state = AppState {
             service: Arc::new(service),

@@ -60,12 +60,11 @@ pub struct BatchService {
     batches: Arc<dyn BatchRepository>,
     exports: Arc<dyn ExportRepository>,
     orchestrator: Arc<dyn Orchestrator>,
-    tenants: Arc<TenantDirectory>,
 }
 
 impl std::fmt::Debug for BatchService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BatchService").field("tenants", &self.tenants.len()).finish_non_exhaustive()
+        f.debug_struct("BatchService").finish_non_exhaustive()
     }
 }
 
@@ -74,20 +73,21 @@ impl BatchService {
         batches: Arc<dyn BatchRepository>,
         exports: Arc<dyn ExportRepository>,
         orchestrator: Arc<dyn Orchestrator>,
-        tenants: Arc<TenantDirectory>,
     ) -> Self {
-        Self { batches, exports, orchestrator, tenants }
+        Self { batches, exports, orchestrator }
     }
 
-    /// Resolves the targets against the tenant directory ("all" is every scope it knows now),
+    /// Resolves the targets against `tenants`, the directory as it is now ("all" is every scope
+    /// it knows),
     /// stores the batch and starts it. With an idempotency key, a repeat of the same request
     /// returns the existing batch (and makes sure it runs); a different request is an error.
     pub async fn request(
         &self,
         request: BatchRequest,
         idempotency_key: Option<IdempotencyKey>,
+        tenants: &TenantDirectory,
     ) -> Result<RequestedBatch, BatchRequestError> {
-        let targets = self.resolve(&request.targets)?;
+        let targets = resolve(&request.targets, tenants)?;
         let id = match &idempotency_key {
             Some(key) => BatchId::for_idempotency_key(key),
             // v7: time-ordered, so IDs sort like creation.
@@ -130,34 +130,33 @@ impl BatchService {
         let summary = BatchSummary::compute(&batch, &records);
         Ok(BatchView { batch, summary })
     }
+}
 
-    fn resolve(&self, selection: &TargetSelection) -> Result<Vec<Scope>, BatchRequestError> {
-        match selection {
-            TargetSelection::All => {
-                let scopes: Vec<Scope> =
-                    self.tenants.scopes().take(domain::batch::MAX_TARGETS).cloned().collect();
-                if scopes.is_empty() {
-                    return Err(BatchRequestError::UnknownTargets(ValidationErrors::single(
-                        "targets",
-                        "no_tenants",
-                        "\"all\" selects no tenant: the tenant directory is empty",
-                    )));
-                }
-                Ok(scopes)
+fn resolve(selection: &TargetSelection, tenants: &TenantDirectory) -> Result<Vec<Scope>, BatchRequestError> {
+    match selection {
+        TargetSelection::All => {
+            let scopes: Vec<Scope> = tenants.scopes().take(domain::batch::MAX_TARGETS).cloned().collect();
+            if scopes.is_empty() {
+                return Err(BatchRequestError::UnknownTargets(ValidationErrors::single(
+                    "targets",
+                    "no_tenants",
+                    "\"all\" selects no tenant: the tenant directory is empty",
+                )));
             }
-            TargetSelection::Scopes(scopes) => {
-                let mut errors = ValidationErrors::new();
-                for (i, scope) in scopes.iter().enumerate() {
-                    if !self.tenants.contains(scope) {
-                        errors.add(
-                            format!("targets[{i}]"),
-                            "unknown_tenant",
-                            format!("{scope} is not a known tenant"),
-                        );
-                    }
+            Ok(scopes)
+        }
+        TargetSelection::Scopes(scopes) => {
+            let mut errors = ValidationErrors::new();
+            for (i, scope) in scopes.iter().enumerate() {
+                if !tenants.contains(scope) {
+                    errors.add(
+                        format!("targets[{i}]"),
+                        "unknown_tenant",
+                        format!("{scope} is not a known tenant"),
+                    );
                 }
-                errors.into_result(scopes.clone()).map_err(BatchRequestError::UnknownTargets)
             }
+            errors.into_result(scopes.clone()).map_err(BatchRequestError::UnknownTargets)
         }
     }
 }

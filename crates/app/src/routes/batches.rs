@@ -181,7 +181,7 @@ pub async fn create_batch(
         }
     };
     let request = valid(request, errors)?;
-    let requested = state.batches.request(request, key).await?;
+    let requested = state.batches.request(request, key, &state.tenants).await?;
     let (status, resource) = if requested.created {
         // Nothing has run yet: every target is pending, no need to read the records.
         (
