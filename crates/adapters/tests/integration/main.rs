@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod inprocess;
+mod inprocess_batch;
 mod memory;
 mod postgres;
 mod s3;
