@@ -53,7 +53,11 @@ fn system_with(
         exports.clone(),
         storage.clone(),
         Arc::new(LogNotifier),
-        RunnerConfig { chunk_bytes: 4096, progress_interval: Duration::from_millis(20) },
+        RunnerConfig {
+            chunk_bytes: 4096,
+            progress_interval: Duration::from_millis(20),
+            ..RunnerConfig::default()
+        },
     ));
     let orchestrator = InProcessOrchestrator::new(runner.clone(), exports.clone(), policy, concurrency);
     let service = ExportService::new(
