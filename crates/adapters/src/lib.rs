@@ -8,6 +8,8 @@ pub mod memory;
 pub mod notify;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "smtp")]
+pub mod smtp;
 pub mod storage;
 #[cfg(feature = "temporal")]
 pub mod temporal;

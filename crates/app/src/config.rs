@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::{Parser, Subcommand, ValueEnum};
 use domain::ExecutionPolicy;
-pub use wiring::{BackendArgs, LogFormat, PolicyArgs, StorageKind, TemporalArgs, TenantArgs};
+pub use wiring::{BackendArgs, LogFormat, NotifyArgs, PolicyArgs, StorageKind, TemporalArgs, TenantArgs};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_MAX_CONCURRENT_EXPORTS: usize = 4;
@@ -84,6 +84,10 @@ pub struct Config {
     #[command(flatten)]
     pub tenants: TenantArgs,
 
+    /// Completion notifications.
+    #[command(flatten)]
+    pub notify: NotifyArgs,
+
     /// Exports run at the same time; more wait in line.
     #[arg(long, env = "USEREXPORT_MAX_CONCURRENT_EXPORTS", default_value_t = DEFAULT_MAX_CONCURRENT_EXPORTS)]
     pub max_concurrent_exports: usize,
@@ -152,6 +156,7 @@ impl Config {
                 ..BackendArgs::embedded(PathBuf::from("./data"), 100)
             },
             tenants: TenantArgs::default(),
+            notify: NotifyArgs::default(),
             max_concurrent_exports: DEFAULT_MAX_CONCURRENT_EXPORTS,
             sync_timeout_max_s: DEFAULT_SYNC_TIMEOUT_MAX_S,
             sync_timeout_default_s: DEFAULT_SYNC_TIMEOUT_S,
@@ -185,6 +190,8 @@ impl Config {
             bail!("invalid USEREXPORT_MAX_CONCURRENT_EXPORTS: must be at least 1");
         }
         self.execution_policy()?;
+        self.policy.retention_policy()?;
+        self.policy.retention_sweep_interval()?;
         Ok(())
     }
 

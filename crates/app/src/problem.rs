@@ -223,6 +223,9 @@ pub enum ApiError {
     /// The record says completed but its file is gone.
     #[error("export file gone")]
     ExportGone,
+    /// Retention deleted the export's file.
+    #[error("export expired")]
+    ExportExpired,
     /// A dependency failed in a way that may pass (`PortError::is_retryable`).
     #[error("dependency unavailable: {0:#}")]
     Unavailable(#[source] PortError),
@@ -327,6 +330,13 @@ impl ApiError {
                 "The export completed, but its file is no longer available.",
             )
             .with_hint("Request a new export."),
+            Self::ExportExpired => Problem::new(
+                "export-expired",
+                "Export expired",
+                StatusCode::GONE,
+                "The export's retention ran out and its file was deleted.",
+            )
+            .with_hint("Request a new export; `retention_days` in the request keeps a file longer."),
             Self::Unavailable(_) => unavailable_problem(),
             Self::Internal(_) => internal_problem(),
         }
@@ -390,6 +400,7 @@ impl From<PortError> for ApiError {
 impl From<RequestError> for ApiError {
     fn from(err: RequestError) -> Self {
         match err {
+            RequestError::Invalid(errors) => Self::Validation(errors),
             RequestError::IdempotencyMismatch { existing, .. } => Self::IdempotencyKeyReused { existing },
             RequestError::Port(err) => err.into(),
             RequestError::Unknown(err) => Self::Internal(err),
@@ -456,6 +467,7 @@ impl From<DownloadError> for ApiError {
             DownloadError::NotFound => Self::NotFound,
             DownloadError::NotReady(status) => Self::ExportNotReady(status),
             DownloadError::Gone => Self::ExportGone,
+            DownloadError::Expired => Self::ExportExpired,
             DownloadError::Port(err) => err.into(),
             DownloadError::Unknown(err) => Self::Internal(err),
         }

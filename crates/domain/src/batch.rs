@@ -289,6 +289,7 @@ pub struct TargetResult {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BatchSummary {
     pub total: usize,
+    /// Completed exports, including those whose file has since expired.
     pub completed: usize,
     pub failed: usize,
     pub cancelled: usize,
@@ -317,7 +318,8 @@ impl BatchSummary {
             match status {
                 ExportStatus::Pending => summary.pending += 1,
                 ExportStatus::Running => summary.running += 1,
-                ExportStatus::Completed => summary.completed += 1,
+                // It did complete; its file has since reached the end of its retention.
+                ExportStatus::Completed | ExportStatus::Expired => summary.completed += 1,
                 ExportStatus::Failed => summary.failed += 1,
                 ExportStatus::Cancelled => summary.cancelled += 1,
             }

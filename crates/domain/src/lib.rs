@@ -16,10 +16,11 @@ pub mod validation;
 pub use batch::{Batch, BatchId, BatchRequest, BatchSummary, TargetResult, TargetSelection};
 pub use cursor::{BadCursor, ListCursor};
 pub use export::{
-    Export, ExportFailure, ExportOutcome, ExportParts, ExportStatus, FailureKind, IllegalTransition, Progress,
+    Export, ExportFailure, ExportOutcome, ExportParts, ExportStatus, FailureKind, IllegalTransition,
+    NotificationRecord, NotificationStatus, Progress,
 };
 pub use ids::{EnvironmentId, ExportId, IdParseError, IdempotencyKey, ObjectKey, Scope, TenantId, UserId};
-pub use policy::{ExecutionPolicy, PolicyError, RetryPolicy};
+pub use policy::{ExecutionPolicy, PolicyError, RetentionPolicy, RetryPolicy};
 pub use request::{Compression, ExportFormat, ExportSpec, FieldSelection, UserFilter};
 pub use tenants::{Secret, TenantDirectory, TenantSettings};
 pub use user::{User, UserField, UserStatus};

@@ -5,6 +5,8 @@
 //!   [`service::ExportRunner::run_attempt`], retried per the export's `ExecutionPolicy`), and
 //!   `FinishExport` when the run ends by failure, timeout or cancellation, so the record never
 //!   stays unfinished.
+//! - [`ExportRetentionWorkflow`] (activity `ExpireExports`) deletes expired exports' files; the
+//!   worker keeps a system schedule running it ([`ensure_retention_schedule`]).
 //! - [`TemporalOrchestrator`] implements `ports::Orchestrator` for the API.
 //! - [`register`] is the one place a worker gets its workflows and activities: one line per
 //!   workflow module, each module registering its workflow and building its activities from
@@ -19,6 +21,7 @@
 mod activities;
 mod batch;
 mod orchestrator;
+mod retention;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod types;
@@ -41,6 +44,10 @@ pub use batch::{
     DEFAULT_TARGETS_PER_RUN, UserBatchExportWorkflow,
 };
 pub use orchestrator::{TemporalOrchestrator, TemporalSettings};
+pub use retention::{
+    ExportRetentionWorkflow, RETENTION_SCHEDULE_ID, RetentionInput, RetentionOutput,
+    ensure_retention_schedule,
+};
 pub use types::{
     EXPORT_ACTIVITY, ExportRef, ExportUserDataInput, ExportUserDataOutput, ExportWorkflowInput,
     FINISH_ACTIVITY, FinishInput, FinishOutcome, FinishOutput, PREPARE_ACTIVITY, PrepareInput, PrepareOutput,
@@ -78,6 +85,7 @@ impl std::fmt::Debug for WorkerDeps {
 /// When a workflow cannot be registered (a duplicate registration).
 pub fn register(options: &mut WorkerOptions, deps: &WorkerDeps) -> Result<(), WorkflowRegistrationError> {
     workflow::register(options, deps)?;
+    retention::register(options, deps)?;
     batch::register(options, deps)?;
     Ok(())
 }

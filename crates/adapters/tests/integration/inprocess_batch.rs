@@ -33,7 +33,11 @@ async fn a_batch_runs_each_target_once_at_most_concurrency_at_a_time_even_when_s
         exports.clone(),
         storage.clone(),
         Arc::new(LogNotifier),
-        RunnerConfig { chunk_bytes: 4096, progress_interval: Duration::from_millis(10) },
+        RunnerConfig {
+            chunk_bytes: 4096,
+            progress_interval: Duration::from_millis(10),
+            ..RunnerConfig::default()
+        },
     ));
     // More process-wide slots than the batch's concurrency: the batch bounds itself.
     let orchestrator = InProcessOrchestrator::new(runner, exports.clone(), ExecutionPolicy::default(), 8);

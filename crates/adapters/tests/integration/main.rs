@@ -7,10 +7,13 @@ mod inprocess_batch;
 mod memory;
 mod postgres;
 mod s3;
+mod smtp;
 mod storage;
 #[cfg(feature = "temporal")]
 mod temporal_activities;
 #[cfg(feature = "temporal")]
 mod temporal_batch;
+#[cfg(feature = "temporal")]
+mod temporal_retention;
 #[cfg(feature = "temporal")]
 mod temporal_workflows;

@@ -68,7 +68,7 @@ impl Harness {
             exports.clone(),
             storage.clone(),
             Arc::new(LogNotifier),
-            RunnerConfig { chunk_bytes: 4096, progress_interval: Duration::ZERO },
+            RunnerConfig { chunk_bytes: 4096, progress_interval: Duration::ZERO, ..RunnerConfig::default() },
         ));
         let deps = WorkerDeps {
             runner,

@@ -14,4 +14,5 @@ mod helpers;
 mod lifecycle;
 mod openapi;
 mod read;
+mod retention_notify;
 mod sync;
