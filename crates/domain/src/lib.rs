@@ -18,10 +18,10 @@ pub use export::{
 };
 pub use ids::{EnvironmentId, ExportId, IdParseError, IdempotencyKey, ObjectKey, Scope, TenantId, UserId};
 pub use policy::{ExecutionPolicy, PolicyError, RetryPolicy};
+pub use request::{Compression, ExportFormat, ExportSpec, FieldSelection, UserFilter};
 pub use schedule::{
     CronError, CronExpr, CronField, CronFieldError, ExportSchedule, NewSchedule, ScheduleId, SchedulePatch,
     ScheduleTimezone, UnknownTimezone,
 };
-pub use request::{Compression, ExportFormat, ExportSpec, FieldSelection, UserFilter};
 pub use user::{User, UserField, UserStatus};
 pub use validation::{FieldError, ValidationErrors};

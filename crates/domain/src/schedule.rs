@@ -6,7 +6,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
+use chrono::{DateTime, DurationRound, SecondsFormat, SubsecRound, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -94,7 +94,8 @@ pub enum CronField {
 }
 
 impl CronField {
-    pub const ALL: [CronField; 5] = [Self::Minute, Self::Hour, Self::DayOfMonth, Self::Month, Self::DayOfWeek];
+    pub const ALL: [CronField; 5] =
+        [Self::Minute, Self::Hour, Self::DayOfMonth, Self::Month, Self::DayOfWeek];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -118,7 +119,9 @@ impl CronField {
 
     fn names(self) -> &'static [&'static str] {
         match self {
-            Self::Month => &["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"],
+            Self::Month => {
+                &["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"]
+            }
             Self::DayOfWeek => &["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"],
             _ => &[],
         }
@@ -209,8 +212,11 @@ impl CronExpr {
         if parts.len() != 5 {
             return Err(CronError::WrongFieldCount { found: parts.len() });
         }
-        let bad: Vec<CronFieldError> =
-            CronField::ALL.iter().zip(&parts).filter_map(|(field, value)| check_field(*field, value).err()).collect();
+        let bad: Vec<CronFieldError> = CronField::ALL
+            .iter()
+            .zip(&parts)
+            .filter_map(|(field, value)| check_field(*field, value).err())
+            .collect();
         if !bad.is_empty() {
             return Err(CronError::BadFields(bad));
         }
@@ -369,6 +375,7 @@ pub struct ExportSchedule {
 
 impl ExportSchedule {
     pub fn new(id: ScheduleId, scope: Scope, new: NewSchedule, now: DateTime<Utc>) -> Self {
+        let now = micros(now);
         Self {
             id,
             scope,
@@ -402,7 +409,7 @@ impl ExportSchedule {
             next.note = note;
         }
         next.revision = self.revision + 1;
-        next.updated_at = now;
+        next.updated_at = micros(now);
         next
     }
 
@@ -410,6 +417,12 @@ impl ExportSchedule {
     pub fn next_fire_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         if self.paused { None } else { self.cron.next_after(&self.timezone, after) }
     }
+}
+
+/// Timestamps are kept at microsecond precision, as databases store them, so a record reads back
+/// equal to what was written.
+fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.duration_trunc(TimeDelta::microseconds(1)).unwrap_or(t)
 }
 
 /// Longest schedule note.
@@ -450,7 +463,11 @@ impl NewSchedule {
     pub fn from_json(body: &Value) -> Result<Self, ValidationErrors> {
         let mut errors = ValidationErrors::new();
         let Some(obj) = body.as_object() else {
-            return Err(ValidationErrors::single("", "invalid_type", "the request body must be a JSON object"));
+            return Err(ValidationErrors::single(
+                "",
+                "invalid_type",
+                "the request body must be a JSON object",
+            ));
         };
         reject_unknown(obj, &mut errors);
         let cron = match obj.get("cron") {
@@ -466,7 +483,11 @@ impl NewSchedule {
         };
         let spec = match obj.get("request") {
             None | Some(Value::Null) => {
-                errors.add("request", "required", "request is required: the export to run, e.g. {\"format\":\"csv\"}");
+                errors.add(
+                    "request",
+                    "required",
+                    "request is required: the export to run, e.g. {\"format\":\"csv\"}",
+                );
                 None
             }
             Some(v) => parse_request(v, &mut errors),
@@ -487,7 +508,11 @@ impl SchedulePatch {
     pub fn from_json(body: &Value) -> Result<Self, ValidationErrors> {
         let mut errors = ValidationErrors::new();
         let Some(obj) = body.as_object() else {
-            return Err(ValidationErrors::single("", "invalid_type", "the request body must be a JSON object"));
+            return Err(ValidationErrors::single(
+                "",
+                "invalid_type",
+                "the request body must be a JSON object",
+            ));
         };
         reject_unknown(obj, &mut errors);
         if obj.is_empty() {
@@ -577,7 +602,8 @@ fn parse_request(value: &Value, errors: &mut ValidationErrors) -> Option<ExportS
         Ok(spec) => Some(spec),
         Err(inner) => {
             for e in inner.errors() {
-                let field = if e.field.is_empty() { "request".to_owned() } else { format!("request.{}", e.field) };
+                let field =
+                    if e.field.is_empty() { "request".to_owned() } else { format!("request.{}", e.field) };
                 errors.add(field, e.code, e.message.clone());
             }
             None
@@ -605,7 +631,11 @@ fn parse_note(value: Option<&Value>, errors: &mut ValidationErrors) -> Option<Op
             Some(Some(s.clone()))
         }
         Some(_) => {
-            errors.add("note", "invalid_value", format!("note must be a string of at most {NOTE_MAX} printable characters"));
+            errors.add(
+                "note",
+                "invalid_value",
+                format!("note must be a string of at most {NOTE_MAX} printable characters"),
+            );
             None
         }
     }
@@ -703,7 +733,11 @@ mod tests {
             "user-export-scheduled:acme:prod:0190f5c3-0000-7000-8000-000000000001-2026-11-25T03:00:00Z"
         );
         let export = ExportId::for_schedule_fire(&scope, id, at);
-        assert_eq!(export, ExportId::for_schedule_fire(&scope, id, utc("2026-11-25T03:00:00Z")), "second precision");
+        assert_eq!(
+            export,
+            ExportId::for_schedule_fire(&scope, id, utc("2026-11-25T03:00:00Z")),
+            "second precision"
+        );
         assert_eq!(export, ExportId::for_workflow_id(&id.fire_workflow_id(&scope, at)), "same as Temporal's");
         assert_ne!(export, ExportId::for_schedule_fire(&scope, id, utc("2026-11-25T03:01:00Z")));
         let other = Scope::parse("globex/prod").unwrap();
@@ -718,7 +752,9 @@ mod tests {
         }))
         .unwrap_err();
         let fields: Vec<&str> = errors.errors().iter().map(|e| e.field.as_str()).collect();
-        for expected in ["cron", "timezone", "request.format", "request.bogus", "paused", "tenant_id", "extra"] {
+        for expected in
+            ["cron", "timezone", "request.format", "request.bogus", "paused", "tenant_id", "extra"]
+        {
             assert!(fields.contains(&expected), "{expected} missing from {fields:?}");
         }
         let cron = errors.errors().iter().find(|e| e.field == "cron").unwrap();
@@ -731,15 +767,17 @@ mod tests {
 
     #[test]
     fn a_create_body_defaults_to_utc_and_running() {
-        let new = NewSchedule::from_json(&json!({"cron": "0 3 * * *", "request": {"format": "csv"}})).unwrap();
+        let new =
+            NewSchedule::from_json(&json!({"cron": "0 3 * * *", "request": {"format": "csv"}})).unwrap();
         assert_eq!((new.timezone, new.paused, new.note), (ScheduleTimezone::UTC, false, None));
     }
 
     #[test]
     fn patches_change_only_what_they_name() {
         let now = utc("2026-11-25T10:00:00Z");
-        let new = NewSchedule::from_json(&json!({"cron": "0 3 * * *", "request": {"format": "csv"}, "note": "n"}))
-            .unwrap();
+        let new =
+            NewSchedule::from_json(&json!({"cron": "0 3 * * *", "request": {"format": "csv"}, "note": "n"}))
+                .unwrap();
         let scope = Scope::parse("acme/prod").unwrap();
         let s = ExportSchedule::new(ScheduleId::from_uuid(Uuid::nil()), scope, new, now);
         let patch = SchedulePatch::from_json(&json!({"paused": true})).unwrap();
@@ -748,7 +786,8 @@ mod tests {
         assert!(p.paused);
         assert_eq!((p.cron.as_str(), p.revision, p.note.as_deref()), ("0 3 * * *", 2, Some("n")));
         assert_eq!(p.next_fire_after(now), None, "paused schedules do not fire");
-        let p = p.patched(SchedulePatch::from_json(&json!({"note": null, "cron": "*/5 * * * *"})).unwrap(), now);
+        let p =
+            p.patched(SchedulePatch::from_json(&json!({"note": null, "cron": "*/5 * * * *"})).unwrap(), now);
         assert_eq!((p.cron.as_str(), p.note), ("*/5 * * * *", None));
         assert!(SchedulePatch::from_json(&json!({})).is_err());
         assert!(SchedulePatch::from_json(&json!({"cron": null})).is_err());
@@ -758,10 +797,16 @@ mod tests {
     #[test]
     fn schedules_round_trip_through_json() {
         let now = utc("2026-11-25T10:00:00Z");
-        let new =
-            NewSchedule::from_json(&json!({"cron": "0 3 * * 1", "timezone": "Asia/Tokyo", "request": {"format": "ndjson"}}))
-                .unwrap();
-        let s = ExportSchedule::new(ScheduleId::from_uuid(Uuid::now_v7()), Scope::parse("a/b").unwrap(), new, now);
+        let new = NewSchedule::from_json(
+            &json!({"cron": "0 3 * * 1", "timezone": "Asia/Tokyo", "request": {"format": "ndjson"}}),
+        )
+        .unwrap();
+        let s = ExportSchedule::new(
+            ScheduleId::from_uuid(Uuid::now_v7()),
+            Scope::parse("a/b").unwrap(),
+            new,
+            now,
+        );
         let back: ExportSchedule = serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
         assert_eq!(back, s);
         assert_eq!(back.next_fire_after(now), s.next_fire_after(now));

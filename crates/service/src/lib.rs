@@ -3,12 +3,19 @@
 //! - [`ExportRunner`] is the seed's `ExportUserData`: it runs one attempt of an export, streaming
 //!   users through an encoder into storage. Orchestrators (in-process, Temporal) call it.
 //! - [`ExportService`] is what the API calls: request, wait, read, list, cancel, download.
+//! - [`ScheduleService`] manages export schedules; [`ScheduledExports`] is what one fire does.
 
 mod exports;
 mod runner;
+mod schedules;
 
 pub use exports::{
     CancelError, Download, DownloadContent, DownloadError, ExportService, GetError, ListError, RequestError,
     Requested,
 };
 pub use runner::{AttemptControl, ExportRunner, ProgressFn, RunError, RunnerConfig};
+pub use schedules::{
+    CreateScheduleError, CreatedSchedule, DeleteScheduleError, FireError, GetScheduleError,
+    ListSchedulesError, Reconciled, ScheduleService, ScheduledExports, TriggerScheduleError,
+    UpdateScheduleError,
+};

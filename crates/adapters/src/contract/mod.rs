@@ -9,4 +9,5 @@ pub mod fakes;
 pub mod pg;
 #[cfg(feature = "s3")]
 pub mod s3;
+pub mod schedules;
 pub mod users;

@@ -1,7 +1,9 @@
 //! In-memory adapters: real adapters for the embedded mode and the unit tests.
 
 mod exports;
+mod schedules;
 mod users;
 
 pub use exports::MemoryExportRepository;
+pub use schedules::MemoryScheduleRepository;
 pub use users::MemoryUserRepository;

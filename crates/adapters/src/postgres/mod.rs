@@ -3,6 +3,7 @@
 
 mod binary_copy;
 mod exports;
+mod schedules;
 mod seed;
 mod users;
 
@@ -15,6 +16,7 @@ pub use sqlx::postgres::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
 pub use exports::PgExportRepository;
+pub use schedules::PgScheduleRepository;
 pub use seed::seed_synthetic_users;
 pub use users::PgUserRepository;
 

@@ -6,6 +6,7 @@ mod inprocess;
 mod memory;
 mod postgres;
 mod s3;
+mod schedules;
 mod storage;
 #[cfg(feature = "temporal")]
 mod temporal_activities;
