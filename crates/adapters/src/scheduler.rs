@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 use domain::{Export, ExportId, ExportSchedule, ScheduleId, Scope};
-use ports::{PortError, Presence, Scheduler, TriggerOutcome};
+use ports::{PortError, Presence, Scheduler};
 use service::{FireError, ScheduledExports};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
@@ -204,13 +204,14 @@ impl Scheduler for InProcessScheduler {
         Ok(())
     }
 
-    async fn trigger(&self, schedule: &ExportSchedule) -> Result<TriggerOutcome, PortError> {
-        // Whole seconds, as Temporal names a triggered run: two triggers within one second are
-        // one fire.
-        let scheduled_at = Utc::now().trunc_subsecs(0);
+    async fn trigger(
+        &self,
+        schedule: &ExportSchedule,
+        scheduled_at: DateTime<Utc>,
+    ) -> Result<Presence, PortError> {
         match self.fire_with(&schedule.scope, schedule.id, scheduled_at, true).await? {
-            FireOutcome::Unknown => Ok(TriggerOutcome::Missing),
-            _ => Ok(TriggerOutcome::Fired { scheduled_at }),
+            FireOutcome::Unknown => Ok(Presence::Missing),
+            _ => Ok(Presence::Found),
         }
     }
 

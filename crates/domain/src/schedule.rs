@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::ids::{ExportId, IdParseError, IdempotencyKey, Scope};
+use crate::ids::{EnvironmentId, ExportId, IdParseError, IdempotencyKey, Scope, TenantId};
 use crate::request::ExportSpec;
 use crate::validation::ValidationErrors;
 
@@ -20,6 +20,9 @@ use crate::validation::ValidationErrors;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct ScheduleId(Uuid);
+
+/// Every Temporal schedule of userexport is named with this prefix.
+pub const TEMPORAL_SCHEDULE_PREFIX: &str = "user-export-schedule:";
 
 /// Namespace of schedule IDs derived from idempotency keys (fixed; never change it).
 const SCHEDULE_KEY_NAMESPACE: Uuid = Uuid::from_u128(0x0d7e_52a1_93c4_4f6b_8e20_b5a9_1c37_e84d);
@@ -46,7 +49,17 @@ impl ScheduleId {
 
     /// The Temporal schedule ID: derived, so the API never needs to store it.
     pub fn temporal_schedule_id(&self, scope: &Scope) -> String {
-        format!("user-export-schedule:{}:{}:{}", scope.tenant, scope.environment, self)
+        format!("{TEMPORAL_SCHEDULE_PREFIX}{}:{}:{}", scope.tenant, scope.environment, self)
+    }
+
+    /// The scope and schedule a [`ScheduleId::temporal_schedule_id`] names; `None` for any
+    /// other schedule ID.
+    pub fn from_temporal_schedule_id(raw: &str) -> Option<(Scope, Self)> {
+        let mut parts = raw.strip_prefix(TEMPORAL_SCHEDULE_PREFIX)?.splitn(3, ':');
+        let tenant = TenantId::parse(parts.next()?).ok()?;
+        let environment = EnvironmentId::parse(parts.next()?).ok()?;
+        let id = Self::parse(parts.next()?).ok()?;
+        Some((Scope::new(tenant, environment), id))
     }
 
     /// The workflow ID prefix of the schedule's fires; Temporal appends `-{scheduled time}`.
@@ -727,6 +740,12 @@ mod tests {
             id.temporal_schedule_id(&scope),
             "user-export-schedule:acme:prod:0190f5c3-0000-7000-8000-000000000001"
         );
+        assert_eq!(
+            ScheduleId::from_temporal_schedule_id(&id.temporal_schedule_id(&scope)),
+            Some((scope.clone(), id))
+        );
+        assert_eq!(ScheduleId::from_temporal_schedule_id("nightly-report"), None);
+        assert_eq!(ScheduleId::from_temporal_schedule_id("user-export-schedule:acme:prod:nope"), None);
         let at = utc("2026-11-25T03:00:00.750Z");
         assert_eq!(
             id.fire_workflow_id(&scope, at),

@@ -16,7 +16,7 @@ pub use notifier::Notifier;
 pub use orchestrator::{CancelOutcome, Orchestrator, WaitOutcome};
 pub use schedules::{
     Presence, ScheduleCreateOutcome, SchedulePage, ScheduleQuery, ScheduleRepository, ScheduleUpdateOutcome,
-    Scheduler, TriggerOutcome,
+    Scheduler,
 };
 pub use storage::{ExportStorage, ObjectReader, ObjectWriter, StoredObject};
 pub use users::{UserRepository, UserStream};

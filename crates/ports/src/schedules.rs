@@ -81,16 +81,6 @@ pub enum Presence {
     Missing,
 }
 
-/// Result of [`Scheduler::trigger`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TriggerOutcome {
-    /// A fire was started for this scheduled time; its export is
-    /// `ExportId::for_schedule_fire(scope, id, scheduled_at)`.
-    Fired { scheduled_at: DateTime<Utc> },
-    /// The scheduler has no timer for that schedule.
-    Missing,
-}
-
 /// The timers behind schedules: fires a schedule's export at each cron time in the schedule's
 /// time zone, with overlap policy *skip* (no fire while the schedule's previous fire is still
 /// running). Each fire is an ordinary export whose ID is derived from the schedule and the
@@ -113,9 +103,15 @@ pub trait Scheduler: Send + Sync {
     /// Removes the schedule's timer; `Ok` when there was none. Fires already running go on.
     async fn delete(&self, scope: &Scope, id: ScheduleId) -> Result<(), PortError>;
 
-    /// Fires the schedule now (also when paused, and whatever is still running), and says for
-    /// which scheduled time.
-    async fn trigger(&self, schedule: &ExportSchedule) -> Result<TriggerOutcome, PortError>;
+    /// Fires the schedule now, as if scheduled at `scheduled_at` (whole seconds; it names the
+    /// fire, so its export is `ExportId::for_schedule_fire(scope, id, scheduled_at)` and a second
+    /// trigger for the same time is the same fire). Runs also when paused, and whatever is still
+    /// running. `Missing` when the scheduler has no timer for the schedule.
+    async fn trigger(
+        &self,
+        schedule: &ExportSchedule,
+        scheduled_at: DateTime<Utc>,
+    ) -> Result<Presence, PortError>;
 
     /// The schedules the scheduler has timers for, in any scope.
     async fn list(&self) -> Result<Vec<(Scope, ScheduleId)>, PortError>;

@@ -9,14 +9,14 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use domain::{
     Export, ExportId, ExportSchedule, ExportStatus, IdempotencyKey, NewSchedule, ScheduleId, SchedulePatch,
     Scope,
 };
 use ports::{
     CreateOutcome, ExportRepository, Orchestrator, PortError, Presence, ScheduleCreateOutcome, SchedulePage,
-    ScheduleQuery, ScheduleRepository, ScheduleUpdateOutcome, Scheduler, TriggerOutcome,
+    ScheduleQuery, ScheduleRepository, ScheduleUpdateOutcome, Scheduler,
 };
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -291,21 +291,16 @@ impl ScheduleService {
     /// Fires the schedule now and returns the export of that fire.
     pub async fn trigger(&self, scope: &Scope, id: ScheduleId) -> Result<Export, TriggerScheduleError> {
         let schedule = self.schedules.get(scope, id).await?.ok_or(TriggerScheduleError::NotFound)?;
-        let scheduled_at = match self.scheduler.trigger(&schedule).await? {
-            TriggerOutcome::Fired { scheduled_at } => scheduled_at,
-            TriggerOutcome::Missing => {
-                self.scheduler.upsert(&schedule).await?;
-                match self.scheduler.trigger(&schedule).await? {
-                    TriggerOutcome::Fired { scheduled_at } => scheduled_at,
-                    TriggerOutcome::Missing => {
-                        return Err(anyhow::anyhow!(
-                            "the scheduler lost schedule {id} right after creating it"
-                        )
-                        .into());
-                    }
-                }
+        // Whole seconds, as Temporal names a fire: two triggers within a second are one fire.
+        let scheduled_at = Utc::now().trunc_subsecs(0);
+        if self.scheduler.trigger(&schedule, scheduled_at).await? == Presence::Missing {
+            self.scheduler.upsert(&schedule).await?;
+            if self.scheduler.trigger(&schedule, scheduled_at).await? == Presence::Missing {
+                return Err(
+                    anyhow::anyhow!("the scheduler lost schedule {id} right after creating it").into()
+                );
             }
-        };
+        }
         // The scheduler started the fire (in-process: already recorded; Temporal: the worker
         // records it when it picks the run up). Recording it here too is idempotent and lets
         // the caller see the export at once; the running fire does the starting.

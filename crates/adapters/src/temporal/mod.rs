@@ -6,6 +6,7 @@
 //!   `FinishExport` when the run ends by failure, timeout or cancellation, so the record never
 //!   stays unfinished.
 //! - [`TemporalOrchestrator`] implements `ports::Orchestrator` for the API.
+//! - [`TemporalScheduler`] implements `ports::Scheduler` on Temporal Schedules.
 //! - [`register`] is the one place a worker gets its workflows and activities: one line per
 //!   workflow module, each module registering its workflow and building its activities from
 //!   the shared [`WorkerDeps`].
@@ -16,6 +17,7 @@
 
 mod activities;
 mod orchestrator;
+mod schedules;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod types;
@@ -34,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use activities::ExportActivities;
 pub use orchestrator::{TemporalOrchestrator, TemporalSettings};
+pub use schedules::{TemporalScheduler, fire_input};
 pub use types::{
     EXPORT_ACTIVITY, ExportRef, ExportUserDataInput, ExportUserDataOutput, ExportWorkflowInput,
     FINISH_ACTIVITY, FinishInput, FinishOutcome, FinishOutput, PREPARE_ACTIVITY, PrepareInput, PrepareOutput,

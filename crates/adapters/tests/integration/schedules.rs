@@ -19,7 +19,7 @@ use domain::{
 };
 use ports::{
     ExportQuery, ExportRepository, Orchestrator, PortError, Presence, ScheduleRepository, Scheduler,
-    TriggerOutcome, UserRepository, WaitOutcome,
+    UserRepository, WaitOutcome,
 };
 use serde_json::json;
 use service::{
@@ -250,7 +250,7 @@ impl Scheduler for DownScheduler {
     async fn delete(&self, _: &Scope, _: ScheduleId) -> Result<(), PortError> {
         Err(PortError::unavailable(anyhow::anyhow!("scheduler down")))
     }
-    async fn trigger(&self, _: &ExportSchedule) -> Result<TriggerOutcome, PortError> {
+    async fn trigger(&self, _: &ExportSchedule, _: DateTime<Utc>) -> Result<Presence, PortError> {
         Err(PortError::unavailable(anyhow::anyhow!("scheduler down")))
     }
     async fn list(&self) -> Result<Vec<(Scope, ScheduleId)>, PortError> {
