@@ -11,4 +11,6 @@ mod storage;
 #[cfg(feature = "temporal")]
 mod temporal_activities;
 #[cfg(feature = "temporal")]
+mod temporal_schedules;
+#[cfg(feature = "temporal")]
 mod temporal_workflows;
