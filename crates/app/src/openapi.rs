@@ -7,8 +7,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::dto;
+use crate::dto_schedules;
 use crate::problem;
-use crate::routes::{exports, health};
+use crate::routes::{exports, health, schedules};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -24,15 +25,23 @@ use crate::routes::{exports, health};
         exports::get_export,
         exports::download_export,
         exports::cancel_export,
+        schedules::create_schedule,
+        schedules::list_schedules,
+        schedules::get_schedule,
+        schedules::patch_schedule,
+        schedules::delete_schedule,
+        schedules::trigger_schedule,
         health::healthz,
         health::readyz,
         openapi_json,
     ),
-    components(schemas(problem::Problem, problem::FieldErrorBody, dto::ExportResource, dto::ExportList)),
+    components(schemas(problem::Problem, problem::FieldErrorBody, dto::ExportResource, dto::ExportList,
+                       dto_schedules::ScheduleResource, dto_schedules::ScheduleList)),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
     tags(
         (name = "exports", description = "Request, follow, download and cancel exports."),
+        (name = "schedules", description = "Run exports on a cron schedule; pause, change, trigger."),
         (name = "health", description = "Probes for orchestrators and load balancers."),
     )
 )]

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ports::{ExportRepository, ExportStorage, Orchestrator, UserRepository};
-use service::ExportService;
+use service::{ExportService, ScheduleService};
 
 use crate::auth::ApiKeys;
 
@@ -27,6 +27,7 @@ pub struct SyncLimits {
 #[derive(Clone)]
 pub struct AppState {
     pub service: Arc<ExportService>,
+    pub schedules: Arc<ScheduleService>,
     pub keys: Arc<ApiKeys>,
     pub dependencies: Dependencies,
     pub sync: SyncLimits,

@@ -6,14 +6,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use adapters::memory::{MemoryExportRepository, MemoryUserRepository};
+use adapters::memory::{MemoryExportRepository, MemoryScheduleRepository, MemoryUserRepository};
 use adapters::notify::LogNotifier;
-use adapters::postgres::{self, PgExportRepository, PgUserRepository};
+use adapters::postgres::{self, PgExportRepository, PgScheduleRepository, PgUserRepository};
 use adapters::storage::{ObjectStorage, S3Settings};
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use domain::Scope;
-use ports::{ExportRepository, ExportStorage, Notifier, UserRepository};
+use ports::{ExportRepository, ExportStorage, Notifier, ScheduleRepository, UserRepository};
 use tracing::info;
 
 mod settings;
@@ -208,6 +208,8 @@ pub struct Adapters {
     pub exports: Arc<dyn ExportRepository>,
     pub storage: Arc<dyn ExportStorage>,
     pub notifier: Arc<dyn Notifier>,
+    /// Export schedules; kept where export records are (`USEREXPORT_EXPORTS`).
+    pub schedules: Arc<dyn ScheduleRepository>,
 }
 
 impl fmt::Debug for Adapters {
@@ -245,6 +247,10 @@ pub async fn build_adapters(args: &BackendArgs, demo_scopes: &[Scope]) -> anyhow
         (ExportsBackend::Postgres, Some(pool)) => Arc::new(PgExportRepository::new(pool.clone())),
         _ => Arc::new(MemoryExportRepository::new()),
     };
+    let schedules: Arc<dyn ScheduleRepository> = match (args.exports, &pool) {
+        (ExportsBackend::Postgres, Some(pool)) => Arc::new(PgScheduleRepository::new(pool.clone())),
+        _ => Arc::new(MemoryScheduleRepository::new()),
+    };
     let storage = match args.storage {
         StorageKind::Local => ObjectStorage::local(&args.data_dir)
             .with_context(|| format!("USEREXPORT_DATA_DIR {} is not usable", args.data_dir.display()))?,
@@ -261,7 +267,7 @@ pub async fn build_adapters(args: &BackendArgs, demo_scopes: &[Scope]) -> anyhow
         }
     };
     info!(users = ?args.users, exports = ?args.exports, storage = storage.kind(), "backends ready");
-    Ok(Adapters { users, exports, storage: Arc::new(storage), notifier: Arc::new(LogNotifier) })
+    Ok(Adapters { users, exports, storage: Arc::new(storage), notifier: Arc::new(LogNotifier), schedules })
 }
 
 #[cfg(test)]
@@ -319,6 +325,7 @@ mod tests {
         let adapters = build_adapters(&args, &[]).await.unwrap();
         adapters.users.ping().await.unwrap();
         adapters.exports.ping().await.unwrap();
+        adapters.schedules.ping().await.unwrap();
         db.drop_now().await;
     }
 }

@@ -305,7 +305,7 @@ fn export_id(path: Result<Path<String>, PathRejection>) -> Result<ExportId, ApiE
 }
 
 /// The body as a JSON value: `413` when too large, `400` when not JSON.
-fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
+pub(crate) fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge
@@ -337,14 +337,14 @@ fn export_spec(body: &Value, errors: &mut ValidationErrors) -> Option<ExportSpec
 }
 
 /// `value` when nothing failed validation, else every recorded error.
-fn valid<T>(value: Option<T>, errors: ValidationErrors) -> Result<T, ApiError> {
+pub(crate) fn valid<T>(value: Option<T>, errors: ValidationErrors) -> Result<T, ApiError> {
     match value {
         Some(value) if errors.is_empty() => Ok(value),
         _ => Err(ApiError::Validation(errors)),
     }
 }
 
-fn idempotency_key(headers: &HeaderMap, errors: &mut ValidationErrors) -> Option<IdempotencyKey> {
+pub(crate) fn idempotency_key(headers: &HeaderMap, errors: &mut ValidationErrors) -> Option<IdempotencyKey> {
     let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
     let value = values.next()?;
     if values.next().is_some() {
@@ -367,7 +367,7 @@ fn idempotency_key(headers: &HeaderMap, errors: &mut ValidationErrors) -> Option
 }
 
 /// The last value of query parameter `name`, decoded.
-fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
         .filter(|(key, _)| key == name)
         .map(|(_, value)| value.into_owned())
