@@ -13,4 +13,5 @@ mod helpers;
 mod lifecycle;
 mod openapi;
 mod read;
+mod schedules;
 mod sync;
