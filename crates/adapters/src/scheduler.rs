@@ -140,7 +140,8 @@ impl InProcessScheduler {
     fn spawn_timer(&self, schedule: &ExportSchedule, timer: CancellationToken) {
         let this = self.clone();
         let schedule = schedule.clone();
-        let span = info_span!("schedule", schedule_id = %schedule.id, tenant = %schedule.scope.tenant,
+        // A root span: the timer outlives the request that created it.
+        let span = info_span!(parent: None, "schedule", schedule_id = %schedule.id, tenant = %schedule.scope.tenant,
                               environment = %schedule.scope.environment);
         tokio::spawn(
             async move {
