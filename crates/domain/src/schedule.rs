@@ -234,7 +234,9 @@ impl CronExpr {
             return Err(CronError::BadFields(bad));
         }
         let text = parts.join(" ");
-        let cron = croner::Cron::new(&text).parse().map_err(|e| {
+        // Day of month AND day of week, as Temporal Schedules match them (not classic cron's OR),
+        // so both orchestrators fire at the same times.
+        let cron = croner::Cron::new(&text).with_dom_and_dow().parse().map_err(|e| {
             CronError::BadFields(vec![CronFieldError {
                 field: CronField::Minute,
                 value: text.clone(),
@@ -272,7 +274,9 @@ fn check_field(field: CronField, raw: &str) -> Result<(), CronFieldError> {
                 _ => return Err(fail(format!("step {step:?} must be a number from 1 to {max}"))),
             }
         }
-        if base == "*" || (base == "?" && matches!(field, CronField::DayOfMonth | CronField::DayOfWeek)) {
+        // `?`, `L`, `W` and `#` are not accepted: Temporal Schedules reject them, and both
+        // orchestrators must accept the same expressions.
+        if base == "*" {
             continue;
         }
         let (from, to) = match base.split_once('-') {
@@ -675,7 +679,14 @@ mod tests {
 
     #[test]
     fn valid_crons_are_normalised() {
-        for good in ["* * * * *", "0 3 * * *", "*/15 9-17 * * MON-FRI", "0 0 1,15 JAN,jul ?", "5 4 * * 7"] {
+        for good in [
+            "* * * * *",
+            "0 3 * * *",
+            "*/15 9-17 * * MON-FRI",
+            "0 0 1,15 JAN,jul *",
+            "5 4 * * 7",
+            "5/10 * * * sun",
+        ] {
             assert!(CronExpr::parse(good).is_ok(), "{good:?} rejected");
         }
         assert_eq!(CronExpr::parse("  0   3 * *  * ").unwrap().as_str(), "0 3 * * *");
@@ -696,6 +707,7 @@ mod tests {
         assert!(field_errors("0 0 * * FUNDAY")[0].to_string().contains("SUN-SAT"));
         assert_eq!(field_errors("*/0 * * * *")[0].field, CronField::Minute);
         assert_eq!(field_errors("0 10-2 * * *")[0].field, CronField::Hour);
+        assert_eq!(field_errors("0 0 1 * ?")[0].field, CronField::DayOfWeek, "Temporal rejects ?");
 
         let every: Vec<_> = field_errors("x 25 32 0 9").into_iter().map(|e| e.field).collect();
         assert_eq!(every, CronField::ALL.to_vec(), "every bad field is reported");
@@ -717,6 +729,12 @@ mod tests {
         assert_eq!(cron.next_after(&paris, after), Some(utc("2026-11-26T02:00:00Z")), "CET is UTC+1");
         let summer = utc("2026-07-01T10:00:00Z");
         assert_eq!(cron.next_after(&paris, summer), Some(utc("2026-07-02T01:00:00Z")), "CEST is UTC+2");
+        let friday_13th = CronExpr::parse("0 0 13 * FRI").unwrap();
+        assert_eq!(
+            friday_13th.next_after(&ScheduleTimezone::UTC, after),
+            Some(utc("2027-08-13T00:00:00Z")),
+            "day of month and day of week must both match, as on Temporal"
+        );
         let every_minute = CronExpr::parse("* * * * *").unwrap();
         assert_eq!(
             every_minute.next_after(&ScheduleTimezone::UTC, utc("2026-11-25T10:00:30Z")),

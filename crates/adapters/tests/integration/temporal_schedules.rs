@@ -14,7 +14,7 @@ use adapters::temporal::{TemporalOrchestrator, TemporalScheduler, WorkerDeps, de
 use chrono::{DateTime, SubsecRound, Utc};
 use domain::{
     ExecutionPolicy, Export, ExportId, ExportSchedule, ExportStatus, NewSchedule, ScheduleId, SchedulePatch,
-    Scope,
+    ScheduleTimezone, Scope,
 };
 use ports::{ExportQuery, ExportRepository, ExportStorage, Presence, Scheduler};
 use serde_json::json;
@@ -176,9 +176,10 @@ async fn pause_resume_update_and_delete_reach_the_temporal_schedule() {
     h.service.update(&h.scope, schedule.id, resume).await.unwrap();
     assert!(!h.describe(&schedule).await.unwrap().paused());
 
-    // A new cron and a pause together go through a full update of the schedule.
+    // A new cron, time zone and a pause together go through a full update of the schedule.
     let change = SchedulePatch {
-        cron: Some("30 4 * * *".parse().unwrap()),
+        cron: Some("30 4 13 * FRI".parse().unwrap()),
+        timezone: Some(ScheduleTimezone::parse("America/New_York").unwrap()),
         paused: Some(true),
         note: Some(Some("changed".into())),
         ..SchedulePatch::default()
@@ -188,11 +189,18 @@ async fn pause_resume_update_and_delete_reach_the_temporal_schedule() {
     assert!(described.paused(), "the full update keeps the pause");
     assert_eq!(described.note(), Some("changed"));
     let resume = SchedulePatch { paused: Some(false), ..SchedulePatch::default() };
-    h.service.update(&h.scope, schedule.id, resume).await.unwrap();
+    let resumed = h.service.update(&h.scope, schedule.id, resume).await.unwrap();
+    // Temporal plans the same fires the in-process scheduler computes (time zone, DST, and day
+    // of month AND day of week).
     let planned: Vec<DateTime<Utc>> =
         h.describe(&schedule).await.unwrap().future_action_times().into_iter().map(Into::into).collect();
-    let first = *planned.first().expect("planned fires");
-    assert_eq!(first.format("%H:%M").to_string(), "04:30", "the new cron is in force: {planned:?}");
+    let mut ours = Vec::new();
+    let mut after = Utc::now();
+    while ours.len() < 3 {
+        after = resumed.next_fire_after(after).unwrap();
+        ours.push(after);
+    }
+    assert_eq!(planned[..3], ours[..], "Temporal: {planned:?}");
 
     let listed = h
         .eventually("the schedule to be listed", Duration::from_secs(15), || async {
