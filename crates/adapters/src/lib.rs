@@ -9,6 +9,8 @@ pub mod notify;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod scheduler;
+#[cfg(feature = "smtp")]
+pub mod smtp;
 pub mod storage;
 #[cfg(feature = "temporal")]
 pub mod temporal;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::{Parser, Subcommand, ValueEnum};
 use domain::ExecutionPolicy;
-pub use wiring::{BackendArgs, LogFormat, PolicyArgs, StorageKind, TemporalArgs};
+pub use wiring::{BackendArgs, LogFormat, NotifyArgs, PolicyArgs, StorageKind, TemporalArgs, TenantArgs};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_MAX_CONCURRENT_EXPORTS: usize = 4;
@@ -74,6 +74,14 @@ pub struct Config {
     /// Users, export records and storage.
     #[command(flatten)]
     pub backends: BackendArgs,
+
+    /// Known tenants and their settings; the API keys' scopes are always known.
+    #[command(flatten)]
+    pub tenants: TenantArgs,
+
+    /// Completion notifications.
+    #[command(flatten)]
+    pub notify: NotifyArgs,
 
     /// Exports run at the same time; more wait in line.
     #[arg(long, env = "USEREXPORT_MAX_CONCURRENT_EXPORTS", default_value_t = DEFAULT_MAX_CONCURRENT_EXPORTS)]
@@ -141,6 +149,8 @@ impl Config {
                 storage: StorageKind::Memory,
                 ..BackendArgs::embedded(PathBuf::from("./data"), 100)
             },
+            tenants: TenantArgs::default(),
+            notify: NotifyArgs::default(),
             max_concurrent_exports: DEFAULT_MAX_CONCURRENT_EXPORTS,
             sync_timeout_max_s: DEFAULT_SYNC_TIMEOUT_MAX_S,
             sync_timeout_default_s: DEFAULT_SYNC_TIMEOUT_S,
@@ -174,6 +184,8 @@ impl Config {
             bail!("invalid USEREXPORT_MAX_CONCURRENT_EXPORTS: must be at least 1");
         }
         self.execution_policy()?;
+        self.policy.retention_policy()?;
+        self.policy.retention_sweep_interval()?;
         Ok(())
     }
 

@@ -225,6 +225,9 @@ pub enum ApiError {
     ScheduleConflict,
     #[error("idempotency key reused for a different schedule ({existing})")]
     ScheduleIdempotencyKeyReused { existing: ScheduleId },
+    /// Retention deleted the export's file.
+    #[error("export expired")]
+    ExportExpired,
     /// A dependency failed in a way that may pass (`PortError::is_retryable`).
     #[error("dependency unavailable: {0:#}")]
     Unavailable(#[source] PortError),
@@ -322,6 +325,13 @@ impl ApiError {
                 format!("This Idempotency-Key was already used for a different schedule ({existing})."),
             )
             .with_hint("Resend the original request unchanged, or use a new Idempotency-Key."),
+            Self::ExportExpired => Problem::new(
+                "export-expired",
+                "Export expired",
+                StatusCode::GONE,
+                "The export's retention ran out and its file was deleted.",
+            )
+            .with_hint("Request a new export; `retention_days` in the request keeps a file longer."),
             Self::Unavailable(_) => unavailable_problem(),
             Self::Internal(_) => internal_problem(),
         }
@@ -385,6 +395,7 @@ impl From<PortError> for ApiError {
 impl From<RequestError> for ApiError {
     fn from(err: RequestError) -> Self {
         match err {
+            RequestError::Invalid(errors) => Self::Validation(errors),
             RequestError::IdempotencyMismatch { existing, .. } => Self::IdempotencyKeyReused { existing },
             RequestError::Port(err) => err.into(),
             RequestError::Unknown(err) => Self::Internal(err),
@@ -428,6 +439,7 @@ impl From<DownloadError> for ApiError {
             DownloadError::NotFound => Self::NotFound,
             DownloadError::NotReady(status) => Self::ExportNotReady(status),
             DownloadError::Gone => Self::ExportGone,
+            DownloadError::Expired => Self::ExportExpired,
             DownloadError::Port(err) => err.into(),
             DownloadError::Unknown(err) => Self::Internal(err),
         }

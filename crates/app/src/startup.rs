@@ -17,9 +17,12 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use domain::{EnvironmentId, Scope, TenantId};
 use ports::{Orchestrator, Scheduler};
 use rand::RngCore;
-use service::{ExportRunner, ExportService, RunnerConfig, ScheduleService, ScheduledExports};
+use service::{
+    ExportRunner, ExportService, RetentionSweeper, RunnerConfig, ScheduleService, ScheduledExports,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{info, warn};
 pub use wiring::Adapters;
 
@@ -55,21 +58,47 @@ impl DemoTenant {
 /// graceful shutdown; Temporal keeps its own state.
 #[derive(Clone)]
 enum Orchestration {
-    InProcess(InProcessOrchestrator),
+    /// With the retention sweep, which stops when this is dropped.
+    InProcess(InProcessOrchestrator, Arc<AbortOnDropHandle<()>>),
     Temporal(TemporalOrchestrator),
+}
+
+/// Sweeps expired exports every `every` (the first sweep right away), in batches.
+fn spawn_retention_sweep(sweeper: RetentionSweeper, every: Duration) -> AbortOnDropHandle<()> {
+    const BATCH: usize = 500;
+    AbortOnDropHandle::new(tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            loop {
+                match sweeper.sweep(chrono::Utc::now(), BATCH).await {
+                    Ok(report) if report.more && report.expired > 0 => continue,
+                    Ok(_) => break,
+                    Err(err) => {
+                        warn!(error = %err, "retention sweep failed; retrying at the next interval");
+                        break;
+                    }
+                }
+            }
+        }
+    }))
 }
 
 impl Orchestration {
     fn port(&self) -> Arc<dyn Orchestrator> {
         match self {
-            Self::InProcess(o) => Arc::new(o.clone()),
+            Self::InProcess(o, _) => Arc::new(o.clone()),
             Self::Temporal(o) => Arc::new(o.clone()),
         }
     }
 
     async fn shutdown(&self, grace: Duration) {
         match self {
-            Self::InProcess(o) => o.shutdown(grace).await,
+            Self::InProcess(o, sweeping) => {
+                sweeping.abort();
+                o.shutdown(grace).await;
+            }
             // Workflows run in worker processes and outlive this one.
             Self::Temporal(_) => {}
         }
@@ -122,13 +151,20 @@ impl Application {
             }
         };
         let adapters = customize(wiring::build_adapters(&config.backends, &keys.scopes()).await?);
+        let mut tenants = config.tenants.directory()?;
+        for scope in keys.scopes() {
+            tenants.include(scope);
+        }
+        let mut adapters = adapters;
+        adapters.notifier = config.notify.notifier(&tenants)?;
+        let retention = config.policy.retention_policy()?;
 
         let runner = Arc::new(ExportRunner::new(
             Arc::clone(&adapters.users),
             Arc::clone(&adapters.exports),
             Arc::clone(&adapters.storage),
             Arc::clone(&adapters.notifier),
-            RunnerConfig::default(),
+            RunnerConfig { retention, ..RunnerConfig::default() },
         ));
         let orchestrator = match config.orchestrator {
             OrchestratorKind::Inprocess => {
@@ -142,7 +178,11 @@ impl Application {
                 if resumed > 0 {
                     info!(resumed, "resumed unfinished exports");
                 }
-                Orchestration::InProcess(orchestrator)
+                // In Temporal mode the worker's system schedule runs the sweep instead.
+                let sweeper =
+                    RetentionSweeper::new(Arc::clone(&adapters.exports), Arc::clone(&adapters.storage));
+                let sweeping = spawn_retention_sweep(sweeper, config.policy.retention_sweep_interval()?);
+                Orchestration::InProcess(orchestrator, Arc::new(sweeping))
             }
             OrchestratorKind::Temporal => Orchestration::Temporal(
                 TemporalOrchestrator::connect(TemporalSettings {
@@ -163,11 +203,13 @@ impl Application {
             Arc::clone(&dyn_orchestrator),
             runner,
             config.backends.download_url_ttl(),
-        );
+        )
+        .with_retention(retention);
         let state = AppState {
             service: Arc::new(service),
             schedules: Arc::new(schedules),
             keys: Arc::new(keys),
+            tenants: Arc::new(tenants),
             dependencies: Dependencies {
                 users: adapters.users,
                 exports: adapters.exports,
@@ -264,7 +306,7 @@ async fn build_schedules(
 ) -> anyhow::Result<(ScheduleService, Option<InProcessScheduler>)> {
     let fires = Arc::new(ScheduledExports::new(Arc::clone(&adapters.exports), orchestrator));
     let (scheduler, in_process): (Arc<dyn Scheduler>, _) = match orchestration {
-        Orchestration::InProcess(_) => {
+        Orchestration::InProcess(..) => {
             let scheduler = InProcessScheduler::new(Arc::clone(&fires));
             (Arc::new(scheduler.clone()), Some(scheduler))
         }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use domain::TenantDirectory;
 use ports::{ExportRepository, ExportStorage, Orchestrator, UserRepository};
 use service::{ExportService, ScheduleService};
 
@@ -29,6 +30,8 @@ pub struct AppState {
     pub service: Arc<ExportService>,
     pub schedules: Arc<ScheduleService>,
     pub keys: Arc<ApiKeys>,
+    /// Known scopes and their settings (the API keys' scopes included).
+    pub tenants: Arc<TenantDirectory>,
     pub dependencies: Dependencies,
     pub sync: SyncLimits,
 }

@@ -9,19 +9,22 @@ pub mod policy;
 pub mod request;
 pub mod schedule;
 pub mod synthetic;
+pub mod tenants;
 pub mod user;
 pub mod validation;
 
 pub use cursor::{BadCursor, ListCursor};
 pub use export::{
-    Export, ExportFailure, ExportOutcome, ExportParts, ExportStatus, FailureKind, IllegalTransition, Progress,
+    Export, ExportFailure, ExportOutcome, ExportParts, ExportStatus, FailureKind, IllegalTransition,
+    NotificationRecord, NotificationStatus, Progress,
 };
 pub use ids::{EnvironmentId, ExportId, IdParseError, IdempotencyKey, ObjectKey, Scope, TenantId, UserId};
-pub use policy::{ExecutionPolicy, PolicyError, RetryPolicy};
+pub use policy::{ExecutionPolicy, PolicyError, RetentionPolicy, RetryPolicy};
 pub use request::{Compression, ExportFormat, ExportSpec, FieldSelection, UserFilter};
 pub use schedule::{
     CronError, CronExpr, CronField, CronFieldError, ExportSchedule, NewSchedule, ScheduleId, SchedulePatch,
     ScheduleTimezone, UnknownTimezone,
 };
+pub use tenants::{Secret, TenantDirectory, TenantSettings};
 pub use user::{User, UserField, UserStatus};
 pub use validation::{FieldError, ValidationErrors};

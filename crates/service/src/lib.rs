@@ -4,8 +4,11 @@
 //!   users through an encoder into storage. Orchestrators (in-process, Temporal) call it.
 //! - [`ExportService`] is what the API calls: request, wait, read, list, cancel, download.
 //! - [`ScheduleService`] manages export schedules; [`ScheduledExports`] is what one fire does.
+//! - [`RetentionSweeper`] deletes the files of expired exports (run on a schedule).
 
 mod exports;
+mod notify;
+mod retention;
 mod runner;
 mod schedules;
 
@@ -13,6 +16,8 @@ pub use exports::{
     CancelError, Download, DownloadContent, DownloadError, ExportService, GetError, ListError, RequestError,
     Requested,
 };
+pub use notify::NotifyRetry;
+pub use retention::{RetentionSweeper, SweepError, SweepReport};
 pub use runner::{AttemptControl, ExportRunner, ProgressFn, RunError, RunnerConfig};
 pub use schedules::{
     CreateScheduleError, CreatedSchedule, DeleteScheduleError, FireError, GetScheduleError,

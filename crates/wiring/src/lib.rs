@@ -18,7 +18,9 @@ use tracing::info;
 
 mod settings;
 
-pub use settings::{LogFormat, PolicyArgs, TemporalArgs, init_logging, shutdown_signal};
+pub use settings::{
+    LogFormat, NotifyArgs, PolicyArgs, TemporalArgs, TenantArgs, init_logging, shutdown_signal,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum UsersBackend {

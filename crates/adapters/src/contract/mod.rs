@@ -10,4 +10,5 @@ pub mod pg;
 #[cfg(feature = "s3")]
 pub mod s3;
 pub mod schedules;
+pub mod smtp_sink;
 pub mod users;

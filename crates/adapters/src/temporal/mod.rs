@@ -5,6 +5,8 @@
 //!   [`service::ExportRunner::run_attempt`], retried per the export's `ExecutionPolicy`), and
 //!   `FinishExport` when the run ends by failure, timeout or cancellation, so the record never
 //!   stays unfinished.
+//! - [`ExportRetentionWorkflow`] (activity `ExpireExports`) deletes expired exports' files; the
+//!   worker keeps a system schedule running it ([`ensure_retention_schedule`]).
 //! - [`TemporalOrchestrator`] implements `ports::Orchestrator` for the API.
 //! - [`TemporalScheduler`] implements `ports::Scheduler` on Temporal Schedules.
 //! - [`register`] is the one place a worker gets its workflows and activities: one line per
@@ -17,6 +19,7 @@
 
 mod activities;
 mod orchestrator;
+mod retention;
 mod schedules;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -36,6 +39,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use activities::ExportActivities;
 pub use orchestrator::{TemporalOrchestrator, TemporalSettings};
+pub use retention::{
+    ExportRetentionWorkflow, RETENTION_SCHEDULE_ID, RetentionInput, RetentionOutput,
+    ensure_retention_schedule,
+};
 pub use schedules::{TemporalScheduler, fire_input};
 pub use types::{
     EXPORT_ACTIVITY, ExportRef, ExportUserDataInput, ExportUserDataOutput, ExportWorkflowInput,
@@ -74,6 +81,7 @@ impl std::fmt::Debug for WorkerDeps {
 /// When a workflow cannot be registered (a duplicate registration).
 pub fn register(options: &mut WorkerOptions, deps: &WorkerDeps) -> Result<(), WorkflowRegistrationError> {
     workflow::register(options, deps)?;
+    retention::register(options, deps)?;
     Ok(())
 }
 

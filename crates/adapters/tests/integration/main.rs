@@ -7,9 +7,11 @@ mod memory;
 mod postgres;
 mod s3;
 mod schedules;
+mod smtp;
 mod storage;
 #[cfg(feature = "temporal")]
 mod temporal_activities;
+mod temporal_retention;
 #[cfg(feature = "temporal")]
 mod temporal_schedules;
 #[cfg(feature = "temporal")]

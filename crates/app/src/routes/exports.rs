@@ -205,7 +205,7 @@ pub async fn list_exports(
          content_type = "application/problem+json"),
         (status = 409, description = "The export is not completed (`export-not-ready`).", body = Problem,
          content_type = "application/problem+json"),
-        (status = 410, description = "The export completed but its file is gone (`export-gone`).",
+        (status = 410, description = "The file is gone: retention deleted it (`export-expired`), or it vanished (`export-gone`).",
          body = Problem, content_type = "application/problem+json"),
         CommonErrors,
     )

@@ -13,5 +13,6 @@ mod helpers;
 mod lifecycle;
 mod openapi;
 mod read;
+mod retention_notify;
 mod schedules;
 mod sync;

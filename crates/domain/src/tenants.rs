@@ -1,0 +1,175 @@
+//! The tenant directory: which tenant/environment scopes exist and their per-tenant settings
+//! (default notification address, inbound webhook secret). Configured as JSON
+//! (`USEREXPORT_TENANTS`), validated once into this type.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde_json::Value;
+use validator::ValidateEmail;
+
+use crate::ids::Scope;
+use crate::validation::ValidationErrors;
+
+/// Shortest accepted webhook secret: HMAC keys shorter than this are guessable.
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// A shared secret. Its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// One tenant scope's settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantSettings {
+    /// Where `email_notify` exports send their email when the request names no address.
+    pub notify_email: Option<String>,
+    /// Key of the HMAC signature on `POST /v1/events/export-requested`; without one, the
+    /// tenant's webhook events are refused.
+    pub webhook_secret: Option<Secret>,
+}
+
+/// The known scopes, ordered (so "all tenants" always iterates the same way).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantDirectory {
+    tenants: BTreeMap<Scope, TenantSettings>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    scope: String,
+    #[serde(default)]
+    notify_email: Option<String>,
+    #[serde(default)]
+    webhook_secret: Option<String>,
+}
+
+impl TenantDirectory {
+    /// Parses `[{"scope":"acme/prod","notify_email":"ops@acme.test","webhook_secret":"…"}]`,
+    /// reporting every bad entry (`[index].field`).
+    pub fn parse_json(raw: &str) -> Result<Self, ValidationErrors> {
+        let value: Value = serde_json::from_str(raw)
+            .map_err(|e| ValidationErrors::single("tenants", "invalid_json", format!("not JSON: {e}")))?;
+        let Value::Array(items) = value else {
+            return Err(ValidationErrors::single(
+                "tenants",
+                "invalid_type",
+                "expected a JSON array of tenants",
+            ));
+        };
+        let mut errors = ValidationErrors::new();
+        let mut directory = Self::default();
+        for (index, item) in items.into_iter().enumerate() {
+            let raw: RawTenant = match serde_json::from_value(item) {
+                Ok(raw) => raw,
+                Err(e) => {
+                    errors.add(format!("[{index}]"), "invalid_value", e.to_string());
+                    continue;
+                }
+            };
+            let scope = match Scope::parse(&raw.scope) {
+                Ok(scope) => scope,
+                Err(e) => {
+                    errors.add(format!("[{index}].scope"), "invalid_value", e.to_string());
+                    continue;
+                }
+            };
+            if raw.notify_email.as_deref().is_some_and(|email| !email.validate_email()) {
+                errors.add(format!("[{index}].notify_email"), "invalid_value", "not an email address");
+            }
+            if raw.webhook_secret.as_deref().is_some_and(|s| s.len() < MIN_SECRET_LEN) {
+                errors.add(
+                    format!("[{index}].webhook_secret"),
+                    "too_short",
+                    format!("a webhook secret needs at least {MIN_SECRET_LEN} characters"),
+                );
+            }
+            let settings = TenantSettings {
+                notify_email: raw.notify_email,
+                webhook_secret: raw.webhook_secret.map(Secret),
+            };
+            if directory.tenants.insert(scope, settings).is_some() {
+                errors.add(format!("[{index}].scope"), "duplicate", "this scope is listed twice");
+            }
+        }
+        errors.into_result(directory)
+    }
+
+    /// Adds `scope` with default settings unless it is already known.
+    pub fn include(&mut self, scope: Scope) {
+        self.tenants.entry(scope).or_default();
+    }
+
+    pub fn get(&self, scope: &Scope) -> Option<&TenantSettings> {
+        self.tenants.get(scope)
+    }
+
+    pub fn contains(&self, scope: &Scope) -> bool {
+        self.tenants.contains_key(scope)
+    }
+
+    /// Every known scope, in order.
+    pub fn scopes(&self) -> impl Iterator<Item = &Scope> {
+        self.tenants.keys()
+    }
+
+    pub fn len(&self) -> usize {
+        self.tenants.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tenants.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn parses_tenants_with_their_settings() {
+        let raw = r#"[{"scope":"acme/prod","notify_email":"ops@acme.test","webhook_secret":"0123456789abcdef"},
+                      {"scope":"globex/dev"}]"#;
+        let dir = TenantDirectory::parse_json(raw).unwrap();
+        let acme = dir.get(&Scope::parse("acme/prod").unwrap()).unwrap();
+        assert_eq!(acme.notify_email.as_deref(), Some("ops@acme.test"));
+        assert_eq!(acme.webhook_secret.as_ref().unwrap().expose(), b"0123456789abcdef");
+        assert!(format!("{acme:?}").contains("<redacted>"));
+        assert_eq!(dir.scopes().map(ToString::to_string).collect::<Vec<_>>(), ["acme/prod", "globex/dev"]);
+    }
+
+    #[test]
+    fn reports_every_bad_entry() {
+        let raw = r#"[{"scope":"Bad Scope"},{"scope":"a/b","notify_email":"nope","webhook_secret":"short"},
+                      {"scope":"a/b"},{"scope":"c/d","extra":1}]"#;
+        let errors = TenantDirectory::parse_json(raw).unwrap_err();
+        let fields: Vec<_> = errors.errors().iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["[0].scope", "[1].notify_email", "[1].webhook_secret", "[2].scope", "[3]"]);
+        assert!(TenantDirectory::parse_json("{}").is_err());
+        assert!(TenantDirectory::parse_json("not json").is_err());
+    }
+
+    #[test]
+    fn include_keeps_configured_settings() {
+        let mut dir = TenantDirectory::parse_json(r#"[{"scope":"a/b","notify_email":"x@y.test"}]"#).unwrap();
+        dir.include(Scope::parse("a/b").unwrap());
+        dir.include(Scope::parse("c/d").unwrap());
+        assert_eq!(dir.len(), 2);
+        assert!(dir.get(&Scope::parse("a/b").unwrap()).unwrap().notify_email.is_some());
+    }
+}
