@@ -8,6 +8,7 @@ pub mod memory;
 pub mod notify;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod scheduler;
 #[cfg(feature = "smtp")]
 pub mod smtp;
 pub mod storage;

@@ -7,8 +7,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::dto;
+use crate::dto_schedules;
 use crate::problem;
-use crate::routes::{batches, exports, health};
+use crate::routes::{batches, exports, health, schedules};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -26,16 +27,24 @@ use crate::routes::{batches, exports, health};
         exports::cancel_export,
         batches::create_batch,
         batches::get_batch,
+        schedules::create_schedule,
+        schedules::list_schedules,
+        schedules::get_schedule,
+        schedules::patch_schedule,
+        schedules::delete_schedule,
+        schedules::trigger_schedule,
         health::healthz,
         health::readyz,
         openapi_json,
     ),
-    components(schemas(problem::Problem, problem::FieldErrorBody, dto::ExportResource, dto::ExportList)),
+    components(schemas(problem::Problem, problem::FieldErrorBody, dto::ExportResource, dto::ExportList,
+                       dto_schedules::ScheduleResource, dto_schedules::ScheduleList)),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
     tags(
         (name = "exports", description = "Request, follow, download and cancel exports."),
         (name = "batches", description = "Operators: run one export for many tenants and follow it."),
+        (name = "schedules", description = "Run exports on a cron schedule; pause, change, trigger."),
         (name = "health", description = "Probes for orchestrators and load balancers."),
     )
 )]

@@ -5,13 +5,15 @@ use std::any::Any;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
-use domain::{BatchId, ExportId, ExportStatus, ValidationErrors};
+use domain::{BatchId, ExportId, ExportStatus, ScheduleId, ValidationErrors};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use ports::PortError;
 use serde::{Deserialize, Serialize};
 use service::{
-    BatchGetError, BatchRequestError, CancelError, DownloadError, GetError, ListError, RequestError,
+    BatchGetError, BatchRequestError, CancelError, CreateScheduleError, DeleteScheduleError, DownloadError,
+    GetError, GetScheduleError, ListError, ListSchedulesError, RequestError, TriggerScheduleError,
+    UpdateScheduleError,
 };
 use tracing::{error, warn};
 use utoipa::ToSchema;
@@ -223,6 +225,14 @@ pub enum ApiError {
     /// The record says completed but its file is gone.
     #[error("export file gone")]
     ExportGone,
+    /// No such export schedule in the caller's scope.
+    #[error("schedule not found")]
+    ScheduleNotFound,
+    /// Two updates of one schedule raced; this one lost.
+    #[error("schedule changed concurrently")]
+    ScheduleConflict,
+    #[error("idempotency key reused for a different schedule ({existing})")]
+    ScheduleIdempotencyKeyReused { existing: ScheduleId },
     /// Retention deleted the export's file.
     #[error("export expired")]
     ExportExpired,
@@ -330,6 +340,26 @@ impl ApiError {
                 "The export completed, but its file is no longer available.",
             )
             .with_hint("Request a new export."),
+            Self::ScheduleNotFound => Problem::new(
+                "not-found",
+                "Schedule not found",
+                StatusCode::NOT_FOUND,
+                "No export schedule with this ID exists for your API key's tenant and environment.",
+            ),
+            Self::ScheduleConflict => Problem::new(
+                "schedule-conflict",
+                "Schedule changed concurrently",
+                StatusCode::CONFLICT,
+                "Another update changed this schedule at the same time.",
+            )
+            .with_hint("Read the schedule again and retry the change."),
+            Self::ScheduleIdempotencyKeyReused { existing } => Problem::new(
+                "idempotency-key-reused",
+                "Idempotency key reused",
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("This Idempotency-Key was already used for a different schedule ({existing})."),
+            )
+            .with_hint("Resend the original request unchanged, or use a new Idempotency-Key."),
             Self::ExportExpired => Problem::new(
                 "export-expired",
                 "Export expired",
@@ -470,6 +500,68 @@ impl From<DownloadError> for ApiError {
             DownloadError::Expired => Self::ExportExpired,
             DownloadError::Port(err) => err.into(),
             DownloadError::Unknown(err) => Self::Internal(err),
+        }
+    }
+}
+
+impl From<CreateScheduleError> for ApiError {
+    fn from(err: CreateScheduleError) -> Self {
+        match err {
+            CreateScheduleError::IdempotencyMismatch { existing, .. } => {
+                Self::ScheduleIdempotencyKeyReused { existing }
+            }
+            CreateScheduleError::Port(err) => err.into(),
+            CreateScheduleError::Unknown(err) => Self::Internal(err),
+        }
+    }
+}
+
+impl From<GetScheduleError> for ApiError {
+    fn from(err: GetScheduleError) -> Self {
+        match err {
+            GetScheduleError::NotFound => Self::ScheduleNotFound,
+            GetScheduleError::Port(err) => err.into(),
+            GetScheduleError::Unknown(err) => Self::Internal(err),
+        }
+    }
+}
+
+impl From<ListSchedulesError> for ApiError {
+    fn from(err: ListSchedulesError) -> Self {
+        match err {
+            ListSchedulesError::Port(err) => err.into(),
+            ListSchedulesError::Unknown(err) => Self::Internal(err),
+        }
+    }
+}
+
+impl From<UpdateScheduleError> for ApiError {
+    fn from(err: UpdateScheduleError) -> Self {
+        match err {
+            UpdateScheduleError::NotFound => Self::ScheduleNotFound,
+            UpdateScheduleError::Conflict => Self::ScheduleConflict,
+            UpdateScheduleError::Port(err) => err.into(),
+            UpdateScheduleError::Unknown(err) => Self::Internal(err),
+        }
+    }
+}
+
+impl From<DeleteScheduleError> for ApiError {
+    fn from(err: DeleteScheduleError) -> Self {
+        match err {
+            DeleteScheduleError::NotFound => Self::ScheduleNotFound,
+            DeleteScheduleError::Port(err) => err.into(),
+            DeleteScheduleError::Unknown(err) => Self::Internal(err),
+        }
+    }
+}
+
+impl From<TriggerScheduleError> for ApiError {
+    fn from(err: TriggerScheduleError) -> Self {
+        match err {
+            TriggerScheduleError::NotFound => Self::ScheduleNotFound,
+            TriggerScheduleError::Port(err) => err.into(),
+            TriggerScheduleError::Unknown(err) => Self::Internal(err),
         }
     }
 }

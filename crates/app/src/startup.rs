@@ -8,15 +8,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use adapters::inprocess::InProcessOrchestrator;
-use adapters::temporal::{TemporalOrchestrator, TemporalSettings};
+use adapters::scheduler::InProcessScheduler;
+use adapters::temporal::{TemporalOrchestrator, TemporalScheduler, TemporalSettings};
 use anyhow::Context;
 use axum::Router;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use domain::{EnvironmentId, Scope, TenantId};
-use ports::Orchestrator;
+use ports::{Orchestrator, Scheduler};
 use rand::RngCore;
-use service::{BatchService, ExportRunner, ExportService, RetentionSweeper, RunnerConfig};
+use service::{
+    BatchService, ExportRunner, ExportService, RetentionSweeper, RunnerConfig, ScheduleService,
+    ScheduledExports,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
@@ -108,6 +112,8 @@ pub struct Application {
     local_addr: SocketAddr,
     router: Router,
     orchestrator: Orchestration,
+    /// The in-process scheduler's timers, stopped at shutdown (Temporal's live on).
+    scheduler: Option<InProcessScheduler>,
     shutdown_grace: Duration,
     demo: Option<DemoTenant>,
 }
@@ -199,6 +205,8 @@ impl Application {
             ),
         };
         let dyn_orchestrator = orchestrator.port();
+        let (schedules, scheduler) =
+            build_schedules(&orchestrator, &adapters, Arc::clone(&dyn_orchestrator), policy).await?;
         let service = ExportService::new(
             Arc::clone(&adapters.exports),
             Arc::clone(&adapters.storage),
@@ -215,6 +223,7 @@ impl Application {
         );
         let state = AppState {
             service: Arc::new(service),
+            schedules: Arc::new(schedules),
             keys: Arc::new(keys),
             operators: Arc::new(operators),
             batches: Arc::new(batches),
@@ -240,6 +249,7 @@ impl Application {
             local_addr,
             router: routes::router(state),
             orchestrator,
+            scheduler,
             shutdown_grace: config.shutdown_grace(),
             demo,
         })
@@ -273,7 +283,7 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Self { listener, local_addr, router, orchestrator, shutdown_grace, .. } = self;
+        let Self { listener, local_addr, router, orchestrator, scheduler, shutdown_grace, .. } = self;
         info!(%local_addr, "listening");
         let stopping = CancellationToken::new();
         let signal = {
@@ -293,9 +303,39 @@ impl Application {
             served = server => served.context("HTTP server failed")?,
             () = drain_deadline => warn!(grace_s = shutdown_grace.as_secs(), "open requests did not finish within the grace period; closing them"),
         }
+        if let Some(scheduler) = &scheduler {
+            scheduler.shutdown();
+        }
         info!(grace_s = shutdown_grace.as_secs(), "HTTP stopped; letting running exports finish");
         orchestrator.shutdown(shutdown_grace).await;
         info!("stopped");
         Ok(())
     }
+}
+
+/// The schedule service on the scheduler that matches the orchestrator (in-process timers, or
+/// Temporal Schedules on the orchestrator's client and task queue), reconciled with the
+/// schedule records: in-process, the timers are rebuilt from them.
+async fn build_schedules(
+    orchestration: &Orchestration,
+    adapters: &Adapters,
+    orchestrator: Arc<dyn Orchestrator>,
+    policy: domain::ExecutionPolicy,
+) -> anyhow::Result<(ScheduleService, Option<InProcessScheduler>)> {
+    let fires = Arc::new(ScheduledExports::new(Arc::clone(&adapters.exports), orchestrator));
+    let (scheduler, in_process): (Arc<dyn Scheduler>, _) = match orchestration {
+        Orchestration::InProcess(..) => {
+            let scheduler = InProcessScheduler::new(Arc::clone(&fires));
+            (Arc::new(scheduler.clone()), Some(scheduler))
+        }
+        Orchestration::Temporal(o) => {
+            (Arc::new(TemporalScheduler::new(o.client().clone(), o.task_queue(), policy)), None)
+        }
+    };
+    let service = ScheduleService::new(Arc::clone(&adapters.schedules), scheduler, fires);
+    let reconciled = service.reconcile().await.context("reconciling export schedules with the scheduler")?;
+    if reconciled.upserted + reconciled.removed > 0 {
+        info!(scheduled = reconciled.upserted, removed = reconciled.removed, "export schedules reconciled");
+    }
+    Ok((service, in_process))
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use domain::TenantDirectory;
 use ports::{ExportRepository, ExportStorage, Orchestrator, UserRepository};
-use service::{BatchService, ExportService};
+use service::{BatchService, ExportService, ScheduleService};
 
 use crate::auth::{ApiKeys, OperatorKeys};
 
@@ -28,6 +28,7 @@ pub struct SyncLimits {
 #[derive(Clone)]
 pub struct AppState {
     pub service: Arc<ExportService>,
+    pub schedules: Arc<ScheduleService>,
     pub keys: Arc<ApiKeys>,
     /// Operator keys (cross-tenant operations such as batches).
     pub operators: Arc<OperatorKeys>,

@@ -8,6 +8,7 @@ pub mod export;
 pub mod ids;
 pub mod policy;
 pub mod request;
+pub mod schedule;
 pub mod synthetic;
 pub mod tenants;
 pub mod user;
@@ -22,6 +23,10 @@ pub use export::{
 pub use ids::{EnvironmentId, ExportId, IdParseError, IdempotencyKey, ObjectKey, Scope, TenantId, UserId};
 pub use policy::{ExecutionPolicy, PolicyError, RetentionPolicy, RetryPolicy};
 pub use request::{Compression, ExportFormat, ExportSpec, FieldSelection, UserFilter};
+pub use schedule::{
+    CronError, CronExpr, CronField, CronFieldError, ExportSchedule, NewSchedule, ScheduleId, SchedulePatch,
+    ScheduleTimezone, UnknownTimezone,
+};
 pub use tenants::{Secret, TenantDirectory, TenantSettings};
 pub use user::{User, UserField, UserStatus};
 pub use validation::{FieldError, ValidationErrors};

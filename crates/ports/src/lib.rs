@@ -7,6 +7,7 @@ mod error;
 mod exports;
 mod notifier;
 mod orchestrator;
+mod schedules;
 mod storage;
 mod users;
 
@@ -15,6 +16,10 @@ pub use error::PortError;
 pub use exports::{CreateOutcome, ExportPage, ExportQuery, ExportRepository, UpdateOutcome};
 pub use notifier::Notifier;
 pub use orchestrator::{CancelOutcome, Orchestrator, WaitOutcome};
+pub use schedules::{
+    Presence, ScheduleCreateOutcome, SchedulePage, ScheduleQuery, ScheduleRepository, ScheduleUpdateOutcome,
+    Scheduler,
+};
 pub use storage::{ExportStorage, ObjectReader, ObjectWriter, StoredObject};
 pub use users::{UserRepository, UserStream};
 

@@ -3,6 +3,7 @@
 //! - [`ExportRunner`] is the seed's `ExportUserData`: it runs one attempt of an export, streaming
 //!   users through an encoder into storage. Orchestrators (in-process, Temporal) call it.
 //! - [`ExportService`] is what the API calls: request, wait, read, list, cancel, download.
+//! - [`ScheduleService`] manages export schedules; [`ScheduledExports`] is what one fire does.
 //! - [`RetentionSweeper`] deletes the files of expired exports (run on a schedule).
 //! - [`BatchService`] runs one export request for many tenants (operators only).
 
@@ -11,6 +12,7 @@ mod exports;
 mod notify;
 mod retention;
 mod runner;
+mod schedules;
 
 pub use batches::{BatchGetError, BatchRequestError, BatchService, BatchView, RequestedBatch};
 pub use exports::{
@@ -20,3 +22,8 @@ pub use exports::{
 pub use notify::NotifyRetry;
 pub use retention::{RetentionSweeper, SweepError, SweepReport};
 pub use runner::{AttemptControl, ExportRunner, ProgressFn, RunError, RunnerConfig};
+pub use schedules::{
+    CreateScheduleError, CreatedSchedule, DeleteScheduleError, FireError, GetScheduleError,
+    ListSchedulesError, Reconciled, ScheduleService, ScheduledExports, TriggerScheduleError,
+    UpdateScheduleError,
+};

@@ -6,14 +6,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use adapters::memory::{MemoryBatchRepository, MemoryExportRepository, MemoryUserRepository};
+use adapters::memory::{
+    MemoryBatchRepository, MemoryExportRepository, MemoryScheduleRepository, MemoryUserRepository,
+};
 use adapters::notify::LogNotifier;
-use adapters::postgres::{self, PgBatchRepository, PgExportRepository, PgUserRepository};
+use adapters::postgres::{
+    self, PgBatchRepository, PgExportRepository, PgScheduleRepository, PgUserRepository,
+};
 use adapters::storage::{ObjectStorage, S3Settings};
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use domain::Scope;
-use ports::{BatchRepository, ExportRepository, ExportStorage, Notifier, UserRepository};
+use ports::{BatchRepository, ExportRepository, ExportStorage, Notifier, ScheduleRepository, UserRepository};
 use tracing::info;
 
 mod settings;
@@ -212,6 +216,8 @@ pub struct Adapters {
     pub notifier: Arc<dyn Notifier>,
     /// Batch records, kept where export records are.
     pub batches: Arc<dyn BatchRepository>,
+    /// Export schedules; kept where export records are (`USEREXPORT_EXPORTS`).
+    pub schedules: Arc<dyn ScheduleRepository>,
 }
 
 impl fmt::Debug for Adapters {
@@ -253,6 +259,10 @@ pub async fn build_adapters(args: &BackendArgs, demo_scopes: &[Scope]) -> anyhow
             ),
             _ => (Arc::new(MemoryExportRepository::new()), Arc::new(MemoryBatchRepository::new())),
         };
+    let schedules: Arc<dyn ScheduleRepository> = match (args.exports, &pool) {
+        (ExportsBackend::Postgres, Some(pool)) => Arc::new(PgScheduleRepository::new(pool.clone())),
+        _ => Arc::new(MemoryScheduleRepository::new()),
+    };
     let storage = match args.storage {
         StorageKind::Local => ObjectStorage::local(&args.data_dir)
             .with_context(|| format!("USEREXPORT_DATA_DIR {} is not usable", args.data_dir.display()))?,
@@ -269,7 +279,14 @@ pub async fn build_adapters(args: &BackendArgs, demo_scopes: &[Scope]) -> anyhow
         }
     };
     info!(users = ?args.users, exports = ?args.exports, storage = storage.kind(), "backends ready");
-    Ok(Adapters { users, exports, storage: Arc::new(storage), notifier: Arc::new(LogNotifier), batches })
+    Ok(Adapters {
+        users,
+        exports,
+        storage: Arc::new(storage),
+        notifier: Arc::new(LogNotifier),
+        batches,
+        schedules,
+    })
 }
 
 #[cfg(test)]
@@ -327,6 +344,7 @@ mod tests {
         let adapters = build_adapters(&args, &[]).await.unwrap();
         adapters.users.ping().await.unwrap();
         adapters.exports.ping().await.unwrap();
+        adapters.schedules.ping().await.unwrap();
         db.drop_now().await;
     }
 }

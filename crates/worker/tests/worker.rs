@@ -149,6 +149,7 @@ async fn a_stopped_workers_running_export_is_interrupted_and_finished_by_the_nex
         storage: storage.clone(),
         notifier: Arc::new(LogNotifier),
         batches: Arc::new(MemoryBatchRepository::new()),
+        schedules: Arc::new(adapters::memory::MemoryScheduleRepository::new()),
     };
     let workflow_id = format!("handover-{}", Uuid::new_v4());
     let id = derived_export_id(&workflow_id);

@@ -10,5 +10,6 @@ pub mod fakes;
 pub mod pg;
 #[cfg(feature = "s3")]
 pub mod s3;
+pub mod schedules;
 pub mod smtp_sink;
 pub mod users;

@@ -2,8 +2,10 @@
 
 mod batches;
 mod exports;
+mod schedules;
 mod users;
 
 pub use batches::MemoryBatchRepository;
 pub use exports::MemoryExportRepository;
+pub use schedules::MemoryScheduleRepository;
 pub use users::MemoryUserRepository;

@@ -4,6 +4,7 @@
 mod batches;
 mod binary_copy;
 mod exports;
+mod schedules;
 mod seed;
 mod users;
 
@@ -17,6 +18,7 @@ use sqlx::postgres::PgPoolOptions;
 
 pub use batches::PgBatchRepository;
 pub use exports::PgExportRepository;
+pub use schedules::PgScheduleRepository;
 pub use seed::seed_synthetic_users;
 pub use users::PgUserRepository;
 

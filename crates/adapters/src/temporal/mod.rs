@@ -8,6 +8,7 @@
 //! - [`ExportRetentionWorkflow`] (activity `ExpireExports`) deletes expired exports' files; the
 //!   worker keeps a system schedule running it ([`ensure_retention_schedule`]).
 //! - [`TemporalOrchestrator`] implements `ports::Orchestrator` for the API.
+//! - [`TemporalScheduler`] implements `ports::Scheduler` on Temporal Schedules.
 //! - [`register`] is the one place a worker gets its workflows and activities: one line per
 //!   workflow module, each module registering its workflow and building its activities from
 //!   the shared [`WorkerDeps`].
@@ -22,6 +23,7 @@ mod activities;
 mod batch;
 mod orchestrator;
 mod retention;
+mod schedules;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod types;
@@ -48,6 +50,7 @@ pub use retention::{
     ExportRetentionWorkflow, RETENTION_SCHEDULE_ID, RetentionInput, RetentionOutput,
     ensure_retention_schedule,
 };
+pub use schedules::{TemporalScheduler, fire_input};
 pub use types::{
     EXPORT_ACTIVITY, ExportRef, ExportUserDataInput, ExportUserDataOutput, ExportWorkflowInput,
     FINISH_ACTIVITY, FinishInput, FinishOutcome, FinishOutput, PREPARE_ACTIVITY, PrepareInput, PrepareOutput,

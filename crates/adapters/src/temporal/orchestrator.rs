@@ -25,7 +25,7 @@ use super::workflow::UserDataExportWorkflow;
 
 /// Bound on one RPC (start, cancel, ping), retries included. Past it, Temporal counts as
 /// unavailable.
-const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where the Temporal cluster is and how exports run on it.
 #[derive(Debug, Clone)]
@@ -218,7 +218,7 @@ impl Orchestrator for TemporalOrchestrator {
 }
 
 /// Per-call RPC options: a deadline and retries that give up within [`RPC_TIMEOUT`].
-fn rpc_options() -> RpcOptions {
+pub(super) fn rpc_options() -> RpcOptions {
     let retry = RetryOptions::builder()
         .initial_interval(Duration::from_millis(100))
         .max_interval(Duration::from_secs(1))
@@ -230,14 +230,14 @@ fn rpc_options() -> RpcOptions {
 
 /// Runs `call` for at most a little longer than [`RPC_TIMEOUT`]; past that, Temporal is
 /// unavailable (whatever the client's own retries are doing).
-async fn bounded<T>(what: &str, call: impl Future<Output = T>) -> Result<T, PortError> {
+pub(super) async fn bounded<T>(what: &str, call: impl Future<Output = T>) -> Result<T, PortError> {
     tokio::time::timeout(RPC_TIMEOUT + Duration::from_secs(1), call).await.map_err(|_| {
         PortError::unavailable(anyhow!("{what}: Temporal did not answer within {RPC_TIMEOUT:?}"))
     })
 }
 
 /// Transport trouble and overload are retryable (`Unavailable`); the rest is not.
-fn status_error(status: Status, what: &str) -> PortError {
+pub(super) fn status_error(status: Status, what: &str) -> PortError {
     let err = anyhow!("{what}: {} ({:?})", status.message(), status.code());
     match status.code() {
         Code::Unavailable

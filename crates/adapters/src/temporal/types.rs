@@ -10,7 +10,6 @@ use std::time::Duration;
 use domain::{ExecutionPolicy, Export, ExportFailure, ExportId, ExportStatus, Scope};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use uuid::Uuid;
 
 /// Registered name of the workflow (the seed's `types.UserDataExportWorkflow`).
 pub const WORKFLOW_TYPE: &str = "UserDataExportWorkflow";
@@ -47,14 +46,12 @@ pub mod failure_type {
         [VALIDATION_FAILED, EXPORT_FAILED, EXPORT_NOT_FOUND, EXPORT_SUPERSEDED, EXPORT_CANCELLED];
 }
 
-/// Namespace of export IDs derived from workflow IDs (a fixed random UUID; never change it, or a
-/// replayed workflow would look for a different export).
-const WORKFLOW_ID_NAMESPACE: Uuid = Uuid::from_u128(0x3f1d_8a52_6c0b_4e7f_a913_5d2e_c84b_7a60);
-
 /// The export ID of a workflow started without one (e.g. by the `temporal` CLI with the seed's
-/// fields only): a UUIDv5 of the workflow ID, so every replay and retry finds the same export.
+/// fields only, or by a Temporal Schedule): a UUIDv5 of the workflow ID, so every replay and
+/// retry finds the same export. Defined in the domain ([`ExportId::for_workflow_id`]) so the
+/// in-process scheduler derives the same export for the same fire.
 pub fn derived_export_id(workflow_id: &str) -> ExportId {
-    ExportId::from_uuid(Uuid::new_v5(&WORKFLOW_ID_NAMESPACE, workflow_id.as_bytes()))
+    ExportId::for_workflow_id(workflow_id)
 }
 
 /// Input of `UserDataExportWorkflow`: the seed's

@@ -7,6 +7,7 @@ mod inprocess_batch;
 mod memory;
 mod postgres;
 mod s3;
+mod schedules;
 mod smtp;
 mod storage;
 #[cfg(feature = "temporal")]
@@ -15,5 +16,7 @@ mod temporal_activities;
 mod temporal_batch;
 #[cfg(feature = "temporal")]
 mod temporal_retention;
+#[cfg(feature = "temporal")]
+mod temporal_schedules;
 #[cfg(feature = "temporal")]
 mod temporal_workflows;

@@ -367,7 +367,7 @@ pub(crate) fn idempotency_key(headers: &HeaderMap, errors: &mut ValidationErrors
 }
 
 /// The last value of query parameter `name`, decoded.
-fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
         .filter(|(key, _)| key == name)
         .map(|(_, value)| value.into_owned())

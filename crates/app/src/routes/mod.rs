@@ -3,6 +3,7 @@
 pub(crate) mod batches;
 pub(crate) mod exports;
 pub(crate) mod health;
+pub(crate) mod schedules;
 
 use axum::Router;
 use axum::body::Body;
@@ -34,6 +35,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/exports/{id}", get(exports::get_export))
         .route("/v1/exports/{id}/download", get(exports::download_export))
         .route("/v1/exports/{id}/cancel", post(exports::cancel_export))
+        .route("/v1/export-schedules", post(schedules::create_schedule).get(schedules::list_schedules))
+        .route(
+            "/v1/export-schedules/{id}",
+            get(schedules::get_schedule).patch(schedules::patch_schedule).delete(schedules::delete_schedule),
+        )
+        .route("/v1/export-schedules/{id}/trigger", post(schedules::trigger_schedule))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi::openapi_json))
@@ -66,6 +73,7 @@ fn request_span(request: &Request<Body>) -> Span {
         tenant = tracing::field::Empty,
         environment = tracing::field::Empty,
         export_id = tracing::field::Empty,
+        schedule_id = tracing::field::Empty,
     )
 }
 

@@ -15,4 +15,5 @@ mod lifecycle;
 mod openapi;
 mod read;
 mod retention_notify;
+mod schedules;
 mod sync;

@@ -1,0 +1,280 @@
+//! [`TemporalScheduler`]: the `Scheduler` port on Temporal Schedules (not the legacy
+//! `CronSchedule` start option). Each schedule is a Temporal schedule named
+//! [`ScheduleId::temporal_schedule_id`], with overlap policy skip, whose action starts
+//! `UserDataExportWorkflow` with the seed-shaped input and the workflow ID prefix
+//! [`ScheduleId::workflow_id_prefix`]. Temporal names each run `{prefix}-{scheduled time}` and
+//! the workflow derives its export from that ID, which is the export
+//! `ExportId::for_schedule_fire` names: the in-process scheduler and Temporal agree.
+
+use std::time::SystemTime;
+
+use anyhow::anyhow;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use domain::{ExecutionPolicy, ExportSchedule, ScheduleId, Scope};
+use futures::StreamExt;
+use ports::{PortError, Presence, Scheduler};
+use serde_json::{Map, Value};
+use temporalio_client::schedules::{
+    CreateScheduleOptions, DeleteScheduleOptions, ListSchedulesOptions, PauseScheduleOptions, ScheduleAction,
+    ScheduleError, ScheduleOverlapPolicy, ScheduleSpec, UnpauseScheduleOptions,
+};
+use temporalio_client::tonic::{Code, IntoRequest};
+use temporalio_client::{Client, NamespacedClient};
+use temporalio_common::protos::temporal::api::enums::v1::ScheduleOverlapPolicy as ProtoOverlapPolicy;
+use temporalio_common::protos::temporal::api::schedule::v1::{SchedulePatch, TriggerImmediatelyRequest};
+use temporalio_common::protos::temporal::api::workflowservice::v1::{
+    GetSystemInfoRequest, PatchScheduleRequest,
+};
+use tracing::info;
+
+use super::orchestrator::{RPC_TIMEOUT, bounded, rpc_options, status_error};
+use super::types::ExportWorkflowInput;
+use super::workflow::UserDataExportWorkflow;
+
+/// Schedules on a Temporal cluster; fires run on the workers polling `task_queue`. Cheap to
+/// clone.
+#[derive(Clone)]
+pub struct TemporalScheduler {
+    client: Client,
+    task_queue: String,
+    policy: ExecutionPolicy,
+}
+
+impl std::fmt::Debug for TemporalScheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TemporalScheduler")
+            .field("namespace", &self.client.options().namespace)
+            .field("task_queue", &self.task_queue)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TemporalScheduler {
+    /// On an existing client (the orchestrator's, so both share one connection and namespace).
+    /// `policy` is sent with every fire, as the orchestrator sends it with every export.
+    pub fn new(client: Client, task_queue: impl Into<String>, policy: ExecutionPolicy) -> Self {
+        Self { client, task_queue: task_queue.into(), policy }
+    }
+
+    fn action(&self, schedule: &ExportSchedule) -> ScheduleAction {
+        ScheduleAction::start_workflow(
+            UserDataExportWorkflow::run,
+            fire_input(schedule, self.policy),
+            self.task_queue.clone(),
+            schedule.id.workflow_id_prefix(&schedule.scope),
+        )
+    }
+
+    fn spec(schedule: &ExportSchedule) -> ScheduleSpec {
+        ScheduleSpec::builder()
+            .cron_strings(vec![schedule.cron.as_str().to_owned()])
+            .timezone_name(schedule.timezone.name())
+            .build()
+    }
+
+    async fn update_existing(&self, schedule: &ExportSchedule) -> Result<(), PortError> {
+        let handle = self.client.get_schedule_handle(schedule.id.temporal_schedule_id(&schedule.scope));
+        let (spec, action) = (Self::spec(schedule), self.action(schedule));
+        let (paused, note) = (schedule.paused, schedule.note.clone().unwrap_or_default());
+        let updated = handle.update(
+            move |u| {
+                u.set_spec(spec)
+                    .set_action(action)
+                    .set_overlap_policy(ScheduleOverlapPolicy::Skip)
+                    .set_paused(paused)
+                    .set_note(note);
+            },
+            rpc_options(),
+        );
+        bounded("updating the schedule", updated)
+            .await?
+            .map_err(|e| schedule_error(e, "updating the schedule"))
+    }
+}
+
+/// The workflow input of every fire: the seed's shape (`tenant_id`, `environment_id` and the
+/// request fields) plus the policy; no export ID, so the workflow derives it from its run's ID.
+pub fn fire_input(schedule: &ExportSchedule, policy: ExecutionPolicy) -> Value {
+    let request = match serde_json::to_value(&schedule.spec) {
+        Ok(Value::Object(map)) => map,
+        _ => Map::new(),
+    };
+    let input = ExportWorkflowInput {
+        tenant_id: schedule.scope.tenant.to_string(),
+        environment_id: schedule.scope.environment.to_string(),
+        export_id: None,
+        policy: Some(policy),
+        attempt_offset: None,
+        request,
+    };
+    serde_json::to_value(input).unwrap_or(Value::Null)
+}
+
+/// A schedule operation's error as a `PortError` (transport trouble is `Unavailable`).
+fn schedule_error(err: ScheduleError, what: &str) -> PortError {
+    match err {
+        ScheduleError::Rpc(status) => status_error(status, what),
+        other => PortError::Other(anyhow!(other).context(what.to_owned())),
+    }
+}
+
+fn is_not_found(err: &ScheduleError) -> bool {
+    matches!(err, ScheduleError::Rpc(status) if status.code() == Code::NotFound)
+}
+
+#[async_trait]
+impl Scheduler for TemporalScheduler {
+    async fn upsert(&self, schedule: &ExportSchedule) -> Result<(), PortError> {
+        let schedule_id = schedule.id.temporal_schedule_id(&schedule.scope);
+        let options = CreateScheduleOptions::builder()
+            .action(self.action(schedule))
+            .spec(Self::spec(schedule))
+            .overlap_policy(ScheduleOverlapPolicy::Skip)
+            .paused(schedule.paused)
+            .note(schedule.note.clone().unwrap_or_default())
+            .rpc_options(rpc_options())
+            .build();
+        match bounded("creating the schedule", self.client.create_schedule(schedule_id.clone(), options))
+            .await?
+        {
+            Ok(_) => {
+                info!(schedule_id, cron = %schedule.cron, timezone = %schedule.timezone, "Temporal schedule created");
+                Ok(())
+            }
+            Err(ScheduleError::Rpc(status)) if status.code() == Code::AlreadyExists => {
+                self.update_existing(schedule).await
+            }
+            Err(err) => Err(schedule_error(err, "creating the schedule")),
+        }
+    }
+
+    async fn set_paused(&self, scope: &Scope, id: ScheduleId, paused: bool) -> Result<Presence, PortError> {
+        let handle = self.client.get_schedule_handle(id.temporal_schedule_id(scope));
+        let result = if paused {
+            let options = PauseScheduleOptions::builder().rpc_options(rpc_options()).build();
+            bounded("pausing the schedule", handle.pause(Some("paused through the API"), options)).await?
+        } else {
+            let options = UnpauseScheduleOptions::builder().rpc_options(rpc_options()).build();
+            bounded("resuming the schedule", handle.unpause(Some("resumed through the API"), options)).await?
+        };
+        match result {
+            Ok(()) => Ok(Presence::Found),
+            Err(err) if is_not_found(&err) => Ok(Presence::Missing),
+            Err(err) => Err(schedule_error(err, "pausing or resuming the schedule")),
+        }
+    }
+
+    async fn delete(&self, scope: &Scope, id: ScheduleId) -> Result<(), PortError> {
+        let handle = self.client.get_schedule_handle(id.temporal_schedule_id(scope));
+        let options = DeleteScheduleOptions::builder().rpc_options(rpc_options()).build();
+        match bounded("deleting the schedule", handle.delete(options)).await? {
+            Ok(()) => Ok(()),
+            Err(err) if is_not_found(&err) => Ok(()),
+            Err(err) => Err(schedule_error(err, "deleting the schedule")),
+        }
+    }
+
+    async fn trigger(
+        &self,
+        schedule: &ExportSchedule,
+        scheduled_at: DateTime<Utc>,
+    ) -> Result<Presence, PortError> {
+        // Raw PatchSchedule: the SDK's `trigger` cannot set the scheduled time, and that time
+        // names the run (and so its export).
+        let mut request = PatchScheduleRequest {
+            namespace: self.client.namespace(),
+            schedule_id: schedule.id.temporal_schedule_id(&schedule.scope),
+            patch: Some(SchedulePatch {
+                trigger_immediately: Some(TriggerImmediatelyRequest {
+                    // A trigger runs whatever is still running, as in-process.
+                    overlap_policy: ProtoOverlapPolicy::AllowAll as i32,
+                    scheduled_time: Some(SystemTime::from(scheduled_at).into()),
+                }),
+                ..SchedulePatch::default()
+            }),
+            identity: self.client.identity(),
+            request_id: uuid::Uuid::new_v4().to_string(),
+        }
+        .into_request();
+        request.set_timeout(RPC_TIMEOUT);
+        let mut service = self.client.connection().workflow_service();
+        match bounded("triggering the schedule", service.patch_schedule(request)).await? {
+            Ok(_) => Ok(Presence::Found),
+            Err(status) if status.code() == Code::NotFound => Ok(Presence::Missing),
+            Err(status) => Err(status_error(status, "triggering the schedule")),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<(Scope, ScheduleId)>, PortError> {
+        let options = ListSchedulesOptions::builder().rpc_options(rpc_options()).build();
+        let listing = async {
+            let mut found = Vec::new();
+            let mut stream = self.client.list_schedules(options);
+            while let Some(summary) = stream.next().await {
+                let summary = summary.map_err(|e| schedule_error(e, "listing schedules"))?;
+                // Other applications' schedules in the namespace are not ours to touch.
+                if let Some(named) = ScheduleId::from_temporal_schedule_id(summary.schedule_id()) {
+                    found.push(named);
+                }
+            }
+            Ok(found)
+        };
+        tokio::time::timeout(RPC_TIMEOUT * 6, listing).await.map_err(|_| {
+            PortError::unavailable(anyhow!("listing schedules: Temporal did not answer in time"))
+        })?
+    }
+
+    async fn ping(&self) -> Result<(), PortError> {
+        let mut service = self.client.connection().workflow_service();
+        let mut request = GetSystemInfoRequest::default().into_request();
+        request.set_timeout(RPC_TIMEOUT);
+        match bounded("pinging Temporal", service.get_system_info(request)).await? {
+            Ok(_) => Ok(()),
+            Err(status) => Err(status_error(status, "pinging Temporal")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use chrono::TimeZone;
+    use domain::{ExportId, NewSchedule};
+    use serde_json::json;
+
+    use super::super::types::derived_export_id;
+    use super::*;
+
+    #[test]
+    fn a_fire_run_by_temporal_is_the_export_the_in_process_scheduler_derives() {
+        let scope = Scope::parse("acme/prod").unwrap();
+        let id = ScheduleId::from_uuid(uuid::Uuid::now_v7());
+        let at = Utc.with_ymd_and_hms(2026, 11, 25, 3, 0, 0).unwrap();
+        // What Temporal names the run: the action's prefix, '-', the time in RFC 3339 (Go's
+        // time.RFC3339 of a UTC time: whole seconds and "Z").
+        let temporal_workflow_id = format!("{}-2026-11-25T03:00:00Z", id.workflow_id_prefix(&scope));
+        assert_eq!(derived_export_id(&temporal_workflow_id), ExportId::for_schedule_fire(&scope, id, at));
+    }
+
+    #[test]
+    fn the_fire_input_has_the_seed_shape_and_no_export_id() {
+        let new = NewSchedule::from_json(&json!({"cron": "0 3 * * *", "request": {"format": "csv",
+            "user_filters": {"status": "active"}}}))
+        .unwrap();
+        let schedule = ExportSchedule::new(
+            ScheduleId::from_uuid(uuid::Uuid::now_v7()),
+            Scope::parse("acme/prod").unwrap(),
+            new,
+            Utc::now(),
+        );
+        let input: ExportWorkflowInput =
+            serde_json::from_value(fire_input(&schedule, ExecutionPolicy::default())).unwrap();
+        assert_eq!((input.tenant_id.as_str(), input.environment_id.as_str()), ("acme", "prod"));
+        assert_eq!(input.export_id, None);
+        assert_eq!(input.request["format"], "csv");
+        assert_eq!(input.request["user_filters"]["status"], json!(["active"]));
+        assert_eq!(input.policy, Some(ExecutionPolicy::default()));
+    }
+}
