@@ -12,8 +12,9 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use ports::{Notifier, PortError};
 use url::Url;
 
-/// Bound on one delivery (connect, dialogue, data).
-const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on one delivery (connect, dialogue, data). The export's run waits for its
+/// notification (three attempts at most), so a hung server must not hold it for long.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where and as whom to send.
 #[derive(Clone)]
