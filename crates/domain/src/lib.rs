@@ -3,16 +3,19 @@
 
 pub mod cursor;
 pub mod encode;
+pub mod events;
 pub mod export;
 pub mod ids;
 pub mod policy;
 pub mod request;
+pub mod signature;
 pub mod synthetic;
 pub mod tenants;
 pub mod user;
 pub mod validation;
 
 pub use cursor::{BadCursor, ListCursor};
+pub use events::{EventError, ExportRequested};
 pub use export::{
     Export, ExportFailure, ExportOutcome, ExportParts, ExportStatus, FailureKind, IllegalTransition, Progress,
 };
