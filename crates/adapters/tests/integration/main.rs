@@ -4,6 +4,7 @@
 
 mod inprocess;
 mod memory;
+mod nats;
 mod postgres;
 mod s3;
 mod storage;
