@@ -128,7 +128,7 @@ impl EventConsumer {
             .connection_timeout(Duration::from_secs(5))
             .connect(settings.url.as_str())
             .await
-            .with_context(|| format!("connecting to NATS at {}", settings.url))?;
+            .with_context(|| format!("connecting to NATS at {}", redacted(&settings.url)))?;
         let jetstream = jetstream::new(client.clone());
         let stream = jetstream
             .get_or_create_stream(stream::Config {
@@ -153,7 +153,7 @@ impl EventConsumer {
             )
             .await
             .with_context(|| format!("creating the JetStream consumer {}", settings.consumer))?;
-        info!(url = %settings.url, stream = %settings.stream, subject = %settings.subject,
+        info!(url = %redacted(&settings.url), stream = %settings.stream, subject = %settings.subject,
               consumer = %settings.consumer, dlq = %settings.dlq_subject, "consuming ExportRequested events");
         let stop = CancellationToken::new();
         let worker = Worker { settings, jetstream, service, tenants };
@@ -334,6 +334,18 @@ impl Worker {
     }
 }
 
+/// The URL without the credentials it may carry (`nats://user:password@host`).
+fn redacted(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) if url.has_host() => {
+            let _ = url.set_password(None);
+            let _ = url.set_username("");
+            url.to_string()
+        }
+        _ => raw.rsplit_once('@').map_or_else(|| raw.to_owned(), |(_, host)| host.to_owned()),
+    }
+}
+
 /// Header values are one line of bounded length.
 fn header_value(text: &str) -> String {
     let one_line: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
@@ -358,6 +370,13 @@ mod tests {
         assert_eq!(delays, [1, 2, 4, 8, 10, 10]);
         assert_eq!(settings.retry_delay(i64::MAX), Duration::from_secs(10));
         assert_eq!(settings.retry_delay(0), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn urls_are_logged_without_credentials() {
+        assert_eq!(redacted("nats://user:s3cret@nats.internal:4222"), "nats://nats.internal:4222");
+        assert_eq!(redacted("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        assert_eq!(redacted("user:s3cret@host:4222"), "host:4222");
     }
 
     #[test]

@@ -79,6 +79,10 @@ pub struct Config {
     #[command(flatten)]
     pub tenants: TenantArgs,
 
+    /// `ExportRequested` events: the NATS consumer and the webhook.
+    #[command(flatten)]
+    pub events: crate::events::EventArgs,
+
     /// Exports run at the same time; more wait in line.
     #[arg(long, env = "USEREXPORT_MAX_CONCURRENT_EXPORTS", default_value_t = DEFAULT_MAX_CONCURRENT_EXPORTS)]
     pub max_concurrent_exports: usize,
@@ -146,6 +150,7 @@ impl Config {
                 ..BackendArgs::embedded(PathBuf::from("./data"), 100)
             },
             tenants: TenantArgs::default(),
+            events: crate::events::EventArgs::default(),
             max_concurrent_exports: DEFAULT_MAX_CONCURRENT_EXPORTS,
             sync_timeout_max_s: DEFAULT_SYNC_TIMEOUT_MAX_S,
             sync_timeout_default_s: DEFAULT_SYNC_TIMEOUT_S,
@@ -179,6 +184,7 @@ impl Config {
             bail!("invalid USEREXPORT_MAX_CONCURRENT_EXPORTS: must be at least 1");
         }
         self.execution_policy()?;
+        self.events.check()?;
         Ok(())
     }
 

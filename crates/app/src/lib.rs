@@ -5,6 +5,7 @@ mod auth;
 pub mod banner;
 pub mod config;
 pub mod dto;
+pub mod events;
 pub mod openapi;
 pub mod ops;
 pub mod problem;

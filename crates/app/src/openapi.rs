@@ -8,7 +8,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::dto;
 use crate::problem;
-use crate::routes::{exports, health};
+use crate::routes::{events, exports, health};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -24,6 +24,7 @@ use crate::routes::{exports, health};
         exports::get_export,
         exports::download_export,
         exports::cancel_export,
+        events::export_requested,
         health::healthz,
         health::readyz,
         openapi_json,
@@ -33,6 +34,7 @@ use crate::routes::{exports, health};
     security(("bearer" = [])),
     tags(
         (name = "exports", description = "Request, follow, download and cancel exports."),
+        (name = "events", description = "Start exports from events (also consumed from NATS JetStream)."),
         (name = "health", description = "Probes for orchestrators and load balancers."),
     )
 )]

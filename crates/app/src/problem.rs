@@ -5,6 +5,7 @@ use std::any::Any;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
+use domain::signature::{SIGNATURE_HEADER, SignatureError, TIMESTAMP_HEADER};
 use domain::{ExportId, ExportStatus, ValidationErrors};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, StatusCode};
@@ -181,6 +182,10 @@ pub enum ApiError {
     /// No API key, or one that is not configured.
     #[error("unauthenticated")]
     Unauthenticated { presented: bool },
+    /// A webhook whose signature is missing, malformed, stale or does not match. An unknown
+    /// tenant, or one without a webhook secret, is a mismatch: callers cannot tell which.
+    #[error("webhook signature rejected: {0}")]
+    InvalidSignature(SignatureError),
     /// The resource does not exist in the caller's scope (or at all: callers cannot tell).
     #[error("export not found")]
     NotFound,
@@ -226,6 +231,7 @@ impl ApiError {
     pub fn problem(&self) -> Problem {
         match self {
             Self::Unauthenticated { presented } => unauthenticated_problem(*presented),
+            Self::InvalidSignature(reason) => invalid_signature_problem(reason),
             Self::NotFound => Problem::new(
                 "not-found",
                 "Export not found",
@@ -297,6 +303,24 @@ impl ApiError {
     }
 }
 
+fn invalid_signature_problem(reason: &SignatureError) -> Problem {
+    let detail = match reason {
+        SignatureError::MissingHeader(header) => format!("The {header} header is missing."),
+        SignatureError::Malformed(header) => format!("The {header} header is malformed."),
+        SignatureError::Stale { .. } => {
+            format!("The {TIMESTAMP_HEADER} is outside the replay window around the server's clock.")
+        }
+        SignatureError::Mismatch => {
+            format!("No signature in {SIGNATURE_HEADER} matches this body, timestamp and tenant.")
+        }
+    };
+    Problem::new("invalid-signature", "Invalid webhook signature", StatusCode::UNAUTHORIZED, detail)
+        .with_hint(format!(
+            "Send {TIMESTAMP_HEADER}: <current unix seconds> and {SIGNATURE_HEADER}: v1=<hex HMAC-SHA256 of \
+             \"{{timestamp}}.{{raw body}}\" keyed with the tenant's webhook secret>."
+        ))
+}
+
 fn validation_problem(errors: &ValidationErrors) -> Problem {
     let errors: Vec<FieldErrorBody> = errors
         .errors()
@@ -335,6 +359,12 @@ impl IntoResponse for ApiError {
                     r#"Bearer realm="userexport""#
                 };
                 headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+            }
+            Self::InvalidSignature(_) => {
+                headers.insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Userexport-Signature realm="userexport""#),
+                );
             }
             Self::Unavailable(_) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static(UNAVAILABLE_RETRY_AFTER_S));

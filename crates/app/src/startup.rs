@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use adapters::inprocess::InProcessOrchestrator;
+use adapters::nats::EventConsumer;
 use adapters::temporal::{TemporalOrchestrator, TemporalSettings};
 use anyhow::Context;
 use axum::Router;
@@ -81,6 +82,8 @@ pub struct Application {
     local_addr: SocketAddr,
     router: Router,
     orchestrator: Orchestration,
+    /// The NATS consumer of `ExportRequested` events, when `USEREXPORT_NATS_URL` is set.
+    events: Option<EventConsumer>,
     shutdown_grace: Duration,
     demo: Option<DemoTenant>,
 }
@@ -163,10 +166,12 @@ impl Application {
             runner,
             config.backends.download_url_ttl(),
         );
+        let service = Arc::new(service);
+        let tenants = Arc::new(tenants);
         let state = AppState {
-            service: Arc::new(service),
+            service: Arc::clone(&service),
             keys: Arc::new(keys),
-            tenants: Arc::new(tenants),
+            tenants: Arc::clone(&tenants),
             dependencies: Dependencies {
                 users: adapters.users,
                 exports: adapters.exports,
@@ -177,17 +182,28 @@ impl Application {
                 default_wait: config.sync_timeout_default(),
                 max_wait: config.sync_timeout_max(),
             },
+            webhook_replay_window: config.events.replay_window(),
         };
 
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on USEREXPORT_LISTEN {}", config.listen))?;
         let local_addr = listener.local_addr().context("reading the bound address")?;
+        // Both orchestrators: the consumer only stores the record and starts the export.
+        let events = match config.events.nats_settings() {
+            Some(settings) => Some(
+                EventConsumer::start(settings, Arc::clone(&service), Arc::clone(&tenants))
+                    .await
+                    .context("USEREXPORT_NATS_URL: cannot start the ExportRequested consumer")?,
+            ),
+            None => None,
+        };
         Ok(Self {
             listener,
             local_addr,
             router: routes::router(state),
             orchestrator,
+            events,
             shutdown_grace: config.shutdown_grace(),
             demo,
         })
@@ -221,7 +237,7 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Self { listener, local_addr, router, orchestrator, shutdown_grace, .. } = self;
+        let Self { listener, local_addr, router, orchestrator, events, shutdown_grace, .. } = self;
         info!(%local_addr, "listening");
         let stopping = CancellationToken::new();
         let signal = {
@@ -240,6 +256,10 @@ impl Application {
         tokio::select! {
             served = server => served.context("HTTP server failed")?,
             () = drain_deadline => warn!(grace_s = shutdown_grace.as_secs(), "open requests did not finish within the grace period; closing them"),
+        }
+        // No new exports from events once HTTP stopped taking them; then let exports finish.
+        if let Some(events) = events {
+            events.shutdown(shutdown_grace).await;
         }
         info!(grace_s = shutdown_grace.as_secs(), "HTTP stopped; letting running exports finish");
         orchestrator.shutdown(shutdown_grace).await;

@@ -33,6 +33,8 @@ pub struct AppState {
     pub tenants: Arc<TenantDirectory>,
     pub dependencies: Dependencies,
     pub sync: SyncLimits,
+    /// How far a webhook's signed timestamp may be from now, either way.
+    pub webhook_replay_window: Duration,
 }
 
 impl std::fmt::Debug for AppState {

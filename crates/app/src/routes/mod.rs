@@ -1,5 +1,6 @@
 //! The HTTP surface: routes, fallbacks and the layers every request goes through.
 
+pub(crate) mod events;
 pub(crate) mod exports;
 pub(crate) mod health;
 
@@ -31,6 +32,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/exports/{id}", get(exports::get_export))
         .route("/v1/exports/{id}/download", get(exports::download_export))
         .route("/v1/exports/{id}/cancel", post(exports::cancel_export))
+        .route("/v1/events/export-requested", post(events::export_requested))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi::openapi_json))
