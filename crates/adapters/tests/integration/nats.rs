@@ -313,3 +313,86 @@ async fn restarting_the_consumer_reuses_its_stream_and_durable_consumer() {
     assert_eq!(ids, [export_id_for("evt-after-restart")], "the first event was not delivered again");
     second.stop().await;
 }
+
+/// The consumer with the Temporal orchestrator and a worker (the API process's other mode).
+#[cfg(feature = "temporal")]
+#[tokio::test]
+async fn with_temporal_an_event_published_twice_gives_one_completed_export() {
+    use adapters::temporal::testkit::{test_client, unique_task_queue, with_worker};
+    use adapters::temporal::{TemporalOrchestrator, WorkerDeps, register};
+    use ports::ExportStorage;
+    use temporalio_sdk::WorkerOptions;
+    use tokio_util::sync::CancellationToken;
+
+    let client = test_client().await;
+    let task_queue = unique_task_queue("nats-events");
+    let users = MemoryUserRepository::new();
+    users.seed_synthetic(&acme(), 50);
+    let exports = Arc::new(MemoryExportRepository::new());
+    let storage: Arc<dyn ExportStorage> = Arc::new(ObjectStorage::in_memory());
+    let runner = Arc::new(ExportRunner::new(
+        Arc::new(users),
+        exports.clone(),
+        storage.clone(),
+        Arc::new(LogNotifier),
+        RunnerConfig::default(),
+    ));
+    let orchestrator = TemporalOrchestrator::new(client.clone(), task_queue.clone(), fast_policy());
+    let service = ExportService::new(
+        exports.clone(),
+        storage.clone(),
+        Arc::new(orchestrator),
+        runner.clone(),
+        Duration::from_secs(60),
+    );
+    let mut tenants = TenantDirectory::default();
+    tenants.include(acme());
+    let settings = unique_settings();
+    let consumer =
+        EventConsumer::start(settings.clone(), Arc::new(service), Arc::new(tenants)).await.unwrap();
+
+    let mut options = WorkerOptions::new(task_queue).build();
+    let deps = WorkerDeps {
+        runner,
+        exports: exports.clone(),
+        storage,
+        default_policy: fast_policy(),
+        shutdown: CancellationToken::new(),
+    };
+    register(&mut options, &deps).unwrap();
+
+    let jetstream = jetstream::new(async_nats::connect(settings.url.as_str()).await.unwrap());
+    let event = json!({"event_id": "evt-temporal", "tenant_id": "acme", "environment_id": "prod",
+                       "request": {"format": "ndjson"}});
+    for _ in 0..2 {
+        let payload = serde_json::to_vec(&event).unwrap();
+        jetstream.publish(settings.subject.clone(), payload.into()).await.unwrap().await.unwrap();
+    }
+    let id = export_id_for("evt-temporal");
+    with_worker(&client, options, async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let export = exports.get(&acme(), id).await.unwrap();
+            if export.as_ref().is_some_and(|e| e.status() == ExportStatus::Completed) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never completed: {export:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+
+    let stream = jetstream.get_stream(&settings.stream).await.unwrap();
+    let mut info =
+        stream.get_consumer::<jetstream::consumer::pull::Config>(&settings.consumer).await.unwrap();
+    let info = info.info().await.unwrap().clone();
+    assert_eq!(
+        (info.num_pending, info.num_ack_pending, info.delivered.consumer_sequence),
+        (0, 0, 2),
+        "{info:?}"
+    );
+    let query = ExportQuery { status: None, limit: 100, after: None };
+    assert_eq!(exports.list(&acme(), &query).await.unwrap().items.len(), 1);
+    consumer.shutdown(Duration::from_secs(5)).await;
+    let _ = jetstream.delete_stream(&settings.stream).await;
+}
