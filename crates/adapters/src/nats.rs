@@ -21,6 +21,7 @@ use async_nats::jetstream::{self, AckKind, Message, stream};
 use domain::events::claimed_event_id;
 use domain::{ExportRequested, TenantDirectory};
 use futures::StreamExt;
+use ports::PortError;
 use service::{ExportService, RequestError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -161,9 +162,9 @@ impl EventConsumer {
         Ok(Self { client, stop, task })
     }
 
-    /// Whether the NATS connection is up (for readiness).
-    pub fn is_connected(&self) -> bool {
-        self.client.connection_state() == async_nats::connection::State::Connected
+    /// A handle on the consumer's connection, for readiness checks.
+    pub fn health(&self) -> NatsHealth {
+        NatsHealth { client: self.client.clone() }
     }
 
     /// Stops pulling, lets the message in hand finish (at most `grace`), and closes the connection.
@@ -178,6 +179,25 @@ impl EventConsumer {
             warn!(error = %err, "closing the NATS connection");
         }
         info!("event consumer stopped");
+    }
+}
+
+/// Checks the consumer's NATS connection.
+#[derive(Debug, Clone)]
+pub struct NatsHealth {
+    client: async_nats::Client,
+}
+
+impl NatsHealth {
+    /// `Ok` when connected and the server answers a round trip.
+    ///
+    /// # Errors
+    /// `Unavailable` while disconnected (the client keeps reconnecting) or when the server does not answer.
+    pub async fn ping(&self) -> Result<(), PortError> {
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(PortError::unavailable(anyhow::anyhow!("not connected to NATS")));
+        }
+        self.client.flush().await.map_err(PortError::unavailable)
     }
 }
 

@@ -168,22 +168,6 @@ impl Application {
         );
         let service = Arc::new(service);
         let tenants = Arc::new(tenants);
-        let state = AppState {
-            service: Arc::clone(&service),
-            keys: Arc::new(keys),
-            tenants: Arc::clone(&tenants),
-            dependencies: Dependencies {
-                users: adapters.users,
-                exports: adapters.exports,
-                storage: adapters.storage,
-                orchestrator: dyn_orchestrator,
-            },
-            sync: SyncLimits {
-                default_wait: config.sync_timeout_default(),
-                max_wait: config.sync_timeout_max(),
-            },
-            webhook_replay_window: config.events.replay_window(),
-        };
 
         let listener = TcpListener::bind(config.listen)
             .await
@@ -197,6 +181,23 @@ impl Application {
                     .context("USEREXPORT_NATS_URL: cannot start the ExportRequested consumer")?,
             ),
             None => None,
+        };
+        let state = AppState {
+            service: Arc::clone(&service),
+            keys: Arc::new(keys),
+            tenants: Arc::clone(&tenants),
+            dependencies: Dependencies {
+                users: adapters.users,
+                exports: adapters.exports,
+                storage: adapters.storage,
+                orchestrator: dyn_orchestrator,
+                events: events.as_ref().map(EventConsumer::health),
+            },
+            sync: SyncLimits {
+                default_wait: config.sync_timeout_default(),
+                max_wait: config.sync_timeout_max(),
+            },
+            webhook_replay_window: config.events.replay_window(),
         };
         Ok(Self {
             listener,

@@ -16,6 +16,8 @@ pub struct Dependencies {
     pub exports: Arc<dyn ExportRepository>,
     pub storage: Arc<dyn ExportStorage>,
     pub orchestrator: Arc<dyn Orchestrator>,
+    /// The NATS connection of the event consumer, when one runs.
+    pub events: Option<adapters::nats::NatsHealth>,
 }
 
 /// Bounds of `POST /v1/exports/sync?timeout_s=`.

@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::response::Response;
 use chrono::Utc;
-use domain::events::claimed_scope;
+use domain::events::{claimed_event_id, claimed_scope};
 use domain::signature::{self, SIGNATURE_HEADER, SignatureError, TIMESTAMP_HEADER};
 use domain::{EventError, ExportRequested};
 use http::{HeaderMap, StatusCode};
@@ -127,7 +127,8 @@ fn authenticate(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<()
     };
     verified.map_err(|reason| {
         let scope = scope.map(|s| s.to_string()).unwrap_or_default();
-        warn!(%scope, known_secret = secret.is_some(), reason = %reason, "ExportRequested webhook refused");
+        let event_id = claimed_event_id(body).unwrap_or_default();
+        warn!(%scope, event_id, known_secret = secret.is_some(), reason = %reason, "ExportRequested webhook refused");
         ApiError::InvalidSignature(reason)
     })
 }

@@ -218,6 +218,9 @@ async fn an_event_over_nats_and_the_same_event_over_the_webhook_give_one_export(
     })
     .await;
 
+    let ready = app.get(None, "/readyz").await;
+    assert_eq!(ready.json()["checks"]["events"], "ok", "{}", ready.text());
+
     let jetstream = async_nats::jetstream::new(async_nats::connect(url.as_str()).await.unwrap());
     let body = serde_json::to_vec(&event("evt-both-ways", "acme")).unwrap();
     jetstream.publish(subject, body.into()).await.unwrap().await.unwrap();
