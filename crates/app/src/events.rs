@@ -91,3 +91,43 @@ impl EventArgs {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_url_means_no_consumer_and_a_url_keeps_the_other_settings() {
+        let args = EventArgs::default();
+        assert!(args.nats_settings().is_none());
+        assert!(
+            EventArgs { nats_url: Some("  ".to_owned()), ..EventArgs::default() }.nats_settings().is_none()
+        );
+        let args = EventArgs {
+            nats_url: Some("nats://127.0.0.1:4222".to_owned()),
+            nats_max_deliver: 3,
+            ..EventArgs::default()
+        };
+        let settings = args.nats_settings().map(|s| (s.url, s.stream, s.max_deliver));
+        assert_eq!(settings, Some(("nats://127.0.0.1:4222".to_owned(), "USEREXPORT_EVENTS".to_owned(), 3)));
+        assert_eq!(args.replay_window(), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn an_invalid_setting_is_named() {
+        let base = EventArgs::default();
+        assert!(base.check().is_ok());
+        let cases = [
+            (EventArgs { nats_max_deliver: 0, ..base.clone() }, "USEREXPORT_NATS_MAX_DELIVER"),
+            (
+                EventArgs { nats_dlq_subject: base.nats_subject.clone(), ..base.clone() },
+                "USEREXPORT_NATS_DLQ_SUBJECT",
+            ),
+            (EventArgs { webhook_replay_window_s: 0, ..base.clone() }, "USEREXPORT_WEBHOOK_REPLAY_WINDOW_S"),
+        ];
+        for (args, setting) in cases {
+            let err = args.check().err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains(setting), "{setting}: {err}");
+        }
+    }
+}
