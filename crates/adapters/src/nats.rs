@@ -38,6 +38,8 @@ pub const DLQ_EVENT_ID: &str = "Userexport-Dlq-Event-Id";
 const DLQ_ERROR_MAX: usize = 1024;
 /// Messages pulled ahead of processing (they count against the ack wait while they wait).
 const BATCH: usize = 16;
+/// How long a stream created here keeps events and dead letters.
+pub const STREAM_MAX_AGE: Duration = Duration::from_secs(14 * 24 * 3600);
 /// Pause before pulling again after the message stream failed.
 const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
 
@@ -135,10 +137,24 @@ impl EventConsumer {
             .get_or_create_stream(stream::Config {
                 name: settings.stream.clone(),
                 subjects: vec![settings.subject.clone(), settings.dlq_subject.clone()],
+                max_age: STREAM_MAX_AGE,
                 ..Default::default()
             })
             .await
             .with_context(|| format!("creating the JetStream stream {}", settings.stream))?;
+        // A stream that existed before keeps its subjects: without the dead-letter subject,
+        // poison messages could never be put aside.
+        let stored = &stream.cached_info().config.subjects;
+        for (subject, setting) in
+            [(&settings.subject, "subject"), (&settings.dlq_subject, "dead-letter subject")]
+        {
+            anyhow::ensure!(
+                stored.iter().any(|pattern| subject_matches(pattern, subject)),
+                "the JetStream stream {} does not store the {setting} {subject} (its subjects: {})",
+                settings.stream,
+                stored.join(", ")
+            );
+        }
         let consumer: PullConsumer = stream
             .get_or_create_consumer(
                 &settings.consumer,
@@ -354,6 +370,20 @@ impl Worker {
     }
 }
 
+/// Whether a NATS subject pattern (`*` one token, `>` the rest) covers `subject`.
+fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut subject_tokens = subject.split('.');
+    for token in pattern.split('.') {
+        match (token, subject_tokens.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (literal, Some(actual)) if literal == actual => {}
+            _ => return false,
+        }
+    }
+    subject_tokens.next().is_none()
+}
+
 /// The URL without the credentials it may carry (`nats://user:password@host`).
 fn redacted(raw: &str) -> String {
     match url::Url::parse(raw) {
@@ -390,6 +420,18 @@ mod tests {
         assert_eq!(delays, [1, 2, 4, 8, 10, 10]);
         assert_eq!(settings.retry_delay(i64::MAX), Duration::from_secs(10));
         assert_eq!(settings.retry_delay(0), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn subject_patterns_match_like_nats() {
+        assert!(subject_matches("a.b", "a.b"));
+        assert!(subject_matches("a.*", "a.b"));
+        assert!(subject_matches("a.>", "a.b.c"));
+        assert!(subject_matches(">", "a"));
+        assert!(!subject_matches("a.>", "a"));
+        assert!(!subject_matches("a.*", "a.b.c"));
+        assert!(!subject_matches("a.b", "a.b.dlq"));
+        assert!(!subject_matches("a.b.c", "a.b"));
     }
 
     #[test]

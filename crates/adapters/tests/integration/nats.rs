@@ -99,33 +99,37 @@ struct Harness {
     consumer: Option<EventConsumer>,
 }
 
+/// The export service on fresh in-memory adapters; the orchestrator's first `failures` starts fail.
+fn service(failures: usize) -> (ExportService, Arc<MemoryExportRepository>, Arc<FlakyOrchestrator>) {
+    let users = MemoryUserRepository::new();
+    users.seed_synthetic(&acme(), 50);
+    let exports = Arc::new(MemoryExportRepository::new());
+    let storage = Arc::new(ObjectStorage::in_memory());
+    let runner = Arc::new(ExportRunner::new(
+        Arc::new(users),
+        exports.clone(),
+        storage.clone(),
+        Arc::new(LogNotifier),
+        RunnerConfig::default(),
+    ));
+    let inner = InProcessOrchestrator::new(runner.clone(), exports.clone(), fast_policy(), 2);
+    let orchestrator = Arc::new(FlakyOrchestrator { inner, failures, starts: AtomicUsize::new(0) });
+    let service =
+        ExportService::new(exports.clone(), storage, orchestrator.clone(), runner, Duration::from_secs(60));
+    (service, exports, orchestrator)
+}
+
+fn tenants() -> Arc<TenantDirectory> {
+    let mut tenants = TenantDirectory::default();
+    tenants.include(acme());
+    Arc::new(tenants)
+}
+
 impl Harness {
     /// The consumer on fresh in-memory adapters; the orchestrator's first `failures` starts fail.
     async fn start(settings: NatsSettings, failures: usize) -> Self {
-        let users = MemoryUserRepository::new();
-        users.seed_synthetic(&acme(), 50);
-        let exports = Arc::new(MemoryExportRepository::new());
-        let storage = Arc::new(ObjectStorage::in_memory());
-        let runner = Arc::new(ExportRunner::new(
-            Arc::new(users),
-            exports.clone(),
-            storage.clone(),
-            Arc::new(LogNotifier),
-            RunnerConfig::default(),
-        ));
-        let inner = InProcessOrchestrator::new(runner.clone(), exports.clone(), fast_policy(), 2);
-        let orchestrator = Arc::new(FlakyOrchestrator { inner, failures, starts: AtomicUsize::new(0) });
-        let service = ExportService::new(
-            exports.clone(),
-            storage,
-            orchestrator.clone(),
-            runner,
-            Duration::from_secs(60),
-        );
-        let mut tenants = TenantDirectory::default();
-        tenants.include(acme());
-        let consumer =
-            EventConsumer::start(settings.clone(), Arc::new(service), Arc::new(tenants)).await.unwrap();
+        let (service, exports, orchestrator) = service(failures);
+        let consumer = EventConsumer::start(settings.clone(), Arc::new(service), tenants()).await.unwrap();
         let client = async_nats::connect(settings.url.as_str()).await.unwrap();
         let jetstream = jetstream::new(client.clone());
         Self { settings, jetstream, client, exports, orchestrator, consumer: Some(consumer) }
@@ -362,13 +366,15 @@ async fn with_temporal_an_event_published_twice_gives_one_completed_export() {
     register(&mut options, &deps).unwrap();
 
     let jetstream = jetstream::new(async_nats::connect(settings.url.as_str()).await.unwrap());
-    let event = json!({"event_id": "evt-temporal", "tenant_id": "acme", "environment_id": "prod",
+    // Workflow IDs derive from the event ID and the server outlives the test: unique per run.
+    let event_id = format!("evt-temporal-{}", uuid::Uuid::new_v4().simple());
+    let event = json!({"event_id": event_id, "tenant_id": "acme", "environment_id": "prod",
                        "request": {"format": "ndjson"}});
     for _ in 0..2 {
         let payload = serde_json::to_vec(&event).unwrap();
         jetstream.publish(settings.subject.clone(), payload.into()).await.unwrap().await.unwrap();
     }
-    let id = export_id_for("evt-temporal");
+    let id = export_id_for(&event_id);
     with_worker(&client, options, async {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
@@ -395,4 +401,24 @@ async fn with_temporal_an_event_published_twice_gives_one_completed_export() {
     assert_eq!(exports.list(&acme(), &query).await.unwrap().items.len(), 1);
     consumer.shutdown(Duration::from_secs(5)).await;
     let _ = jetstream.delete_stream(&settings.stream).await;
+}
+
+#[tokio::test]
+async fn an_existing_stream_without_the_dead_letter_subject_stops_start_up_with_a_clear_error() {
+    let settings = unique_settings();
+    let jetstream = jetstream::new(async_nats::connect(settings.url.as_str()).await.unwrap());
+    jetstream
+        .create_stream(jetstream::stream::Config {
+            name: settings.stream.clone(),
+            subjects: vec![settings.subject.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let (service, _, _) = service(0);
+    let err = EventConsumer::start(settings.clone(), Arc::new(service), tenants()).await.unwrap_err();
+    let message = format!("{err:#}");
+    assert!(message.contains("dead-letter subject") && message.contains(&settings.dlq_subject), "{message}");
+    jetstream.delete_stream(&settings.stream).await.unwrap();
 }
