@@ -3,15 +3,17 @@
 //!
 //! Durability comes from the export repository: every accepted export is recorded `pending`
 //! before it is started, and [`InProcessOrchestrator::recover`] resumes at start-up whatever a
-//! dead process left `pending` or `running`.
+//! dead process left `pending` or `running`. Batches: see [`batch`].
 
-use std::collections::HashMap;
+mod batch;
+
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use domain::{ExecutionPolicy, Export, ExportId, Scope};
+use domain::{Batch, BatchId, ExecutionPolicy, Export, ExportId, Scope};
 use ports::{CancelOutcome, ExportRepository, Orchestrator, PortError, WaitOutcome};
 use service::{AttemptControl, ExportRunner, RunError};
 use tokio::sync::{Semaphore, watch};
@@ -33,6 +35,8 @@ struct Inner {
     policy: ExecutionPolicy,
     slots: Arc<Semaphore>,
     runs: Mutex<HashMap<RunKey, Run>>,
+    /// Batches whose driver runs in this process.
+    batches: Mutex<HashSet<BatchId>>,
     tasks: TaskTracker,
     closing: AtomicBool,
     /// Cancelled when shutdown's grace period is over: attempts stop without touching records.
@@ -65,6 +69,7 @@ impl InProcessOrchestrator {
                 policy,
                 slots: Arc::new(Semaphore::new(max_concurrency.max(1))),
                 runs: Mutex::default(),
+                batches: Mutex::default(),
                 tasks: TaskTracker::new(),
                 closing: AtomicBool::new(false),
                 interrupt: CancellationToken::new(),
@@ -133,6 +138,10 @@ impl Orchestrator for InProcessOrchestrator {
             .instrument(span),
         );
         Ok(())
+    }
+
+    async fn start_batch(&self, batch: &Batch) -> Result<(), PortError> {
+        self.spawn_batch(batch)
     }
 
     async fn wait(&self, scope: &Scope, id: ExportId, timeout: Duration) -> Result<WaitOutcome, PortError> {

@@ -10,6 +10,8 @@ pub mod nats;
 pub mod notify;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "smtp")]
+pub mod smtp;
 pub mod storage;
 #[cfg(feature = "temporal")]
 pub mod temporal;

@@ -10,6 +10,10 @@ use http::request::Parts;
 use sha2::{Digest, Sha256};
 use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 
+mod operator;
+
+pub use operator::{BatchOperator, OperatorKeys};
+
 use crate::problem::ApiError;
 use crate::state::AppState;
 use domain::Scope;
@@ -86,6 +90,11 @@ impl ApiKeys {
         scopes.sort();
         scopes.dedup();
         scopes
+    }
+
+    /// Whether a key with this digest is configured (start-up checks only: not constant-time).
+    fn has_digest(&self, key: &KeyDigest) -> bool {
+        self.entries.iter().any(|(known, _)| known == key)
     }
 
     /// The scope of `presented`, if it is a configured key.

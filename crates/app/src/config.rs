@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::{Parser, Subcommand, ValueEnum};
 use domain::ExecutionPolicy;
-pub use wiring::{BackendArgs, LogFormat, PolicyArgs, StorageKind, TemporalArgs, TenantArgs};
+pub use wiring::{BackendArgs, LogFormat, NotifyArgs, PolicyArgs, StorageKind, TemporalArgs, TenantArgs};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_MAX_CONCURRENT_EXPORTS: usize = 4;
@@ -71,6 +71,11 @@ pub struct Config {
     #[arg(long, env = "USEREXPORT_API_KEYS", hide_env_values = true)]
     pub api_keys: Option<ApiKeysSetting>,
 
+    /// Operator keys as `key=permission[+permission]`, comma-separated (permission: `batch`).
+    /// Unset: no operator, so the batch endpoints answer 401/403.
+    #[arg(long, env = "USEREXPORT_OPERATOR_KEYS", hide_env_values = true)]
+    pub operator_keys: Option<ApiKeysSetting>,
+
     /// Users, export records and storage.
     #[command(flatten)]
     pub backends: BackendArgs,
@@ -82,6 +87,9 @@ pub struct Config {
     /// `ExportRequested` events: the NATS consumer and the webhook.
     #[command(flatten)]
     pub events: crate::events::EventArgs,
+    /// Completion notifications.
+    #[command(flatten)]
+    pub notify: NotifyArgs,
 
     /// Exports run at the same time; more wait in line.
     #[arg(long, env = "USEREXPORT_MAX_CONCURRENT_EXPORTS", default_value_t = DEFAULT_MAX_CONCURRENT_EXPORTS)]
@@ -145,12 +153,14 @@ impl Config {
         Self {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             api_keys: Some(ApiKeysSetting::from(api_keys)),
+            operator_keys: None,
             backends: BackendArgs {
                 storage: StorageKind::Memory,
                 ..BackendArgs::embedded(PathBuf::from("./data"), 100)
             },
             tenants: TenantArgs::default(),
             events: crate::events::EventArgs::default(),
+            notify: NotifyArgs::default(),
             max_concurrent_exports: DEFAULT_MAX_CONCURRENT_EXPORTS,
             sync_timeout_max_s: DEFAULT_SYNC_TIMEOUT_MAX_S,
             sync_timeout_default_s: DEFAULT_SYNC_TIMEOUT_S,
@@ -185,6 +195,8 @@ impl Config {
         }
         self.execution_policy()?;
         self.events.check()?;
+        self.policy.retention_policy()?;
+        self.policy.retention_sweep_interval()?;
         Ok(())
     }
 

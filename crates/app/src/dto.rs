@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use domain::{
-    Compression, Export, ExportFormat, ExportStatus, FailureKind, UserField, UserFilter, UserStatus,
+    Compression, Export, ExportFormat, ExportStatus, FailureKind, NotificationStatus, UserField, UserFilter,
+    UserStatus,
 };
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -33,7 +34,7 @@ macro_rules! wire_enum {
 
 wire_enum!(
     /// `pending -> running -> completed | failed | cancelled`.
-    ExportStatusBody from ExportStatus { Pending, Running, Completed, Failed, Cancelled }
+    ExportStatusBody from ExportStatus { Pending, Running, Completed, Failed, Cancelled, Expired }
 );
 wire_enum!(
     /// File format of the export.
@@ -55,6 +56,20 @@ wire_enum!(
     /// Why an export failed.
     FailureKindBody from FailureKind { Validation, Source, Storage, Timeout, Internal }
 );
+wire_enum!(
+    /// How delivering the completion notification went.
+    NotificationStatusBody from NotificationStatus { Sent, Failed }
+);
+
+/// The completion notification (`email_notify`), once attempted.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct NotificationBody {
+    pub status: NotificationStatusBody,
+    pub attempts: u32,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    pub at: DateTime<Utc>,
+}
 
 /// Which users an export contains; every condition present must hold.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
@@ -162,10 +177,14 @@ pub struct ExportResource {
     pub limit: Option<u64>,
     pub email_notify: bool,
     pub notify_email: Option<String>,
+    /// Days the file is kept after completion, as requested (absent: the service default).
+    pub retention_days: Option<u32>,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+    /// When retention deletes the file (set on completion); the export is `expired` after.
+    pub expires_at: Option<DateTime<Utc>>,
     /// The attempt running or last run; 0 before the first.
     pub attempt: u32,
     pub progress: ProgressBody,
@@ -176,6 +195,7 @@ pub struct ExportResource {
     /// Lowercase hex SHA-256 of the file, once completed.
     pub sha256: Option<String>,
     pub error: Option<ExportErrorBody>,
+    pub notification: Option<NotificationBody>,
     /// The durable workflow running this export.
     pub workflow_id: String,
     pub links: ExportLinks,
@@ -202,10 +222,12 @@ impl From<&Export> for ExportResource {
             limit: export.spec.limit,
             email_notify: export.spec.email_notify,
             notify_email: export.spec.notify_email.clone(),
+            retention_days: export.spec.retention_days,
             created_at: export.created_at,
             started_at: export.started_at(),
             finished_at: export.finished_at(),
             updated_at: export.updated_at(),
+            expires_at: export.expires_at(),
             attempt: export.attempt(),
             progress: ProgressBody {
                 rows_written: progress.rows_written,
@@ -218,6 +240,12 @@ impl From<&Export> for ExportResource {
             error: export
                 .error()
                 .map(|e| ExportErrorBody { kind: e.kind.into(), message: e.message.clone() }),
+            notification: export.notification().map(|n| NotificationBody {
+                status: n.status.into(),
+                attempts: n.attempts,
+                last_error: n.last_error.clone(),
+                at: n.at,
+            }),
             workflow_id: export.id.workflow_id(&export.scope),
             links: ExportLinks {
                 download: (status == ExportStatus::Completed).then(|| format!("{path}/download")),

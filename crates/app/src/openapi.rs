@@ -8,7 +8,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::dto;
 use crate::problem;
-use crate::routes::{events, exports, health};
+use crate::routes::{batches, events, exports, health};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -25,6 +25,8 @@ use crate::routes::{events, exports, health};
         exports::download_export,
         exports::cancel_export,
         events::export_requested,
+        batches::create_batch,
+        batches::get_batch,
         health::healthz,
         health::readyz,
         openapi_json,
@@ -35,6 +37,7 @@ use crate::routes::{events, exports, health};
     tags(
         (name = "exports", description = "Request, follow, download and cancel exports."),
         (name = "events", description = "Start exports from events (also consumed from NATS JetStream)."),
+        (name = "batches", description = "Operators: run one export for many tenants and follow it."),
         (name = "health", description = "Probes for orchestrators and load balancers."),
     )
 )]

@@ -6,12 +6,14 @@ use std::any::Any;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use domain::signature::{SIGNATURE_HEADER, SignatureError, TIMESTAMP_HEADER};
-use domain::{ExportId, ExportStatus, ValidationErrors};
+use domain::{BatchId, ExportId, ExportStatus, ValidationErrors};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use ports::PortError;
 use serde::{Deserialize, Serialize};
-use service::{CancelError, DownloadError, GetError, ListError, RequestError};
+use service::{
+    BatchGetError, BatchRequestError, CancelError, DownloadError, GetError, ListError, RequestError,
+};
 use tracing::{error, warn};
 use utoipa::ToSchema;
 
@@ -186,9 +188,16 @@ pub enum ApiError {
     /// tenant, or one without a webhook secret, is a mismatch: callers cannot tell which.
     #[error("webhook signature rejected: {0}")]
     InvalidSignature(SignatureError),
+    /// A valid key without the permission the route needs (a tenant key on an operator route).
+    #[error("forbidden: needs an operator key with the {needs} permission")]
+    Forbidden { needs: &'static str },
     /// The resource does not exist in the caller's scope (or at all: callers cannot tell).
     #[error("export not found")]
     NotFound,
+    #[error("batch not found")]
+    BatchNotFound,
+    #[error("idempotency key reused for a different batch (batch {existing})")]
+    BatchIdempotencyKeyReused { existing: BatchId },
     /// No route matches the path.
     #[error("no route for {method} {path}")]
     RouteNotFound { method: String, path: String },
@@ -219,6 +228,9 @@ pub enum ApiError {
     /// The record says completed but its file is gone.
     #[error("export file gone")]
     ExportGone,
+    /// Retention deleted the export's file.
+    #[error("export expired")]
+    ExportExpired,
     /// A dependency failed in a way that may pass (`PortError::is_retryable`).
     #[error("dependency unavailable: {0:#}")]
     Unavailable(#[source] PortError),
@@ -232,6 +244,33 @@ impl ApiError {
         match self {
             Self::Unauthenticated { presented } => unauthenticated_problem(*presented),
             Self::InvalidSignature(reason) => invalid_signature_problem(reason),
+            Self::Forbidden { needs } => Problem::new(
+                "forbidden",
+                "Forbidden",
+                StatusCode::FORBIDDEN,
+                format!("This endpoint needs an operator key with the `{needs}` permission."),
+            )
+            .with_hint(format!(
+                "Tenant API keys cannot run cross-tenant operations; use a key configured in \
+                 USEREXPORT_OPERATOR_KEYS as key={needs}."
+            )),
+            Self::BatchNotFound => Problem::new(
+                "not-found",
+                "Batch not found",
+                StatusCode::NOT_FOUND,
+                "No batch with this ID exists.",
+            ),
+            Self::BatchIdempotencyKeyReused { existing } => Problem::new(
+                "idempotency-key-reused",
+                "Idempotency key reused",
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "This Idempotency-Key was already used for a different batch request (batch {existing})."
+                ),
+            )
+            .with_hint(
+                "Resend the original request unchanged, or use a new Idempotency-Key for a new batch.",
+            ),
             Self::NotFound => Problem::new(
                 "not-found",
                 "Export not found",
@@ -297,6 +336,13 @@ impl ApiError {
                 "The export completed, but its file is no longer available.",
             )
             .with_hint("Request a new export."),
+            Self::ExportExpired => Problem::new(
+                "export-expired",
+                "Export expired",
+                StatusCode::GONE,
+                "The export's retention ran out and its file was deleted.",
+            )
+            .with_hint("Request a new export; `retention_days` in the request keeps a file longer."),
             Self::Unavailable(_) => unavailable_problem(),
             Self::Internal(_) => internal_problem(),
         }
@@ -384,9 +430,33 @@ impl From<PortError> for ApiError {
 impl From<RequestError> for ApiError {
     fn from(err: RequestError) -> Self {
         match err {
+            RequestError::Invalid(errors) => Self::Validation(errors),
             RequestError::IdempotencyMismatch { existing, .. } => Self::IdempotencyKeyReused { existing },
             RequestError::Port(err) => err.into(),
             RequestError::Unknown(err) => Self::Internal(err),
+        }
+    }
+}
+
+impl From<BatchRequestError> for ApiError {
+    fn from(err: BatchRequestError) -> Self {
+        match err {
+            BatchRequestError::UnknownTargets(errors) => Self::Validation(errors),
+            BatchRequestError::IdempotencyMismatch { existing, .. } => {
+                Self::BatchIdempotencyKeyReused { existing }
+            }
+            BatchRequestError::Port(err) => err.into(),
+            BatchRequestError::Unknown(err) => Self::Internal(err),
+        }
+    }
+}
+
+impl From<BatchGetError> for ApiError {
+    fn from(err: BatchGetError) -> Self {
+        match err {
+            BatchGetError::NotFound => Self::BatchNotFound,
+            BatchGetError::Port(err) => err.into(),
+            BatchGetError::Unknown(err) => Self::Internal(err),
         }
     }
 }
@@ -427,6 +497,7 @@ impl From<DownloadError> for ApiError {
             DownloadError::NotFound => Self::NotFound,
             DownloadError::NotReady(status) => Self::ExportNotReady(status),
             DownloadError::Gone => Self::ExportGone,
+            DownloadError::Expired => Self::ExportExpired,
             DownloadError::Port(err) => err.into(),
             DownloadError::Unknown(err) => Self::Internal(err),
         }

@@ -17,13 +17,14 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use domain::{EnvironmentId, Scope, TenantId};
 use ports::Orchestrator;
 use rand::RngCore;
-use service::{ExportRunner, ExportService, RunnerConfig};
+use service::{BatchService, ExportRunner, ExportService, RetentionSweeper, RunnerConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{info, warn};
 pub use wiring::Adapters;
 
-use crate::auth::ApiKeys;
+use crate::auth::{ApiKeys, OperatorKeys};
 use crate::config::{Config, OrchestratorKind};
 use crate::routes;
 use crate::state::{AppState, Dependencies, SyncLimits};
@@ -55,21 +56,47 @@ impl DemoTenant {
 /// graceful shutdown; Temporal keeps its own state.
 #[derive(Clone)]
 enum Orchestration {
-    InProcess(InProcessOrchestrator),
+    /// With the retention sweep, which stops when this is dropped.
+    InProcess(InProcessOrchestrator, Arc<AbortOnDropHandle<()>>),
     Temporal(TemporalOrchestrator),
+}
+
+/// Sweeps expired exports every `every` (the first sweep right away), in batches.
+fn spawn_retention_sweep(sweeper: RetentionSweeper, every: Duration) -> AbortOnDropHandle<()> {
+    const BATCH: usize = 500;
+    AbortOnDropHandle::new(tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            loop {
+                match sweeper.sweep(chrono::Utc::now(), BATCH).await {
+                    Ok(report) if report.more && report.expired > 0 => continue,
+                    Ok(_) => break,
+                    Err(err) => {
+                        warn!(error = %err, "retention sweep failed; retrying at the next interval");
+                        break;
+                    }
+                }
+            }
+        }
+    }))
 }
 
 impl Orchestration {
     fn port(&self) -> Arc<dyn Orchestrator> {
         match self {
-            Self::InProcess(o) => Arc::new(o.clone()),
+            Self::InProcess(o, _) => Arc::new(o.clone()),
             Self::Temporal(o) => Arc::new(o.clone()),
         }
     }
 
     async fn shutdown(&self, grace: Duration) {
         match self {
-            Self::InProcess(o) => o.shutdown(grace).await,
+            Self::InProcess(o, sweeping) => {
+                sweeping.abort();
+                o.shutdown(grace).await;
+            }
             // Workflows run in worker processes and outlive this one.
             Self::Temporal(_) => {}
         }
@@ -121,18 +148,30 @@ impl Application {
                 (ApiKeys::single(&demo.api_key, demo.scope.clone()), Some(demo))
             }
         };
-        let adapters = customize(wiring::build_adapters(&config.backends, &keys.scopes()).await?);
+        let operators = match &config.operator_keys {
+            Some(raw) => OperatorKeys::parse(raw.expose()).context("invalid USEREXPORT_OPERATOR_KEYS")?,
+            None => OperatorKeys::default(),
+        };
+        operators.check_disjoint(&keys).context("invalid USEREXPORT_OPERATOR_KEYS")?;
+        if operators.is_empty() {
+            info!("no operator keys (USEREXPORT_OPERATOR_KEYS): the batch endpoints are closed");
+        }
         let mut tenants = config.tenants.directory()?;
         for scope in keys.scopes() {
             tenants.include(scope);
         }
+        // Every known tenant gets demo users (memory users), so a batch over "all" exports some.
+        let known: Vec<Scope> = tenants.scopes().cloned().collect();
+        let mut adapters = customize(wiring::build_adapters(&config.backends, &known).await?);
+        adapters.notifier = config.notify.notifier(&tenants)?;
+        let retention = config.policy.retention_policy()?;
 
         let runner = Arc::new(ExportRunner::new(
             Arc::clone(&adapters.users),
             Arc::clone(&adapters.exports),
             Arc::clone(&adapters.storage),
             Arc::clone(&adapters.notifier),
-            RunnerConfig::default(),
+            RunnerConfig { retention, ..RunnerConfig::default() },
         ));
         let orchestrator = match config.orchestrator {
             OrchestratorKind::Inprocess => {
@@ -146,7 +185,11 @@ impl Application {
                 if resumed > 0 {
                     info!(resumed, "resumed unfinished exports");
                 }
-                Orchestration::InProcess(orchestrator)
+                // In Temporal mode the worker's system schedule runs the sweep instead.
+                let sweeper =
+                    RetentionSweeper::new(Arc::clone(&adapters.exports), Arc::clone(&adapters.storage));
+                let sweeping = spawn_retention_sweep(sweeper, config.policy.retention_sweep_interval()?);
+                Orchestration::InProcess(orchestrator, Arc::new(sweeping))
             }
             OrchestratorKind::Temporal => Orchestration::Temporal(
                 TemporalOrchestrator::connect(TemporalSettings {
@@ -165,9 +208,15 @@ impl Application {
             Arc::clone(&dyn_orchestrator),
             runner,
             config.backends.download_url_ttl(),
+        )
+        .with_retention(retention);
+        let tenants = Arc::new(tenants);
+        let batches = BatchService::new(
+            Arc::clone(&adapters.batches),
+            Arc::clone(&adapters.exports),
+            Arc::clone(&dyn_orchestrator),
         );
         let service = Arc::new(service);
-        let tenants = Arc::new(tenants);
 
         let listener = TcpListener::bind(config.listen)
             .await
@@ -185,6 +234,8 @@ impl Application {
         let state = AppState {
             service: Arc::clone(&service),
             keys: Arc::new(keys),
+            operators: Arc::new(operators),
+            batches: Arc::new(batches),
             tenants: Arc::clone(&tenants),
             dependencies: Dependencies {
                 users: adapters.users,

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use domain::TenantDirectory;
 use ports::{ExportRepository, ExportStorage, Orchestrator, UserRepository};
-use service::ExportService;
+use service::{BatchService, ExportService};
 
-use crate::auth::ApiKeys;
+use crate::auth::{ApiKeys, OperatorKeys};
 
 /// The dependencies `/readyz` checks.
 #[derive(Clone)]
@@ -31,6 +31,9 @@ pub struct SyncLimits {
 pub struct AppState {
     pub service: Arc<ExportService>,
     pub keys: Arc<ApiKeys>,
+    /// Operator keys (cross-tenant operations such as batches).
+    pub operators: Arc<OperatorKeys>,
+    pub batches: Arc<BatchService>,
     /// Known scopes and their settings (the API keys' scopes included).
     pub tenants: Arc<TenantDirectory>,
     pub dependencies: Dependencies,

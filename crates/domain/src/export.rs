@@ -1,6 +1,7 @@
 //! The export record and its state machine:
 //! `pending -> running -> completed | failed | cancelled` (plus `pending -> failed | cancelled`,
-//! and `running -> running` for a retry with a higher attempt number).
+//! `running -> running` for a retry with a higher attempt number, and `completed -> expired`
+//! when retention deletes the file).
 
 use std::fmt;
 use std::str::FromStr;
@@ -19,11 +20,13 @@ pub enum ExportStatus {
     Completed,
     Failed,
     Cancelled,
+    /// Completed, then its file was deleted when its retention ran out.
+    Expired,
 }
 
 impl ExportStatus {
-    pub const ALL: [ExportStatus; 5] =
-        [Self::Pending, Self::Running, Self::Completed, Self::Failed, Self::Cancelled];
+    pub const ALL: [ExportStatus; 6] =
+        [Self::Pending, Self::Running, Self::Completed, Self::Failed, Self::Cancelled, Self::Expired];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -32,18 +35,21 @@ impl ExportStatus {
             Self::Completed => "completed",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
+            Self::Expired => "expired",
         }
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled | Self::Expired)
     }
 
     fn may_become(self, next: ExportStatus) -> bool {
         use ExportStatus::*;
         matches!(
             (self, next),
-            (Pending, Running | Failed | Cancelled) | (Running, Running | Completed | Failed | Cancelled)
+            (Pending, Running | Failed | Cancelled)
+                | (Running, Running | Completed | Failed | Cancelled)
+                | (Completed, Expired)
         )
     }
 }
@@ -137,6 +143,34 @@ pub struct ExportOutcome {
     pub sha256: String,
 }
 
+/// How delivering the completion notification went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationStatus {
+    Sent,
+    /// Every attempt failed; `last_error` says why.
+    Failed,
+}
+
+impl NotificationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sent => "sent",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// The notification of a finished export, recorded on it (a failure never fails the export).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationRecord {
+    pub status: NotificationStatus,
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
 /// Timestamps are kept at microsecond precision, as databases store them, so a record reads back
 /// exactly as it was written.
 fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
@@ -162,6 +196,8 @@ pub struct ExportParts {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub notification: Option<NotificationRecord>,
 }
 
 /// The record of one export. Identity and request are public; everything the state machine
@@ -184,6 +220,9 @@ pub struct Export {
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
     updated_at: DateTime<Utc>,
+    /// When retention deletes the file; set on completion.
+    expires_at: Option<DateTime<Utc>>,
+    notification: Option<NotificationRecord>,
 }
 
 impl Export {
@@ -212,6 +251,8 @@ impl Export {
             started_at: None,
             finished_at: None,
             updated_at: now,
+            expires_at: None,
+            notification: None,
         }
     }
 
@@ -233,6 +274,8 @@ impl Export {
             started_at: p.started_at,
             finished_at: p.finished_at,
             updated_at: p.updated_at,
+            expires_at: p.expires_at,
+            notification: p.notification,
         }
     }
 
@@ -254,6 +297,8 @@ impl Export {
             started_at: self.started_at,
             finished_at: self.finished_at,
             updated_at: self.updated_at,
+            expires_at: self.expires_at,
+            notification: self.notification.clone(),
         }
     }
 
@@ -282,6 +327,12 @@ impl Export {
     pub fn updated_at(&self) -> DateTime<Utc> {
         self.updated_at
     }
+    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
+        self.expires_at
+    }
+    pub fn notification(&self) -> Option<&NotificationRecord> {
+        self.notification.as_ref()
+    }
 
     fn move_to(&mut self, to: ExportStatus, now: DateTime<Utc>) -> Result<(), IllegalTransition> {
         if !self.status.may_become(to) {
@@ -290,7 +341,8 @@ impl Export {
         let now = micros(now);
         self.status = to;
         self.updated_at = now;
-        if to.is_terminal() {
+        // Expiry comes after the export finished; it keeps the completion time.
+        if to.is_terminal() && self.finished_at.is_none() {
             self.finished_at = Some(now);
         }
         Ok(())
@@ -325,8 +377,15 @@ impl Export {
         self.updated_at = micros(now);
     }
 
-    pub fn complete(&mut self, outcome: ExportOutcome, now: DateTime<Utc>) -> Result<(), IllegalTransition> {
+    /// Completes the export; its file is kept for `retention` from now.
+    pub fn complete(
+        &mut self,
+        outcome: ExportOutcome,
+        retention: TimeDelta,
+        now: DateTime<Utc>,
+    ) -> Result<(), IllegalTransition> {
         self.move_to(ExportStatus::Completed, now)?;
+        self.expires_at = Some(micros(now + retention));
         self.progress =
             Progress { rows_written: outcome.record_count, total_rows: Some(outcome.record_count) };
         self.outcome = Some(outcome);
@@ -342,6 +401,22 @@ impl Export {
 
     pub fn cancel(&mut self, now: DateTime<Utc>) -> Result<(), IllegalTransition> {
         self.move_to(ExportStatus::Cancelled, now)
+    }
+
+    /// Whether retention is due: completed and past its expiry at `now`.
+    pub fn is_expired_at(&self, now: DateTime<Utc>) -> bool {
+        self.status == ExportStatus::Completed && self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// Marks a completed export whose file retention deleted. Its outcome stays for the record.
+    pub fn expire(&mut self, now: DateTime<Utc>) -> Result<(), IllegalTransition> {
+        self.move_to(ExportStatus::Expired, now)
+    }
+
+    /// Records how the notification of this finished export went; the status does not change.
+    pub fn record_notification(&mut self, record: NotificationRecord, now: DateTime<Utc>) {
+        self.notification = Some(NotificationRecord { at: micros(record.at), ..record });
+        self.updated_at = micros(now);
     }
 }
 
@@ -375,8 +450,9 @@ mod tests {
         e.start_attempt(1, t(1)).unwrap();
         e.record_progress(2, Some(3), t(2));
         assert_eq!(e.progress().percent(), Some(66));
-        e.complete(outcome(), t(3)).unwrap();
+        e.complete(outcome(), TimeDelta::days(7), t(3)).unwrap();
         assert_eq!(e.status(), ExportStatus::Completed);
+        assert_eq!(e.expires_at(), Some(t(3) + TimeDelta::days(7)));
         assert_eq!(e.progress().percent(), Some(100));
         assert_eq!((e.started_at(), e.finished_at()), (Some(t(1)), Some(t(3))));
     }
@@ -384,7 +460,7 @@ mod tests {
     #[test]
     fn terminal_states_are_final() {
         for finish in [
-            |e: &mut Export| e.complete(outcome(), t(2)),
+            |e: &mut Export| e.complete(outcome(), TimeDelta::days(1), t(2)),
             |e: &mut Export| e.fail(ExportFailure::new(FailureKind::Storage, "x"), t(2)),
             |e: &mut Export| e.cancel(t(2)),
         ] {
@@ -393,7 +469,7 @@ mod tests {
             finish(&mut e).unwrap();
             let before = e.clone();
             assert!(e.start_attempt(2, t(3)).is_err());
-            assert!(e.complete(outcome(), t(3)).is_err());
+            assert!(e.complete(outcome(), TimeDelta::days(1), t(3)).is_err());
             assert!(e.fail(ExportFailure::new(FailureKind::Internal, "y"), t(3)).is_err());
             assert!(e.cancel(t(3)).is_err());
             assert_eq!(e, before, "a rejected transition must not change the record");
@@ -404,7 +480,7 @@ mod tests {
     fn pending_cannot_complete_but_can_be_cancelled_or_failed() {
         let mut e = export();
         assert_eq!(
-            e.complete(outcome(), t(1)),
+            e.complete(outcome(), TimeDelta::days(1), t(1)),
             Err(IllegalTransition { from: ExportStatus::Pending, to: ExportStatus::Completed })
         );
         e.clone().cancel(t(1)).unwrap();
@@ -431,6 +507,39 @@ mod tests {
         let mut e = export();
         e.start_attempt(1, t(1) + chrono::Duration::nanoseconds(1_234_567)).unwrap();
         assert_eq!(e.started_at().unwrap().timestamp_subsec_nanos(), 1_234_000);
+        assert_eq!(Export::restore(e.to_parts()), e);
+    }
+
+    #[test]
+    fn completed_exports_expire_once_due_and_keep_their_outcome() {
+        let mut e = export();
+        assert!(e.expire(t(1)).is_err(), "only a completed export can expire");
+        e.start_attempt(1, t(1)).unwrap();
+        e.complete(outcome(), TimeDelta::seconds(10), t(2)).unwrap();
+        assert!(!e.is_expired_at(t(11)));
+        assert!(e.is_expired_at(t(12)));
+        e.expire(t(20)).unwrap();
+        assert_eq!(e.status(), ExportStatus::Expired);
+        assert_eq!(e.finished_at(), Some(t(2)));
+        assert_eq!(e.outcome(), Some(&outcome()));
+        assert!(!e.is_expired_at(t(30)), "an expired export is not due again");
+        assert!(e.expire(t(21)).is_err());
+    }
+
+    #[test]
+    fn notifications_are_recorded_without_changing_the_status() {
+        let mut e = export();
+        e.start_attempt(1, t(1)).unwrap();
+        e.fail(ExportFailure::new(FailureKind::Source, "db down"), t(2)).unwrap();
+        let record = NotificationRecord {
+            status: NotificationStatus::Failed,
+            attempts: 3,
+            last_error: Some("x".into()),
+            at: t(3),
+        };
+        e.record_notification(record.clone(), t(3));
+        assert_eq!(e.status(), ExportStatus::Failed);
+        assert_eq!(e.notification(), Some(&record));
         assert_eq!(Export::restore(e.to_parts()), e);
     }
 

@@ -1,6 +1,7 @@
 //! The pure core of userexport: validated types, the export state machine, streaming encoders and
 //! naming schemes. No async runtime, no I/O: encoders write into buffers that the service moves.
 
+pub mod batch;
 pub mod cursor;
 pub mod encode;
 pub mod events;
@@ -14,13 +15,15 @@ pub mod tenants;
 pub mod user;
 pub mod validation;
 
+pub use batch::{Batch, BatchId, BatchRequest, BatchSummary, TargetResult, TargetSelection};
 pub use cursor::{BadCursor, ListCursor};
 pub use events::{EventError, ExportRequested};
 pub use export::{
-    Export, ExportFailure, ExportOutcome, ExportParts, ExportStatus, FailureKind, IllegalTransition, Progress,
+    Export, ExportFailure, ExportOutcome, ExportParts, ExportStatus, FailureKind, IllegalTransition,
+    NotificationRecord, NotificationStatus, Progress,
 };
 pub use ids::{EnvironmentId, ExportId, IdParseError, IdempotencyKey, ObjectKey, Scope, TenantId, UserId};
-pub use policy::{ExecutionPolicy, PolicyError, RetryPolicy};
+pub use policy::{ExecutionPolicy, PolicyError, RetentionPolicy, RetryPolicy};
 pub use request::{Compression, ExportFormat, ExportSpec, FieldSelection, UserFilter};
 pub use tenants::{Secret, TenantDirectory, TenantSettings};
 pub use user::{User, UserField, UserStatus};

@@ -14,6 +14,8 @@ pub enum PolicyError {
     BadInterval,
     #[error("timeouts must be positive")]
     BadTimeout,
+    #[error("retention days must be at least 1 and the default not above the maximum")]
+    BadRetention,
 }
 
 /// When a failed attempt is retried. Same meaning as Temporal's `RetryPolicy`.
@@ -132,5 +134,51 @@ mod tests {
         );
         let exec = ExecutionPolicy { start_to_close: Duration::ZERO, ..ExecutionPolicy::default() };
         assert_eq!(exec.validate(), Err(PolicyError::BadTimeout));
+    }
+}
+
+/// How long completed exports keep their file: a default, and a cap on per-request overrides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionPolicy {
+    pub default_days: u32,
+    pub max_days: u32,
+}
+
+impl Default for RetentionPolicy {
+    /// 7 days by default, at most 30 on request.
+    fn default() -> Self {
+        Self { default_days: 7, max_days: 30 }
+    }
+}
+
+impl RetentionPolicy {
+    /// # Errors
+    /// When a bound is zero or the default exceeds the cap.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        if self.default_days == 0 || self.default_days > self.max_days {
+            return Err(PolicyError::BadRetention);
+        }
+        Ok(())
+    }
+
+    /// Rejects a request whose `retention_days` exceeds the cap.
+    ///
+    /// # Errors
+    /// A `retention_days` field error naming the cap.
+    pub fn check(&self, spec: &crate::ExportSpec) -> Result<(), crate::ValidationErrors> {
+        match spec.retention_days {
+            Some(days) if days > self.max_days => Err(crate::ValidationErrors::single(
+                "retention_days",
+                "too_long",
+                format!("retention_days may be at most {} on this service", self.max_days),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The retention of an export of `spec` (its override within the cap, else the default).
+    pub fn retention_for(&self, spec: &crate::ExportSpec) -> chrono::TimeDelta {
+        let days = spec.retention_days.unwrap_or(self.default_days).min(self.max_days);
+        chrono::TimeDelta::days(i64::from(days))
     }
 }

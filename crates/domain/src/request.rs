@@ -123,11 +123,17 @@ pub struct ExportSpec {
     pub email_notify: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify_email: Option<String>,
+    /// Days the file is kept after completion; absent: the service's default. The service caps
+    /// it with its configured maximum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_days: Option<u32>,
 }
 
 impl ExportSpec {
     /// The largest `limit` a request may ask for.
     pub const MAX_LIMIT: u64 = 100_000_000;
+    /// The longest retention any request may name; deployments cap it lower.
+    pub const MAX_RETENTION_DAYS: u32 = 3650;
 
     pub fn new(format: ExportFormat) -> Self {
         Self {
@@ -138,6 +144,7 @@ impl ExportSpec {
             limit: None,
             email_notify: false,
             notify_email: None,
+            retention_days: None,
         }
     }
 
@@ -166,7 +173,7 @@ impl ExportSpec {
         for key in obj.keys() {
             match key.as_str() {
                 "format" | "compression" | "fields" | "user_filters" | "limit" | "email_notify"
-                | "notify_email" => {}
+                | "notify_email" | "retention_days" => {}
                 "tenant_id" | "environment_id" => errors.add(
                     key.as_str(),
                     "forbidden_field",
@@ -175,7 +182,7 @@ impl ExportSpec {
                 other => errors.add(
                     other,
                     "unknown_field",
-                    "unknown field; expected format, compression, fields, user_filters, limit, email_notify or notify_email",
+                    "unknown field; expected format, compression, fields, user_filters, limit, email_notify, notify_email or retention_days",
                 ),
             }
         }
@@ -235,11 +242,32 @@ impl ExportSpec {
                 None
             }
         };
+        let retention_days = match obj.get("retention_days") {
+            None | Some(Value::Null) => None,
+            Some(v) => match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
+                Some(n) if (1..=Self::MAX_RETENTION_DAYS).contains(&n) => Some(n),
+                _ => {
+                    errors.add(
+                        "retention_days",
+                        "invalid_value",
+                        format!("retention_days must be an integer from 1 to {}", Self::MAX_RETENTION_DAYS),
+                    );
+                    None
+                }
+            },
+        };
 
         match (format, compression) {
-            (Some(format), Some(compression)) if errors.is_empty() => {
-                Ok(Self { format, compression, fields, user_filters, limit, email_notify, notify_email })
-            }
+            (Some(format), Some(compression)) if errors.is_empty() => Ok(Self {
+                format,
+                compression,
+                fields,
+                user_filters,
+                limit,
+                email_notify,
+                notify_email,
+                retention_days,
+            }),
             _ => Err(errors),
         }
     }

@@ -1,4 +1,5 @@
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use domain::{Export, ExportId, ExportStatus, ListCursor, Scope};
 
 use crate::PortError;
@@ -66,6 +67,10 @@ pub trait ExportRepository: Send + Sync {
     /// Every export in any scope still `pending` or `running`, oldest first: what a restarted
     /// orchestrator must resume so that no accepted export is lost.
     async fn list_unfinished(&self) -> Result<Vec<Export>, PortError>;
+
+    /// At most `limit` exports in any scope that are `completed` with `expires_at <= now`,
+    /// soonest expiry first: what the retention sweep deletes next.
+    async fn list_expired(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Export>, PortError>;
 
     /// Checks that the store is reachable (for readiness).
     async fn ping(&self) -> Result<(), PortError>;

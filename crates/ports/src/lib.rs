@@ -2,6 +2,7 @@
 //! Each trait's doc comment is its contract; every adapter must honour it, and the contract
 //! test suites in `adapters` check that they do.
 
+mod batches;
 mod error;
 mod exports;
 mod notifier;
@@ -9,6 +10,7 @@ mod orchestrator;
 mod storage;
 mod users;
 
+pub use batches::{BatchCreateOutcome, BatchRepository};
 pub use error::PortError;
 pub use exports::{CreateOutcome, ExportPage, ExportQuery, ExportRepository, UpdateOutcome};
 pub use notifier::Notifier;

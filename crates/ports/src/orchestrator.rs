@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use domain::{Export, ExportId, Scope};
+use domain::{Batch, Export, ExportId, Scope};
 
 use crate::PortError;
 
@@ -32,6 +32,16 @@ pub trait Orchestrator: Send + Sync {
     /// # Errors
     /// `Unavailable` when the orchestrator cannot accept work (unreachable, shutting down).
     async fn start(&self, export: &Export) -> Result<(), PortError>;
+
+    /// Starts running `batch` asynchronously: the export [`ExportId::for_batch`] of every target
+    /// is created `pending` if absent and run, at most `batch.concurrency` at a time, each
+    /// waited for before more start; a failing target does not stop the others. Idempotent:
+    /// starting a batch that is already started returns `Ok` and runs nothing twice (targets
+    /// whose export exists are not created again, and finished ones are not run again).
+    ///
+    /// # Errors
+    /// `Unavailable` when the orchestrator cannot accept work (unreachable, shutting down).
+    async fn start_batch(&self, batch: &Batch) -> Result<(), PortError>;
 
     /// Waits at most `timeout` for the export to reach a terminal status.
     async fn wait(&self, scope: &Scope, id: ExportId, timeout: Duration) -> Result<WaitOutcome, PortError>;

@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use domain::{Export, ExportId, ExportSpec, ExportStatus, IdempotencyKey, Scope};
+use domain::{
+    Export, ExportId, ExportSpec, ExportStatus, IdempotencyKey, RetentionPolicy, Scope, ValidationErrors,
+};
 use ports::{
     CancelOutcome, CreateOutcome, ExportPage, ExportQuery, ExportRepository, ExportStorage, ObjectReader,
     Orchestrator, PortError, WaitOutcome,
@@ -17,6 +19,9 @@ use crate::runner::{ExportRunner, RunError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
+    /// The request breaks a limit of this deployment (e.g. a retention above the cap).
+    #[error("{0}")]
+    Invalid(ValidationErrors),
     /// The idempotency key was used before with a different request.
     #[error("idempotency key {key:?} was already used for a different request (export {existing})")]
     IdempotencyMismatch { key: String, existing: ExportId },
@@ -62,6 +67,9 @@ pub enum DownloadError {
     NotFound,
     #[error("export is {0}, not completed")]
     NotReady(ExportStatus),
+    /// Retention deleted the file.
+    #[error("the export expired and its file was deleted")]
+    Expired,
     /// The record says completed but the object is gone.
     #[error("the export's file is no longer available")]
     Gone,
@@ -99,6 +107,7 @@ pub struct ExportService {
     orchestrator: Arc<dyn Orchestrator>,
     runner: Arc<ExportRunner>,
     signed_url_ttl: Duration,
+    retention: RetentionPolicy,
 }
 
 impl std::fmt::Debug for ExportService {
@@ -115,7 +124,14 @@ impl ExportService {
         runner: Arc<ExportRunner>,
         signed_url_ttl: Duration,
     ) -> Self {
-        Self { exports, storage, orchestrator, runner, signed_url_ttl }
+        Self { exports, storage, orchestrator, runner, signed_url_ttl, retention: RetentionPolicy::default() }
+    }
+
+    /// Caps requested retention (`retention_days`) at `retention.max_days`.
+    #[must_use]
+    pub fn with_retention(mut self, retention: RetentionPolicy) -> Self {
+        self.retention = retention;
+        self
     }
 
     /// Accepts an export and starts it asynchronously (seed pattern 2). With an idempotency key,
@@ -127,6 +143,7 @@ impl ExportService {
         spec: ExportSpec,
         idempotency_key: Option<IdempotencyKey>,
     ) -> Result<Requested, RequestError> {
+        self.retention.check(&spec).map_err(RequestError::Invalid)?;
         let id = match &idempotency_key {
             Some(key) => ExportId::for_idempotency_key(scope, key),
             // v7: time-ordered, so IDs sort like creation and index well.
@@ -205,6 +222,9 @@ impl ExportService {
     /// Where to fetch a completed export: a presigned URL when storage can sign, else a stream.
     pub async fn download(&self, scope: &Scope, id: ExportId) -> Result<Download, DownloadError> {
         let export = self.exports.get(scope, id).await?.ok_or(DownloadError::NotFound)?;
+        if export.status() == ExportStatus::Expired {
+            return Err(DownloadError::Expired);
+        }
         if export.status() != ExportStatus::Completed {
             return Err(DownloadError::NotReady(export.status()));
         }

@@ -3,12 +3,20 @@
 //! - [`ExportRunner`] is the seed's `ExportUserData`: it runs one attempt of an export, streaming
 //!   users through an encoder into storage. Orchestrators (in-process, Temporal) call it.
 //! - [`ExportService`] is what the API calls: request, wait, read, list, cancel, download.
+//! - [`RetentionSweeper`] deletes the files of expired exports (run on a schedule).
+//! - [`BatchService`] runs one export request for many tenants (operators only).
 
+mod batches;
 mod exports;
+mod notify;
+mod retention;
 mod runner;
 
+pub use batches::{BatchGetError, BatchRequestError, BatchService, BatchView, RequestedBatch};
 pub use exports::{
     CancelError, Download, DownloadContent, DownloadError, ExportService, GetError, ListError, RequestError,
     Requested,
 };
+pub use notify::NotifyRetry;
+pub use retention::{RetentionSweeper, SweepError, SweepReport};
 pub use runner::{AttemptControl, ExportRunner, ProgressFn, RunError, RunnerConfig};

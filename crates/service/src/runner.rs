@@ -8,7 +8,8 @@ use bytes::Bytes;
 use chrono::Utc;
 use domain::encode::ExportEncoder;
 use domain::{
-    Export, ExportFailure, ExportId, ExportOutcome, ExportStatus, FailureKind, IllegalTransition, Scope,
+    Export, ExportFailure, ExportId, ExportOutcome, ExportStatus, FailureKind, IllegalTransition,
+    RetentionPolicy, Scope,
 };
 use futures::{FutureExt, StreamExt};
 use ports::{
@@ -18,6 +19,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::notify::{NotifyRetry, notify_finished};
+
 /// Tuning of the streaming loop.
 #[derive(Debug, Clone, Copy)]
 pub struct RunnerConfig {
@@ -25,11 +28,20 @@ pub struct RunnerConfig {
     pub chunk_bytes: usize,
     /// Minimum time between progress writes to the export record.
     pub progress_interval: Duration,
+    /// How long completed exports keep their file.
+    pub retention: RetentionPolicy,
+    /// Retries of the completion notification.
+    pub notify: NotifyRetry,
 }
 
 impl Default for RunnerConfig {
     fn default() -> Self {
-        Self { chunk_bytes: 256 * 1024, progress_interval: Duration::from_millis(500) }
+        Self {
+            chunk_bytes: 256 * 1024,
+            progress_interval: Duration::from_millis(500),
+            retention: RetentionPolicy::default(),
+            notify: NotifyRetry::default(),
+        }
     }
 }
 
@@ -243,7 +255,8 @@ impl ExportRunner {
             Err(_) => return self.handle_stop(export, Stop::TimedOut).await,
         };
         let outcome = ExportOutcome { record_count: rows, bytes: stored.bytes, sha256: stored.sha256 };
-        if export.complete(outcome, Utc::now()).is_err() {
+        let retention = self.config.retention.retention_for(&export.spec);
+        if export.complete(outcome, retention, Utc::now()).is_err() {
             return Err(RunError::Superseded { current: export.attempt() });
         }
         match self.exports.update_if_status(&export, ExportStatus::Running).await.map_err(store_failure)? {
@@ -380,12 +393,7 @@ impl ExportRunner {
     }
 
     async fn notify(&self, export: &Export) {
-        if !export.spec.email_notify {
-            return;
-        }
-        if let Err(err) = self.notifier.export_finished(export).await {
-            warn!(export_id = %export.id, error = %err, "notification failed; the export is unaffected");
-        }
+        notify_finished(&self.notifier, &self.exports, self.config.notify, export).await;
     }
 }
 

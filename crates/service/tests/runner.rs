@@ -10,11 +10,14 @@ use adapters::memory::{MemoryExportRepository, MemoryUserRepository};
 use adapters::notify::LogNotifier;
 use adapters::storage::ObjectStorage;
 use chrono::Utc;
-use domain::{Export, ExportFormat, ExportId, ExportSpec, ExportStatus, FailureKind, Scope, UserStatus};
+use domain::{
+    Export, ExportFormat, ExportId, ExportSpec, ExportStatus, FailureKind, NotificationStatus, Scope,
+    UserStatus,
+};
 use futures::{StreamExt, TryStreamExt};
-use ports::mocks::{MockExportStorage, MockObjectWriter, MockUserRepository};
-use ports::{ExportRepository, ExportStorage, PortError, UserRepository};
-use service::{AttemptControl, ExportRunner, RunError, RunnerConfig};
+use ports::mocks::{MockExportStorage, MockNotifier, MockObjectWriter, MockUserRepository};
+use ports::{ExportRepository, ExportStorage, Notifier, PortError, UserRepository};
+use service::{AttemptControl, ExportRunner, NotifyRetry, RunError, RunnerConfig};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
@@ -41,8 +44,22 @@ impl Fixture {
     }
 
     fn runner_with(&self, users: Arc<dyn UserRepository>, storage: Arc<dyn ExportStorage>) -> ExportRunner {
-        let config = RunnerConfig { chunk_bytes: 4096, progress_interval: Duration::ZERO };
-        ExportRunner::new(users, self.exports.clone(), storage, Arc::new(LogNotifier), config)
+        self.runner_notifying(users, storage, Arc::new(LogNotifier))
+    }
+
+    fn runner_notifying(
+        &self,
+        users: Arc<dyn UserRepository>,
+        storage: Arc<dyn ExportStorage>,
+        notifier: Arc<dyn Notifier>,
+    ) -> ExportRunner {
+        let config = RunnerConfig {
+            chunk_bytes: 4096,
+            progress_interval: Duration::ZERO,
+            notify: NotifyRetry { attempts: 3, initial_backoff: Duration::from_millis(10) },
+            ..RunnerConfig::default()
+        };
+        ExportRunner::new(users, self.exports.clone(), storage, notifier, config)
     }
 
     fn runner(&self) -> ExportRunner {
@@ -404,4 +421,69 @@ impl ports::ObjectWriter for HangingFinish {
     async fn abort(self: Box<Self>) -> Result<(), PortError> {
         Ok(())
     }
+}
+
+fn notifying_spec() -> ExportSpec {
+    ExportSpec::from_json(
+        &serde_json::json!({"format": "csv", "email_notify": true, "notify_email": "ops@acme.test"}),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_notification_that_fails_transiently_is_retried_and_recorded_as_sent() {
+    let fx = Fixture::new(10);
+    let export = fx.pending(notifying_spec()).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut notifier = MockNotifier::new();
+    let counted = calls.clone();
+    notifier.expect_export_finished().returning(move |finished| {
+        assert_eq!(finished.status(), ExportStatus::Completed, "notified after completion");
+        if counted.fetch_add(1, Ordering::SeqCst) < 2 {
+            Err(PortError::unavailable(anyhow::anyhow!("451 try again later")))
+        } else {
+            Ok(())
+        }
+    });
+    let runner = fx.runner_notifying(Arc::new(fx.users.clone()), fx.storage.clone(), Arc::new(notifier));
+    let done = runner.run_attempt(&scope(), export.id, &control(1), &|_| {}).await.unwrap();
+
+    assert_eq!(done.status(), ExportStatus::Completed);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    let record = fx.record(&export).await;
+    let notification = record.notification().expect("notification recorded");
+    assert_eq!((notification.status, notification.attempts), (NotificationStatus::Sent, 3));
+    assert_eq!(notification.last_error, None);
+    assert_eq!(record.status(), ExportStatus::Completed);
+}
+
+#[tokio::test]
+async fn a_notification_that_keeps_failing_never_fails_the_export_and_says_why() {
+    let fx = Fixture::new(10);
+    let export = fx.pending(notifying_spec()).await;
+    let mut notifier = MockNotifier::new();
+    notifier
+        .expect_export_finished()
+        .times(1)
+        .returning(|_| Err(PortError::Other(anyhow::anyhow!("550 mailbox unavailable"))));
+    let runner = fx.runner_notifying(Arc::new(fx.users.clone()), fx.storage.clone(), Arc::new(notifier));
+    let done = runner.run_attempt(&scope(), export.id, &control(1), &|_| {}).await.unwrap();
+
+    assert_eq!(done.status(), ExportStatus::Completed, "a permanent refusal is not retried");
+    let record = fx.record(&export).await;
+    let notification = record.notification().unwrap();
+    assert_eq!((notification.status, notification.attempts), (NotificationStatus::Failed, 1));
+    assert!(notification.last_error.as_deref().unwrap().contains("550"));
+    assert!(fx.object(&export).await.is_some());
+}
+
+#[tokio::test]
+async fn exports_without_email_notify_send_nothing() {
+    let fx = Fixture::new(3);
+    let export = fx.pending(ExportSpec::new(ExportFormat::Csv)).await;
+    let mut notifier = MockNotifier::new();
+    notifier.expect_export_finished().never();
+    let runner = fx.runner_notifying(Arc::new(fx.users.clone()), fx.storage.clone(), Arc::new(notifier));
+    runner.run_attempt(&scope(), export.id, &control(1), &|_| {}).await.unwrap();
+    assert_eq!(fx.record(&export).await.notification(), None);
 }

@@ -6,19 +6,21 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use adapters::memory::{MemoryExportRepository, MemoryUserRepository};
+use adapters::memory::{MemoryBatchRepository, MemoryExportRepository, MemoryUserRepository};
 use adapters::notify::LogNotifier;
-use adapters::postgres::{self, PgExportRepository, PgUserRepository};
+use adapters::postgres::{self, PgBatchRepository, PgExportRepository, PgUserRepository};
 use adapters::storage::{ObjectStorage, S3Settings};
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use domain::Scope;
-use ports::{ExportRepository, ExportStorage, Notifier, UserRepository};
+use ports::{BatchRepository, ExportRepository, ExportStorage, Notifier, UserRepository};
 use tracing::info;
 
 mod settings;
 
-pub use settings::{LogFormat, PolicyArgs, TemporalArgs, TenantArgs, init_logging, shutdown_signal};
+pub use settings::{
+    LogFormat, NotifyArgs, PolicyArgs, TemporalArgs, TenantArgs, init_logging, shutdown_signal,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum UsersBackend {
@@ -208,6 +210,8 @@ pub struct Adapters {
     pub exports: Arc<dyn ExportRepository>,
     pub storage: Arc<dyn ExportStorage>,
     pub notifier: Arc<dyn Notifier>,
+    /// Batch records, kept where export records are.
+    pub batches: Arc<dyn BatchRepository>,
 }
 
 impl fmt::Debug for Adapters {
@@ -241,10 +245,14 @@ pub async fn build_adapters(args: &BackendArgs, demo_scopes: &[Scope]) -> anyhow
             Arc::new(users)
         }
     };
-    let exports: Arc<dyn ExportRepository> = match (args.exports, &pool) {
-        (ExportsBackend::Postgres, Some(pool)) => Arc::new(PgExportRepository::new(pool.clone())),
-        _ => Arc::new(MemoryExportRepository::new()),
-    };
+    let (exports, batches): (Arc<dyn ExportRepository>, Arc<dyn BatchRepository>) =
+        match (args.exports, &pool) {
+            (ExportsBackend::Postgres, Some(pool)) => (
+                Arc::new(PgExportRepository::new(pool.clone())),
+                Arc::new(PgBatchRepository::new(pool.clone())),
+            ),
+            _ => (Arc::new(MemoryExportRepository::new()), Arc::new(MemoryBatchRepository::new())),
+        };
     let storage = match args.storage {
         StorageKind::Local => ObjectStorage::local(&args.data_dir)
             .with_context(|| format!("USEREXPORT_DATA_DIR {} is not usable", args.data_dir.display()))?,
@@ -261,7 +269,7 @@ pub async fn build_adapters(args: &BackendArgs, demo_scopes: &[Scope]) -> anyhow
         }
     };
     info!(users = ?args.users, exports = ?args.exports, storage = storage.kind(), "backends ready");
-    Ok(Adapters { users, exports, storage: Arc::new(storage), notifier: Arc::new(LogNotifier) })
+    Ok(Adapters { users, exports, storage: Arc::new(storage), notifier: Arc::new(LogNotifier), batches })
 }
 
 #[cfg(test)]

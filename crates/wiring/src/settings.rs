@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use domain::{ExecutionPolicy, PolicyError, RetryPolicy};
+use domain::{ExecutionPolicy, PolicyError, RetentionPolicy, RetryPolicy};
 
 /// The retry and timeout policy of exports (the domain's `ExecutionPolicy`), applied the same
 /// way by the in-process orchestrator and by Temporal.
@@ -33,6 +33,18 @@ pub struct PolicyArgs {
     /// A running attempt silent for this long is considered lost, in seconds (Temporal).
     #[arg(long, env = "USEREXPORT_HEARTBEAT_TIMEOUT_S", default_value_t = 30)]
     pub heartbeat_timeout_s: u64,
+
+    /// Days a completed export's file is kept, unless the request says `retention_days`.
+    #[arg(long, env = "USEREXPORT_RETENTION_DAYS", default_value_t = 7)]
+    pub retention_days: u32,
+
+    /// The most `retention_days` a request may ask for.
+    #[arg(long, env = "USEREXPORT_RETENTION_MAX_DAYS", default_value_t = 30)]
+    pub retention_max_days: u32,
+
+    /// How often the retention sweep deletes expired files, in seconds.
+    #[arg(long, env = "USEREXPORT_RETENTION_SWEEP_S", default_value_t = 3600)]
+    pub retention_sweep_s: u64,
 }
 
 impl Default for PolicyArgs {
@@ -46,6 +58,9 @@ impl Default for PolicyArgs {
             retry_max_interval_s: policy.retry.maximum_interval.as_secs(),
             start_to_close_s: policy.start_to_close.as_secs(),
             heartbeat_timeout_s: policy.heartbeat_timeout.as_secs(),
+            retention_days: RetentionPolicy::default().default_days,
+            retention_max_days: RetentionPolicy::default().max_days,
+            retention_sweep_s: 3600,
         }
     }
 }
@@ -74,9 +89,29 @@ impl PolicyArgs {
                 "USEREXPORT_RETRY_INITIAL_INTERVAL_MS / USEREXPORT_RETRY_MAX_INTERVAL_S"
             }
             Err(PolicyError::BadTimeout) => "USEREXPORT_START_TO_CLOSE_S / USEREXPORT_HEARTBEAT_TIMEOUT_S",
+            Err(PolicyError::BadRetention) => "USEREXPORT_RETENTION_DAYS / USEREXPORT_RETENTION_MAX_DAYS",
         };
         policy.validate().with_context(|| format!("invalid {setting}"))?;
         Ok(policy)
+    }
+
+    /// The retention policy, validated.
+    ///
+    /// # Errors
+    /// One line naming the retention settings when they disagree.
+    pub fn retention_policy(&self) -> anyhow::Result<RetentionPolicy> {
+        let policy = RetentionPolicy { default_days: self.retention_days, max_days: self.retention_max_days };
+        policy.validate().context("invalid USEREXPORT_RETENTION_DAYS / USEREXPORT_RETENTION_MAX_DAYS")?;
+        Ok(policy)
+    }
+
+    /// Interval of the retention sweep.
+    ///
+    /// # Errors
+    /// When it is zero.
+    pub fn retention_sweep_interval(&self) -> anyhow::Result<Duration> {
+        anyhow::ensure!(self.retention_sweep_s > 0, "USEREXPORT_RETENTION_SWEEP_S must be at least 1");
+        Ok(Duration::from_secs(self.retention_sweep_s))
     }
 }
 
@@ -201,5 +236,62 @@ impl TenantArgs {
             None => raw.to_owned(),
         };
         domain::TenantDirectory::parse_json(&json).map_err(|e| anyhow::anyhow!("USEREXPORT_TENANTS: {e}"))
+    }
+}
+
+/// Completion notifications (`email_notify`).
+#[derive(Clone, Args)]
+pub struct NotifyArgs {
+    /// SMTP server for notifications: `smtp://host:port`, `smtp://user:pass@host?tls=required`,
+    /// `smtps://host`. Unset: notifications are only logged.
+    #[arg(long, env = "USEREXPORT_SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<String>,
+
+    /// `From:` address of notification emails.
+    #[arg(long, env = "USEREXPORT_SMTP_FROM", default_value = "userexport@localhost")]
+    pub smtp_from: String,
+
+    /// The API's public base URL, for download links in notifications.
+    #[arg(long, env = "USEREXPORT_PUBLIC_URL", default_value = "http://127.0.0.1:8080")]
+    pub public_url: String,
+}
+
+impl std::fmt::Debug for NotifyArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NotifyArgs")
+            .field("smtp_url", &self.smtp_url.as_ref().map(|_| "<set>"))
+            .field("smtp_from", &self.smtp_from)
+            .field("public_url", &self.public_url)
+            .finish()
+    }
+}
+
+impl Default for NotifyArgs {
+    fn default() -> Self {
+        Self {
+            smtp_url: None,
+            smtp_from: "userexport@localhost".to_owned(),
+            public_url: "http://127.0.0.1:8080".to_owned(),
+        }
+    }
+}
+
+impl NotifyArgs {
+    /// The notifier: SMTP when `USEREXPORT_SMTP_URL` is set, else one that logs.
+    ///
+    /// # Errors
+    /// One line naming the bad setting.
+    pub fn notifier(
+        &self,
+        tenants: &domain::TenantDirectory,
+    ) -> anyhow::Result<std::sync::Arc<dyn ports::Notifier>> {
+        let Some(url) = self.smtp_url.as_deref().filter(|u| !u.trim().is_empty()) else {
+            return Ok(std::sync::Arc::new(adapters::notify::LogNotifier));
+        };
+        let public_url = url::Url::parse(&self.public_url)
+            .with_context(|| format!("USEREXPORT_PUBLIC_URL {:?} is not a URL", self.public_url))?;
+        let settings =
+            adapters::smtp::SmtpSettings { url: url.to_owned(), from: self.smtp_from.clone(), public_url };
+        Ok(std::sync::Arc::new(adapters::smtp::SmtpNotifier::new(&settings, tenants.clone())?))
     }
 }

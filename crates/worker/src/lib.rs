@@ -8,7 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use adapters::temporal::{WorkerDeps, connect_client, register};
+use adapters::temporal::{WorkerDeps, connect_client, ensure_retention_schedule, register};
 use anyhow::{Context, bail};
 use clap::Parser;
 use domain::{ExecutionPolicy, Scope};
@@ -18,7 +18,8 @@ use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 pub use wiring::{
-    Adapters, BackendArgs, ExportsBackend, LogFormat, PolicyArgs, StorageKind, TemporalArgs, UsersBackend,
+    Adapters, BackendArgs, ExportsBackend, LogFormat, NotifyArgs, PolicyArgs, StorageKind, TemporalArgs,
+    TenantArgs, UsersBackend,
 };
 
 /// userexport's Temporal worker. Every flag falls back to the environment variable shown in
@@ -53,9 +54,17 @@ pub struct WorkerConfig {
     #[arg(long, env = "USEREXPORT_SHUTDOWN_GRACE_S", default_value_t = 30)]
     pub shutdown_grace_s: u64,
 
-    /// Policy of workflows started without one (the API always sends its own).
+    /// Policy of workflows started without one (the API always sends its own), and retention.
     #[command(flatten)]
     pub policy: PolicyArgs,
+
+    /// Known tenants (their notification addresses): the same setting as the API's.
+    #[command(flatten)]
+    pub tenants: TenantArgs,
+
+    /// Completion notifications: the same settings as the API's.
+    #[command(flatten)]
+    pub notify: NotifyArgs,
 
     /// Log line format on stderr.
     #[arg(long, env = "USEREXPORT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -84,6 +93,9 @@ impl WorkerConfig {
         }
         self.demo_scopes()?;
         self.execution_policy()?;
+        self.policy.retention_policy()?;
+        self.policy.retention_sweep_interval()?;
+        self.tenants.directory()?;
         Ok(())
     }
 
@@ -112,7 +124,8 @@ impl WorkerConfig {
 /// Invalid configuration, an unreachable store or Temporal server, or a worker failure.
 pub async fn run(config: WorkerConfig, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
     config.check()?;
-    let adapters = wiring::build_adapters(&config.backends, &config.demo_scopes()?).await?;
+    let mut adapters = wiring::build_adapters(&config.backends, &config.demo_scopes()?).await?;
+    adapters.notifier = config.notify.notifier(&config.tenants.directory()?)?;
     run_with(config, adapters, stop).await
 }
 
@@ -138,12 +151,18 @@ pub async fn run_with(
         Arc::clone(&adapters.exports),
         Arc::clone(&adapters.storage),
         adapters.notifier,
-        RunnerConfig::default(),
+        RunnerConfig { retention: config.policy.retention_policy()?, ..RunnerConfig::default() },
     ));
     let client = connect_client(
         &config.temporal.temporal_address,
         &config.temporal.temporal_namespace,
         "userexport-worker",
+    )
+    .await?;
+    ensure_retention_schedule(
+        &client,
+        &config.temporal.task_queue,
+        config.policy.retention_sweep_interval()?,
     )
     .await?;
     let runtime = Runtime::from_current_tokio(Default::default()).context("starting the Temporal runtime")?;

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use adapters::memory::{MemoryExportRepository, MemoryUserRepository};
+use adapters::memory::{MemoryBatchRepository, MemoryExportRepository, MemoryUserRepository};
 use adapters::notify::LogNotifier;
 use adapters::storage::ObjectStorage;
 use adapters::temporal::testkit::{SlowUsers, read_object, test_address, test_client, unique_task_queue};
@@ -148,6 +148,7 @@ async fn a_stopped_workers_running_export_is_interrupted_and_finished_by_the_nex
         exports: exports.clone(),
         storage: storage.clone(),
         notifier: Arc::new(LogNotifier),
+        batches: Arc::new(MemoryBatchRepository::new()),
     };
     let workflow_id = format!("handover-{}", Uuid::new_v4());
     let id = derived_export_id(&workflow_id);

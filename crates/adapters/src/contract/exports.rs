@@ -1,13 +1,13 @@
-//! [`ExportRepository`] contract. Each check uses fresh export IDs, so the suite can run
-//! against a shared database.
+//! [`ExportRepository`] contract. Each check uses fresh export IDs and scopes; the retention
+//! check reads every scope, so each run needs its own store (a fresh database).
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use chrono::{Duration, Utc};
+use chrono::{DateTime, Duration, TimeDelta, TimeZone, Utc};
 use domain::{
     Export, ExportFailure, ExportFormat, ExportId, ExportOutcome, ExportSpec, ExportStatus, FailureKind,
-    Scope,
+    NotificationRecord, NotificationStatus, Scope,
 };
 use ports::{CreateOutcome, ExportQuery, ExportRepository, UpdateOutcome};
 use uuid::Uuid;
@@ -37,7 +37,60 @@ pub async fn run_all(repo: Arc<dyn ExportRepository>) {
     concurrent_transitions_have_one_winner(repo.clone()).await;
     list_is_newest_first_with_cursor_and_status(repo.as_ref()).await;
     unfinished_are_listed_for_recovery(repo.as_ref()).await;
+    expired_are_listed_soonest_first_until_marked(repo.as_ref()).await;
+    notifications_round_trip(repo.as_ref()).await;
     repo.ping().await.unwrap();
+}
+
+/// A completed export of `scope` whose file expires at `expires_at`.
+async fn completed_expiring(repo: &dyn ExportRepository, scope: &Scope, expires_at: DateTime<Utc>) -> Export {
+    let mut export = new_export(scope, 0);
+    repo.create_if_absent(&export).await.unwrap();
+    let finished = expires_at - TimeDelta::hours(1);
+    export.start_attempt(1, finished).unwrap();
+    repo.update_if_status(&export, ExportStatus::Pending).await.unwrap();
+    let outcome = ExportOutcome { record_count: 1, bytes: 1, sha256: "00".repeat(32) };
+    export.complete(outcome, TimeDelta::hours(1), finished).unwrap();
+    assert_eq!(repo.update_if_status(&export, ExportStatus::Running).await.unwrap(), UpdateOutcome::Updated);
+    export
+}
+
+async fn expired_are_listed_soonest_first_until_marked(repo: &dyn ExportRepository) {
+    // Long before anything the other checks store, so only these exports can be due.
+    let now = Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 0).unwrap();
+    let scope = fresh_scope();
+    let second = completed_expiring(repo, &scope, now - TimeDelta::seconds(2)).await;
+    let first = completed_expiring(repo, &fresh_scope(), now - TimeDelta::seconds(3)).await;
+    let third = completed_expiring(repo, &scope, now).await;
+    completed_expiring(repo, &scope, now + TimeDelta::seconds(1)).await;
+    let ids = |items: Vec<Export>| items.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(ids(repo.list_expired(now, 10).await.unwrap()), [first.id, second.id, third.id]);
+    assert_eq!(ids(repo.list_expired(now, 2).await.unwrap()), [first.id, second.id]);
+
+    let mut expired = first.clone();
+    expired.expire(now).unwrap();
+    assert_eq!(
+        repo.update_if_status(&expired, ExportStatus::Completed).await.unwrap(),
+        UpdateOutcome::Updated
+    );
+    assert_eq!(repo.get(&first.scope, first.id).await.unwrap(), Some(expired));
+    assert_eq!(ids(repo.list_expired(now, 10).await.unwrap()), [second.id, third.id]);
+}
+
+async fn notifications_round_trip(repo: &dyn ExportRepository) {
+    let mut export = new_export(&fresh_scope(), 0);
+    repo.create_if_absent(&export).await.unwrap();
+    export.fail(ExportFailure::new(FailureKind::Validation, "bad"), Utc::now()).unwrap();
+    repo.update_if_status(&export, ExportStatus::Pending).await.unwrap();
+    let record = NotificationRecord {
+        status: NotificationStatus::Failed,
+        attempts: 3,
+        last_error: Some("smtp: 451 try later".into()),
+        at: Utc::now(),
+    };
+    export.record_notification(record, Utc::now());
+    assert_eq!(repo.update_if_status(&export, ExportStatus::Failed).await.unwrap(), UpdateOutcome::Updated);
+    assert_eq!(repo.get(&export.scope, export.id).await.unwrap(), Some(export));
 }
 
 async fn create_is_idempotent_and_keeps_the_first(repo: &dyn ExportRepository) {
@@ -91,7 +144,7 @@ async fn transitions_are_compare_and_set(repo: &dyn ExportRepository) {
     assert_eq!(repo.update_if_status(&export, ExportStatus::Running).await.unwrap(), UpdateOutcome::Updated);
     let outcome = ExportOutcome { record_count: 20, bytes: 100, sha256: "00".repeat(32) };
     let mut done = export.clone();
-    done.complete(outcome, Utc::now()).unwrap();
+    done.complete(outcome, TimeDelta::days(1), Utc::now()).unwrap();
     assert_eq!(repo.update_if_status(&done, ExportStatus::Running).await.unwrap(), UpdateOutcome::Updated);
     // Nothing moves a finished export backwards.
     assert!(matches!(

@@ -133,3 +133,42 @@ pub async fn read_object(storage: &dyn ExportStorage, key: &ObjectKey) -> Option
     let chunks: Vec<Bytes> = reader.body.try_collect().await.expect("reading the object");
     Some(chunks.concat())
 }
+
+/// Users from `inner`, except that reading `failing`'s users fails at once and for good
+/// (`PortError::Other`), so that scope's exports fail while every other scope's succeed.
+#[derive(Clone)]
+pub struct FailingScopeUsers {
+    pub inner: Arc<dyn UserRepository>,
+    pub failing: Scope,
+}
+
+impl std::fmt::Debug for FailingScopeUsers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FailingScopeUsers").field("failing", &self.failing).finish_non_exhaustive()
+    }
+}
+
+impl FailingScopeUsers {
+    /// The error every read of the failing scope gets.
+    pub const MESSAGE: &str = "injected failure: this tenant's user store is broken";
+}
+
+#[async_trait]
+impl UserRepository for FailingScopeUsers {
+    fn stream(&self, scope: &Scope, filter: &UserFilter, limit: Option<u64>) -> UserStream {
+        if *scope == self.failing {
+            return futures::stream::once(async { Err(PortError::Other(anyhow::anyhow!(Self::MESSAGE))) })
+                .boxed();
+        }
+        self.inner.stream(scope, filter, limit)
+    }
+    async fn count(&self, scope: &Scope, filter: &UserFilter) -> Result<u64, PortError> {
+        if *scope == self.failing {
+            return Err(PortError::Other(anyhow::anyhow!(Self::MESSAGE)));
+        }
+        self.inner.count(scope, filter).await
+    }
+    async fn ping(&self) -> Result<(), PortError> {
+        self.inner.ping().await
+    }
+}

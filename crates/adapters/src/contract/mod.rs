@@ -3,10 +3,12 @@
 //! "same contract" is checked, not assumed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod batches;
 pub mod exports;
 pub mod fakes;
 #[cfg(feature = "postgres")]
 pub mod pg;
 #[cfg(feature = "s3")]
 pub mod s3;
+pub mod smtp_sink;
 pub mod users;

@@ -2,6 +2,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use domain::{Export, ExportId, ExportStatus, ListCursor, Scope};
 use ports::{CreateOutcome, ExportPage, ExportQuery, ExportRepository, PortError, UpdateOutcome};
 
@@ -75,6 +76,13 @@ impl ExportRepository for MemoryExportRepository {
         let mut items: Vec<Export> =
             self.lock().values().filter(|e| !e.status().is_terminal()).cloned().collect();
         items.sort_by_key(|e| (e.created_at, e.id));
+        Ok(items)
+    }
+
+    async fn list_expired(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Export>, PortError> {
+        let mut items: Vec<Export> = self.lock().values().filter(|e| e.is_expired_at(now)).cloned().collect();
+        items.sort_by(|a, b| (a.expires_at(), &a.scope, a.id).cmp(&(b.expires_at(), &b.scope, b.id)));
+        items.truncate(limit);
         Ok(items)
     }
 

@@ -1,7 +1,8 @@
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use domain::{
     Export, ExportFailure, ExportId, ExportOutcome, ExportParts, ExportSpec, ExportStatus, IdempotencyKey,
-    ObjectKey, Progress, Scope,
+    NotificationRecord, ObjectKey, Progress, Scope,
 };
 use ports::{CreateOutcome, ExportPage, ExportQuery, ExportRepository, PortError, UpdateOutcome};
 use sqlx::postgres::{PgPool, PgRow};
@@ -12,7 +13,7 @@ use super::{to_i64, to_u64, translate};
 
 const COLUMNS: &str = "tenant_id, environment_id, id, idempotency_key, request_fingerprint, spec, object_key, \
     status, attempt, rows_written, total_rows, record_count, bytes, sha256, error_kind, error_message, \
-    created_at, started_at, finished_at, updated_at";
+    created_at, started_at, finished_at, updated_at, expires_at, notification";
 
 /// Export records in PostgreSQL. Status changes are `UPDATE ... WHERE status = $expected`, so
 /// concurrent writers cannot both win.
@@ -96,6 +97,11 @@ fn decode(row: &PgRow) -> Result<Export, PortError> {
         started_at: row.try_get(17).map_err(translate)?,
         finished_at: row.try_get(18).map_err(translate)?,
         updated_at: row.try_get(19).map_err(translate)?,
+        expires_at: row.try_get(20).map_err(translate)?,
+        notification: row
+            .try_get::<Option<Json<NotificationRecord>>, _>(21)
+            .map_err(translate)?
+            .map(|Json(n)| n),
     }))
 }
 
@@ -127,6 +133,8 @@ fn push_values(q: &mut QueryBuilder<'_, Postgres>, export: &Export) -> Result<()
     t.push_bind(p.started_at);
     t.push_bind(p.finished_at);
     t.push_bind(p.updated_at);
+    t.push_bind(p.expires_at);
+    t.push_bind(p.notification.map(Json));
     t.push_unseparated(")");
     Ok(())
 }
@@ -209,6 +217,19 @@ impl ExportRepository for PgExportRepository {
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM exports WHERE status IN ('pending', 'running') ORDER BY created_at, id"
         ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(translate)?;
+        rows.iter().map(decode).collect()
+    }
+
+    async fn list_expired(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Export>, PortError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM exports WHERE status = 'completed' AND expires_at <= $1 \
+             ORDER BY expires_at, tenant_id, environment_id, id LIMIT $2"
+        ))
+        .bind(now)
+        .bind(to_i64(limit as u64, "limit")?)
         .fetch_all(&self.pool)
         .await
         .map_err(translate)?;

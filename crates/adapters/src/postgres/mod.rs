@@ -1,6 +1,7 @@
 //! PostgreSQL adapters (sqlx): users and export records. SQL is parameterised only; sqlx errors
 //! are translated to `PortError` here and never cross a port.
 
+mod batches;
 mod binary_copy;
 mod exports;
 mod seed;
@@ -14,6 +15,7 @@ use sqlx::migrate::Migrator;
 pub use sqlx::postgres::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
+pub use batches::PgBatchRepository;
 pub use exports::PgExportRepository;
 pub use seed::seed_synthetic_users;
 pub use users::PgUserRepository;

@@ -5,17 +5,23 @@
 //!   [`service::ExportRunner::run_attempt`], retried per the export's `ExecutionPolicy`), and
 //!   `FinishExport` when the run ends by failure, timeout or cancellation, so the record never
 //!   stays unfinished.
+//! - [`ExportRetentionWorkflow`] (activity `ExpireExports`) deletes expired exports' files; the
+//!   worker keeps a system schedule running it ([`ensure_retention_schedule`]).
 //! - [`TemporalOrchestrator`] implements `ports::Orchestrator` for the API.
 //! - [`register`] is the one place a worker gets its workflows and activities: one line per
 //!   workflow module, each module registering its workflow and building its activities from
 //!   the shared [`WorkerDeps`].
+//! - [`UserBatchExportWorkflow`] (registered as `UserBatchExportWorkflow`) runs one export
+//!   request for many scopes as child `UserDataExportWorkflow`s.
 //!
 //! The names and the input's JSON shape are a contract shared with the seed (Go) guide: a
 //! workflow started by any client with `{"tenant_id","environment_id","user_filters","format",
 //! "email_notify"}` runs here.
 
 mod activities;
+mod batch;
 mod orchestrator;
+mod retention;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod types;
@@ -33,7 +39,15 @@ use temporalio_sdk::{WorkerOptions, WorkflowRegistrationError};
 use tokio_util::sync::CancellationToken;
 
 pub use activities::ExportActivities;
+pub use batch::{
+    BATCH_WORKFLOW_TYPE, BatchProgress, BatchTargetFailure, BatchWorkflowInput, BatchWorkflowOutput,
+    DEFAULT_TARGETS_PER_RUN, UserBatchExportWorkflow,
+};
 pub use orchestrator::{TemporalOrchestrator, TemporalSettings};
+pub use retention::{
+    ExportRetentionWorkflow, RETENTION_SCHEDULE_ID, RetentionInput, RetentionOutput,
+    ensure_retention_schedule,
+};
 pub use types::{
     EXPORT_ACTIVITY, ExportRef, ExportUserDataInput, ExportUserDataOutput, ExportWorkflowInput,
     FINISH_ACTIVITY, FinishInput, FinishOutcome, FinishOutput, PREPARE_ACTIVITY, PrepareInput, PrepareOutput,
@@ -71,6 +85,8 @@ impl std::fmt::Debug for WorkerDeps {
 /// When a workflow cannot be registered (a duplicate registration).
 pub fn register(options: &mut WorkerOptions, deps: &WorkerDeps) -> Result<(), WorkflowRegistrationError> {
     workflow::register(options, deps)?;
+    retention::register(options, deps)?;
+    batch::register(options, deps)?;
     Ok(())
 }
 

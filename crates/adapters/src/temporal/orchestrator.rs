@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use async_trait::async_trait;
-use domain::{ExecutionPolicy, Export, ExportId, Scope};
+use domain::{Batch, ExecutionPolicy, Export, ExportId, Scope};
 use ports::{CancelOutcome, Orchestrator, PortError, WaitOutcome};
 use temporalio_client::errors::{WorkflowGetResultError, WorkflowInteractionError, WorkflowStartError};
 use temporalio_client::tonic::{Code, IntoRequest, Status};
@@ -18,6 +18,7 @@ use temporalio_client::{
 use temporalio_common::protos::temporal::api::workflowservice::v1::GetSystemInfoRequest;
 use tracing::info;
 
+use super::batch::{BatchWorkflowInput, UserBatchExportWorkflow};
 use super::connect_client;
 use super::types::ExportWorkflowInput;
 use super::workflow::UserDataExportWorkflow;
@@ -115,6 +116,34 @@ impl Orchestrator for TemporalOrchestrator {
             Err(WorkflowStartError::AlreadyStarted { .. }) => Ok(()),
             Err(WorkflowStartError::Rpc(status)) => Err(status_error(status, "starting the workflow")),
             Err(err) => Err(PortError::Other(anyhow!(err).context("starting the workflow"))),
+        }
+    }
+
+    async fn start_batch(&self, batch: &Batch) -> Result<(), PortError> {
+        let input = serde_json::to_value(BatchWorkflowInput::for_batch(batch, Some(self.policy)))
+            .map_err(|e| PortError::Other(anyhow!(e).context("encoding the batch workflow input")))?;
+        let workflow_id = batch.id.workflow_id();
+        let options = WorkflowStartOptions::new(self.task_queue.clone(), workflow_id.clone())
+            // As for exports: a duplicate start finds the running batch, a completed batch is
+            // never run again, a failed or terminated one may be (its exports' records decide).
+            .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)
+            .id_reuse_policy(WorkflowIdReusePolicy::AllowDuplicateFailedOnly)
+            .rpc_options(rpc_options())
+            .build();
+        let started = bounded(
+            "starting the batch workflow",
+            self.client.start_workflow(UserBatchExportWorkflow::run, input, options),
+        )
+        .await?;
+        match started {
+            Ok(handle) => {
+                info!(batch_id = %batch.id, workflow_id, run_id = handle.run_id(), targets = batch.targets.len(),
+                      "batch workflow started");
+                Ok(())
+            }
+            Err(WorkflowStartError::AlreadyStarted { .. }) => Ok(()),
+            Err(WorkflowStartError::Rpc(status)) => Err(status_error(status, "starting the batch workflow")),
+            Err(err) => Err(PortError::Other(anyhow!(err).context("starting the batch workflow"))),
         }
     }
 

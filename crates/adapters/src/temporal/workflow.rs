@@ -96,7 +96,7 @@ impl UserDataExportWorkflow {
         match prepared.status {
             ExportStatus::Pending | ExportStatus::Running => {}
             // Already finished (a re-run of a finished export): report it, run nothing.
-            ExportStatus::Completed => {
+            ExportStatus::Completed | ExportStatus::Expired => {
                 return prepared.result.ok_or_else(|| {
                     let failure = ExportFailure::new(FailureKind::Internal, "completed without an outcome");
                     workflow_failure(failure_type::EXPORT_FAILED, failure)

@@ -12,10 +12,10 @@ use adapters::storage::ObjectStorage;
 use chrono::Utc;
 use domain::{
     ExecutionPolicy, Export, ExportFormat, ExportId, ExportSpec, ExportStatus, FailureKind, IdempotencyKey,
-    RetryPolicy, Scope,
+    RetentionPolicy, RetryPolicy, Scope,
 };
 use ports::{ExportRepository, ExportStorage, Orchestrator, UserRepository, WaitOutcome};
-use service::{ExportRunner, ExportService, RequestError, RunnerConfig};
+use service::{DownloadError, ExportRunner, ExportService, RequestError, RetentionSweeper, RunnerConfig};
 
 fn scope() -> Scope {
     Scope::parse("acme/prod").unwrap()
@@ -53,7 +53,11 @@ fn system_with(
         exports.clone(),
         storage.clone(),
         Arc::new(LogNotifier),
-        RunnerConfig { chunk_bytes: 4096, progress_interval: Duration::from_millis(20) },
+        RunnerConfig {
+            chunk_bytes: 4096,
+            progress_interval: Duration::from_millis(20),
+            ..RunnerConfig::default()
+        },
     ));
     let orchestrator = InProcessOrchestrator::new(runner.clone(), exports.clone(), policy, concurrency);
     let service = ExportService::new(
@@ -288,4 +292,50 @@ async fn other_tenants_cannot_see_or_cancel_an_export() {
     assert!(matches!(sys.service.cancel(&globex, id).await, Err(service::CancelError::NotFound)));
     assert!(matches!(sys.service.download(&globex, id).await, Err(service::DownloadError::NotFound)));
     sys.settle(id).await;
+}
+
+#[tokio::test]
+async fn retention_deletes_due_files_marks_them_expired_and_downloads_answer_gone() {
+    let sys = system(Arc::new(users(50)), fast_policy(3), 2);
+    let mut short = csv();
+    short.retention_days = Some(1);
+    let kept = sys.service.request(&scope(), csv(), None).await.unwrap().export;
+    let due = sys.service.request(&scope(), short, None).await.unwrap().export;
+    let kept = sys.settle(kept.id).await;
+    let due = sys.settle(due.id).await;
+    let finished = due.finished_at().unwrap();
+    assert_eq!(due.expires_at(), Some(finished + chrono::TimeDelta::days(1)));
+    assert_eq!(kept.expires_at(), Some(kept.finished_at().unwrap() + chrono::TimeDelta::days(7)));
+
+    let sweeper = RetentionSweeper::new(sys.exports.clone(), sys.storage.clone());
+    let two_days_later = Utc::now() + chrono::TimeDelta::days(2);
+    let report = sweeper.sweep(two_days_later, 100).await.unwrap();
+    assert_eq!((report.expired, report.failed, report.more), (1, 0, false));
+
+    let expired = sys.record(due.id).await;
+    assert_eq!(expired.status(), ExportStatus::Expired);
+    assert_eq!(expired.finished_at(), due.finished_at(), "expiry keeps the completion time");
+    assert_eq!(expired.outcome(), due.outcome(), "the record keeps what was exported");
+    assert!(!sys.has_object(&due).await, "the file is deleted");
+    assert!(matches!(sys.service.download(&scope(), due.id).await, Err(DownloadError::Expired)));
+    assert_eq!(sys.record(kept.id).await.status(), ExportStatus::Completed);
+    assert!(sys.has_object(&kept).await);
+
+    // Idempotent: nothing is due twice.
+    assert_eq!(sweeper.sweep(two_days_later, 100).await.unwrap().expired, 0);
+}
+
+#[tokio::test]
+async fn a_retention_above_the_cap_is_refused_when_requested() {
+    let sys = system(Arc::new(users(5)), fast_policy(3), 1);
+    let service = sys.service.with_retention(RetentionPolicy { default_days: 7, max_days: 30 });
+    let mut long = csv();
+    long.retention_days = Some(31);
+    match service.request(&scope(), long, None).await {
+        Err(RequestError::Invalid(errors)) => assert_eq!(errors.errors()[0].field, "retention_days"),
+        other => panic!("expected a validation error, got {other:?}"),
+    }
+    let mut allowed = csv();
+    allowed.retention_days = Some(30);
+    service.request(&scope(), allowed, None).await.unwrap();
 }

@@ -3,12 +3,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod inprocess;
+mod inprocess_batch;
 mod memory;
 mod nats;
 mod postgres;
 mod s3;
+mod smtp;
 mod storage;
 #[cfg(feature = "temporal")]
 mod temporal_activities;
+#[cfg(feature = "temporal")]
+mod temporal_batch;
+#[cfg(feature = "temporal")]
+mod temporal_retention;
 #[cfg(feature = "temporal")]
 mod temporal_workflows;

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use adapters::contract;
-use adapters::memory::{MemoryExportRepository, MemoryUserRepository};
+use adapters::memory::{MemoryBatchRepository, MemoryExportRepository, MemoryUserRepository};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_export_repository_honours_the_contract() {
@@ -17,4 +17,9 @@ async fn memory_user_repository_honours_the_contract() {
         repo.insert(&scope, users);
     }
     contract::users::run_all(&repo).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_batch_repository_honours_the_contract() {
+    contract::batches::run_all(Arc::new(MemoryBatchRepository::new())).await;
 }

@@ -15,7 +15,8 @@ use adapters::storage::ObjectStorage;
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use async_trait::async_trait;
 use domain::{
-    ExecutionPolicy, Export, ExportId, ExportStatus, IdempotencyKey, RetryPolicy, Scope, TenantDirectory,
+    Batch, ExecutionPolicy, Export, ExportId, ExportStatus, IdempotencyKey, RetryPolicy, Scope,
+    TenantDirectory,
 };
 use futures::StreamExt;
 use ports::{CancelOutcome, ExportQuery, ExportRepository, Orchestrator, PortError, WaitOutcome};
@@ -78,6 +79,9 @@ impl Orchestrator for FlakyOrchestrator {
             return Err(PortError::unavailable(anyhow::anyhow!("injected: orchestrator unreachable")));
         }
         self.inner.start(export).await
+    }
+    async fn start_batch(&self, batch: &Batch) -> Result<(), PortError> {
+        self.inner.start_batch(batch).await
     }
     async fn wait(&self, scope: &Scope, id: ExportId, timeout: Duration) -> Result<WaitOutcome, PortError> {
         self.inner.wait(scope, id, timeout).await

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use adapters::contract::{self, pg::TestDatabase};
-use adapters::postgres::{PgExportRepository, PgUserRepository, seed_synthetic_users};
+use adapters::postgres::{PgBatchRepository, PgExportRepository, PgUserRepository, seed_synthetic_users};
 use domain::{Scope, UserFilter};
 use futures::{StreamExt, TryStreamExt};
 use ports::UserRepository;
@@ -12,6 +12,13 @@ use ports::UserRepository;
 async fn postgres_export_repository_honours_the_contract() {
     let db = TestDatabase::create().await;
     contract::exports::run_all(Arc::new(PgExportRepository::new(db.pool.clone()))).await;
+    db.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_batch_repository_honours_the_contract() {
+    let db = TestDatabase::create().await;
+    contract::batches::run_all(Arc::new(PgBatchRepository::new(db.pool.clone()))).await;
     db.drop_now().await;
 }
 

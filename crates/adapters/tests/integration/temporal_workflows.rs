@@ -106,7 +106,7 @@ impl Harness {
             exports.clone(),
             storage.clone(),
             Arc::new(LogNotifier),
-            RunnerConfig { chunk_bytes: 4096, progress_interval: Duration::ZERO },
+            RunnerConfig { chunk_bytes: 4096, progress_interval: Duration::ZERO, ..RunnerConfig::default() },
         ));
         let orchestrator = TemporalOrchestrator::new(client.clone(), task_queue.clone(), setup.policy);
         let service = ExportService::new(

@@ -205,7 +205,7 @@ pub async fn list_exports(
          content_type = "application/problem+json"),
         (status = 409, description = "The export is not completed (`export-not-ready`).", body = Problem,
          content_type = "application/problem+json"),
-        (status = 410, description = "The export completed but its file is gone (`export-gone`).",
+        (status = 410, description = "The file is gone: retention deleted it (`export-expired`), or it vanished (`export-gone`).",
          body = Problem, content_type = "application/problem+json"),
         CommonErrors,
     )
@@ -305,7 +305,7 @@ fn export_id(path: Result<Path<String>, PathRejection>) -> Result<ExportId, ApiE
 }
 
 /// The body as a JSON value: `413` when too large, `400` when not JSON.
-fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
+pub(crate) fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge
@@ -337,14 +337,14 @@ fn export_spec(body: &Value, errors: &mut ValidationErrors) -> Option<ExportSpec
 }
 
 /// `value` when nothing failed validation, else every recorded error.
-fn valid<T>(value: Option<T>, errors: ValidationErrors) -> Result<T, ApiError> {
+pub(crate) fn valid<T>(value: Option<T>, errors: ValidationErrors) -> Result<T, ApiError> {
     match value {
         Some(value) if errors.is_empty() => Ok(value),
         _ => Err(ApiError::Validation(errors)),
     }
 }
 
-fn idempotency_key(headers: &HeaderMap, errors: &mut ValidationErrors) -> Option<IdempotencyKey> {
+pub(crate) fn idempotency_key(headers: &HeaderMap, errors: &mut ValidationErrors) -> Option<IdempotencyKey> {
     let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
     let value = values.next()?;
     if values.next().is_some() {

@@ -1,5 +1,6 @@
 //! The HTTP surface: routes, fallbacks and the layers every request goes through.
 
+pub(crate) mod batches;
 pub(crate) mod events;
 pub(crate) mod exports;
 pub(crate) mod health;
@@ -29,6 +30,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/exports", post(exports::create_export).get(exports::list_exports))
         .route("/v1/exports/sync", post(exports::create_export_sync))
+        .route("/v1/exports/batch", post(batches::create_batch))
+        .route("/v1/exports/batch/{id}", get(batches::get_batch))
         .route("/v1/exports/{id}", get(exports::get_export))
         .route("/v1/exports/{id}/download", get(exports::download_export))
         .route("/v1/exports/{id}/cancel", post(exports::cancel_export))

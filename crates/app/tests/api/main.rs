@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod auth;
+mod batches;
 mod cancel;
 mod create;
 mod download;
@@ -14,4 +15,5 @@ mod helpers;
 mod lifecycle;
 mod openapi;
 mod read;
+mod retention_notify;
 mod sync;

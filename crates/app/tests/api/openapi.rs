@@ -33,6 +33,8 @@ async fn the_openapi_document_is_3_1_and_lists_every_route() {
         "get /v1/exports/{id}/download",
         "post /v1/exports/{id}/cancel",
         "post /v1/events/export-requested",
+        "post /v1/exports/batch",
+        "get /v1/exports/batch/{id}",
         "get /healthz",
         "get /readyz",
         "get /openapi.json",
@@ -41,6 +43,9 @@ async fn the_openapi_document_is_3_1_and_lists_every_route() {
     .map(str::to_owned)
     .collect();
     assert_eq!(operations, expected);
+    for schema in ["BatchResource", "CreateBatchRequest", "BatchTargetBody"] {
+        assert!(doc["components"]["schemas"][schema].is_object(), "schema {schema} is missing");
+    }
 }
 
 #[tokio::test]
