@@ -40,6 +40,16 @@ wait_for "PostgreSQL ($TEST_DATABASE_URL)" 30 psql "$TEST_DATABASE_URL" -Atc 'SE
 psql "$TEST_DATABASE_URL" -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'userexport_test_%'" |
   while read -r db; do psql "$TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)"; done
 
+log "NATS JetStream"
+# Started by the machine, like PostgreSQL; its first line (INFO) says whether JetStream is on.
+export TEST_NATS_URL=${TEST_NATS_URL:-nats://127.0.0.1:4222}
+nats_ready() {
+  local hostport=${TEST_NATS_URL#nats://}
+  hostport=${hostport##*@}
+  timeout 2 bash -c "exec 3<>/dev/tcp/${hostport%:*}/${hostport##*:} && head -n 1 <&3" | grep -q '"jetstream":true'
+}
+wait_for "NATS with JetStream ($TEST_NATS_URL)" 30 nats_ready
+
 log "S3-compatible server (moto)"
 MOTO_PORT=$(free_port)
 moto_server -H 127.0.0.1 -p "$MOTO_PORT" >"$RUN_DIR/moto.log" 2>&1 &

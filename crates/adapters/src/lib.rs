@@ -5,6 +5,8 @@
 pub mod contract;
 pub mod inprocess;
 pub mod memory;
+#[cfg(feature = "nats")]
+pub mod nats;
 pub mod notify;
 #[cfg(feature = "postgres")]
 pub mod postgres;

@@ -84,6 +84,9 @@ pub struct Config {
     #[command(flatten)]
     pub tenants: TenantArgs,
 
+    /// `ExportRequested` events: the NATS consumer and the webhook.
+    #[command(flatten)]
+    pub events: crate::events::EventArgs,
     /// Completion notifications.
     #[command(flatten)]
     pub notify: NotifyArgs,
@@ -156,6 +159,7 @@ impl Config {
                 ..BackendArgs::embedded(PathBuf::from("./data"), 100)
             },
             tenants: TenantArgs::default(),
+            events: crate::events::EventArgs::default(),
             notify: NotifyArgs::default(),
             max_concurrent_exports: DEFAULT_MAX_CONCURRENT_EXPORTS,
             sync_timeout_max_s: DEFAULT_SYNC_TIMEOUT_MAX_S,
@@ -190,6 +194,7 @@ impl Config {
             bail!("invalid USEREXPORT_MAX_CONCURRENT_EXPORTS: must be at least 1");
         }
         self.execution_policy()?;
+        self.events.check()?;
         self.policy.retention_policy()?;
         self.policy.retention_sweep_interval()?;
         Ok(())

@@ -6,6 +6,7 @@ pub mod banner;
 pub mod config;
 pub mod dto;
 pub mod dto_schedules;
+pub mod events;
 pub mod openapi;
 pub mod ops;
 pub mod problem;

@@ -9,7 +9,7 @@ use utoipa::{Modify, OpenApi};
 use crate::dto;
 use crate::dto_schedules;
 use crate::problem;
-use crate::routes::{batches, exports, health, schedules};
+use crate::routes::{batches, events, exports, health, schedules};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -25,6 +25,7 @@ use crate::routes::{batches, exports, health, schedules};
         exports::get_export,
         exports::download_export,
         exports::cancel_export,
+        events::export_requested,
         batches::create_batch,
         batches::get_batch,
         schedules::create_schedule,
@@ -43,6 +44,7 @@ use crate::routes::{batches, exports, health, schedules};
     security(("bearer" = [])),
     tags(
         (name = "exports", description = "Request, follow, download and cancel exports."),
+        (name = "events", description = "Start exports from events (also consumed from NATS JetStream)."),
         (name = "batches", description = "Operators: run one export for many tenants and follow it."),
         (name = "schedules", description = "Run exports on a cron schedule; pause, change, trigger."),
         (name = "health", description = "Probes for orchestrators and load balancers."),

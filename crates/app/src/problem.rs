@@ -5,6 +5,7 @@ use std::any::Any;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
+use domain::signature::{SIGNATURE_HEADER, SignatureError, TIMESTAMP_HEADER};
 use domain::{BatchId, ExportId, ExportStatus, ScheduleId, ValidationErrors};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, StatusCode};
@@ -185,6 +186,10 @@ pub enum ApiError {
     /// No API key, or one that is not configured.
     #[error("unauthenticated")]
     Unauthenticated { presented: bool },
+    /// A webhook whose signature is missing, malformed, stale or does not match. An unknown
+    /// tenant, or one without a webhook secret, is a mismatch: callers cannot tell which.
+    #[error("webhook signature rejected: {0}")]
+    InvalidSignature(SignatureError),
     /// A valid key without the permission the route needs (a tenant key on an operator route).
     #[error("forbidden: needs an operator key with the {needs} permission")]
     Forbidden { needs: &'static str },
@@ -248,6 +253,7 @@ impl ApiError {
     pub fn problem(&self) -> Problem {
         match self {
             Self::Unauthenticated { presented } => unauthenticated_problem(*presented),
+            Self::InvalidSignature(reason) => invalid_signature_problem(reason),
             Self::Forbidden { needs } => Problem::new(
                 "forbidden",
                 "Forbidden",
@@ -373,6 +379,24 @@ impl ApiError {
     }
 }
 
+fn invalid_signature_problem(reason: &SignatureError) -> Problem {
+    let detail = match reason {
+        SignatureError::MissingHeader(header) => format!("The {header} header is missing."),
+        SignatureError::Malformed(header) => format!("The {header} header is malformed."),
+        SignatureError::Stale { .. } => {
+            format!("The {TIMESTAMP_HEADER} is outside the replay window around the server's clock.")
+        }
+        SignatureError::Mismatch => {
+            format!("No signature in {SIGNATURE_HEADER} matches this body, timestamp and tenant.")
+        }
+    };
+    Problem::new("invalid-signature", "Invalid webhook signature", StatusCode::UNAUTHORIZED, detail)
+        .with_hint(format!(
+            "Send {TIMESTAMP_HEADER}: <current unix seconds> and {SIGNATURE_HEADER}: v1=<hex HMAC-SHA256 of \
+             \"{{timestamp}}.{{raw body}}\" keyed with the tenant's webhook secret>."
+        ))
+}
+
 fn validation_problem(errors: &ValidationErrors) -> Problem {
     let errors: Vec<FieldErrorBody> = errors
         .errors()
@@ -411,6 +435,12 @@ impl IntoResponse for ApiError {
                     r#"Bearer realm="userexport""#
                 };
                 headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+            }
+            Self::InvalidSignature(_) => {
+                headers.insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Userexport-Signature realm="userexport""#),
+                );
             }
             Self::Unavailable(_) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static(UNAVAILABLE_RETRY_AFTER_S));

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use adapters::inprocess::InProcessOrchestrator;
+use adapters::nats::EventConsumer;
 use adapters::scheduler::InProcessScheduler;
 use adapters::temporal::{TemporalOrchestrator, TemporalScheduler, TemporalSettings};
 use anyhow::Context;
@@ -114,6 +115,8 @@ pub struct Application {
     orchestrator: Orchestration,
     /// The in-process scheduler's timers, stopped at shutdown (Temporal's live on).
     scheduler: Option<InProcessScheduler>,
+    /// The NATS consumer of `ExportRequested` events, when `USEREXPORT_NATS_URL` is set.
+    events: Option<EventConsumer>,
     shutdown_grace: Duration,
     demo: Option<DemoTenant>,
 }
@@ -221,35 +224,48 @@ impl Application {
             Arc::clone(&adapters.exports),
             Arc::clone(&dyn_orchestrator),
         );
-        let state = AppState {
-            service: Arc::new(service),
-            schedules: Arc::new(schedules),
-            keys: Arc::new(keys),
-            operators: Arc::new(operators),
-            batches: Arc::new(batches),
-            tenants,
-            dependencies: Dependencies {
-                users: adapters.users,
-                exports: adapters.exports,
-                storage: adapters.storage,
-                orchestrator: dyn_orchestrator,
-            },
-            sync: SyncLimits {
-                default_wait: config.sync_timeout_default(),
-                max_wait: config.sync_timeout_max(),
-            },
-        };
+        let service = Arc::new(service);
 
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on USEREXPORT_LISTEN {}", config.listen))?;
         let local_addr = listener.local_addr().context("reading the bound address")?;
+        // Both orchestrators: the consumer only stores the record and starts the export.
+        let events = match config.events.nats_settings() {
+            Some(settings) => Some(
+                EventConsumer::start(settings, Arc::clone(&service), Arc::clone(&tenants))
+                    .await
+                    .context("USEREXPORT_NATS_URL: cannot start the ExportRequested consumer")?,
+            ),
+            None => None,
+        };
+        let state = AppState {
+            service: Arc::clone(&service),
+            schedules: Arc::new(schedules),
+            keys: Arc::new(keys),
+            operators: Arc::new(operators),
+            batches: Arc::new(batches),
+            tenants: Arc::clone(&tenants),
+            dependencies: Dependencies {
+                users: adapters.users,
+                exports: adapters.exports,
+                storage: adapters.storage,
+                orchestrator: dyn_orchestrator,
+                events: events.as_ref().map(EventConsumer::health),
+            },
+            sync: SyncLimits {
+                default_wait: config.sync_timeout_default(),
+                max_wait: config.sync_timeout_max(),
+            },
+            webhook_replay_window: config.events.replay_window(),
+        };
         Ok(Self {
             listener,
             local_addr,
             router: routes::router(state),
             orchestrator,
             scheduler,
+            events,
             shutdown_grace: config.shutdown_grace(),
             demo,
         })
@@ -283,7 +299,7 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Self { listener, local_addr, router, orchestrator, scheduler, shutdown_grace, .. } = self;
+        let Self { listener, local_addr, router, orchestrator, scheduler, events, shutdown_grace, .. } = self;
         info!(%local_addr, "listening");
         let stopping = CancellationToken::new();
         let signal = {
@@ -303,8 +319,13 @@ impl Application {
             served = server => served.context("HTTP server failed")?,
             () = drain_deadline => warn!(grace_s = shutdown_grace.as_secs(), "open requests did not finish within the grace period; closing them"),
         }
+        // No new exports from schedules or events once HTTP stopped taking them.
         if let Some(scheduler) = &scheduler {
             scheduler.shutdown();
+        }
+        // No new exports from events once HTTP stopped taking them; then let exports finish.
+        if let Some(events) = events {
+            events.shutdown(shutdown_grace).await;
         }
         info!(grace_s = shutdown_grace.as_secs(), "HTTP stopped; letting running exports finish");
         orchestrator.shutdown(shutdown_grace).await;

@@ -16,6 +16,8 @@ pub struct Dependencies {
     pub exports: Arc<dyn ExportRepository>,
     pub storage: Arc<dyn ExportStorage>,
     pub orchestrator: Arc<dyn Orchestrator>,
+    /// The NATS connection of the event consumer, when one runs.
+    pub events: Option<adapters::nats::NatsHealth>,
 }
 
 /// Bounds of `POST /v1/exports/sync?timeout_s=`.
@@ -37,6 +39,8 @@ pub struct AppState {
     pub tenants: Arc<TenantDirectory>,
     pub dependencies: Dependencies,
     pub sync: SyncLimits,
+    /// How far a webhook's signed timestamp may be from now, either way.
+    pub webhook_replay_window: Duration,
 }
 
 impl std::fmt::Debug for AppState {

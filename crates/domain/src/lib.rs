@@ -4,11 +4,13 @@
 pub mod batch;
 pub mod cursor;
 pub mod encode;
+pub mod events;
 pub mod export;
 pub mod ids;
 pub mod policy;
 pub mod request;
 pub mod schedule;
+pub mod signature;
 pub mod synthetic;
 pub mod tenants;
 pub mod user;
@@ -16,6 +18,7 @@ pub mod validation;
 
 pub use batch::{Batch, BatchId, BatchRequest, BatchSummary, TargetResult, TargetSelection};
 pub use cursor::{BadCursor, ListCursor};
+pub use events::{EventError, ExportRequested};
 pub use export::{
     Export, ExportFailure, ExportOutcome, ExportParts, ExportStatus, FailureKind, IllegalTransition,
     NotificationRecord, NotificationStatus, Progress,

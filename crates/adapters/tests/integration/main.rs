@@ -5,6 +5,7 @@
 mod inprocess;
 mod inprocess_batch;
 mod memory;
+mod nats;
 mod postgres;
 mod s3;
 mod schedules;

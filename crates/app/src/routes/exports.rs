@@ -277,7 +277,7 @@ pub async fn cancel_export(
 }
 
 /// `status` with the export as body and `Location`; `Retry-After` while unfinished.
-fn export_response(status: StatusCode, export: &Export, replayed: bool) -> Response {
+pub(super) fn export_response(status: StatusCode, export: &Export, replayed: bool) -> Response {
     let mut response = (status, Json(ExportResource::from(export))).into_response();
     let headers = response.headers_mut();
     if let Ok(location) = HeaderValue::from_str(&export_path(export.id)) {
@@ -292,7 +292,7 @@ fn export_response(status: StatusCode, export: &Export, replayed: bool) -> Respo
     response
 }
 
-fn record_export_id(id: ExportId) {
+pub(super) fn record_export_id(id: ExportId) {
     Span::current().record("export_id", tracing::field::display(id));
 }
 

@@ -28,7 +28,8 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok".to_owned() })
 }
 
-/// Readiness: every dependency answers (user store, export store, file storage, orchestrator).
+/// Readiness: every dependency answers (user store, export store, file storage, orchestrator, and
+/// the NATS connection of the event consumer when one runs).
 #[utoipa::path(
     get, path = "/readyz", tag = "health", security(()),
     responses(
@@ -45,8 +46,12 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         check("storage", deps.storage.ping()),
         check("orchestrator", deps.orchestrator.ping()),
     );
-    let checks: BTreeMap<String, CheckStatus> =
+    let mut checks: BTreeMap<String, CheckStatus> =
         [users, exports, storage, orchestrator].into_iter().map(|(name, s)| (name.to_owned(), s)).collect();
+    if let Some(events) = &deps.events {
+        let (name, status) = check("events", events.ping()).await;
+        checks.insert(name.to_owned(), status);
+    }
     if checks.values().all(|s| *s == CheckStatus::Ok) {
         return Json(Readiness { status: "ready".to_owned(), checks }).into_response();
     }

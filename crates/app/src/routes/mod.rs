@@ -1,6 +1,7 @@
 //! The HTTP surface: routes, fallbacks and the layers every request goes through.
 
 pub(crate) mod batches;
+pub(crate) mod events;
 pub(crate) mod exports;
 pub(crate) mod health;
 pub(crate) mod schedules;
@@ -41,6 +42,7 @@ pub fn router(state: AppState) -> Router {
             get(schedules::get_schedule).patch(schedules::patch_schedule).delete(schedules::delete_schedule),
         )
         .route("/v1/export-schedules/{id}/trigger", post(schedules::trigger_schedule))
+        .route("/v1/events/export-requested", post(events::export_requested))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi::openapi_json))

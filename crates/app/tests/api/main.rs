@@ -9,6 +9,7 @@ mod cancel;
 mod create;
 mod download;
 mod errors;
+mod events;
 mod health;
 mod helpers;
 mod lifecycle;

@@ -32,6 +32,7 @@ async fn the_openapi_document_is_3_1_and_lists_every_route() {
         "get /v1/exports/{id}",
         "get /v1/exports/{id}/download",
         "post /v1/exports/{id}/cancel",
+        "post /v1/events/export-requested",
         "post /v1/exports/batch",
         "get /v1/exports/batch/{id}",
         "post /v1/export-schedules",
