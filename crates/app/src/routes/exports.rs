@@ -33,7 +33,7 @@ const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-repl
 const CHECKSUM_SHA256: HeaderName = HeaderName::from_static("x-checksum-sha256");
 /// Seconds a client should wait before polling an unfinished export again.
 const POLL_AFTER_S: &str = "1";
-const LIST_LIMIT_DEFAULT: usize = 20;
+pub(crate) const LIST_LIMIT_DEFAULT: usize = 20;
 const LIST_LIMIT_MAX: usize = 100;
 
 /// Request an export; it runs in the background.
@@ -392,19 +392,12 @@ fn sync_wait(query: Option<&str>, limits: SyncLimits, errors: &mut ValidationErr
     }
 }
 
-fn list_query(query: Option<&str>) -> Result<ExportQuery, ApiError> {
-    let mut errors = ValidationErrors::new();
-    let status = query_param(query, "status").and_then(|raw| {
-        let status = raw.parse::<ExportStatus>().ok();
-        if status.is_none() {
-            errors.add(
-                "status",
-                "invalid_value",
-                "status must be one of pending, running, completed, failed, cancelled",
-            );
-        }
-        status
-    });
+/// `?limit=` and `?cursor=` of a list route; each bad one is added to `errors`.
+pub(crate) fn page_params<C>(
+    query: Option<&str>,
+    errors: &mut ValidationErrors,
+    decode_cursor: impl FnOnce(&str) -> Option<C>,
+) -> (usize, Option<C>) {
     let limit = match query_param(query, "limit") {
         None => LIST_LIMIT_DEFAULT,
         Some(raw) => match raw.parse::<usize>() {
@@ -420,7 +413,7 @@ fn list_query(query: Option<&str>) -> Result<ExportQuery, ApiError> {
         },
     };
     let after = query_param(query, "cursor").and_then(|raw| {
-        let cursor = ListCursor::decode(&raw).ok();
+        let cursor = decode_cursor(&raw);
         if cursor.is_none() {
             errors.add(
                 "cursor",
@@ -430,6 +423,23 @@ fn list_query(query: Option<&str>) -> Result<ExportQuery, ApiError> {
         }
         cursor
     });
+    (limit, after)
+}
+
+fn list_query(query: Option<&str>) -> Result<ExportQuery, ApiError> {
+    let mut errors = ValidationErrors::new();
+    let status = query_param(query, "status").and_then(|raw| {
+        let status = raw.parse::<ExportStatus>().ok();
+        if status.is_none() {
+            errors.add(
+                "status",
+                "invalid_value",
+                "status must be one of pending, running, completed, failed, cancelled, expired",
+            );
+        }
+        status
+    });
+    let (limit, after) = page_params(query, &mut errors, |raw| ListCursor::decode(raw).ok());
     valid(Some(ExportQuery { status, limit, after }), errors)
 }
 

@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use ports::ScheduleQuery;
 use tracing::Span;
 
-use super::exports::{idempotency_key, json_body, query_param, valid};
+use super::exports::{idempotency_key, json_body, page_params, valid};
 use crate::auth::Authenticated;
 use crate::dto::{ExportResource, export_path};
 use crate::dto_schedules::{
@@ -24,8 +24,6 @@ use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
 
 const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
-const LIST_LIMIT_DEFAULT: usize = 20;
-const LIST_LIMIT_MAX: usize = 100;
 
 /// Create a schedule: at each time its cron names (in its time zone) it runs the export in
 /// `request`. A bad cron is a `422` whose `errors` point at `cron` and name the cron field.
@@ -228,27 +226,6 @@ fn schedule_id(path: Result<Path<String>, PathRejection>) -> Result<ScheduleId, 
 
 fn list_query(query: Option<&str>) -> Result<ScheduleQuery, ApiError> {
     let mut errors = ValidationErrors::new();
-    let limit = match query_param(query, "limit") {
-        None => LIST_LIMIT_DEFAULT,
-        Some(raw) => match raw.parse::<usize>() {
-            Ok(limit) if (1..=LIST_LIMIT_MAX).contains(&limit) => limit,
-            _ => {
-                let message = format!("limit must be an integer from 1 to {LIST_LIMIT_MAX}");
-                errors.add("limit", "invalid_value", message);
-                LIST_LIMIT_DEFAULT
-            }
-        },
-    };
-    let after = query_param(query, "cursor").and_then(|raw| {
-        let cursor = ScheduleId::parse(&raw).ok();
-        if cursor.is_none() {
-            errors.add(
-                "cursor",
-                "invalid_value",
-                "cursor must be the next_cursor of a previous page, unchanged",
-            );
-        }
-        cursor
-    });
+    let (limit, after) = page_params(query, &mut errors, |raw| ScheduleId::parse(raw).ok());
     valid(Some(ScheduleQuery { limit, after }), errors)
 }
