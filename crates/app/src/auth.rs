@@ -115,6 +115,19 @@ impl ApiKeys {
     }
 }
 
+/// The token of `Authorization: Bearer <token>`: `401` without the header, `401` (presented)
+/// when it is not a bearer token.
+pub(crate) fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
+    let header = parts.headers.get(AUTHORIZATION).ok_or(ApiError::Unauthenticated { presented: false })?;
+    header
+        .to_str()
+        .ok()
+        .and_then(|value| value.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .ok_or(ApiError::Unauthenticated { presented: true })
+}
+
 /// The scope of an authenticated request. Extracting it rejects requests without a valid key
 /// with `401` and records the tenant on the request's span.
 #[derive(Debug, Clone)]
@@ -124,15 +137,7 @@ impl FromRequestParts<AppState> for Authenticated {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let header =
-            parts.headers.get(AUTHORIZATION).ok_or(ApiError::Unauthenticated { presented: false })?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|value| value.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim())
-            .ok_or(ApiError::Unauthenticated { presented: true })?;
+        let token = bearer_token(parts)?;
         let scope = state.keys.authenticate(token).ok_or(ApiError::Unauthenticated { presented: true })?;
         let span = tracing::Span::current();
         span.record("tenant", tracing::field::display(&scope.tenant));

@@ -8,7 +8,6 @@
 use std::collections::BTreeSet;
 
 use axum::extract::FromRequestParts;
-use http::header::AUTHORIZATION;
 use http::request::Parts;
 use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 
@@ -123,15 +122,7 @@ impl FromRequestParts<AppState> for BatchOperator {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let header =
-            parts.headers.get(AUTHORIZATION).ok_or(ApiError::Unauthenticated { presented: false })?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|value| value.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim())
-            .ok_or(ApiError::Unauthenticated { presented: true })?;
+        let token = super::bearer_token(parts)?;
         match state.operators.authenticate(token) {
             Some(granted) if granted.contains(&Permission::Batch) => Ok(Self),
             Some(_) => Err(ApiError::Forbidden { needs: Permission::Batch.as_str() }),

@@ -171,15 +171,7 @@ pub async fn create_batch(
     let body = json_body(&headers, body)?;
     let mut errors = ValidationErrors::new();
     let key = idempotency_key(&headers, &mut errors);
-    let request = match BatchRequest::from_json(&body) {
-        Ok(request) => Some(request),
-        Err(invalid) => {
-            for e in invalid.errors() {
-                errors.add(e.field.clone(), e.code, e.message.clone());
-            }
-            None
-        }
-    };
+    let request = errors.absorb(BatchRequest::from_json(&body));
     let request = valid(request, errors)?;
     let requested = state.batches.request(request, key, &state.tenants).await?;
     let (status, resource) = if requested.created {

@@ -70,7 +70,7 @@ pub async fn create_export(
     let body = json_body(&headers, body)?;
     let mut errors = ValidationErrors::new();
     let key = idempotency_key(&headers, &mut errors);
-    let spec = export_spec(&body, &mut errors);
+    let spec = errors.absorb(ExportSpec::from_json(&body));
     let spec = valid(spec, errors)?;
     let requested = state.service.request(&scope, spec, key).await?;
     record_export_id(requested.export.id);
@@ -118,7 +118,7 @@ pub async fn create_export_sync(
     let mut errors = ValidationErrors::new();
     let wait = sync_wait(query.as_deref(), state.sync, &mut errors);
     let key = idempotency_key(&headers, &mut errors);
-    let spec = export_spec(&body, &mut errors);
+    let spec = errors.absorb(ExportSpec::from_json(&body));
     let spec = valid(spec, errors)?;
     let requested = state.service.request_and_wait(&scope, spec, key, wait).await?;
     let export = &requested.export;
@@ -322,18 +322,6 @@ pub(crate) fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>
         return Err(ApiError::UnsupportedMediaType);
     }
     serde_json::from_slice(&body).map_err(|e| ApiError::MalformedJson(e.to_string()))
-}
-
-fn export_spec(body: &Value, errors: &mut ValidationErrors) -> Option<ExportSpec> {
-    match ExportSpec::from_json(body) {
-        Ok(spec) => Some(spec),
-        Err(invalid) => {
-            for e in invalid.errors() {
-                errors.add(e.field.clone(), e.code, e.message.clone());
-            }
-            None
-        }
-    }
 }
 
 /// `value` when nothing failed validation, else every recorded error.

@@ -54,15 +54,7 @@ pub async fn create_schedule(
     let body = json_body(&headers, body)?;
     let mut errors = ValidationErrors::new();
     let key = idempotency_key(&headers, &mut errors);
-    let new = match NewSchedule::from_json(&body) {
-        Ok(new) => Some(new),
-        Err(invalid) => {
-            for e in invalid.errors() {
-                errors.add(e.field.clone(), e.code, e.message.clone());
-            }
-            None
-        }
-    };
+    let new = errors.absorb(NewSchedule::from_json(&body));
     let new = valid(new, errors)?;
     let created = state.schedules.create(&scope, new, key).await?;
     record_schedule_id(created.schedule.id);
