@@ -3,6 +3,7 @@
 //! test suites in `adapters` check that they do.
 
 mod batches;
+mod callbacks;
 mod error;
 mod exports;
 mod notifier;
@@ -12,6 +13,7 @@ mod storage;
 mod users;
 
 pub use batches::{BatchCreateOutcome, BatchRepository};
+pub use callbacks::CallbackSender;
 pub use error::PortError;
 pub use exports::{CreateOutcome, ExportPage, ExportQuery, ExportRepository, UpdateOutcome};
 pub use notifier::Notifier;
@@ -26,6 +28,7 @@ pub use users::{UserRepository, UserStream};
 #[cfg(feature = "mocks")]
 pub mod mocks {
     //! `mockall` doubles for failure injection in tests; the in-memory adapters are the fakes.
+    pub use crate::callbacks::MockCallbackSender;
     pub use crate::exports::MockExportRepository;
     pub use crate::notifier::MockNotifier;
     pub use crate::storage::{MockExportStorage, MockObjectWriter};
