@@ -6,8 +6,10 @@
 pub mod batches;
 pub mod exports;
 pub mod fakes;
+pub mod fault_proxy;
 #[cfg(feature = "postgres")]
 pub mod pg;
+pub mod private_pg;
 #[cfg(feature = "s3")]
 pub mod s3;
 pub mod schedules;
