@@ -1,9 +1,13 @@
-//! The embedded orchestrator: runs exports on tokio tasks in this process, applying the same
-//! `ExecutionPolicy` (retries, backoff, start-to-close timeout) that Temporal applies.
+//! The embedded orchestrator: runs exports on tokio tasks in this process. What follows a failed
+//! attempt is the runner's decision (the domain's `ExecutionPolicy`, as under Temporal); this
+//! only waits and runs the next attempt, and runs the notification step once the export slot
+//! is released.
 //!
 //! Durability comes from the export repository: every accepted export is recorded `pending`
-//! before it is started, and [`InProcessOrchestrator::recover`] resumes at start-up whatever a
-//! dead process left `pending` or `running`. Batches: see [`batch`].
+//! before it is started, [`InProcessOrchestrator::recover`] resumes at start-up whatever a dead
+//! process left `pending` or `running`, and the reconciler (`service::Reconciler`, run on an
+//! interval by the API) starts any unfinished record this process has no run for. Batches: see
+//! [`batch`].
 
 mod batch;
 
@@ -14,7 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::{Batch, BatchId, ExecutionPolicy, Export, ExportId, Scope};
-use ports::{CancelOutcome, ExportRepository, Orchestrator, PortError, WaitOutcome};
+use ports::{CancelOutcome, ExportRepository, Orchestrator, PortError, RunState, WaitOutcome};
 use service::{AttemptControl, ExportRunner, RunError};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
@@ -77,7 +81,8 @@ impl InProcessOrchestrator {
         }
     }
 
-    /// Resumes every export a previous process left unfinished. Returns how many.
+    /// Resumes every export a previous process left unfinished, and the notification step of
+    /// finished ones it left unnotified. Returns how many exports it resumed.
     pub async fn recover(&self) -> Result<usize, PortError> {
         let unfinished = self.inner.exports.list_unfinished().await?;
         for export in &unfinished {
@@ -85,7 +90,26 @@ impl InProcessOrchestrator {
                   "resuming unfinished export");
             self.start(export).await?;
         }
+        let unnotified = self.inner.exports.list_notify_due(chrono::Utc::now(), 1000).await?;
+        for export in unnotified {
+            self.spawn_notify(export.scope, export.id);
+        }
         Ok(unfinished.len())
+    }
+
+    /// Runs the notification step of a finished export on a task of its own (never in an export
+    /// slot); a failure is left to the reconciler.
+    fn spawn_notify(&self, scope: Scope, id: ExportId) {
+        let runner = Arc::clone(&self.inner.runner);
+        let span = info_span!("notify", export_id = %id, tenant = %scope.tenant);
+        self.inner.tasks.spawn(
+            async move {
+                if let Err(err) = runner.notify(&scope, id).await {
+                    warn!(error = %err, "notification step failed; the reconciler runs it again");
+                }
+            }
+            .instrument(span),
+        );
     }
 
     /// Stops accepting exports and lets running ones finish within `grace`. Whatever is still
@@ -134,6 +158,11 @@ impl Orchestrator for InProcessOrchestrator {
                 this.drive(&key, first_attempt, &cancel).await;
                 this.lock_runs().remove(&key);
                 let _ = done_tx.send(true);
+                // The slot is free again: an SMTP or receiver outage never holds one.
+                if !this.inner.interrupt.is_cancelled() {
+                    let (scope, id) = key;
+                    this.spawn_notify(scope, id);
+                }
             }
             .instrument(span),
         );
@@ -159,14 +188,20 @@ impl Orchestrator for InProcessOrchestrator {
         }
     }
 
-    async fn cancel(&self, scope: &Scope, id: ExportId) -> Result<CancelOutcome, PortError> {
-        match self.lock_runs().get(&(scope.clone(), id)) {
+    async fn cancel(&self, export: &Export) -> Result<CancelOutcome, PortError> {
+        match self.lock_runs().get(&(export.scope.clone(), export.id)) {
             Some(run) => {
                 run.cancel.cancel();
                 Ok(CancelOutcome::Requested)
             }
             None => Ok(CancelOutcome::NotRunning),
         }
+    }
+
+    async fn inspect(&self, export: &Export) -> Result<RunState, PortError> {
+        // Runs live only in this process: a record it does not run has none.
+        let live = self.lock_runs().contains_key(&(export.scope.clone(), export.id));
+        Ok(if live { RunState::Live } else { RunState::Missing })
     }
 
     async fn ping(&self) -> Result<(), PortError> {
@@ -178,7 +213,7 @@ impl Orchestrator for InProcessOrchestrator {
 }
 
 impl InProcessOrchestrator {
-    /// Runs attempts until one settles the export, retrying per the policy.
+    /// Runs attempts until one settles the export, waiting between them as the runner says.
     async fn drive(&self, (scope, id): &RunKey, first_attempt: u32, cancel: &CancellationToken) {
         let inner = &self.inner;
         let _slot = tokio::select! {
@@ -186,8 +221,8 @@ impl InProcessOrchestrator {
                 Ok(slot) => slot,
                 Err(_) => return,
             },
-            _ = cancel.cancelled() => return self.cancel_record(scope, *id).await,
-            _ = inner.interrupt.cancelled() => return,
+            () = cancel.cancelled() => return self.cancel_record(scope, *id).await,
+            () = inner.interrupt.cancelled() => return,
         };
         let mut attempt = first_attempt;
         loop {
@@ -195,29 +230,24 @@ impl InProcessOrchestrator {
                 attempt,
                 cancel: cancel.clone(),
                 shutdown: inner.interrupt.clone(),
-                timeout: inner.policy.start_to_close,
+                policy: inner.policy,
             };
-            let failure = match inner.runner.run_attempt(scope, *id, &control, &|_| {}).await {
-                Err(RunError::Failed { failure, retryable: true }) => failure,
+            let after = match inner.runner.run_attempt(scope, *id, &control, &|_| {}).await {
+                Err(RunError::Retry { after, class, .. }) => {
+                    info!(
+                        attempt,
+                        class = class.as_str(),
+                        retry_in_ms = after.as_millis() as u64,
+                        "retrying export"
+                    );
+                    after
+                }
                 Ok(_) | Err(_) => return,
             };
-            // Attempt numbers continue from the record, so attempts a dead process started count
-            // against the limit; the first attempt of a resumed run always runs, since an
-            // interruption is not a failure.
-            if !inner.policy.retry.allows(attempt + 1) {
-                if let Err(err) = inner.runner.give_up(scope, *id, failure).await
-                    && !matches!(err, RunError::Failed { .. })
-                {
-                    warn!(error = %err, "could not mark the export failed");
-                }
-                return;
-            }
-            let delay = inner.policy.retry.delay_before(attempt + 1);
-            info!(attempt, retry_in_ms = delay.as_millis() as u64, "retrying export");
             tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = cancel.cancelled() => return self.cancel_record(scope, *id).await,
-                _ = inner.interrupt.cancelled() => return,
+                () = tokio::time::sleep(after) => {}
+                () = cancel.cancelled() => return self.cancel_record(scope, *id).await,
+                () = inner.interrupt.cancelled() => return,
             }
             attempt += 1;
         }

@@ -239,10 +239,10 @@ mod tests {
             ),
             (
                 Config {
-                    policy: PolicyArgs { start_to_close_s: 0, ..PolicyArgs::default() },
+                    policy: PolicyArgs { export_deadline_s: 0, ..PolicyArgs::default() },
                     ..base.clone()
                 },
-                "USEREXPORT_START_TO_CLOSE_S",
+                "USEREXPORT_EXPORT_DEADLINE_S",
             ),
             (Config { max_concurrent_exports: 0, ..base.clone() }, "USEREXPORT_MAX_CONCURRENT_EXPORTS"),
         ];

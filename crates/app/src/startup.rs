@@ -19,7 +19,7 @@ use domain::{EnvironmentId, Scope, TenantId};
 use ports::{Orchestrator, Scheduler};
 use rand::RngCore;
 use service::{
-    BatchService, ExportRunner, ExportService, RetentionSweeper, RunnerConfig, ScheduleService,
+    BatchService, ExportRunner, ExportService, Reconciler, RetentionSweeper, RunnerConfig, ScheduleService,
     ScheduledExports,
 };
 use tokio::net::TcpListener;
@@ -60,8 +60,8 @@ impl DemoTenant {
 /// graceful shutdown; Temporal keeps its own state.
 #[derive(Clone)]
 enum Orchestration {
-    /// With the retention sweep, which stops when this is dropped.
-    InProcess(InProcessOrchestrator, Arc<AbortOnDropHandle<()>>),
+    /// With the retention sweep and the reconciler, which stop when this is dropped.
+    InProcess(InProcessOrchestrator, Arc<(AbortOnDropHandle<()>, AbortOnDropHandle<()>)>),
     Temporal(TemporalOrchestrator),
 }
 
@@ -87,6 +87,21 @@ fn spawn_retention_sweep(sweeper: RetentionSweeper, every: Duration) -> AbortOnD
     }))
 }
 
+/// Runs the reconciler every `every` (the first pass one interval after start-up, which has just
+/// resumed everything itself).
+fn spawn_reconciler(reconciler: Reconciler, every: Duration) -> AbortOnDropHandle<()> {
+    AbortOnDropHandle::new(tokio::spawn(async move {
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if let Err(err) = reconciler.reconcile_once().await {
+                warn!(error = %err, "reconcile pass failed; retrying at the next interval");
+            }
+        }
+    }))
+}
+
 impl Orchestration {
     fn port(&self) -> Arc<dyn Orchestrator> {
         match self {
@@ -97,8 +112,10 @@ impl Orchestration {
 
     async fn shutdown(&self, grace: Duration) {
         match self {
-            Self::InProcess(o, sweeping) => {
+            Self::InProcess(o, background) => {
+                let (sweeping, reconciling) = &**background;
                 sweeping.abort();
+                reconciling.abort();
                 o.shutdown(grace).await;
             }
             // Workflows run in worker processes and outlive this one.
@@ -191,11 +208,18 @@ impl Application {
                 if resumed > 0 {
                     info!(resumed, "resumed unfinished exports");
                 }
-                // In Temporal mode the worker's system schedule runs the sweep instead.
+                // In Temporal mode the worker's system schedules run both instead.
                 let sweeper =
                     RetentionSweeper::new(Arc::clone(&adapters.exports), Arc::clone(&adapters.storage));
                 let sweeping = spawn_retention_sweep(sweeper, config.policy.retention_sweep_interval()?);
-                Orchestration::InProcess(orchestrator, Arc::new(sweeping))
+                let reconciler = Reconciler::new(
+                    Arc::clone(&adapters.exports),
+                    Arc::new(orchestrator.clone()),
+                    Arc::clone(&runner),
+                    config.policy.reconcile_settings(),
+                );
+                let reconciling = spawn_reconciler(reconciler, config.policy.reconcile_interval()?);
+                Orchestration::InProcess(orchestrator, Arc::new((sweeping, reconciling)))
             }
             OrchestratorKind::Temporal => Orchestration::Temporal(
                 TemporalOrchestrator::connect(TemporalSettings {

@@ -198,6 +198,10 @@ pub struct ExportParts {
     pub updated_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
     pub notification: Option<NotificationRecord>,
+    pub callback: Option<NotificationRecord>,
+    pub notify_due: bool,
+    pub consumed_attempts: u32,
+    pub workflow_id: Option<String>,
 }
 
 /// The record of one export. Identity and request are public; everything the state machine
@@ -223,6 +227,20 @@ pub struct Export {
     /// When retention deletes the file; set on completion.
     expires_at: Option<DateTime<Utc>>,
     notification: Option<NotificationRecord>,
+    /// How delivering the tenant's signed callback went.
+    #[serde(default)]
+    callback: Option<NotificationRecord>,
+    /// Finished (completed or failed) and its notifications not yet handled.
+    #[serde(default)]
+    notify_due: bool,
+    /// Attempts used up by failures that count ([`crate::FailureClass::consumes_attempt`]);
+    /// `attempt` counts every run, interruptions and infrastructure trouble included.
+    #[serde(default)]
+    consumed_attempts: u32,
+    /// The workflow the export runs under when it is not [`ExportId::workflow_id`] (a run
+    /// started by a Temporal Schedule has an ID of its own).
+    #[serde(default)]
+    workflow_id: Option<String>,
 }
 
 impl Export {
@@ -253,6 +271,10 @@ impl Export {
             updated_at: now,
             expires_at: None,
             notification: None,
+            callback: None,
+            notify_due: false,
+            consumed_attempts: 0,
+            workflow_id: None,
         }
     }
 
@@ -276,6 +298,10 @@ impl Export {
             updated_at: p.updated_at,
             expires_at: p.expires_at,
             notification: p.notification,
+            callback: p.callback,
+            notify_due: p.notify_due,
+            consumed_attempts: p.consumed_attempts,
+            workflow_id: p.workflow_id,
         }
     }
 
@@ -299,6 +325,10 @@ impl Export {
             updated_at: self.updated_at,
             expires_at: self.expires_at,
             notification: self.notification.clone(),
+            callback: self.callback.clone(),
+            notify_due: self.notify_due,
+            consumed_attempts: self.consumed_attempts,
+            workflow_id: self.workflow_id.clone(),
         }
     }
 
@@ -333,6 +363,29 @@ impl Export {
     pub fn notification(&self) -> Option<&NotificationRecord> {
         self.notification.as_ref()
     }
+    pub fn callback(&self) -> Option<&NotificationRecord> {
+        self.callback.as_ref()
+    }
+    /// Whether the export finished and its notifications (email, callback) still wait.
+    pub fn notify_due(&self) -> bool {
+        self.notify_due
+    }
+    /// Attempts used up by failures that count against `maximum_attempts`.
+    pub fn consumed_attempts(&self) -> u32 {
+        self.consumed_attempts
+    }
+    /// The workflow ID the export runs under.
+    pub fn workflow_id(&self) -> String {
+        self.workflow_id.clone().unwrap_or_else(|| self.id.workflow_id(&self.scope))
+    }
+    /// Records the workflow ID the export actually runs under (a scheduled run's own).
+    pub fn set_workflow_id(&mut self, workflow_id: String) {
+        self.workflow_id = (workflow_id != self.id.workflow_id(&self.scope)).then_some(workflow_id);
+    }
+    /// The key attempt `attempt` uploads to.
+    pub fn attempt_key(&self, attempt: u32) -> ObjectKey {
+        ObjectKey::for_attempt(&self.scope, self.id, attempt, &self.spec.extension())
+    }
 
     fn move_to(&mut self, to: ExportStatus, now: DateTime<Utc>) -> Result<(), IllegalTransition> {
         if !self.status.may_become(to) {
@@ -344,6 +397,10 @@ impl Export {
         // Expiry comes after the export finished; it keeps the completion time.
         if to.is_terminal() && self.finished_at.is_none() {
             self.finished_at = Some(now);
+        }
+        // People hear of completions and failures; a cancel was their own doing.
+        if matches!(to, ExportStatus::Completed | ExportStatus::Failed) {
+            self.notify_due = true;
         }
         Ok(())
     }
@@ -358,7 +415,7 @@ impl Export {
         self.attempt = attempt;
         self.started_at.get_or_insert(micros(now));
         self.progress.rows_written = 0;
-        self.error = None;
+        // `error` keeps the last transient failure, so a retrying export shows why.
         Ok(())
     }
 
@@ -371,20 +428,32 @@ impl Export {
         self.updated_at = micros(now);
     }
 
-    /// Notes why the last attempt failed while the export waits for a retry.
-    pub fn note_attempt_failure(&mut self, failure: ExportFailure, now: DateTime<Utc>) {
+    /// Notes why the last attempt failed while the export waits for a retry; a failure that
+    /// counts ([`crate::FailureClass::consumes_attempt`]) uses up one attempt.
+    pub fn note_attempt_failure(
+        &mut self,
+        failure: ExportFailure,
+        consumes_attempt: bool,
+        now: DateTime<Utc>,
+    ) {
         self.error = Some(failure);
+        if consumes_attempt {
+            self.consumed_attempts = self.consumed_attempts.saturating_add(1);
+        }
         self.updated_at = micros(now);
     }
 
-    /// Completes the export; its file is kept for `retention` from now.
+    /// Completes the export with the object at `object_key` (the winning attempt's upload); the
+    /// file is kept for `retention` from now.
     pub fn complete(
         &mut self,
         outcome: ExportOutcome,
+        object_key: ObjectKey,
         retention: TimeDelta,
         now: DateTime<Utc>,
     ) -> Result<(), IllegalTransition> {
         self.move_to(ExportStatus::Completed, now)?;
+        self.object_key = object_key;
         self.expires_at = Some(micros(now + retention));
         self.progress =
             Progress { rows_written: outcome.record_count, total_rows: Some(outcome.record_count) };
@@ -416,6 +485,18 @@ impl Export {
     /// Records how the notification of this finished export went; the status does not change.
     pub fn record_notification(&mut self, record: NotificationRecord, now: DateTime<Utc>) {
         self.notification = Some(NotificationRecord { at: micros(record.at), ..record });
+        self.updated_at = micros(now);
+    }
+
+    /// Records how delivering the tenant's callback went; the status does not change.
+    pub fn record_callback(&mut self, record: NotificationRecord, now: DateTime<Utc>) {
+        self.callback = Some(NotificationRecord { at: micros(record.at), ..record });
+        self.updated_at = micros(now);
+    }
+
+    /// Marks this finished export's notifications as handled (whatever their outcome).
+    pub fn notifications_done(&mut self, now: DateTime<Utc>) {
+        self.notify_due = false;
         self.updated_at = micros(now);
     }
 }
@@ -450,7 +531,7 @@ mod tests {
         e.start_attempt(1, t(1)).unwrap();
         e.record_progress(2, Some(3), t(2));
         assert_eq!(e.progress().percent(), Some(66));
-        e.complete(outcome(), TimeDelta::days(7), t(3)).unwrap();
+        e.complete(outcome(), e.attempt_key(1), TimeDelta::days(7), t(3)).unwrap();
         assert_eq!(e.status(), ExportStatus::Completed);
         assert_eq!(e.expires_at(), Some(t(3) + TimeDelta::days(7)));
         assert_eq!(e.progress().percent(), Some(100));
@@ -460,7 +541,7 @@ mod tests {
     #[test]
     fn terminal_states_are_final() {
         for finish in [
-            |e: &mut Export| e.complete(outcome(), TimeDelta::days(1), t(2)),
+            |e: &mut Export| e.complete(outcome(), e.attempt_key(1), TimeDelta::days(1), t(2)),
             |e: &mut Export| e.fail(ExportFailure::new(FailureKind::Storage, "x"), t(2)),
             |e: &mut Export| e.cancel(t(2)),
         ] {
@@ -469,7 +550,7 @@ mod tests {
             finish(&mut e).unwrap();
             let before = e.clone();
             assert!(e.start_attempt(2, t(3)).is_err());
-            assert!(e.complete(outcome(), TimeDelta::days(1), t(3)).is_err());
+            assert!(e.complete(outcome(), e.attempt_key(2), TimeDelta::days(1), t(3)).is_err());
             assert!(e.fail(ExportFailure::new(FailureKind::Internal, "y"), t(3)).is_err());
             assert!(e.cancel(t(3)).is_err());
             assert_eq!(e, before, "a rejected transition must not change the record");
@@ -480,7 +561,7 @@ mod tests {
     fn pending_cannot_complete_but_can_be_cancelled_or_failed() {
         let mut e = export();
         assert_eq!(
-            e.complete(outcome(), TimeDelta::days(1), t(1)),
+            e.complete(outcome(), e.attempt_key(1), TimeDelta::days(1), t(1)),
             Err(IllegalTransition { from: ExportStatus::Pending, to: ExportStatus::Completed })
         );
         e.clone().cancel(t(1)).unwrap();
@@ -493,12 +574,15 @@ mod tests {
         e.start_attempt(1, t(1)).unwrap();
         e.record_progress(50, Some(100), t(2));
         assert!(e.start_attempt(1, t(3)).is_err(), "a duplicated attempt must not restart");
-        e.note_attempt_failure(ExportFailure::new(FailureKind::Storage, "503"), t(3));
+        e.note_attempt_failure(ExportFailure::new(FailureKind::Storage, "503"), false, t(3));
         e.start_attempt(2, t(4)).unwrap();
         assert_eq!(e.attempt(), 2);
+        assert_eq!(e.consumed_attempts(), 0, "a transient failure uses up no attempt");
         assert_eq!(e.progress().rows_written, 0);
         assert_eq!(e.progress().total_rows, Some(100));
-        assert_eq!(e.error(), None);
+        assert_eq!(e.error().map(|f| f.message.as_str()), Some("503"), "the last transient error shows");
+        e.note_attempt_failure(ExportFailure::new(FailureKind::Source, "corrupt row"), true, t(5));
+        assert_eq!(e.consumed_attempts(), 1);
         assert_eq!(e.started_at(), Some(t(1)));
     }
 
@@ -515,7 +599,7 @@ mod tests {
         let mut e = export();
         assert!(e.expire(t(1)).is_err(), "only a completed export can expire");
         e.start_attempt(1, t(1)).unwrap();
-        e.complete(outcome(), TimeDelta::seconds(10), t(2)).unwrap();
+        e.complete(outcome(), e.attempt_key(1), TimeDelta::seconds(10), t(2)).unwrap();
         assert!(!e.is_expired_at(t(11)));
         assert!(e.is_expired_at(t(12)));
         e.expire(t(20)).unwrap();
@@ -541,6 +625,36 @@ mod tests {
         assert_eq!(e.status(), ExportStatus::Failed);
         assert_eq!(e.notification(), Some(&record));
         assert_eq!(Export::restore(e.to_parts()), e);
+    }
+
+    #[test]
+    fn completion_names_the_winning_attempts_object_and_makes_notifications_due() {
+        let mut e = export();
+        e.start_attempt(1, t(1)).unwrap();
+        e.start_attempt(2, t(2)).unwrap();
+        assert!(!e.notify_due());
+        let key = e.attempt_key(2);
+        assert_eq!(key.as_str(), "acme/prod/exports/0190f5c3-0000-7000-8000-000000000001.attempt-2.csv");
+        e.complete(outcome(), key.clone(), TimeDelta::days(1), t(3)).unwrap();
+        assert_eq!(e.object_key, key);
+        assert!(e.notify_due());
+        e.notifications_done(t(4));
+        assert!(!e.notify_due());
+        let mut cancelled = export();
+        cancelled.cancel(t(1)).unwrap();
+        assert!(!cancelled.notify_due(), "a cancel is not announced");
+    }
+
+    #[test]
+    fn a_scheduled_runs_own_workflow_id_is_kept() {
+        let mut e = export();
+        let derived = e.id.workflow_id(&e.scope);
+        assert_eq!(e.workflow_id(), derived);
+        e.set_workflow_id("user-export-scheduled:acme:prod:s1-2026-11-28T00:00:00Z".into());
+        assert_eq!(e.workflow_id(), "user-export-scheduled:acme:prod:s1-2026-11-28T00:00:00Z");
+        assert_eq!(Export::restore(e.to_parts()), e);
+        e.set_workflow_id(derived.clone());
+        assert_eq!(e.to_parts().workflow_id, None);
     }
 
     #[test]

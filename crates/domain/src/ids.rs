@@ -211,6 +211,16 @@ impl ObjectKey {
     pub fn for_export(scope: &Scope, id: ExportId, extension: &str) -> Self {
         Self(format!("{}/{}/exports/{}.{}", scope.tenant, scope.environment, id, extension))
     }
+
+    /// The key attempt `attempt` of an export uploads to. Each attempt has its own, and the
+    /// record names the winner's at completion, so a stale attempt that finishes its upload late
+    /// can never replace the object the record describes (fencing without conditional writes).
+    pub fn for_attempt(scope: &Scope, id: ExportId, attempt: u32, extension: &str) -> Self {
+        Self(format!(
+            "{}/{}/exports/{}.attempt-{}.{}",
+            scope.tenant, scope.environment, id, attempt, extension
+        ))
+    }
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -24,7 +24,9 @@ pub use export::{
     NotificationRecord, NotificationStatus, Progress,
 };
 pub use ids::{EnvironmentId, ExportId, IdParseError, IdempotencyKey, ObjectKey, Scope, TenantId, UserId};
-pub use policy::{ExecutionPolicy, PolicyError, RetentionPolicy, RetryPolicy};
+pub use policy::{
+    ExecutionPolicy, FailureClass, GiveUpReason, NextStep, PolicyError, RetentionPolicy, RetryPolicy,
+};
 pub use request::{Compression, ExportFormat, ExportSpec, FieldSelection, UserFilter};
 pub use schedule::{
     CronError, CronExpr, CronField, CronFieldError, ExportSchedule, NewSchedule, ScheduleId, SchedulePatch,

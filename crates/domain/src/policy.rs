@@ -71,21 +71,77 @@ impl RetryPolicy {
     }
 }
 
+/// What kind of failure ended an attempt; it decides what happens next, identically in every
+/// orchestrator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureClass {
+    /// The request itself is at fault: retrying cannot help, the export fails at once.
+    Request,
+    /// A dependency (database, storage, Temporal, SMTP) is unreachable or timed out: retried
+    /// with capped backoff until the export's deadline, consuming no attempt.
+    Infrastructure,
+    /// The attempt was interrupted (graceful shutdown, lost worker): it resumes, consuming
+    /// nothing.
+    Interruption,
+    /// Anything else (a bug, a corrupt row): consumes one of the export's attempts.
+    Defect,
+}
+
+impl FailureClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Request => "request",
+            Self::Infrastructure => "infrastructure",
+            Self::Interruption => "interruption",
+            Self::Defect => "defect",
+        }
+    }
+
+    /// Whether a failure of this class uses up one of `RetryPolicy::maximum_attempts`.
+    pub fn consumes_attempt(self) -> bool {
+        self == Self::Defect
+    }
+}
+
+/// What an orchestrator does after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextStep {
+    /// Run another attempt after this wait.
+    RetryAfter(Duration),
+    /// Stop: the export fails for good.
+    GiveUp(GiveUpReason),
+}
+
+/// Why an export stops being retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GiveUpReason {
+    /// The request is at fault.
+    Request,
+    /// Every attempt `maximum_attempts` allows has failed.
+    AttemptsExhausted,
+    /// The export's deadline has passed.
+    DeadlineExceeded,
+}
+
 /// Everything an orchestrator needs to run one export the same way on any backend.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ExecutionPolicy {
     pub retry: RetryPolicy,
-    /// Bound on one attempt.
-    pub start_to_close: Duration,
+    /// Bound on the whole export, from its creation to its last attempt. No per-attempt limit
+    /// exists: a live attempt is recognised by its heartbeats, so export size is not capped.
+    #[serde(alias = "start_to_close")]
+    pub deadline: Duration,
     /// A running attempt that reports no progress for this long is considered lost.
     pub heartbeat_timeout: Duration,
 }
 
 impl Default for ExecutionPolicy {
+    /// 8 hours per export (as Auth0's export jobs), a 30 s heartbeat.
     fn default() -> Self {
         Self {
             retry: RetryPolicy::default(),
-            start_to_close: Duration::from_secs(600),
+            deadline: Duration::from_secs(8 * 3600),
             heartbeat_timeout: Duration::from_secs(30),
         }
     }
@@ -94,10 +150,31 @@ impl Default for ExecutionPolicy {
 impl ExecutionPolicy {
     pub fn validate(&self) -> Result<(), PolicyError> {
         self.retry.validate()?;
-        if self.start_to_close.is_zero() || self.heartbeat_timeout.is_zero() {
+        if self.deadline.is_zero() || self.heartbeat_timeout.is_zero() {
             return Err(PolicyError::BadTimeout);
         }
         Ok(())
+    }
+
+    /// What follows a failure of `class` in run `run` (1-based: every attempt started, whatever
+    /// ended it), when `consumed` attempts (this one included) have been used up and `elapsed`
+    /// has passed since the export was created.
+    pub fn after_failure(&self, class: FailureClass, run: u32, consumed: u32, elapsed: Duration) -> NextStep {
+        if class == FailureClass::Request {
+            return NextStep::GiveUp(GiveUpReason::Request);
+        }
+        if class.consumes_attempt() && !self.retry.allows(consumed.saturating_add(1)) {
+            return NextStep::GiveUp(GiveUpReason::AttemptsExhausted);
+        }
+        let Some(left) = self.deadline.checked_sub(elapsed).filter(|left| !left.is_zero()) else {
+            return NextStep::GiveUp(GiveUpReason::DeadlineExceeded);
+        };
+        let wait = match class {
+            // Resumes at once: nothing failed.
+            FailureClass::Interruption => Duration::ZERO,
+            _ => self.retry.delay_before(run.saturating_add(1)),
+        };
+        NextStep::RetryAfter(wait.min(left))
     }
 }
 
@@ -132,8 +209,54 @@ mod tests {
             RetryPolicy { initial_interval: Duration::from_secs(500), ..base }.validate(),
             Err(PolicyError::BadInterval)
         );
-        let exec = ExecutionPolicy { start_to_close: Duration::ZERO, ..ExecutionPolicy::default() };
+        let exec = ExecutionPolicy { deadline: Duration::ZERO, ..ExecutionPolicy::default() };
         assert_eq!(exec.validate(), Err(PolicyError::BadTimeout));
+    }
+
+    #[test]
+    fn only_defects_consume_attempts_and_the_deadline_bounds_everything() {
+        let p = ExecutionPolicy::default();
+        let hour = Duration::from_secs(3600);
+        // Infrastructure trouble is retried far past maximum_attempts, with capped backoff.
+        for run in [1, 3, 50, 10_000] {
+            assert_eq!(
+                p.after_failure(FailureClass::Infrastructure, run, 0, hour),
+                NextStep::RetryAfter(p.retry.delay_before(run + 1))
+            );
+        }
+        assert_eq!(
+            p.after_failure(FailureClass::Interruption, 7, 2, hour),
+            NextStep::RetryAfter(Duration::ZERO)
+        );
+        // Defects: three allowed by default.
+        assert!(matches!(p.after_failure(FailureClass::Defect, 5, 2, hour), NextStep::RetryAfter(_)));
+        assert_eq!(
+            p.after_failure(FailureClass::Defect, 5, 3, hour),
+            NextStep::GiveUp(GiveUpReason::AttemptsExhausted)
+        );
+        assert_eq!(
+            p.after_failure(FailureClass::Request, 1, 0, hour),
+            NextStep::GiveUp(GiveUpReason::Request)
+        );
+        assert_eq!(
+            p.after_failure(FailureClass::Infrastructure, 1, 0, p.deadline),
+            NextStep::GiveUp(GiveUpReason::DeadlineExceeded)
+        );
+        // A wait never runs past the deadline.
+        let almost = p.deadline - Duration::from_millis(300);
+        assert_eq!(
+            p.after_failure(FailureClass::Infrastructure, 20, 0, almost),
+            NextStep::RetryAfter(Duration::from_millis(300))
+        );
+    }
+
+    #[test]
+    fn policies_sent_with_the_old_field_name_still_decode() {
+        let old = r#"{"retry":{"initial_interval":{"secs":1,"nanos":0},"backoff_coefficient":2.0,
+            "maximum_interval":{"secs":120,"nanos":0},"maximum_attempts":3},
+            "start_to_close":{"secs":600,"nanos":0},"heartbeat_timeout":{"secs":30,"nanos":0}}"#;
+        let p: ExecutionPolicy = serde_json::from_str(old).unwrap();
+        assert_eq!(p.deadline, Duration::from_secs(600));
     }
 }
 

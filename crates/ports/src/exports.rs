@@ -68,6 +68,11 @@ pub trait ExportRepository: Send + Sync {
     /// orchestrator must resume so that no accepted export is lost.
     async fn list_unfinished(&self) -> Result<Vec<Export>, PortError>;
 
+    /// At most `limit` exports in any scope whose notifications are due
+    /// ([`Export::notify_due`]) and that were last updated at or before `before`, oldest first:
+    /// what the reconciler notifies when the step that should have did not.
+    async fn list_notify_due(&self, before: DateTime<Utc>, limit: usize) -> Result<Vec<Export>, PortError>;
+
     /// At most `limit` exports in any scope that are `completed` with `expires_at <= now`,
     /// soonest expiry first: what the retention sweep deletes next.
     async fn list_expired(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Export>, PortError>;

@@ -17,7 +17,7 @@ pub use callbacks::CallbackSender;
 pub use error::PortError;
 pub use exports::{CreateOutcome, ExportPage, ExportQuery, ExportRepository, UpdateOutcome};
 pub use notifier::Notifier;
-pub use orchestrator::{CancelOutcome, Orchestrator, WaitOutcome};
+pub use orchestrator::{CancelOutcome, Orchestrator, RunClosure, RunState, WaitOutcome};
 pub use schedules::{
     Presence, ScheduleCreateOutcome, SchedulePage, ScheduleQuery, ScheduleRepository, ScheduleUpdateOutcome,
     Scheduler,

@@ -23,6 +23,29 @@ pub enum CancelOutcome {
     NotRunning,
 }
 
+/// Whether an export has a live run, as [`Orchestrator::inspect`] sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    /// A run is queued, running or waiting to retry.
+    Live,
+    /// No run exists (never started, or its process is gone).
+    Missing,
+    /// The run ended without settling the record; how it ended.
+    Closed(RunClosure),
+}
+
+/// How a run that left its record unfinished ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunClosure {
+    Completed,
+    Failed,
+    Cancelled,
+    /// Stopped from outside (e.g. `temporal workflow terminate`).
+    Terminated,
+    /// Its execution timeout (the export's deadline) passed.
+    TimedOut,
+}
+
 /// Runs exports durably: retries, timeouts and cancellation per the domain's `ExecutionPolicy`.
 #[async_trait]
 pub trait Orchestrator: Send + Sync {
@@ -46,8 +69,13 @@ pub trait Orchestrator: Send + Sync {
     /// Waits at most `timeout` for the export to reach a terminal status.
     async fn wait(&self, scope: &Scope, id: ExportId, timeout: Duration) -> Result<WaitOutcome, PortError>;
 
-    /// Asks a running or queued export to stop.
-    async fn cancel(&self, scope: &Scope, id: ExportId) -> Result<CancelOutcome, PortError>;
+    /// Asks a running or queued export to stop (the caller has already marked its record
+    /// cancelled; this only makes the run notice sooner).
+    async fn cancel(&self, export: &Export) -> Result<CancelOutcome, PortError>;
+
+    /// Whether `export` has a live run; what the reconciler checks before it starts or settles
+    /// an unfinished record.
+    async fn inspect(&self, export: &Export) -> Result<RunState, PortError>;
 
     /// Checks that the orchestrator can accept work (for readiness).
     async fn ping(&self) -> Result<(), PortError>;

@@ -8,10 +8,10 @@ use domain::{
     Export, ExportId, ExportSpec, ExportStatus, IdempotencyKey, RetentionPolicy, Scope, ValidationErrors,
 };
 use ports::{
-    CancelOutcome, CreateOutcome, ExportPage, ExportQuery, ExportRepository, ExportStorage, ObjectReader,
-    Orchestrator, PortError, WaitOutcome,
+    CreateOutcome, ExportPage, ExportQuery, ExportRepository, ExportStorage, ObjectReader, Orchestrator,
+    PortError, WaitOutcome,
 };
-use tracing::info;
+use tracing::{info, warn};
 use url::Url;
 use uuid::Uuid;
 
@@ -201,22 +201,29 @@ impl ExportService {
         Ok(self.exports.list(scope, query).await?)
     }
 
-    /// Cancels an unfinished export. It ends `cancelled` and leaves no object.
+    /// Cancels an unfinished export. The record is marked `cancelled` before this returns, so a
+    /// cancel that succeeds always ends `cancelled` with no object (an attempt that finishes its
+    /// upload afterwards finds the record cancelled and deletes its object); an export that
+    /// finished first is `AlreadyFinished` with its status.
     pub async fn cancel(&self, scope: &Scope, id: ExportId) -> Result<Export, CancelError> {
         let export = self.exports.get(scope, id).await?.ok_or(CancelError::NotFound)?;
         if export.status().is_terminal() {
             return Err(CancelError::AlreadyFinished(export.status()));
         }
         info!(export_id = %id, tenant = %scope.tenant, environment = %scope.environment, "export cancel requested");
-        if self.orchestrator.cancel(scope, id).await? == CancelOutcome::NotRunning {
-            // Nobody is running it (e.g. its process died): cancel the record directly.
-            match self.runner.cancel_unfinished(scope, id).await {
-                Ok(_) | Err(RunError::Cancelled) => {}
-                Err(RunError::NotFound) => return Err(CancelError::NotFound),
-                Err(err) => return Err(anyhow::Error::from(err).context("cancelling the record").into()),
-            }
+        match self.runner.cancel_unfinished(scope, id).await {
+            Err(RunError::Cancelled) => {}
+            Ok(finished) => return Err(CancelError::AlreadyFinished(finished.status())),
+            Err(RunError::NotFound) => return Err(CancelError::NotFound),
+            Err(RunError::Store(err)) => return Err(err.into()),
+            Err(err) => return Err(anyhow::Error::from(err).context("cancelling the record").into()),
         }
-        Ok(self.exports.get(scope, id).await?.unwrap_or(export))
+        let cancelled = self.exports.get(scope, id).await?.ok_or(CancelError::NotFound)?;
+        // The running attempt would notice at its next progress write; this makes it stop now.
+        if let Err(err) = self.orchestrator.cancel(&cancelled).await {
+            warn!(export_id = %id, error = %err, "could not reach the run; it stops at its next progress write");
+        }
+        Ok(cancelled)
     }
 
     /// Where to fetch a completed export: a presigned URL when storage can sign, else a stream.

@@ -6,10 +6,12 @@
 //! - [`ScheduleService`] manages export schedules; [`ScheduledExports`] is what one fire does.
 //! - [`RetentionSweeper`] deletes the files of expired exports (run on a schedule).
 //! - [`BatchService`] runs one export request for many tenants (operators only).
+//! - [`Reconciler`] settles what orchestration left unfinished (every record ends terminal).
 
 mod batches;
 mod exports;
 mod notify;
+mod reconcile;
 mod retention;
 mod runner;
 mod schedules;
@@ -19,7 +21,8 @@ pub use exports::{
     CancelError, Download, DownloadContent, DownloadError, ExportService, GetError, ListError, RequestError,
     Requested,
 };
-pub use notify::NotifyRetry;
+pub use notify::{Notified, NotifyRetry};
+pub use reconcile::{ReconcileReport, ReconcileSettings, Reconciler};
 pub use retention::{RetentionSweeper, SweepError, SweepReport};
 pub use runner::{AttemptControl, ExportRunner, ProgressFn, RunError, RunnerConfig};
 pub use schedules::{

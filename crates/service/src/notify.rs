@@ -1,15 +1,20 @@
-//! Delivering the notification of a finished export: retried on transient failures, and
-//! recorded on the export either way. A failed notification never fails the export.
+//! The notification step: once an export is final, the email (when the request asked for one)
+//! and the tenant's signed callback (when it has a `callback_url`), each retried on transient
+//! failures and recorded on the export. It runs apart from the export's attempts (after the
+//! export slot is released, or as its own Temporal activity), so an SMTP or receiver outage
+//! never holds an export slot, and a failed notification never fails the export.
 
-use std::sync::Arc;
+use std::future::Future;
 use std::time::Duration;
 
 use chrono::Utc;
-use domain::{Export, NotificationRecord, NotificationStatus};
-use ports::{ExportRepository, Notifier, PortError, UpdateOutcome};
+use domain::{Export, ExportId, NotificationRecord, NotificationStatus, Scope};
+use ports::{PortError, UpdateOutcome};
 use tracing::{info, warn};
 
-/// How hard to try.
+use crate::runner::ExportRunner;
+
+/// How hard to try each channel within one run of the step.
 #[derive(Debug, Clone, Copy)]
 pub struct NotifyRetry {
     /// Attempts, the first included (at least 1).
@@ -24,65 +29,100 @@ impl Default for NotifyRetry {
     }
 }
 
-/// Sends the notification of the finished `export` (when it asked for one) and records the
-/// result on the stored record.
-pub(crate) async fn notify_finished(
-    notifier: &Arc<dyn Notifier>,
-    exports: &Arc<dyn ExportRepository>,
-    retry: NotifyRetry,
-    export: &Export,
-) {
-    if !export.spec.email_notify {
-        return;
-    }
-    let (status, attempts, last_error) = deliver(notifier.as_ref(), retry, export).await;
-    let record = NotificationRecord { status, attempts, last_error, at: Utc::now() };
-    record_on(exports.as_ref(), export, record).await;
+/// What the notification step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notified {
+    /// Both channels handled (sent, failed for good, or not wanted) and recorded.
+    Done,
+    /// Nothing was due: not finished yet, cancelled, or handled before (a duplicate).
+    NothingDue,
 }
 
-async fn deliver(
-    notifier: &dyn Notifier,
-    retry: NotifyRetry,
-    export: &Export,
-) -> (NotificationStatus, u32, Option<String>) {
+impl ExportRunner {
+    /// Runs the notification step of export `id`. Safe to repeat: a channel already recorded is
+    /// not sent again, and an export whose notifications are handled is left alone, so a
+    /// retried or duplicated step sends nothing twice once its outcome is recorded.
+    ///
+    /// # Errors
+    /// The record could not be read or the outcome not be recorded; the step should run again.
+    pub async fn notify(&self, scope: &Scope, id: ExportId) -> Result<Notified, PortError> {
+        let Some(export) = self.exports.get(scope, id).await? else { return Ok(Notified::NothingDue) };
+        if !export.notify_due() {
+            return Ok(Notified::NothingDue);
+        }
+        let email = if export.spec.email_notify && export.notification().is_none() {
+            Some(
+                deliver("email", &export, self.config.notify, || self.notifier.export_finished(&export))
+                    .await,
+            )
+        } else {
+            None
+        };
+        let callback = match &self.callbacks {
+            Some(callbacks) if export.callback().is_none() && callbacks.wants(scope) => {
+                Some(deliver("callback", &export, self.config.notify, || callbacks.deliver(&export)).await)
+            }
+            _ => None,
+        };
+        self.record(export, email, callback).await
+    }
+
+    /// Writes the outcomes onto the stored export without changing anything else it holds
+    /// (re-reading it when a concurrent write won the compare-and-set).
+    async fn record(
+        &self,
+        export: Export,
+        email: Option<NotificationRecord>,
+        callback: Option<NotificationRecord>,
+    ) -> Result<Notified, PortError> {
+        let mut current = export;
+        for _ in 0..5 {
+            let now = Utc::now();
+            if let Some(record) = &email {
+                current.record_notification(record.clone(), now);
+            }
+            if let Some(record) = &callback {
+                current.record_callback(record.clone(), now);
+            }
+            current.notifications_done(now);
+            match self.exports.update_if_status(&current, current.status()).await? {
+                UpdateOutcome::Updated | UpdateOutcome::NotFound => return Ok(Notified::Done),
+                UpdateOutcome::Conflict(stored) => current = *stored,
+            }
+        }
+        Err(PortError::unavailable(anyhow::anyhow!(
+            "the export record kept changing while recording its notification"
+        )))
+    }
+}
+
+/// Sends through one channel, retrying transient failures, and says how it went.
+async fn deliver<F, Fut>(channel: &str, export: &Export, retry: NotifyRetry, send: F) -> NotificationRecord
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<(), PortError>>,
+{
     let mut backoff = retry.initial_backoff;
     let attempts = retry.attempts.max(1);
-    for attempt in 1..=attempts {
-        match notifier.export_finished(export).await {
+    let mut attempt = 0;
+    let (status, last_error) = loop {
+        attempt += 1;
+        match send().await {
             Ok(()) => {
-                info!(export_id = %export.id, attempt, "notification sent");
-                return (NotificationStatus::Sent, attempt, None);
+                info!(export_id = %export.id, channel, attempt, "notification sent");
+                break (NotificationStatus::Sent, None);
             }
             Err(err) => {
-                let transient = matches!(err, PortError::Unavailable(_));
-                warn!(export_id = %export.id, attempt, transient, error = %err,
+                let transient = err.is_retryable();
+                warn!(export_id = %export.id, channel, attempt, transient, error = %err,
                       "notification failed; the export is unaffected");
-                if !transient || attempt == attempts {
-                    return (NotificationStatus::Failed, attempt, Some(err.to_string()));
+                if !transient || attempt >= attempts {
+                    break (NotificationStatus::Failed, Some(err.to_string()));
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = backoff.saturating_mul(2);
             }
         }
-    }
-    (NotificationStatus::Failed, attempts, Some("no attempt was made".to_owned()))
-}
-
-/// Writes `record` onto the stored export without changing anything else the store holds
-/// (re-reading it when a concurrent write won the compare-and-set).
-async fn record_on(exports: &dyn ExportRepository, export: &Export, record: NotificationRecord) {
-    let mut current = export.clone();
-    for _ in 0..3 {
-        current.record_notification(record.clone(), Utc::now());
-        match exports.update_if_status(&current, current.status()).await {
-            Ok(UpdateOutcome::Updated) => return,
-            Ok(UpdateOutcome::Conflict(stored)) => current = *stored,
-            Ok(UpdateOutcome::NotFound) => return,
-            Err(err) => {
-                warn!(export_id = %export.id, error = %err, "could not record the notification on the export");
-                return;
-            }
-        }
-    }
-    warn!(export_id = %export.id, "could not record the notification: the record kept changing");
+    };
+    NotificationRecord { status, attempts: attempt, last_error, at: Utc::now() }
 }

@@ -1,5 +1,9 @@
-//! One attempt of an export: users -> encoder -> storage, with progress, cancellation, a
-//! deadline, and a record that always ends in the status that happened.
+//! One attempt of an export: users -> encoder -> storage, with progress, cancellation, the
+//! export's deadline, and a record that always ends in the status that happened.
+//!
+//! What follows a failure is decided here, by the domain's [`ExecutionPolicy::after_failure`],
+//! so every orchestrator applies the same rules: the orchestrator only waits and runs the next
+//! attempt when told to ([`RunError::Retry`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,25 +12,27 @@ use bytes::Bytes;
 use chrono::Utc;
 use domain::encode::ExportEncoder;
 use domain::{
-    Export, ExportFailure, ExportId, ExportOutcome, ExportStatus, FailureKind, IllegalTransition,
-    RetentionPolicy, Scope,
+    ExecutionPolicy, Export, ExportFailure, ExportId, ExportOutcome, ExportStatus, FailureClass, FailureKind,
+    GiveUpReason, IllegalTransition, NextStep, ObjectKey, RetentionPolicy, Scope,
 };
 use futures::{FutureExt, StreamExt};
 use ports::{
-    ExportRepository, ExportStorage, Notifier, ObjectWriter, PortError, UpdateOutcome, UserRepository,
+    CallbackSender, ExportRepository, ExportStorage, Notifier, ObjectWriter, PortError, UpdateOutcome,
+    UserRepository,
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::notify::{NotifyRetry, notify_finished};
+use crate::notify::NotifyRetry;
 
 /// Tuning of the streaming loop.
 #[derive(Debug, Clone, Copy)]
 pub struct RunnerConfig {
     /// Encoded bytes buffered before they are handed to storage.
     pub chunk_bytes: usize,
-    /// Minimum time between progress writes to the export record.
+    /// Minimum time between progress writes to the export record. Each write also tells the
+    /// attempt whether the export was cancelled, so this bounds how long a cancel takes.
     pub progress_interval: Duration,
     /// How long completed exports keep their file.
     pub retention: RetentionPolicy,
@@ -48,14 +54,16 @@ impl Default for RunnerConfig {
 /// How an orchestrator controls one attempt.
 #[derive(Debug, Clone)]
 pub struct AttemptControl {
-    /// 1-based attempt number; must exceed the attempt stored on the record.
+    /// 1-based run number; must exceed the attempt stored on the record. Every run counts here
+    /// (it fences stale attempts); only some failures use up an attempt of the policy.
     pub attempt: u32,
-    /// Cancelled by the user: the export ends `cancelled`.
+    /// Cancelled by the user: the export ends `cancelled`. The record is the authority; this
+    /// token only makes the attempt notice at once.
     pub cancel: CancellationToken,
-    /// The process is stopping: the attempt is abandoned and the record left for recovery.
+    /// The process is stopping: the attempt is abandoned and the record left to be resumed.
     pub shutdown: CancellationToken,
-    /// Bound on this attempt (start-to-close).
-    pub timeout: Duration,
+    /// Retries and the export's deadline.
+    pub policy: ExecutionPolicy,
 }
 
 /// Rows written so far, reported to the orchestrator (Temporal heartbeats carry it).
@@ -68,31 +76,33 @@ pub enum RunError {
     /// The export was cancelled; its record says so and no object remains.
     #[error("export cancelled")]
     Cancelled,
-    /// The process is shutting down; the record stays unfinished for recovery.
+    /// The process is shutting down; the record stays unfinished, to be resumed.
     #[error("attempt interrupted by shutdown")]
     Interrupted,
     /// Another attempt owns the export (a duplicate or stale delivery); nothing was done.
     #[error("export is owned by attempt {current}")]
     Superseded { current: u32 },
-    /// The attempt failed. When `retryable`, the record stays `running` with the failure noted;
-    /// otherwise the record is already `failed`.
+    /// The attempt failed and the policy says run another one after `after`; the record stays
+    /// unfinished with the failure noted.
+    #[error("{}: {} (retrying in {after:?})", failure.kind.as_str(), failure.message)]
+    Retry { failure: ExportFailure, class: FailureClass, after: Duration },
+    /// The export failed for good; its record says `failed`.
     #[error("{}: {}", failure.kind.as_str(), failure.message)]
-    Failed { failure: ExportFailure, retryable: bool },
+    Failed { failure: ExportFailure },
+    /// The export record could not be read or written.
+    #[error("export record: {0}")]
+    Store(#[source] PortError),
 }
 
-impl RunError {
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Failed { retryable: true, .. })
-    }
-}
-
-/// Runs export attempts. Holds only ports, so every orchestrator shares it.
+/// Runs export attempts and the notification step. Holds only ports, so every orchestrator
+/// shares it.
 pub struct ExportRunner {
     users: Arc<dyn UserRepository>,
-    exports: Arc<dyn ExportRepository>,
+    pub(crate) exports: Arc<dyn ExportRepository>,
     storage: Arc<dyn ExportStorage>,
-    notifier: Arc<dyn Notifier>,
-    config: RunnerConfig,
+    pub(crate) notifier: Arc<dyn Notifier>,
+    pub(crate) callbacks: Option<Arc<dyn CallbackSender>>,
+    pub(crate) config: RunnerConfig,
 }
 
 impl std::fmt::Debug for ExportRunner {
@@ -105,8 +115,8 @@ impl std::fmt::Debug for ExportRunner {
 enum Stop {
     Cancelled,
     Interrupted,
-    TimedOut,
-    Failed(ExportFailure, bool),
+    DeadlineExceeded,
+    Failed(ExportFailure, FailureClass),
     /// The record moved on without us (taken over, deleted): give up without touching it.
     Abandon(RunError),
 }
@@ -119,7 +129,14 @@ impl ExportRunner {
         notifier: Arc<dyn Notifier>,
         config: RunnerConfig,
     ) -> Self {
-        Self { users, exports, storage, notifier, config }
+        Self { users, exports, storage, notifier, callbacks: None, config }
+    }
+
+    /// Delivers tenants' signed callbacks in the notification step.
+    #[must_use]
+    pub fn with_callbacks(mut self, callbacks: Arc<dyn CallbackSender>) -> Self {
+        self.callbacks = Some(callbacks);
+        self
     }
 
     /// Runs attempt `control.attempt` of export `id`. Returns the finished record, or the record
@@ -131,62 +148,84 @@ impl ExportRunner {
         control: &AttemptControl,
         progress: &ProgressFn,
     ) -> Result<Export, RunError> {
-        let mut export = self.load(scope, id).await?;
+        let mut export = match self.exports.get(scope, id).await {
+            Ok(Some(export)) => export,
+            Ok(None) => return Err(RunError::NotFound),
+            Err(err) => return Err(unrecorded_retry(&control.policy, control.attempt, store_failure(&err))),
+        };
         if export.status().is_terminal() {
             return Ok(export);
         }
         if control.cancel.is_cancelled() {
             return self.finish_cancelled(export, None).await;
         }
+        // A run resumed after its predecessor's last word was lost (a crash, a store outage)
+        // still honours the policy.
+        if let Some(reason) = exhausted(&control.policy, &export) {
+            let failure = give_up_failure(reason, export.error().cloned());
+            return self.finish_failed(export, failure, None, control).await;
+        }
         let previous = export.status();
         if export.start_attempt(control.attempt, Utc::now()).is_err() {
             return Err(RunError::Superseded { current: export.attempt() });
         }
-        match self.exports.update_if_status(&export, previous).await.map_err(store_failure)? {
-            UpdateOutcome::Updated => {}
-            UpdateOutcome::NotFound => return Err(RunError::NotFound),
-            UpdateOutcome::Conflict(stored) if stored.status().is_terminal() => return Ok(*stored),
-            UpdateOutcome::Conflict(stored) => {
+        match self.exports.update_if_status(&export, previous).await {
+            Ok(UpdateOutcome::Updated) => {}
+            Ok(UpdateOutcome::NotFound) => return Err(RunError::NotFound),
+            Ok(UpdateOutcome::Conflict(stored)) if stored.status().is_terminal() => return Ok(*stored),
+            Ok(UpdateOutcome::Conflict(stored)) => {
                 return Err(RunError::Superseded { current: stored.attempt() });
             }
+            Err(err) => return Err(unrecorded_retry(&control.policy, control.attempt, store_failure(&err))),
         }
         info!(export_id = %id, tenant = %scope.tenant, environment = %scope.environment,
-              attempt = control.attempt, "export attempt started");
+              attempt = control.attempt, consumed = export.consumed_attempts(), "export attempt started");
 
-        let deadline = Instant::now() + control.timeout;
-        let mut writer = match self.storage.writer(&export.object_key).await {
+        let deadline = Instant::now() + remaining(&control.policy, &export);
+        let key = export.attempt_key(control.attempt);
+        let mut writer = match self.storage.writer(&key).await {
             Ok(writer) => writer,
-            Err(err) => return self.handle_stop(export, storage_stop(&err)).await,
+            Err(err) => return self.handle_stop(export, storage_stop(&err), control).await,
         };
         let streamed = tokio::select! {
             biased;
-            _ = control.cancel.cancelled() => Err(Stop::Cancelled),
-            _ = control.shutdown.cancelled() => Err(Stop::Interrupted),
-            _ = tokio::time::sleep_until(deadline) => Err(Stop::TimedOut),
+            () = control.cancel.cancelled() => Err(Stop::Cancelled),
+            () = control.shutdown.cancelled() => Err(Stop::Interrupted),
+            () = tokio::time::sleep_until(deadline) => Err(Stop::DeadlineExceeded),
             r = self.stream_into(&mut export, writer.as_mut(), progress) => r,
         };
         match streamed {
-            Ok(rows) => self.finish_completed(export, writer, rows, deadline).await,
+            Ok(rows) => self.finish_completed(export, writer, key, rows, deadline, control).await,
             Err(stop) => {
                 if let Err(err) = writer.abort().await {
                     warn!(export_id = %id, error = %err, "aborting the upload failed");
                 }
-                self.handle_stop(export, stop).await
+                self.handle_stop(export, stop, control).await
             }
         }
     }
 
     async fn load(&self, scope: &Scope, id: ExportId) -> Result<Export, RunError> {
-        self.exports.get(scope, id).await.map_err(store_failure)?.ok_or(RunError::NotFound)
+        match self.exports.get(scope, id).await {
+            Ok(Some(export)) => Ok(export),
+            Ok(None) => Err(RunError::NotFound),
+            Err(err) => Err(RunError::Store(err)),
+        }
     }
 
     /// Streams every matching user into `writer`; returns the number of rows.
+    ///
+    /// The loop hands its thread back to the runtime regularly (`consume_budget`): a source that
+    /// always has a row ready would otherwise hold a worker thread for the whole export, and
+    /// cancels, deadlines, shutdown and every other request on that thread would wait.
     async fn stream_into(
         &self,
         export: &mut Export,
         writer: &mut dyn ObjectWriter,
         progress: &ProgressFn,
     ) -> Result<u64, Stop> {
+        /// Rows between two looks at the clock for a progress write.
+        const CLOCK_EVERY_ROWS: u64 = 16;
         let spec = &export.spec;
         let mut encoder = ExportEncoder::new(spec.format, spec.compression, spec.fields.clone());
         let mut users = self.users.stream(&export.scope, &spec.user_filters, spec.limit);
@@ -201,17 +240,21 @@ impl ExportRunner {
         let mut total_rows = None;
         let mut last_saved = Instant::now();
         while let Some(user) = next_user(&mut users, &mut total, &mut total_rows).await {
-            let user = user.map_err(|e| Stop::Failed(source_failure(&e), e.is_retryable()))?;
+            let user = user.map_err(|e| Stop::Failed(source_failure(&e), class_of(&e)))?;
             encoder.write_user(&user).map_err(encode_failure)?;
             if encoder.buffered_len() >= self.config.chunk_bytes {
                 write_chunk(writer, encoder.take_output()).await?;
                 progress(encoder.rows_written());
-                if last_saved.elapsed() >= self.config.progress_interval {
-                    export.record_progress(encoder.rows_written(), total_rows, Utc::now());
-                    self.save_progress(export).await.map_err(Stop::from)?;
-                    last_saved = Instant::now();
-                }
             }
+            if encoder.rows_written() % CLOCK_EVERY_ROWS == 0
+                && last_saved.elapsed() >= self.config.progress_interval
+            {
+                export.record_progress(encoder.rows_written(), total_rows, Utc::now());
+                self.save_progress(export).await?;
+                progress(encoder.rows_written());
+                last_saved = Instant::now();
+            }
+            tokio::task::consume_budget().await;
         }
         let rows = encoder.rows_written();
         write_chunk(writer, encoder.finish().map_err(encode_failure)?).await?;
@@ -219,101 +262,140 @@ impl ExportRunner {
         Ok(rows)
     }
 
-    /// Persists progress; a record that left `running` meanwhile (cancelled through the API)
-    /// stops the attempt.
-    async fn save_progress(&self, export: &mut Export) -> Result<(), RunError> {
-        match self.exports.update_if_status(export, ExportStatus::Running).await.map_err(store_failure)? {
-            UpdateOutcome::Updated => Ok(()),
-            UpdateOutcome::NotFound => Err(RunError::NotFound),
-            UpdateOutcome::Conflict(stored) if stored.status() == ExportStatus::Cancelled => {
-                Err(RunError::Cancelled)
+    /// Persists progress and learns whether the export was cancelled or taken over meanwhile.
+    /// A write that fails is logged and tried again at the next tick: progress is not worth an
+    /// attempt.
+    async fn save_progress(&self, export: &Export) -> Result<(), Stop> {
+        match self.exports.update_if_status(export, ExportStatus::Running).await {
+            Ok(UpdateOutcome::Updated) => Ok(()),
+            Ok(UpdateOutcome::NotFound) => Err(Stop::Abandon(RunError::NotFound)),
+            Ok(UpdateOutcome::Conflict(stored)) if stored.status() == ExportStatus::Cancelled => {
+                Err(Stop::Cancelled)
             }
-            UpdateOutcome::Conflict(stored) => Err(RunError::Superseded { current: stored.attempt() }),
+            Ok(UpdateOutcome::Conflict(stored)) => {
+                Err(Stop::Abandon(RunError::Superseded { current: stored.attempt() }))
+            }
+            Err(err) => {
+                warn!(export_id = %export.id, error = %err, "could not save progress; trying again at the next tick");
+                Ok(())
+            }
         }
     }
 
+    /// Publishes the upload under this attempt's own key, then names it on the record. The
+    /// record's compare-and-set is the fence: only the attempt that still owns a running export
+    /// completes it, and any other attempt deletes the object it made.
     async fn finish_completed(
         &self,
         mut export: Export,
         writer: Box<dyn ObjectWriter>,
+        key: ObjectKey,
         rows: u64,
         deadline: Instant,
+        control: &AttemptControl,
     ) -> Result<Export, RunError> {
-        // Every attempt writes the same key: make sure this one still owns the export before its
-        // object replaces whatever is there (a stale attempt must not overwrite the winner's).
-        export.record_progress(rows, None, Utc::now());
-        if let Err(err) = self.save_progress(&mut export).await {
-            if let Err(abort) = writer.abort().await {
-                warn!(export_id = %export.id, error = %abort, "aborting the upload failed");
+        let stored = tokio::select! {
+            biased;
+            () = control.shutdown.cancelled() => return Err(RunError::Interrupted),
+            () = tokio::time::sleep_until(deadline) => {
+                return self.handle_stop(export, Stop::DeadlineExceeded, control).await;
             }
-            return self.handle_stop(export, Stop::from(err)).await;
-        }
-        // Completing a multipart upload is part of the attempt: the deadline bounds it too.
-        let stored = match tokio::time::timeout_at(deadline, writer.finish()).await {
-            Ok(Ok(stored)) => stored,
-            Ok(Err(err)) => return self.handle_stop(export, storage_stop(&err)).await,
-            Err(_) => return self.handle_stop(export, Stop::TimedOut).await,
+            finished = writer.finish() => match finished {
+                Ok(stored) => stored,
+                Err(err) => return self.handle_stop(export, storage_stop(&err), control).await,
+            },
         };
         let outcome = ExportOutcome { record_count: rows, bytes: stored.bytes, sha256: stored.sha256 };
         let retention = self.config.retention.retention_for(&export.spec);
-        if export.complete(outcome, retention, Utc::now()).is_err() {
+        if export.complete(outcome, key.clone(), retention, Utc::now()).is_err() {
+            self.delete_object(&export, &key).await;
             return Err(RunError::Superseded { current: export.attempt() });
         }
-        match self.exports.update_if_status(&export, ExportStatus::Running).await.map_err(store_failure)? {
-            UpdateOutcome::Updated => {
-                info!(export_id = %export.id, tenant = %export.scope.tenant, rows, "export completed");
-                self.notify(&export).await;
-                Ok(export)
-            }
-            UpdateOutcome::Conflict(stored) if stored.status() == ExportStatus::Completed => Ok(*stored),
-            // Cancelled while the object was being finished: a cancelled export leaves no object.
-            UpdateOutcome::Conflict(stored) if stored.status() == ExportStatus::Cancelled => {
-                self.delete_object(&export).await;
-                Err(RunError::Cancelled)
-            }
-            // Taken over by a newer attempt: the object is (or will be) the newer attempt's.
-            UpdateOutcome::Conflict(stored) => Err(RunError::Superseded { current: stored.attempt() }),
-            UpdateOutcome::NotFound => {
-                self.delete_object(&export).await;
-                Err(RunError::NotFound)
+        // The object is safe: keep trying to record it through a store outage rather than
+        // throwing the whole export's work away.
+        let mut wait = Duration::from_millis(200);
+        loop {
+            match self.exports.update_if_status(&export, ExportStatus::Running).await {
+                Ok(UpdateOutcome::Updated) => {
+                    info!(export_id = %export.id, tenant = %export.scope.tenant, rows, key = %key, "export completed");
+                    return Ok(export);
+                }
+                Ok(UpdateOutcome::Conflict(stored)) => {
+                    self.delete_object(&export, &key).await;
+                    return Err(match stored.status() {
+                        // Cancelled while the object was being finished: a cancelled export
+                        // leaves no object.
+                        ExportStatus::Cancelled => RunError::Cancelled,
+                        _ => RunError::Superseded { current: stored.attempt() },
+                    });
+                }
+                Ok(UpdateOutcome::NotFound) => {
+                    self.delete_object(&export, &key).await;
+                    return Err(RunError::NotFound);
+                }
+                Err(err) if err.is_retryable() && Instant::now() + wait < deadline => {
+                    warn!(export_id = %export.id, error = %err, retry_in_ms = wait.as_millis() as u64,
+                          "could not record the completed export; its file is kept and the write retried");
+                    tokio::select! {
+                        () = control.shutdown.cancelled() => return Err(RunError::Interrupted),
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                Err(err) => {
+                    self.delete_object(&export, &key).await;
+                    let stop = Stop::Failed(store_failure(&err), class_of(&err));
+                    return self.handle_stop(export, stop, control).await;
+                }
             }
         }
     }
 
-    async fn handle_stop(&self, mut export: Export, stop: Stop) -> Result<Export, RunError> {
+    async fn handle_stop(
+        &self,
+        mut export: Export,
+        stop: Stop,
+        control: &AttemptControl,
+    ) -> Result<Export, RunError> {
+        let owner = Some(export.attempt());
         match stop {
-            Stop::Cancelled => {
-                let owner = export.attempt();
-                self.finish_cancelled(export, Some(owner)).await
-            }
+            Stop::Cancelled => self.finish_cancelled(export, owner).await,
             Stop::Interrupted => Err(RunError::Interrupted),
             Stop::Abandon(err) => Err(err),
-            Stop::TimedOut => {
-                let failure = ExportFailure::new(
-                    FailureKind::Timeout,
-                    "the attempt exceeded its start-to-close timeout",
-                );
-                self.note_retryable(&mut export, failure).await
+            Stop::DeadlineExceeded => {
+                let failure = give_up_failure(GiveUpReason::DeadlineExceeded, None);
+                self.finish_failed(export, failure, owner, control).await
             }
-            Stop::Failed(failure, true) => self.note_retryable(&mut export, failure).await,
-            Stop::Failed(failure, false) => {
-                let owner = export.attempt();
-                self.finish_failed(export, failure, Some(owner)).await
+            Stop::Failed(failure, class) => {
+                export.note_attempt_failure(failure.clone(), class.consumes_attempt(), Utc::now());
+                let elapsed = elapsed(&export);
+                match control.policy.after_failure(
+                    class,
+                    control.attempt,
+                    export.consumed_attempts(),
+                    elapsed,
+                ) {
+                    NextStep::RetryAfter(after) => {
+                        warn!(export_id = %export.id, attempt = export.attempt(), class = class.as_str(),
+                              consumed = export.consumed_attempts(), retry_in_ms = after.as_millis() as u64,
+                              error = %failure.message, "export attempt failed");
+                        // Best effort: if the store is down, the failure is simply not shown.
+                        if let Err(err) = self.exports.update_if_status(&export, ExportStatus::Running).await
+                        {
+                            warn!(export_id = %export.id, error = %err, "could not record the attempt failure");
+                        }
+                        Err(RunError::Retry { failure, class, after })
+                    }
+                    NextStep::GiveUp(reason) => {
+                        let failure = give_up_failure(reason, Some(failure));
+                        self.finish_failed(export, failure, owner, control).await
+                    }
+                }
             }
         }
     }
 
-    async fn note_retryable(&self, export: &mut Export, failure: ExportFailure) -> Result<Export, RunError> {
-        warn!(export_id = %export.id, attempt = export.attempt(), error = %failure.message, "export attempt failed");
-        export.note_attempt_failure(failure.clone(), Utc::now());
-        // Best effort: the orchestrator's retry or give_up sets the final state either way.
-        if let Err(err) = self.exports.update_if_status(export, ExportStatus::Running).await {
-            warn!(export_id = %export.id, error = %err, "could not record the attempt failure");
-        }
-        Err(RunError::Failed { failure, retryable: true })
-    }
-
-    /// Marks an unfinished export `failed` (no attempts left, or a non-retryable failure).
+    /// Marks an unfinished export `failed` (a run that cannot go on).
     pub async fn give_up(
         &self,
         scope: &Scope,
@@ -324,31 +406,59 @@ impl ExportRunner {
         if export.status().is_terminal() {
             return Ok(export);
         }
-        self.finish_failed(export, failure, None).await
+        match self.finish_with(export, None, |e| e.fail(failure.clone(), Utc::now())).await? {
+            Some(export) => {
+                warn!(export_id = %export.id, tenant = %export.scope.tenant, kind = failure.kind.as_str(),
+                      error = %failure.message, "export failed");
+                Err(RunError::Failed { failure })
+            }
+            None => self.load(scope, id).await,
+        }
     }
 
-    /// Marks an unfinished export `cancelled` (cancelled before or between attempts).
+    /// Marks an unfinished export `cancelled`. Returns `Err(Cancelled)` when this call (or an
+    /// earlier one) cancelled it, and the record when it had already finished otherwise.
     pub async fn cancel_unfinished(&self, scope: &Scope, id: ExportId) -> Result<Export, RunError> {
         let export = self.load(scope, id).await?;
+        if export.status() == ExportStatus::Cancelled {
+            return Err(RunError::Cancelled);
+        }
         if export.status().is_terminal() {
             return Ok(export);
         }
-        self.finish_cancelled(export, None).await
+        match self.finish_with(export, None, |e| e.cancel(Utc::now())).await? {
+            Some(export) => {
+                info!(export_id = %export.id, tenant = %export.scope.tenant, "export cancelled");
+                Err(RunError::Cancelled)
+            }
+            // Finished some other way while we tried.
+            None => match self.load(scope, id).await? {
+                export if export.status() == ExportStatus::Cancelled => Err(RunError::Cancelled),
+                export => Ok(export),
+            },
+        }
     }
 
+    /// Fails the export for good. A store that is down turns this into a retry: the record must
+    /// say how the export ended, and the next run will find the policy exhausted and say it.
     async fn finish_failed(
         &self,
         export: Export,
         failure: ExportFailure,
         owner: Option<u32>,
+        control: &AttemptControl,
     ) -> Result<Export, RunError> {
-        let failed = self.finish_with(export, owner, |e| e.fail(failure.clone(), Utc::now())).await?;
-        if let Some(export) = failed {
-            warn!(export_id = %export.id, tenant = %export.scope.tenant, kind = failure.kind.as_str(),
-                  error = %failure.message, "export failed");
-            self.notify(&export).await;
+        let run = export.attempt();
+        match self.finish_with(export, owner, |e| e.fail(failure.clone(), Utc::now())).await {
+            Ok(Some(export)) => {
+                warn!(export_id = %export.id, tenant = %export.scope.tenant, kind = failure.kind.as_str(),
+                      error = %failure.message, "export failed");
+                Err(RunError::Failed { failure })
+            }
+            Ok(None) => Err(RunError::Failed { failure }),
+            Err(RunError::Store(err)) => Err(unrecorded_retry(&control.policy, run, store_failure(&err))),
+            Err(err) => Err(err),
         }
-        Err(RunError::Failed { failure, retryable: false })
     }
 
     async fn finish_cancelled(&self, export: Export, owner: Option<u32>) -> Result<Export, RunError> {
@@ -369,32 +479,74 @@ impl ExportRunner {
         owner: Option<u32>,
         apply: impl Fn(&mut Export) -> Result<(), IllegalTransition>,
     ) -> Result<Option<Export>, RunError> {
-        for _ in 0..3 {
+        for _ in 0..5 {
             let previous = export.status();
             if apply(&mut export).is_err() {
                 return Ok(None);
             }
-            match self.exports.update_if_status(&export, previous).await.map_err(store_failure)? {
-                UpdateOutcome::Updated => return Ok(Some(export)),
-                UpdateOutcome::NotFound => return Err(RunError::NotFound),
-                UpdateOutcome::Conflict(stored) if owner.is_some_and(|n| stored.attempt() > n) => {
+            match self.exports.update_if_status(&export, previous).await {
+                Ok(UpdateOutcome::Updated) => return Ok(Some(export)),
+                Ok(UpdateOutcome::NotFound) => return Err(RunError::NotFound),
+                Ok(UpdateOutcome::Conflict(stored)) if owner.is_some_and(|n| stored.attempt() > n) => {
                     return Err(RunError::Superseded { current: stored.attempt() });
                 }
-                UpdateOutcome::Conflict(stored) => export = *stored,
+                Ok(UpdateOutcome::Conflict(stored)) => export = *stored,
+                Err(err) => return Err(RunError::Store(err)),
             }
         }
         Err(RunError::Superseded { current: export.attempt() })
     }
 
-    async fn delete_object(&self, export: &Export) {
-        if let Err(err) = self.storage.delete(&export.object_key).await {
-            warn!(export_id = %export.id, error = %err, "could not delete the object of a cancelled export");
+    async fn delete_object(&self, export: &Export, key: &ObjectKey) {
+        if let Err(err) = self.storage.delete(key).await {
+            warn!(export_id = %export.id, key = %key, error = %err, "could not delete the object of an attempt that lost");
         }
     }
+}
 
-    async fn notify(&self, export: &Export) {
-        notify_finished(&self.notifier, &self.exports, self.config.notify, export).await;
+/// Why a run must not start at all: the deadline passed, or the attempts are used up.
+fn exhausted(policy: &ExecutionPolicy, export: &Export) -> Option<GiveUpReason> {
+    if remaining(policy, export).is_zero() {
+        return Some(GiveUpReason::DeadlineExceeded);
     }
+    (!policy.retry.allows(export.consumed_attempts().saturating_add(1)))
+        .then_some(GiveUpReason::AttemptsExhausted)
+}
+
+/// Time since the export was created.
+fn elapsed(export: &Export) -> Duration {
+    (Utc::now() - export.created_at).to_std().unwrap_or_default()
+}
+
+/// Time left before the export's deadline.
+fn remaining(policy: &ExecutionPolicy, export: &Export) -> Duration {
+    policy.deadline.saturating_sub(elapsed(export))
+}
+
+/// The failure a run gives up with: the last failure, said in the words of the reason.
+fn give_up_failure(reason: GiveUpReason, last: Option<ExportFailure>) -> ExportFailure {
+    match (reason, last) {
+        (GiveUpReason::DeadlineExceeded, last) => {
+            let why = last.map(|f| format!(" (last error: {})", f.message)).unwrap_or_default();
+            ExportFailure::new(
+                FailureKind::Timeout,
+                format!("the export did not finish before its deadline{why}"),
+            )
+        }
+        (_, Some(last)) => last,
+        (GiveUpReason::AttemptsExhausted, None) => {
+            ExportFailure::new(FailureKind::Internal, "every attempt the retry policy allows has failed")
+        }
+        (GiveUpReason::Request, None) => {
+            ExportFailure::new(FailureKind::Validation, "the request is invalid")
+        }
+    }
+}
+
+/// A retry after trouble with the store itself, when the record cannot say so.
+fn unrecorded_retry(policy: &ExecutionPolicy, run: u32, failure: ExportFailure) -> RunError {
+    let after = policy.retry.delay_before(run.saturating_add(1));
+    RunError::Retry { failure, class: FailureClass::Infrastructure, after }
 }
 
 /// The next user, polling the count alongside so its result is kept once it arrives.
@@ -422,37 +574,27 @@ async fn write_chunk(writer: &mut dyn ObjectWriter, chunk: Vec<u8>) -> Result<()
     writer.write(Bytes::from(chunk)).await.map_err(|e| storage_stop(&e))
 }
 
-impl From<RunError> for Stop {
-    /// A failed record write is a failure like any other; a cancelled record stops the attempt;
-    /// anything else means the record moved on without this attempt.
-    fn from(err: RunError) -> Self {
-        match err {
-            RunError::Failed { failure, retryable } => Stop::Failed(failure, retryable),
-            RunError::Cancelled => Stop::Cancelled,
-            other => Stop::Abandon(other),
-        }
-    }
+/// Unreachable or overloaded dependencies are infrastructure; anything else a defect.
+fn class_of(err: &PortError) -> FailureClass {
+    if err.is_retryable() { FailureClass::Infrastructure } else { FailureClass::Defect }
 }
 
 fn storage_stop(err: &PortError) -> Stop {
     match err {
         PortError::Cancelled => Stop::Cancelled,
-        e => Stop::Failed(ExportFailure::new(FailureKind::Storage, format!("{e:#}")), e.is_retryable()),
+        e => Stop::Failed(ExportFailure::new(FailureKind::Storage, format!("{e:#}")), class_of(e)),
     }
 }
 
 fn encode_failure(err: std::io::Error) -> Stop {
-    Stop::Failed(ExportFailure::new(FailureKind::Internal, format!("encoding failed: {err}")), false)
+    let failure = ExportFailure::new(FailureKind::Internal, format!("encoding failed: {err}"));
+    Stop::Failed(failure, FailureClass::Defect)
 }
 
 fn source_failure(err: &PortError) -> ExportFailure {
     ExportFailure::new(FailureKind::Source, format!("reading users failed: {err:#}"))
 }
 
-fn store_failure(err: PortError) -> RunError {
-    let retryable = err.is_retryable();
-    RunError::Failed {
-        failure: ExportFailure::new(FailureKind::Internal, format!("export record: {err:#}")),
-        retryable,
-    }
+fn store_failure(err: &PortError) -> ExportFailure {
+    ExportFailure::new(FailureKind::Internal, format!("export record: {err:#}"))
 }

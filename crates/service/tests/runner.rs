@@ -11,13 +11,13 @@ use adapters::notify::LogNotifier;
 use adapters::storage::ObjectStorage;
 use chrono::Utc;
 use domain::{
-    Export, ExportFormat, ExportId, ExportSpec, ExportStatus, FailureKind, NotificationStatus, Scope,
-    UserStatus,
+    ExecutionPolicy, Export, ExportFormat, ExportId, ExportSpec, ExportStatus, FailureClass, FailureKind,
+    NotificationStatus, Scope, UserStatus,
 };
 use futures::{StreamExt, TryStreamExt};
 use ports::mocks::{MockExportStorage, MockNotifier, MockObjectWriter, MockUserRepository};
 use ports::{ExportRepository, ExportStorage, Notifier, PortError, UserRepository};
-use service::{AttemptControl, ExportRunner, NotifyRetry, RunError, RunnerConfig};
+use service::{AttemptControl, ExportRunner, Notified, NotifyRetry, RunError, RunnerConfig};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
@@ -76,8 +76,19 @@ impl Fixture {
         self.exports.get(&scope(), export.id).await.unwrap().unwrap()
     }
 
+    /// The completed export's object, or any object an attempt of it left behind.
     async fn object(&self, export: &Export) -> Option<Vec<u8>> {
-        let reader = self.storage.open(&export.object_key).await.unwrap()?;
+        let record = self.record(export).await;
+        for key in [record.object_key.clone()].into_iter().chain((1..=5).map(|n| record.attempt_key(n))) {
+            if let Some(bytes) = self.object_at(&key).await {
+                return Some(bytes);
+            }
+        }
+        None
+    }
+
+    async fn object_at(&self, key: &domain::ObjectKey) -> Option<Vec<u8>> {
+        let reader = self.storage.open(key).await.unwrap()?;
         let chunks: Vec<bytes::Bytes> = reader.body.try_collect().await.unwrap();
         Some(chunks.concat())
     }
@@ -88,8 +99,16 @@ fn control(attempt: u32) -> AttemptControl {
         attempt,
         cancel: CancellationToken::new(),
         shutdown: CancellationToken::new(),
-        timeout: Duration::from_secs(30),
+        policy: ExecutionPolicy { deadline: Duration::from_secs(30), ..ExecutionPolicy::default() },
     }
+}
+
+/// A control whose policy allows `attempts` attempts, or whose export deadline is `deadline`.
+fn control_with(attempt: u32, attempts: u32, deadline: Duration) -> AttemptControl {
+    let mut ctl = control(attempt);
+    ctl.policy.retry.maximum_attempts = attempts;
+    ctl.policy.deadline = deadline;
+    ctl
 }
 
 #[tokio::test]
@@ -173,8 +192,12 @@ async fn storage_failing_mid_stream_aborts_the_upload_and_fails_the_record() {
     let runner = fx.runner_with(Arc::new(fx.users.clone()), Arc::new(storage));
     let export = fx.pending(ExportSpec::new(ExportFormat::Json)).await;
 
-    let err = runner.run_attempt(&scope(), export.id, &control(1), &|_| {}).await.unwrap_err();
-    assert!(matches!(err, RunError::Failed { retryable: false, .. }), "{err:?}");
+    // A refusal that is not infrastructure trouble uses up an attempt: with one allowed, it fails.
+    let err = runner
+        .run_attempt(&scope(), export.id, &control_with(1, 1, Duration::from_secs(30)), &|_| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RunError::Failed { .. }), "{err:?}");
     assert_eq!(aborted.load(Ordering::SeqCst), 1);
     let record = fx.record(&export).await;
     assert_eq!(record.status(), ExportStatus::Failed);
@@ -203,10 +226,14 @@ async fn a_retryable_failure_then_success_completes_once() {
     let export = fx.pending(ExportSpec::new(ExportFormat::Csv)).await;
 
     let first = runner.run_attempt(&scope(), export.id, &control(1), &|_| {}).await.unwrap_err();
-    assert!(first.is_retryable(), "{first:?}");
+    assert!(
+        matches!(first, RunError::Retry { class: FailureClass::Infrastructure, after, .. } if after == Duration::from_secs(1)),
+        "{first:?}"
+    );
     let between = fx.record(&export).await;
     assert_eq!(between.status(), ExportStatus::Running, "a retryable failure leaves the export running");
-    assert_eq!(between.error().unwrap().kind, FailureKind::Storage);
+    assert_eq!(between.error().unwrap().kind, FailureKind::Storage, "the last transient error shows");
+    assert_eq!(between.consumed_attempts(), 0, "infrastructure trouble uses up no attempt");
     assert!(fx.object(&export).await.is_none(), "the failed attempt left no object");
 
     let done = runner.run_attempt(&scope(), export.id, &control(2), &|_| {}).await.unwrap();
@@ -263,18 +290,44 @@ async fn cancelling_a_running_export_leaves_no_object() {
 }
 
 #[tokio::test]
-async fn an_attempt_past_its_deadline_fails_retryably_and_leaves_no_object() {
+async fn an_export_past_its_deadline_fails_for_good_and_leaves_no_object() {
     let fx = Fixture::new(0);
     let runner = fx.runner_with(Arc::new(endless_users()), fx.storage.clone());
     let export = fx.pending(ExportSpec::new(ExportFormat::Csv)).await;
-    let ctl = AttemptControl { timeout: Duration::from_millis(200), ..control(1) };
+    let ctl = control_with(1, 3, Duration::from_millis(300));
 
     let err = runner.run_attempt(&scope(), export.id, &ctl, &|_| {}).await.unwrap_err();
     match err {
-        RunError::Failed { failure, retryable: true } => assert_eq!(failure.kind, FailureKind::Timeout),
-        other => panic!("expected a retryable timeout, got {other:?}"),
+        RunError::Failed { failure } => assert_eq!(failure.kind, FailureKind::Timeout),
+        other => panic!("expected a timeout, got {other:?}"),
     }
+    assert_eq!(fx.record(&export).await.status(), ExportStatus::Failed);
     assert!(fx.object(&export).await.is_none());
+    // A later run (a resumed or duplicated one) does not start past the deadline either.
+    let later = control_with(2, 3, Duration::from_millis(300));
+    let again = runner.run_attempt(&scope(), export.id, &later, &|_| {}).await.unwrap();
+    assert_eq!(again.status(), ExportStatus::Failed);
+}
+
+#[tokio::test]
+async fn defects_use_up_attempts_and_a_run_after_the_last_one_fails_at_once() {
+    let fx = Fixture::new(0);
+    let export = fx.pending(ExportSpec::new(ExportFormat::Csv)).await;
+    let mut record = fx.record(&export).await;
+    for n in 1..=3 {
+        record.start_attempt(n, Utc::now()).unwrap();
+        record.note_attempt_failure(
+            domain::ExportFailure::new(FailureKind::Source, "corrupt row 7"),
+            true,
+            Utc::now(),
+        );
+    }
+    let previous = fx.record(&export).await.status();
+    fx.exports.update_if_status(&record, previous).await.unwrap();
+    // As after a crash that lost the last word: the next run honours the policy.
+    let err = fx.runner().run_attempt(&scope(), export.id, &control(4), &|_| {}).await.unwrap_err();
+    assert!(matches!(err, RunError::Failed { ref failure } if failure.message == "corrupt row 7"), "{err:?}");
+    assert_eq!(fx.record(&export).await.status(), ExportStatus::Failed);
 }
 
 #[tokio::test]
@@ -316,7 +369,7 @@ async fn giving_up_marks_the_export_failed_with_the_reason() {
     let export = fx.pending(ExportSpec::new(ExportFormat::Csv)).await;
     let failure = domain::ExportFailure::new(FailureKind::Source, "database down");
     let err = fx.runner().give_up(&scope(), export.id, failure.clone()).await.unwrap_err();
-    assert!(matches!(err, RunError::Failed { retryable: false, .. }));
+    assert!(matches!(err, RunError::Failed { .. }));
     let record = fx.record(&export).await;
     assert_eq!(record.status(), ExportStatus::Failed);
     assert_eq!(record.error(), Some(&failure));
@@ -353,8 +406,9 @@ async fn storage_refusing_to_open_or_finish_an_upload_fails_the_record_instead_o
     let runner = fx.runner_with(Arc::new(fx.users.clone()), Arc::new(storage));
     for expected in ["bucket does not exist", "complete refused"] {
         let export = fx.pending(ExportSpec::new(ExportFormat::Csv)).await;
-        let err = runner.run_attempt(&scope(), export.id, &control(1), &|_| {}).await.unwrap_err();
-        assert!(matches!(err, RunError::Failed { retryable: false, .. }), "{err:?}");
+        let ctl = control_with(1, 1, Duration::from_secs(30));
+        let err = runner.run_attempt(&scope(), export.id, &ctl, &|_| {}).await.unwrap_err();
+        assert!(matches!(err, RunError::Failed { .. }), "{err:?}");
         let record = fx.record(&export).await;
         assert_eq!(record.status(), ExportStatus::Failed);
         assert!(record.error().unwrap().message.contains(expected), "{:?}", record.error());
@@ -397,13 +451,13 @@ async fn the_deadline_also_bounds_completing_the_upload() {
     });
     let runner = fx.runner_with(Arc::new(fx.users.clone()), Arc::new(storage));
     let export = fx.pending(ExportSpec::new(ExportFormat::Csv)).await;
-    let ctl = AttemptControl { timeout: Duration::from_millis(300), ..control(1) };
+    let ctl = control_with(1, 3, Duration::from_millis(300));
     let started = std::time::Instant::now();
     let err = runner.run_attempt(&scope(), export.id, &ctl, &|_| {}).await.unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(5));
     match err {
-        RunError::Failed { failure, retryable: true } => assert_eq!(failure.kind, FailureKind::Timeout),
-        other => panic!("expected a retryable timeout, got {other:?}"),
+        RunError::Failed { failure } => assert_eq!(failure.kind, FailureKind::Timeout),
+        other => panic!("expected a timeout, got {other:?}"),
     }
 }
 
@@ -447,6 +501,11 @@ async fn a_notification_that_fails_transiently_is_retried_and_recorded_as_sent()
     });
     let runner = fx.runner_notifying(Arc::new(fx.users.clone()), fx.storage.clone(), Arc::new(notifier));
     let done = runner.run_attempt(&scope(), export.id, &control(1), &|_| {}).await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "the attempt itself sends nothing");
+    assert!(fx.record(&export).await.notify_due());
+    assert_eq!(runner.notify(&scope(), export.id).await.unwrap(), Notified::Done);
+    // A repeated step (a retried activity, the reconciler) sends nothing twice.
+    assert_eq!(runner.notify(&scope(), export.id).await.unwrap(), Notified::NothingDue);
 
     assert_eq!(done.status(), ExportStatus::Completed);
     assert_eq!(calls.load(Ordering::SeqCst), 3);
@@ -468,6 +527,7 @@ async fn a_notification_that_keeps_failing_never_fails_the_export_and_says_why()
         .returning(|_| Err(PortError::Other(anyhow::anyhow!("550 mailbox unavailable"))));
     let runner = fx.runner_notifying(Arc::new(fx.users.clone()), fx.storage.clone(), Arc::new(notifier));
     let done = runner.run_attempt(&scope(), export.id, &control(1), &|_| {}).await.unwrap();
+    runner.notify(&scope(), export.id).await.unwrap();
 
     assert_eq!(done.status(), ExportStatus::Completed, "a permanent refusal is not retried");
     let record = fx.record(&export).await;
@@ -485,5 +545,7 @@ async fn exports_without_email_notify_send_nothing() {
     notifier.expect_export_finished().never();
     let runner = fx.runner_notifying(Arc::new(fx.users.clone()), fx.storage.clone(), Arc::new(notifier));
     runner.run_attempt(&scope(), export.id, &control(1), &|_| {}).await.unwrap();
+    runner.notify(&scope(), export.id).await.unwrap();
     assert_eq!(fx.record(&export).await.notification(), None);
+    assert!(!fx.record(&export).await.notify_due(), "handled: nothing to send");
 }

@@ -10,7 +10,9 @@ use domain::{ExecutionPolicy, PolicyError, RetentionPolicy, RetryPolicy};
 /// way by the in-process orchestrator and by Temporal.
 #[derive(Debug, Clone, Args)]
 pub struct PolicyArgs {
-    /// Attempts per export, the first included.
+    /// Attempts per export that failures of the export itself may use up (a bug, a corrupt
+    /// row). Infrastructure trouble and interruptions use none: they are retried until the
+    /// export's deadline.
     #[arg(long, env = "USEREXPORT_RETRY_MAX_ATTEMPTS", default_value_t = 3)]
     pub retry_max_attempts: u32,
 
@@ -26,9 +28,10 @@ pub struct PolicyArgs {
     #[arg(long, env = "USEREXPORT_RETRY_MAX_INTERVAL_S", default_value_t = 120)]
     pub retry_max_interval_s: u64,
 
-    /// Bound on one export attempt, in seconds.
-    #[arg(long, env = "USEREXPORT_START_TO_CLOSE_S", default_value_t = 600)]
-    pub start_to_close_s: u64,
+    /// Bound on a whole export, from its request to its last attempt, in seconds (8 hours by
+    /// default). No per-attempt limit exists: a live attempt is known by its heartbeats.
+    #[arg(long, env = "USEREXPORT_EXPORT_DEADLINE_S", default_value_t = 28_800)]
+    pub export_deadline_s: u64,
 
     /// A running attempt silent for this long is considered lost, in seconds (Temporal).
     #[arg(long, env = "USEREXPORT_HEARTBEAT_TIMEOUT_S", default_value_t = 30)]
@@ -45,6 +48,11 @@ pub struct PolicyArgs {
     /// How often the retention sweep deletes expired files, in seconds.
     #[arg(long, env = "USEREXPORT_RETENTION_SWEEP_S", default_value_t = 3600)]
     pub retention_sweep_s: u64,
+
+    /// How often the reconciler starts or settles exports left unfinished and sends missed
+    /// notifications, in seconds.
+    #[arg(long, env = "USEREXPORT_RECONCILE_INTERVAL_S", default_value_t = 60)]
+    pub reconcile_interval_s: u64,
 }
 
 impl Default for PolicyArgs {
@@ -56,11 +64,12 @@ impl Default for PolicyArgs {
                 .unwrap_or(1000),
             retry_backoff: policy.retry.backoff_coefficient,
             retry_max_interval_s: policy.retry.maximum_interval.as_secs(),
-            start_to_close_s: policy.start_to_close.as_secs(),
+            export_deadline_s: policy.deadline.as_secs(),
             heartbeat_timeout_s: policy.heartbeat_timeout.as_secs(),
             retention_days: RetentionPolicy::default().default_days,
             retention_max_days: RetentionPolicy::default().max_days,
             retention_sweep_s: 3600,
+            reconcile_interval_s: 60,
         }
     }
 }
@@ -78,7 +87,7 @@ impl PolicyArgs {
                 maximum_interval: Duration::from_secs(self.retry_max_interval_s),
                 maximum_attempts: self.retry_max_attempts,
             },
-            start_to_close: Duration::from_secs(self.start_to_close_s),
+            deadline: Duration::from_secs(self.export_deadline_s),
             heartbeat_timeout: Duration::from_secs(self.heartbeat_timeout_s),
         };
         let setting = match policy.validate() {
@@ -88,7 +97,7 @@ impl PolicyArgs {
             Err(PolicyError::BadInterval) => {
                 "USEREXPORT_RETRY_INITIAL_INTERVAL_MS / USEREXPORT_RETRY_MAX_INTERVAL_S"
             }
-            Err(PolicyError::BadTimeout) => "USEREXPORT_START_TO_CLOSE_S / USEREXPORT_HEARTBEAT_TIMEOUT_S",
+            Err(PolicyError::BadTimeout) => "USEREXPORT_EXPORT_DEADLINE_S / USEREXPORT_HEARTBEAT_TIMEOUT_S",
             Err(PolicyError::BadRetention) => "USEREXPORT_RETENTION_DAYS / USEREXPORT_RETENTION_MAX_DAYS",
         };
         policy.validate().with_context(|| format!("invalid {setting}"))?;
@@ -112,6 +121,25 @@ impl PolicyArgs {
     pub fn retention_sweep_interval(&self) -> anyhow::Result<Duration> {
         anyhow::ensure!(self.retention_sweep_s > 0, "USEREXPORT_RETENTION_SWEEP_S must be at least 1");
         Ok(Duration::from_secs(self.retention_sweep_s))
+    }
+
+    /// Interval of the reconciler.
+    ///
+    /// # Errors
+    /// When it is zero.
+    pub fn reconcile_interval(&self) -> anyhow::Result<Duration> {
+        anyhow::ensure!(self.reconcile_interval_s > 0, "USEREXPORT_RECONCILE_INTERVAL_S must be at least 1");
+        Ok(Duration::from_secs(self.reconcile_interval_s))
+    }
+
+    /// What the reconciler leaves alone: records changed within a quarter interval (at least
+    /// 5 s: a start may be in flight), and notifications younger than the step's own retries.
+    pub fn reconcile_settings(&self) -> service::ReconcileSettings {
+        let interval = Duration::from_secs(self.reconcile_interval_s.max(1));
+        service::ReconcileSettings {
+            start_grace: (interval / 4).max(Duration::from_secs(5)),
+            notify_grace: (interval * 2).max(Duration::from_secs(120)),
+        }
     }
 }
 
@@ -197,7 +225,7 @@ mod tests {
                 PolicyArgs { retry_initial_interval_ms: 0, ..base.clone() },
                 "USEREXPORT_RETRY_INITIAL_INTERVAL_MS",
             ),
-            (PolicyArgs { start_to_close_s: 0, ..base.clone() }, "USEREXPORT_START_TO_CLOSE_S"),
+            (PolicyArgs { export_deadline_s: 0, ..base.clone() }, "USEREXPORT_EXPORT_DEADLINE_S"),
         ] {
             let err = format!("{:#}", args.execution_policy().unwrap_err());
             assert!(err.contains(setting) && !err.contains('\n'), "{setting}: {err}");

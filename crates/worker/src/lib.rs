@@ -8,15 +8,21 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use adapters::temporal::{WorkerDeps, connect_client, ensure_retention_schedule, register};
+use adapters::temporal::{
+    TemporalOrchestrator, WorkerDeps, connect_client, ensure_reconcile_schedule, ensure_retention_schedule,
+    register,
+};
 use anyhow::{Context, bail};
 use clap::Parser;
 use domain::{ExecutionPolicy, Scope};
-use service::{ExportRunner, RunnerConfig};
+use service::{ExportRunner, Reconciler, RunnerConfig};
 use temporalio_sdk::runtime::worker_tuner::{FixedSizeSlotSupplier, TunerHolder};
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+/// Local activity slots: `NotifyExport` runs as one after every export.
+const LOCAL_ACTIVITY_SLOTS: usize = 8;
 pub use wiring::{
     Adapters, BackendArgs, ExportsBackend, LogFormat, NotifyArgs, PolicyArgs, StorageKind, TemporalArgs,
     TenantArgs, UsersBackend,
@@ -165,6 +171,16 @@ pub async fn run_with(
         config.policy.retention_sweep_interval()?,
     )
     .await?;
+    ensure_reconcile_schedule(&client, &config.temporal.task_queue, config.policy.reconcile_interval()?)
+        .await?;
+    // The reconciler inspects and starts workflows on this cluster, as the API would.
+    let orchestrator = TemporalOrchestrator::new(client.clone(), config.temporal.task_queue.clone(), policy);
+    let reconciler = Reconciler::new(
+        Arc::clone(&adapters.exports),
+        Arc::new(orchestrator),
+        Arc::clone(&runner),
+        config.policy.reconcile_settings(),
+    );
     let runtime = Runtime::from_current_tokio(Default::default()).context("starting the Temporal runtime")?;
 
     let interrupt = CancellationToken::new();
@@ -173,7 +189,8 @@ pub async fn run_with(
             TunerHolder::builder()
                 .workflow_task_slot_supplier(FixedSizeSlotSupplier::new(config.max_workflow_tasks))
                 .activity_task_slot_supplier(FixedSizeSlotSupplier::new(config.max_concurrent_exports))
-                .local_activity_task_slot_supplier(FixedSizeSlotSupplier::new(1))
+                // NotifyExport runs as a local activity after every export.
+                .local_activity_task_slot_supplier(FixedSizeSlotSupplier::new(LOCAL_ACTIVITY_SLOTS))
                 .nexus_task_slot_supplier(FixedSizeSlotSupplier::new(1))
                 .build(),
         )
@@ -184,6 +201,7 @@ pub async fn run_with(
         storage: adapters.storage,
         default_policy: policy,
         shutdown: interrupt.clone(),
+        reconciler: Some(Arc::new(reconciler)),
     };
     register(&mut options, &deps).context("registering the workflows and activities")?;
     let mut worker = Worker::new(&runtime, client, options).context("creating the Temporal worker")?;

@@ -39,6 +39,7 @@ pub async fn run_all(repo: Arc<dyn ExportRepository>) {
     unfinished_are_listed_for_recovery(repo.as_ref()).await;
     expired_are_listed_soonest_first_until_marked(repo.as_ref()).await;
     notifications_round_trip(repo.as_ref()).await;
+    notify_due_are_listed_oldest_first_until_done(repo.as_ref()).await;
     repo.ping().await.unwrap();
 }
 
@@ -50,7 +51,7 @@ async fn completed_expiring(repo: &dyn ExportRepository, scope: &Scope, expires_
     export.start_attempt(1, finished).unwrap();
     repo.update_if_status(&export, ExportStatus::Pending).await.unwrap();
     let outcome = ExportOutcome { record_count: 1, bytes: 1, sha256: "00".repeat(32) };
-    export.complete(outcome, TimeDelta::hours(1), finished).unwrap();
+    export.complete(outcome, export.attempt_key(1), TimeDelta::hours(1), finished).unwrap();
     assert_eq!(repo.update_if_status(&export, ExportStatus::Running).await.unwrap(), UpdateOutcome::Updated);
     export
 }
@@ -91,6 +92,38 @@ async fn notifications_round_trip(repo: &dyn ExportRepository) {
     export.record_notification(record, Utc::now());
     assert_eq!(repo.update_if_status(&export, ExportStatus::Failed).await.unwrap(), UpdateOutcome::Updated);
     assert_eq!(repo.get(&export.scope, export.id).await.unwrap(), Some(export));
+}
+
+async fn notify_due_are_listed_oldest_first_until_done(repo: &dyn ExportRepository) {
+    // Long before anything the other checks store, so only these exports can be listed.
+    let at = |s: i64| Utc.with_ymd_and_hms(2001, 1, 1, 0, 0, 0).unwrap() + TimeDelta::seconds(s);
+    let scope = fresh_scope();
+    let mut made = Vec::new();
+    for s in [2, 1, 3] {
+        let mut export = new_export(&scope, 0);
+        repo.create_if_absent(&export).await.unwrap();
+        export.start_attempt(1, at(s)).unwrap();
+        export.note_attempt_failure(ExportFailure::new(FailureKind::Source, "corrupt row"), true, at(s));
+        export.set_workflow_id(format!("user-export-scheduled:{s}"));
+        export.fail(ExportFailure::new(FailureKind::Source, "corrupt row"), at(s)).unwrap();
+        repo.update_if_status(&export, ExportStatus::Pending).await.unwrap();
+        made.push(export);
+    }
+    let ids = |items: Vec<Export>| items.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(ids(repo.list_notify_due(at(2), 10).await.unwrap()), [made[1].id, made[0].id]);
+    assert_eq!(ids(repo.list_notify_due(at(3), 1).await.unwrap()), [made[1].id]);
+
+    let mut done = made[1].clone();
+    let record =
+        NotificationRecord { status: NotificationStatus::Sent, attempts: 1, last_error: None, at: at(4) };
+    done.record_callback(record, at(4));
+    done.notifications_done(at(4));
+    assert_eq!(repo.update_if_status(&done, ExportStatus::Failed).await.unwrap(), UpdateOutcome::Updated);
+    let stored = repo.get(&scope, done.id).await.unwrap().unwrap();
+    assert_eq!(stored, done, "callback, attempts and workflow ID round-trip");
+    assert_eq!(stored.consumed_attempts(), 1);
+    assert_eq!(stored.workflow_id(), "user-export-scheduled:1");
+    assert_eq!(ids(repo.list_notify_due(at(10), 10).await.unwrap()), [made[0].id, made[2].id]);
 }
 
 async fn create_is_idempotent_and_keeps_the_first(repo: &dyn ExportRepository) {
@@ -144,7 +177,7 @@ async fn transitions_are_compare_and_set(repo: &dyn ExportRepository) {
     assert_eq!(repo.update_if_status(&export, ExportStatus::Running).await.unwrap(), UpdateOutcome::Updated);
     let outcome = ExportOutcome { record_count: 20, bytes: 100, sha256: "00".repeat(32) };
     let mut done = export.clone();
-    done.complete(outcome, TimeDelta::days(1), Utc::now()).unwrap();
+    done.complete(outcome, export.attempt_key(1), TimeDelta::days(1), Utc::now()).unwrap();
     assert_eq!(repo.update_if_status(&done, ExportStatus::Running).await.unwrap(), UpdateOutcome::Updated);
     // Nothing moves a finished export backwards.
     assert!(matches!(

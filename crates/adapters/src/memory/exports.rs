@@ -79,6 +79,14 @@ impl ExportRepository for MemoryExportRepository {
         Ok(items)
     }
 
+    async fn list_notify_due(&self, before: DateTime<Utc>, limit: usize) -> Result<Vec<Export>, PortError> {
+        let mut items: Vec<Export> =
+            self.lock().values().filter(|e| e.notify_due() && e.updated_at() <= before).cloned().collect();
+        items.sort_by(|a, b| (a.updated_at(), &a.scope, a.id).cmp(&(b.updated_at(), &b.scope, b.id)));
+        items.truncate(limit);
+        Ok(items)
+    }
+
     async fn list_expired(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Export>, PortError> {
         let mut items: Vec<Export> = self.lock().values().filter(|e| e.is_expired_at(now)).cloned().collect();
         items.sort_by(|a, b| (a.expires_at(), &a.scope, a.id).cmp(&(b.expires_at(), &b.scope, b.id)));

@@ -13,7 +13,8 @@ use super::{to_i64, to_u64, translate};
 
 const COLUMNS: &str = "tenant_id, environment_id, id, idempotency_key, request_fingerprint, spec, object_key, \
     status, attempt, rows_written, total_rows, record_count, bytes, sha256, error_kind, error_message, \
-    created_at, started_at, finished_at, updated_at, expires_at, notification";
+    created_at, started_at, finished_at, updated_at, expires_at, notification, consumed_attempts, workflow_id, \
+    callback, notify_due";
 
 /// Export records in PostgreSQL. Status changes are `UPDATE ... WHERE status = $expected`, so
 /// concurrent writers cannot both win.
@@ -102,6 +103,13 @@ fn decode(row: &PgRow) -> Result<Export, PortError> {
             .try_get::<Option<Json<NotificationRecord>>, _>(21)
             .map_err(translate)?
             .map(|Json(n)| n),
+        consumed_attempts: {
+            let consumed: i32 = row.try_get(22).map_err(translate)?;
+            u32::try_from(consumed).map_err(|_| bad("consumed_attempts", consumed))?
+        },
+        workflow_id: row.try_get(23).map_err(translate)?,
+        callback: row.try_get::<Option<Json<NotificationRecord>>, _>(24).map_err(translate)?.map(|Json(n)| n),
+        notify_due: row.try_get(25).map_err(translate)?,
     }))
 }
 
@@ -135,6 +143,12 @@ fn push_values(q: &mut QueryBuilder<'_, Postgres>, export: &Export) -> Result<()
     t.push_bind(p.updated_at);
     t.push_bind(p.expires_at);
     t.push_bind(p.notification.map(Json));
+    t.push_bind(
+        i32::try_from(p.consumed_attempts).map_err(|_| bad("consumed_attempts", p.consumed_attempts))?,
+    );
+    t.push_bind(p.workflow_id);
+    t.push_bind(p.callback.map(Json));
+    t.push_bind(p.notify_due);
     t.push_unseparated(")");
     Ok(())
 }
@@ -217,6 +231,19 @@ impl ExportRepository for PgExportRepository {
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM exports WHERE status IN ('pending', 'running') ORDER BY created_at, id"
         ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(translate)?;
+        rows.iter().map(decode).collect()
+    }
+
+    async fn list_notify_due(&self, before: DateTime<Utc>, limit: usize) -> Result<Vec<Export>, PortError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM exports WHERE notify_due AND updated_at <= $1 \
+             ORDER BY updated_at, tenant_id, environment_id, id LIMIT $2"
+        ))
+        .bind(before)
+        .bind(to_i64(limit as u64, "limit")?)
         .fetch_all(&self.pool)
         .await
         .map_err(translate)?;

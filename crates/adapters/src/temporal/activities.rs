@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use chrono::Utc;
 use domain::{
-    EnvironmentId, ExecutionPolicy, Export, ExportFailure, ExportId, ExportSpec, ExportStatus, FailureKind,
-    Scope, TenantId,
+    EnvironmentId, ExecutionPolicy, Export, ExportFailure, ExportId, ExportSpec, ExportStatus, FailureClass,
+    FailureKind, Scope, TenantId,
 };
-use ports::{CreateOutcome, ExportRepository, PortError};
+use ports::{CreateOutcome, ExportRepository, PortError, UpdateOutcome};
 use serde_json::Value;
 use service::{AttemptControl, ExportRunner, RunError};
 use temporalio_macros::activities;
@@ -32,6 +32,9 @@ use super::types::{
 
 /// Fastest heartbeat ticker, whatever the heartbeat timeout.
 const MIN_HEARTBEAT_EVERY: Duration = Duration::from_millis(100);
+/// Shortest wait Temporal is asked for before the next attempt (zero would mean "use the retry
+/// policy's backoff").
+const MIN_RETRY_DELAY: Duration = Duration::from_millis(10);
 
 /// Everything the activities need. Registered once per worker by [`super::register`].
 pub struct ExportActivities {
@@ -88,11 +91,14 @@ impl ExportActivities {
         let policy = input.policy.unwrap_or(self.default_policy);
         policy.validate().map_err(|e| validation_failed(format!("invalid policy: {e}")))?;
         let export = match self.exports.get(&scope, id).await.map_err(port_failure)? {
-            Some(existing) => existing,
+            Some(existing) => self.record_workflow_id(existing, input.workflow_id).await?,
             None => {
                 let spec = ExportSpec::from_json(&Value::Object(input.request))
                     .map_err(|errors| validation_failed(errors.to_string()))?;
-                let export = Export::new(id, scope.clone(), spec, None, Utc::now());
+                let mut export = Export::new(id, scope.clone(), spec, None, Utc::now());
+                if let Some(workflow_id) = input.workflow_id {
+                    export.set_workflow_id(workflow_id);
+                }
                 match self.exports.create_if_absent(&export).await.map_err(port_failure)? {
                     CreateOutcome::Created => {
                         info!(export_id = %id, tenant = %scope.tenant, environment = %scope.environment,
@@ -114,8 +120,14 @@ impl ExportActivities {
 
     /// One attempt of the export. Progress goes out as heartbeats (rows written), and a ticker
     /// heartbeats every third of the heartbeat timeout even when rows come slowly, so a dead
-    /// worker is noticed within the heartbeat timeout. A cancellation (delivered with a
-    /// heartbeat response) aborts the upload and leaves the record to the workflow.
+    /// worker is noticed within the heartbeat timeout. A cancel through the API reaches the
+    /// attempt through the record at its next progress write (every 500 ms), not only with a
+    /// heartbeat response, which the SDK throttles. A Temporal cancellation aborts the upload
+    /// and leaves the record to the workflow.
+    ///
+    /// Failures follow the runner's decision: a retry is a retryable failure whose
+    /// `next_retry_delay` is the policy's wait (the activity's own retry policy sets no attempt
+    /// limit: only failures that count use up attempts, and the record counts them).
     #[activity(name = "ExportUserData")]
     pub async fn export_user_data(
         self: Arc<Self>,
@@ -134,7 +146,7 @@ impl ExportActivities {
             attempt,
             cancel: CancellationToken::new(),
             shutdown: self.shutdown.child_token(),
-            timeout: input.attempt_timeout.unwrap_or(self.default_policy.start_to_close),
+            policy: input.policy.unwrap_or(self.default_policy),
         };
         let result = run_with_heartbeats(&self.runner, &ctx, &scope, id, &control, heartbeat_timeout)
             .instrument(span)
@@ -154,6 +166,20 @@ impl ExportActivities {
             },
             Err(err) => Err(run_error(err, &ctx)),
         }
+    }
+
+    /// The notification step of a final export: the email and the tenant's callback, each
+    /// recorded on the export; a repeat sends nothing twice once recorded. Run as a local
+    /// activity after the export settled, so it holds no export slot.
+    #[activity(name = "NotifyExport")]
+    pub async fn notify(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        export: ExportRef,
+    ) -> Result<(), ActivityError> {
+        let (scope, id) = parse_ref(&export)?;
+        self.runner.notify(&scope, id).await.map_err(port_failure)?;
+        Ok(())
     }
 
     /// Ends an unfinished export when the workflow cannot: `cancelled` after a workflow
@@ -187,6 +213,27 @@ impl ExportActivities {
                 export.status()
             ))
             .into()),
+        }
+    }
+}
+
+impl ExportActivities {
+    /// Stores the workflow running `export` on its record when it is not the derived one.
+    async fn record_workflow_id(
+        &self,
+        mut export: Export,
+        workflow_id: Option<String>,
+    ) -> Result<Export, ActivityError> {
+        let Some(workflow_id) = workflow_id.filter(|w| *w != export.workflow_id()) else { return Ok(export) };
+        if export.status().is_terminal() {
+            return Ok(export);
+        }
+        let status = export.status();
+        export.set_workflow_id(workflow_id);
+        match self.exports.update_if_status(&export, status).await.map_err(port_failure)? {
+            UpdateOutcome::Updated => Ok(export),
+            UpdateOutcome::Conflict(stored) => Ok(*stored),
+            UpdateOutcome::NotFound => Err(non_retryable(failure_type::EXPORT_NOT_FOUND, "export not found")),
         }
     }
 }
@@ -328,10 +375,21 @@ fn run_error(err: RunError, ctx: &ActivityContext) -> ActivityError {
             failure_type::EXPORT_SUPERSEDED,
             format!("the export is owned by attempt {current}"),
         ),
-        RunError::Failed { failure: f, retryable: true } => {
-            failure(failure_type::ATTEMPT_FAILED, f.message.clone(), true, Some(f))
+        RunError::Retry { failure: f, class, after } => {
+            let type_name = match class {
+                FailureClass::Interruption => failure_type::INTERRUPTED,
+                _ => failure_type::ATTEMPT_FAILED,
+            };
+            ApplicationFailure::builder(f.message.clone())
+                .type_name(type_name.to_owned())
+                .non_retryable(false)
+                .next_retry_delay(after.max(MIN_RETRY_DELAY))
+                .details(f)
+                .build()
+                .into()
         }
-        RunError::Failed { failure: f, retryable: false } => {
+        RunError::Store(err) => port_failure(err),
+        RunError::Failed { failure: f } => {
             let type_name = if f.kind == FailureKind::Validation {
                 failure_type::VALIDATION_FAILED
             } else {

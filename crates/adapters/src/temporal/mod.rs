@@ -22,6 +22,7 @@
 mod activities;
 mod batch;
 mod orchestrator;
+mod reconcile;
 mod retention;
 mod schedules;
 #[cfg(feature = "testkit")]
@@ -46,6 +47,9 @@ pub use batch::{
     DEFAULT_TARGETS_PER_RUN, UserBatchExportWorkflow,
 };
 pub use orchestrator::{TemporalOrchestrator, TemporalSettings};
+pub use reconcile::{
+    ExportReconcileWorkflow, RECONCILE_SCHEDULE_ID, ReconcileOutput, ensure_reconcile_schedule,
+};
 pub use retention::{
     ExportRetentionWorkflow, RETENTION_SCHEDULE_ID, RetentionInput, RetentionOutput,
     ensure_retention_schedule,
@@ -53,8 +57,8 @@ pub use retention::{
 pub use schedules::{TemporalScheduler, fire_input};
 pub use types::{
     EXPORT_ACTIVITY, ExportRef, ExportUserDataInput, ExportUserDataOutput, ExportWorkflowInput,
-    FINISH_ACTIVITY, FinishInput, FinishOutcome, FinishOutput, PREPARE_ACTIVITY, PrepareInput, PrepareOutput,
-    WORKFLOW_TYPE, derived_export_id, failure_type,
+    FINISH_ACTIVITY, FinishInput, FinishOutcome, FinishOutput, NOTIFY_ACTIVITY, PREPARE_ACTIVITY,
+    PrepareInput, PrepareOutput, WORKFLOW_TYPE, derived_export_id, failure_type,
 };
 pub use workflow::UserDataExportWorkflow;
 
@@ -72,6 +76,8 @@ pub struct WorkerDeps {
     /// Cancelled when the worker's shutdown grace period is over: running attempts are
     /// interrupted without touching their records, and run again elsewhere.
     pub shutdown: CancellationToken,
+    /// Runs `ExportReconcileWorkflow`; without one, that workflow is not registered here.
+    pub reconciler: Option<Arc<service::Reconciler>>,
 }
 
 impl std::fmt::Debug for WorkerDeps {
@@ -89,6 +95,7 @@ impl std::fmt::Debug for WorkerDeps {
 pub fn register(options: &mut WorkerOptions, deps: &WorkerDeps) -> Result<(), WorkflowRegistrationError> {
     workflow::register(options, deps)?;
     retention::register(options, deps)?;
+    reconcile::register(options, deps)?;
     batch::register(options, deps)?;
     Ok(())
 }
@@ -136,6 +143,7 @@ mod tests {
         assert_eq!(ExportActivities::export_user_data.name(), "ExportUserData");
         assert_eq!(ExportActivities::prepare.name(), PREPARE_ACTIVITY);
         assert_eq!(ExportActivities::finish.name(), FINISH_ACTIVITY);
+        assert_eq!(ExportActivities::notify.name(), NOTIFY_ACTIVITY);
         assert_eq!(EXPORT_ACTIVITY, "ExportUserData");
     }
 

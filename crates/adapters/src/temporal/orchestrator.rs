@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use async_trait::async_trait;
 use domain::{Batch, ExecutionPolicy, Export, ExportId, Scope};
-use ports::{CancelOutcome, Orchestrator, PortError, WaitOutcome};
+use ports::{CancelOutcome, Orchestrator, PortError, RunClosure, RunState, WaitOutcome};
 use temporalio_client::errors::{WorkflowGetResultError, WorkflowInteractionError, WorkflowStartError};
 use temporalio_client::tonic::{Code, IntoRequest, Status};
 use temporalio_client::{
@@ -93,13 +93,15 @@ impl Orchestrator for TemporalOrchestrator {
         }
         let input = serde_json::to_value(ExportWorkflowInput::for_export(export, Some(self.policy)))
             .map_err(|e| PortError::Other(anyhow!(e).context("encoding the workflow input")))?;
-        let workflow_id = export.id.workflow_id(&export.scope);
+        let workflow_id = export.workflow_id();
         let options = WorkflowStartOptions::new(self.task_queue.clone(), workflow_id.clone())
             // A running export: the duplicate start returns the running workflow.
             .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)
             // A completed export is never run again; one whose run failed, was cancelled or
             // terminated may be started again (its record decides whether anything runs).
             .id_reuse_policy(WorkflowIdReusePolicy::AllowDuplicateFailedOnly)
+            // The export's deadline bounds the run; the reconciler settles a run that timed out.
+            .execution_timeout(self.policy.deadline + EXECUTION_TIMEOUT_MARGIN)
             .rpc_options(rpc_options())
             .build();
         let started = bounded(
@@ -173,18 +175,11 @@ impl Orchestrator for TemporalOrchestrator {
         }
     }
 
-    async fn cancel(&self, scope: &Scope, id: ExportId) -> Result<CancelOutcome, PortError> {
-        let handle = self.client.get_workflow_handle::<UserDataExportWorkflow>(id.workflow_id(scope));
-        // Temporal accepts a cancel of a run that was already cancelled, so look first: a closed
-        // run (whatever its record says) is not running, and the caller finishes the record.
-        let described = WorkflowDescribeOptions::builder().rpc_options(rpc_options()).build();
-        match bounded("describing the workflow", handle.describe(described)).await? {
-            Ok(description) if description.status() == WorkflowExecutionStatus::Running => {}
-            Ok(_) | Err(WorkflowInteractionError::NotFound(_)) => return Ok(CancelOutcome::NotRunning),
-            Err(WorkflowInteractionError::Rpc(status)) => {
-                return Err(status_error(status, "describing the workflow"));
-            }
-            Err(err) => return Err(PortError::Other(anyhow!(err).context("describing the workflow"))),
+    async fn cancel(&self, export: &Export) -> Result<CancelOutcome, PortError> {
+        // The record's workflow ID: a scheduled run's is its own.
+        let handle = self.client.get_workflow_handle::<UserDataExportWorkflow>(export.workflow_id());
+        if self.describe(export).await? != RunState::Live {
+            return Ok(CancelOutcome::NotRunning);
         }
         let options = WorkflowCancelOptions::builder()
             .reason("cancelled through the API")
@@ -206,6 +201,10 @@ impl Orchestrator for TemporalOrchestrator {
         }
     }
 
+    async fn inspect(&self, export: &Export) -> Result<RunState, PortError> {
+        self.describe(export).await
+    }
+
     async fn ping(&self) -> Result<(), PortError> {
         let mut service = self.client.connection().workflow_service();
         let mut request = GetSystemInfoRequest::default().into_request();
@@ -216,6 +215,34 @@ impl Orchestrator for TemporalOrchestrator {
         }
     }
 }
+
+impl TemporalOrchestrator {
+    /// The state of the workflow `export` runs under.
+    async fn describe(&self, export: &Export) -> Result<RunState, PortError> {
+        let handle = self.client.get_workflow_handle::<UserDataExportWorkflow>(export.workflow_id());
+        let options = WorkflowDescribeOptions::builder().rpc_options(rpc_options()).build();
+        let status = match bounded("describing the workflow", handle.describe(options)).await? {
+            Ok(description) => description.status(),
+            Err(WorkflowInteractionError::NotFound(_)) => return Ok(RunState::Missing),
+            Err(WorkflowInteractionError::Rpc(status)) => {
+                return Err(status_error(status, "describing the workflow"));
+            }
+            Err(err) => return Err(PortError::Other(anyhow!(err).context("describing the workflow"))),
+        };
+        Ok(match status {
+            WorkflowExecutionStatus::Completed => RunState::Closed(RunClosure::Completed),
+            WorkflowExecutionStatus::Failed => RunState::Closed(RunClosure::Failed),
+            WorkflowExecutionStatus::Canceled => RunState::Closed(RunClosure::Cancelled),
+            WorkflowExecutionStatus::Terminated => RunState::Closed(RunClosure::Terminated),
+            WorkflowExecutionStatus::TimedOut => RunState::Closed(RunClosure::TimedOut),
+            // Running, or continued as new (its next run is live), or not yet known.
+            _ => RunState::Live,
+        })
+    }
+}
+
+/// Room after the export's deadline for the bookkeeping that follows its last attempt.
+const EXECUTION_TIMEOUT_MARGIN: Duration = Duration::from_secs(15 * 60);
 
 /// Per-call RPC options: a deadline and retries that give up within [`RPC_TIMEOUT`].
 pub(super) fn rpc_options() -> RpcOptions {

@@ -149,37 +149,48 @@ pub async fn ensure_retention_schedule(
     task_queue: &str,
     every: Duration,
 ) -> anyhow::Result<()> {
-    let action = ScheduleAction::start_workflow(
-        ExportRetentionWorkflow::run,
-        RetentionInput::default(),
-        task_queue,
-        RETENTION_WORKFLOW_ID_PREFIX,
-    );
+    let action = || {
+        ScheduleAction::start_workflow(
+            ExportRetentionWorkflow::run,
+            RetentionInput::default(),
+            task_queue,
+            RETENTION_WORKFLOW_ID_PREFIX,
+        )
+    };
+    ensure_system_schedule(
+        client,
+        RETENTION_SCHEDULE_ID,
+        action,
+        every,
+        "userexport: deletes expired export files",
+    )
+    .await
+}
+
+/// Creates system schedule `id` running `action` every `every`, or brings an existing one (made
+/// by another worker or an earlier version) up to date. Overlapping runs are skipped.
+pub(super) async fn ensure_system_schedule(
+    client: &Client,
+    id: &str,
+    action: impl Fn() -> ScheduleAction,
+    every: Duration,
+    note: &str,
+) -> anyhow::Result<()> {
     let options = CreateScheduleOptions::builder()
-        .action(action)
+        .action(action())
         .spec(ScheduleSpec::from_interval(every))
         .overlap_policy(ScheduleOverlapPolicy::Skip)
-        .note("userexport: deletes expired export files")
+        .note(note)
         .build();
-    match client.create_schedule(RETENTION_SCHEDULE_ID, options).await {
+    match client.create_schedule(id, options).await {
         Ok(_) => {
-            info!(
-                schedule_id = RETENTION_SCHEDULE_ID,
-                every_s = every.as_secs(),
-                "retention schedule created"
-            );
+            info!(schedule_id = id, every_s = every.as_secs(), "system schedule created");
             Ok(())
         }
         Err(ScheduleError::Rpc(status)) if status.code() == Code::AlreadyExists => {
-            // Another worker made it, or an earlier version: bring interval and action up to date.
-            let action = ScheduleAction::start_workflow(
-                ExportRetentionWorkflow::run,
-                RetentionInput::default(),
-                task_queue,
-                RETENTION_WORKFLOW_ID_PREFIX,
-            );
+            let action = action();
             client
-                .get_schedule_handle(RETENTION_SCHEDULE_ID)
+                .get_schedule_handle(id)
                 .update(
                     move |u| {
                         u.set_spec(ScheduleSpec::from_interval(every)).set_action(action);
@@ -187,9 +198,9 @@ pub async fn ensure_retention_schedule(
                     Default::default(),
                 )
                 .await
-                .context("updating the retention schedule")?;
+                .with_context(|| format!("updating the system schedule {id}"))?;
             Ok(())
         }
-        Err(err) => Err(anyhow::Error::from(err).context("creating the retention schedule")),
+        Err(err) => Err(anyhow::Error::from(err).context(format!("creating the system schedule {id}"))),
     }
 }

@@ -5,8 +5,6 @@
 //! Every payload is plain JSON, so workflows can be started (and results read) from any SDK or
 //! the `temporal` CLI.
 
-use std::time::Duration;
-
 use domain::{ExecutionPolicy, Export, ExportFailure, ExportId, ExportStatus, Scope};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -19,6 +17,8 @@ pub const EXPORT_ACTIVITY: &str = "ExportUserData";
 pub const PREPARE_ACTIVITY: &str = "PrepareExport";
 /// Registered name of the activity that records a failure or cancellation on the record.
 pub const FINISH_ACTIVITY: &str = "FinishExport";
+/// Registered name of the local activity that sends the email and the callback of a final export.
+pub const NOTIFY_ACTIVITY: &str = "NotifyExport";
 
 /// `ApplicationFailure` type names. The non-retryable ones are also listed in the retry
 /// policies' `non_retryable_error_types`, so they stop retries whatever the flag says.
@@ -128,6 +128,10 @@ pub struct PrepareInput {
     pub request: Map<String, Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<ExecutionPolicy>,
+    /// The workflow running the export, recorded on it (a scheduled run's ID is its own, and the
+    /// API cancels through the record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_id: Option<String>,
 }
 
 /// Output of `PrepareExport`: the record as found (or created) and the policy to run it with.
@@ -154,10 +158,9 @@ pub struct ExportUserDataInput {
     /// record already attempted `n` times continues with attempt `n + 1`.
     #[serde(default)]
     pub attempt_offset: u32,
-    /// Bound on the attempt (a little under the policy's start-to-close). Absent: the worker's
-    /// policy's start-to-close.
+    /// Retries and deadline the attempt applies when it fails. Absent: the worker's policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attempt_timeout: Option<Duration>,
+    pub policy: Option<ExecutionPolicy>,
 }
 
 /// Result of `ExportUserData` and of the workflow: the seed's

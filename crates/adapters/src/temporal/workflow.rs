@@ -16,7 +16,7 @@ use temporalio_common::error::IncomingError;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{
     ActivityCancellationType, ActivityExecutionError, ActivityOptions, ApplicationFailure,
-    WorkflowCancellationToken, WorkflowContext, WorkflowResult, WorkflowTermination,
+    LocalActivityOptions, WorkflowCancellationToken, WorkflowContext, WorkflowResult, WorkflowTermination,
 };
 use tracing::{info, warn};
 
@@ -38,6 +38,8 @@ pub(super) fn register(
 
 /// Bound on one bookkeeping activity (prepare, finish).
 const BOOKKEEPING_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on one try of the notification step (an SMTP delivery is bounded by 10 s, retried).
+const NOTIFY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Attempts of `PrepareExport` before the workflow gives up (about five minutes of backoff).
 const PREPARE_ATTEMPTS: u32 = 10;
 /// Attempts of `FinishExport`: it is the last word on the record, so it keeps trying (with
@@ -48,8 +50,10 @@ const FINISH_ATTEMPTS: u32 = 50;
 /// ([`ExportWorkflowInput`]); output: [`ExportUserDataOutput`].
 ///
 /// - A bad request fails the workflow at once (`ValidationFailed`, no retries).
-/// - Attempts follow the export's `ExecutionPolicy` (start-to-close, heartbeat timeout, retry
-///   backoff and maximum attempts).
+/// - Attempts follow the export's `ExecutionPolicy`: heartbeat timeout, the deadline as
+///   schedule-to-close, and the runner's decision after each failure (only failures that count
+///   use up attempts; the wait is the policy's, sent as `next_retry_delay`).
+/// - Once the record is final, `NotifyExport` (a local activity) sends the email and callback.
 /// - Exhausted attempts and timeouts fail the workflow after `FinishExport` has marked the
 ///   record `failed` with the reason; a cancellation ends it `cancelled` after `FinishExport`
 ///   (run on a token detached from the workflow's cancellation) has marked the record.
@@ -85,8 +89,12 @@ impl UserDataExportWorkflow {
                 PrepareOutput { status: ExportStatus::Pending, attempt, policy, result: None, error: None }
             }
             _ => {
-                let prepare =
-                    PrepareInput { export: export.clone(), request: input.request, policy: input.policy };
+                let prepare = PrepareInput {
+                    export: export.clone(),
+                    request: input.request,
+                    policy: input.policy,
+                    workflow_id: Some(ctx.workflow_id().to_owned()),
+                };
                 match ctx.execute_activity(ExportActivities::prepare, prepare, prepare_options()).await {
                     Ok(prepared) => prepared,
                     Err(err) => return Err(end_unfinished(ctx, &export, &err).await),
@@ -117,10 +125,10 @@ impl UserDataExportWorkflow {
         let attempt = ExportUserDataInput {
             export: export.clone(),
             attempt_offset: prepared.attempt,
-            attempt_timeout: Some(attempt_timeout(prepared.policy.start_to_close)),
+            policy: Some(prepared.policy),
         };
         let options = export_options(&prepared.policy);
-        match ctx.execute_activity(ExportActivities::export_user_data, attempt, options).await {
+        let result = match ctx.execute_activity(ExportActivities::export_user_data, attempt, options).await {
             Ok(output) => {
                 if !ctx.is_replaying() {
                     info!(export_id = %export.export_id, rows = output.record_count, "export workflow completed");
@@ -128,7 +136,27 @@ impl UserDataExportWorkflow {
                 Ok(output)
             }
             Err(err) => Err(end_unfinished(ctx, &export, &err).await),
-        }
+        };
+        notify(ctx, &export).await;
+        result
+    }
+}
+
+/// The notification step, once the record is final: a local activity (short bookkeeping, no
+/// task-queue round trip) on a token of its own, so it runs after a cancellation too (it sends
+/// nothing for a cancelled export). Its failure is logged; the reconciler catches what it
+/// missed.
+async fn notify(ctx: &WorkflowContext<UserDataExportWorkflow>, export: &ExportRef) {
+    let options = LocalActivityOptions::builder()
+        .start_to_close_timeout(NOTIFY_TIMEOUT)
+        .schedule_to_close_timeout(NOTIFY_TIMEOUT * 3)
+        .retry_policy(bookkeeping_retry(3))
+        .cancellation_token(WorkflowCancellationToken::new())
+        .build();
+    if let Err(err) = ctx.execute_local_activity(ExportActivities::notify, export.clone(), options).await
+        && !ctx.is_replaying()
+    {
+        warn!(export_id = %export.export_id, error = %err, "notification step failed; the reconciler runs it again");
     }
 }
 
@@ -244,13 +272,6 @@ fn workflow_failure(type_name: &str, failure: ExportFailure) -> WorkflowTerminat
         .into()
 }
 
-/// The bound the attempt puts on itself: a little under start-to-close (a tenth, at most a
-/// second), so it stops cleanly (upload aborted, failure noted as a timeout) before Temporal
-/// times it out and schedules the next attempt.
-fn attempt_timeout(start_to_close: Duration) -> Duration {
-    start_to_close.saturating_sub((start_to_close / 10).min(Duration::from_secs(1)))
-}
-
 fn bookkeeping_retry(maximum_attempts: u32) -> RetryPolicy {
     RetryPolicy::builder()
         .initial_interval(Duration::from_secs(1))
@@ -267,17 +288,20 @@ fn prepare_options() -> ActivityOptions {
         .build()
 }
 
-/// `ExportUserData`'s options: the export's policy, and a cancellation that waits for the
-/// attempt to stop (upload aborted, record cancelled) before the workflow goes on.
+/// `ExportUserData`'s options: the export's deadline as schedule-to-close and no start-to-close
+/// (a live attempt is known by its heartbeats, so no per-attempt limit caps an export's size),
+/// no attempt limit (the runner counts the failures that use up attempts and fails the record
+/// itself), and a cancellation that waits for the attempt to stop (upload aborted, record
+/// cancelled) before the workflow goes on.
 pub(crate) fn export_options(policy: &ExecutionPolicy) -> ActivityOptions {
     let retry = RetryPolicy::builder()
         .initial_interval(policy.retry.initial_interval)
         .backoff_coefficient(policy.retry.backoff_coefficient)
         .maximum_interval(policy.retry.maximum_interval)
-        .maximum_attempts(policy.retry.maximum_attempts)
+        .maximum_attempts(0)
         .non_retryable_error_types(failure_type::NON_RETRYABLE)
         .build();
-    ActivityOptions::with_start_to_close_timeout(policy.start_to_close)
+    ActivityOptions::with_schedule_to_close_timeout(policy.deadline)
         .heartbeat_timeout(policy.heartbeat_timeout)
         .retry_policy(retry)
         .cancellation_type(ActivityCancellationType::WaitCancellationCompleted)

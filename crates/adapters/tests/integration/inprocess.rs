@@ -29,7 +29,7 @@ fn fast_policy(max_attempts: u32) -> ExecutionPolicy {
             maximum_interval: Duration::from_millis(50),
             maximum_attempts: max_attempts,
         },
-        start_to_close: Duration::from_secs(30),
+        deadline: Duration::from_secs(30),
         heartbeat_timeout: Duration::from_secs(5),
     }
 }

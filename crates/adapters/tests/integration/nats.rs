@@ -19,7 +19,7 @@ use domain::{
     TenantDirectory,
 };
 use futures::StreamExt;
-use ports::{CancelOutcome, ExportQuery, ExportRepository, Orchestrator, PortError, WaitOutcome};
+use ports::{CancelOutcome, ExportQuery, ExportRepository, Orchestrator, PortError, RunState, WaitOutcome};
 use serde_json::json;
 use service::{ExportRunner, ExportService, RunnerConfig};
 
@@ -59,7 +59,7 @@ fn fast_policy() -> ExecutionPolicy {
             maximum_interval: Duration::from_millis(50),
             maximum_attempts: 3,
         },
-        start_to_close: Duration::from_secs(30),
+        deadline: Duration::from_secs(30),
         heartbeat_timeout: Duration::from_secs(5),
     }
 }
@@ -86,8 +86,11 @@ impl Orchestrator for FlakyOrchestrator {
     async fn wait(&self, scope: &Scope, id: ExportId, timeout: Duration) -> Result<WaitOutcome, PortError> {
         self.inner.wait(scope, id, timeout).await
     }
-    async fn cancel(&self, scope: &Scope, id: ExportId) -> Result<CancelOutcome, PortError> {
-        self.inner.cancel(scope, id).await
+    async fn cancel(&self, export: &Export) -> Result<CancelOutcome, PortError> {
+        self.inner.cancel(export).await
+    }
+    async fn inspect(&self, export: &Export) -> Result<RunState, PortError> {
+        self.inner.inspect(export).await
     }
     async fn ping(&self) -> Result<(), PortError> {
         self.inner.ping().await
@@ -366,6 +369,7 @@ async fn with_temporal_an_event_published_twice_gives_one_completed_export() {
         storage,
         default_policy: fast_policy(),
         shutdown: CancellationToken::new(),
+        reconciler: None,
     };
     register(&mut options, &deps).unwrap();
 

@@ -30,7 +30,7 @@ fn export(scope: &str, notify_email: Option<&str>) -> Export {
 fn completed(mut export: Export) -> Export {
     export.start_attempt(1, Utc::now()).unwrap();
     let outcome = ExportOutcome { record_count: 42, bytes: 1234, sha256: "ab".repeat(32) };
-    export.complete(outcome, TimeDelta::days(7), Utc::now()).unwrap();
+    export.complete(outcome, export.attempt_key(1), TimeDelta::days(7), Utc::now()).unwrap();
     export
 }
 

@@ -39,7 +39,7 @@ fn policy() -> ExecutionPolicy {
             maximum_interval: Duration::from_secs(1),
             maximum_attempts: 3,
         },
-        start_to_close: Duration::from_secs(60),
+        deadline: Duration::from_secs(60),
         heartbeat_timeout: Duration::from_secs(3),
     }
 }
@@ -109,11 +109,7 @@ impl Fixture {
 }
 
 fn attempt_input(export: &Export) -> ExportUserDataInput {
-    ExportUserDataInput {
-        export: ExportRef::new(&export.scope, export.id),
-        attempt_offset: 0,
-        attempt_timeout: None,
-    }
+    ExportUserDataInput { export: ExportRef::new(&export.scope, export.id), attempt_offset: 0, policy: None }
 }
 
 /// The application failure an activity returned.
@@ -314,7 +310,8 @@ async fn prepare_creates_a_pending_record_for_a_seed_request_once() {
     let mut fixture = Fixture::with_users(1);
     let env = fixture.environment(|_| {});
     let export = new_ref();
-    let input = PrepareInput { export: export.clone(), request: seed_request(), policy: None };
+    let input =
+        PrepareInput { export: export.clone(), request: seed_request(), policy: None, workflow_id: None };
 
     let first = env.run(ExportActivities::prepare, input.clone()).await.unwrap();
     let again = env.run(ExportActivities::prepare, input).await.unwrap();
@@ -336,7 +333,7 @@ async fn prepare_rejects_a_bad_request_without_retries_naming_every_field() {
     request.insert("format".into(), json!("xml"));
     request.insert("user_filters".into(), json!({"country": "NL"}));
 
-    let input = PrepareInput { export: export.clone(), request, policy: None };
+    let input = PrepareInput { export: export.clone(), request, policy: None, workflow_id: None };
     let failure = application_failure(env.run(ExportActivities::prepare, input).await);
 
     assert_eq!(failure.type_name(), Some(failure_type::VALIDATION_FAILED));
@@ -347,14 +344,19 @@ async fn prepare_rejects_a_bad_request_without_retries_naming_every_field() {
     assert_eq!(fixture.exports.get(&scope(), id).await.unwrap(), None, "no record for a bad request");
 
     let bad_scope = ExportRef { tenant_id: "Acme".into(), ..new_ref() };
-    let input = PrepareInput { export: bad_scope, request: seed_request(), policy: None };
+    let input = PrepareInput { export: bad_scope, request: seed_request(), policy: None, workflow_id: None };
     let failure = application_failure(env.run(ExportActivities::prepare, input).await);
     assert_eq!(failure.type_name(), Some(failure_type::VALIDATION_FAILED));
     assert!(failure.to_string().contains("tenant_id"), "{failure}");
 
     let mut bad_policy = policy();
     bad_policy.retry.maximum_attempts = 0;
-    let input = PrepareInput { export: new_ref(), request: seed_request(), policy: Some(bad_policy) };
+    let input = PrepareInput {
+        export: new_ref(),
+        request: seed_request(),
+        policy: Some(bad_policy),
+        workflow_id: None,
+    };
     let failure = application_failure(env.run(ExportActivities::prepare, input).await);
     assert_eq!(failure.type_name(), Some(failure_type::VALIDATION_FAILED));
 }
@@ -366,8 +368,12 @@ async fn prepare_reports_a_finished_export_with_its_outcome() {
     let env = fixture.environment(|_| {});
     env.run(ExportActivities::export_user_data, attempt_input(&export)).await.unwrap();
 
-    let input =
-        PrepareInput { export: ExportRef::new(&export.scope, export.id), request: Map::new(), policy: None };
+    let input = PrepareInput {
+        export: ExportRef::new(&export.scope, export.id),
+        request: Map::new(),
+        policy: None,
+        workflow_id: None,
+    };
     let prepared = env.run(ExportActivities::prepare, input).await.unwrap();
 
     assert_eq!((prepared.status, prepared.attempt), (ExportStatus::Completed, 1));

@@ -33,7 +33,7 @@ fn policy() -> ExecutionPolicy {
             maximum_interval: Duration::from_secs(1),
             maximum_attempts: 2,
         },
-        start_to_close: Duration::from_secs(30),
+        deadline: Duration::from_secs(30),
         heartbeat_timeout: Duration::from_secs(5),
     }
 }
@@ -76,6 +76,7 @@ impl Harness {
             storage,
             default_policy: policy(),
             shutdown: CancellationToken::new(),
+            reconciler: None,
         };
         Self { client, task_queue: unique_task_queue(test), exports, deps }
     }

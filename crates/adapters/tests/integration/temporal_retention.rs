@@ -43,7 +43,7 @@ async fn completed(
     export.start_attempt(1, Utc::now()).unwrap();
     exports.update_if_status(&export, ExportStatus::Pending).await.unwrap();
     let outcome = ExportOutcome { record_count: 0, bytes: stored.bytes, sha256: stored.sha256 };
-    export.complete(outcome, expires_in, Utc::now()).unwrap();
+    export.complete(outcome, export.attempt_key(1), expires_in, Utc::now()).unwrap();
     exports.update_if_status(&export, ExportStatus::Running).await.unwrap();
     export
 }
@@ -71,6 +71,7 @@ async fn the_retention_workflow_expires_due_exports_in_batches_and_keeps_the_res
         storage: storage.clone(),
         default_policy: ExecutionPolicy::default(),
         shutdown: CancellationToken::new(),
+        reconciler: None,
     };
     let mut options = WorkerOptions::new(task_queue.clone()).build();
     register(&mut options, &deps).unwrap();

@@ -78,6 +78,7 @@ impl Harness {
             storage: self.storage.clone(),
             default_policy: ExecutionPolicy::default(),
             shutdown: CancellationToken::new(),
+            reconciler: None,
         };
         register(&mut options, &deps).unwrap();
         options

@@ -51,7 +51,7 @@ fn fast_policy(maximum_attempts: u32) -> ExecutionPolicy {
             maximum_interval: Duration::from_secs(1),
             maximum_attempts,
         },
-        start_to_close: Duration::from_secs(30),
+        deadline: Duration::from_secs(30),
         heartbeat_timeout: Duration::from_secs(2),
     }
 }
@@ -137,6 +137,7 @@ impl Harness {
             storage: self.storage.clone() as Arc<dyn ExportStorage>,
             default_policy: self.policy,
             shutdown: CancellationToken::new(),
+            reconciler: None,
         };
         register(&mut options, &deps).unwrap();
         options

@@ -349,6 +349,13 @@ impl ExportRepository for FailingExports {
     async fn list_unfinished(&self) -> Result<Vec<Export>, PortError> {
         self.inner.list_unfinished().await
     }
+    async fn list_notify_due(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<Vec<Export>, PortError> {
+        self.inner.list_notify_due(before, limit).await
+    }
     async fn list_expired(
         &self,
         now: chrono::DateTime<chrono::Utc>,
