@@ -172,12 +172,12 @@ async fn a_non_retryable_failure_is_not_retried() {
 }
 
 #[tokio::test]
-async fn an_attempt_that_exceeds_start_to_close_times_out_and_is_retried() {
-    let policy = ExecutionPolicy { start_to_close: Duration::from_millis(100), ..fast_policy(2) };
+async fn an_export_that_outlives_its_deadline_fails_with_a_timeout() {
+    let policy = ExecutionPolicy { deadline: Duration::from_millis(300), ..fast_policy(2) };
     let sys = system(slow_users(1_000), policy, 2);
     let id = sys.service.request(&scope(), csv(), None).await.unwrap().export.id;
     let done = sys.settle(id).await;
-    assert_eq!((done.status(), done.attempt()), (ExportStatus::Failed, 2));
+    assert_eq!((done.status(), done.attempt()), (ExportStatus::Failed, 1));
     assert_eq!(done.error().unwrap().kind, FailureKind::Timeout);
     assert!(!sys.has_object(&done).await);
 }

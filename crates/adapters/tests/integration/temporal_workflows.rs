@@ -348,11 +348,12 @@ async fn exhausted_attempts_leave_the_record_failed_with_the_reason() {
 }
 
 #[tokio::test]
-async fn attempts_that_time_out_leave_the_record_failed_with_a_timeout() {
+async fn an_export_that_outlives_its_deadline_fails_with_a_timeout() {
     let mut policy = fast_policy(2);
-    policy.start_to_close = Duration::from_secs(2);
+    policy.deadline = Duration::from_secs(3);
     policy.heartbeat_timeout = Duration::from_secs(1);
-    // The second user never arrives: every attempt hangs until its start-to-close timeout.
+    // The second user never arrives: the attempt, alive and heartbeating, hangs until the
+    // export's deadline (no per-attempt limit stops it before).
     let setup = Setup { users: 5, per_user: Some(Duration::from_secs(3600)), policy, ..Setup::default() };
     let h = Harness::new("timeout", setup).await;
     h.with_worker(async {
@@ -360,7 +361,7 @@ async fn attempts_that_time_out_leave_the_record_failed_with_a_timeout() {
         h.wait(export.id).await;
 
         let record = h.record(export.id).await;
-        assert_eq!((record.status(), record.attempt()), (ExportStatus::Failed, 2));
+        assert_eq!((record.status(), record.attempt()), (ExportStatus::Failed, 1));
         assert_eq!(record.error().map(|e| e.kind), Some(FailureKind::Timeout), "{:?}", record.error());
         assert_eq!(h.object(&record).await, None);
     })
@@ -375,9 +376,11 @@ async fn cancelling_a_running_export_ends_it_cancelled_with_no_object() {
         let export = h.request(json!({"format": "csv"})).await;
         h.record_when(export.id, "rows written", |e| e.progress().rows_written > 0).await;
 
+        let asked = Instant::now();
         let cancelled = h.service.cancel(&scope(), export.id).await.unwrap();
-        assert!(!cancelled.status().is_terminal() || cancelled.status() == ExportStatus::Cancelled);
+        assert_eq!(cancelled.status(), ExportStatus::Cancelled, "the record is cancelled before the answer");
         h.wait(export.id).await;
+        assert!(asked.elapsed() < Duration::from_secs(3), "stopped in {:?}", asked.elapsed());
 
         let record = h.record(export.id).await;
         assert_eq!(record.status(), ExportStatus::Cancelled);
@@ -386,7 +389,7 @@ async fn cancelling_a_running_export_ends_it_cancelled_with_no_object() {
         let err = h.workflow_result(&export.id.workflow_id(&scope())).await.expect_err("cancelled");
         assert!(matches!(err, WorkflowGetResultError::Cancelled { .. }), "{err:?}");
         // Once it is over, there is nothing left to cancel.
-        let again = h.orchestrator.cancel(&scope(), export.id).await.unwrap();
+        let again = h.orchestrator.cancel(&record).await.unwrap();
         assert_eq!(again, CancelOutcome::NotRunning);
     })
     .await;
@@ -404,7 +407,7 @@ async fn cancelling_between_attempts_records_the_cancellation_after_the_workflow
         // Attempt 1 failed; attempt 2 waits 30 s: no activity runs when the cancel arrives.
         h.record_when(export.id, "the first failure", |e| e.error().is_some()).await;
 
-        let outcome = h.orchestrator.cancel(&scope(), export.id).await.unwrap();
+        let outcome = h.orchestrator.cancel(&export).await.unwrap();
         assert_eq!(outcome, CancelOutcome::Requested);
         h.wait(export.id).await;
 
@@ -455,7 +458,9 @@ async fn the_orchestrator_answers_for_exports_it_does_not_run() {
     let h = Harness::new("unknown", Setup::default()).await;
     h.orchestrator.ping().await.unwrap();
     let id = ExportId::from_uuid(Uuid::new_v4());
-    assert_eq!(h.orchestrator.cancel(&scope(), id).await.unwrap(), CancelOutcome::NotRunning);
+    let unknown = Export::new(id, scope(), ExportSpec::new(ExportFormat::Csv), None, chrono::Utc::now());
+    assert_eq!(h.orchestrator.cancel(&unknown).await.unwrap(), CancelOutcome::NotRunning);
+    assert_eq!(h.orchestrator.inspect(&unknown).await.unwrap(), ports::RunState::Missing);
     let started = Instant::now();
     let outcome = h.orchestrator.wait(&scope(), id, Duration::from_secs(5)).await.unwrap();
     assert_eq!(outcome, WaitOutcome::StillRunning);
@@ -550,7 +555,7 @@ async fn a_lost_server_makes_every_call_unavailable_quickly() {
     let calls: [(&str, BoxFuture<'_, Result<(), PortError>>); 3] = [
         ("ping", Box::pin(orchestrator.ping())),
         ("start", Box::pin(orchestrator.start(&export))),
-        ("cancel", Box::pin(async { orchestrator.cancel(&scope(), export.id).await.map(|_| ()) })),
+        ("cancel", Box::pin(async { orchestrator.cancel(&export).await.map(|_| ()) })),
     ];
     for (name, call) in calls {
         let started = Instant::now();
