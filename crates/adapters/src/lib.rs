@@ -1,6 +1,8 @@
 //! Adapters: one module per technology. Infrastructure errors are translated here into
 //! `PortError`; no driver or SDK type crosses a port.
 
+#[cfg(feature = "callback")]
+pub mod callback;
 #[cfg(feature = "testkit")]
 pub mod contract;
 pub mod inprocess;

@@ -1,8 +1,9 @@
-//! Notifiers. The default one only logs; SMTP arrives with its issue.
+//! Notifiers. The default one only logs; SMTP arrives with its issue. Also the callback sender
+//! of deployments without callbacks.
 
 use async_trait::async_trait;
-use domain::Export;
-use ports::{Notifier, PortError};
+use domain::{Export, Scope};
+use ports::{CallbackSender, Notifier, PortError};
 use tracing::info;
 
 /// Logs a line per finished export instead of sending anything.
@@ -21,5 +22,21 @@ impl Notifier for LogNotifier {
             "notification: export finished"
         );
         Ok(())
+    }
+}
+
+/// The callback sender when no tenant has a `callback_url` (or the `callback` feature is off):
+/// it wants nothing, so nothing is delivered.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoCallbacks;
+
+#[async_trait]
+impl CallbackSender for NoCallbacks {
+    fn wants(&self, _scope: &Scope) -> bool {
+        false
+    }
+
+    async fn deliver(&self, export: &Export) -> Result<(), PortError> {
+        Err(PortError::Other(anyhow::anyhow!("callbacks are not configured (export {})", export.id)))
     }
 }

@@ -187,15 +187,19 @@ impl Application {
         let known: Vec<Scope> = tenants.scopes().cloned().collect();
         let mut adapters = customize(wiring::build_adapters(&config.backends, &known).await?);
         adapters.notifier = config.notify.notifier(&tenants)?;
+        adapters.callbacks = config.tenants.callbacks.sender(&tenants)?;
         let retention = config.policy.retention_policy()?;
 
-        let runner = Arc::new(ExportRunner::new(
-            Arc::clone(&adapters.users),
-            Arc::clone(&adapters.exports),
-            Arc::clone(&adapters.storage),
-            Arc::clone(&adapters.notifier),
-            RunnerConfig { retention, ..RunnerConfig::default() },
-        ));
+        let runner = Arc::new(
+            ExportRunner::new(
+                Arc::clone(&adapters.users),
+                Arc::clone(&adapters.exports),
+                Arc::clone(&adapters.storage),
+                Arc::clone(&adapters.notifier),
+                RunnerConfig { retention, ..RunnerConfig::default() },
+            )
+            .with_callbacks(Arc::clone(&adapters.callbacks)),
+        );
         let orchestrator = match config.orchestrator {
             OrchestratorKind::Inprocess => {
                 let orchestrator = InProcessOrchestrator::new(

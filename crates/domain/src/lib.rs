@@ -2,6 +2,7 @@
 //! naming schemes. No async runtime, no I/O: encoders write into buffers that the service moves.
 
 pub mod batch;
+pub mod callback;
 pub mod cursor;
 pub mod encode;
 pub mod events;
@@ -17,6 +18,10 @@ pub mod user;
 pub mod validation;
 
 pub use batch::{Batch, BatchId, BatchRequest, BatchSummary, TargetResult, TargetSelection};
+pub use callback::{
+    CallbackData, CallbackError, CallbackEvent, CallbackEventType, CallbackUrl, CallbackUrlError,
+    is_public_address,
+};
 pub use cursor::{BadCursor, ListCursor};
 pub use events::{EventError, ExportRequested};
 pub use export::{

@@ -1,5 +1,5 @@
 //! The tenant directory: which tenant/environment scopes exist and their per-tenant settings
-//! (default notification address, inbound webhook secret). Configured as JSON
+//! (default notification address, webhook secret, export callback URL). Configured as JSON
 //! (`USEREXPORT_TENANTS`), validated once into this type.
 
 use std::collections::BTreeMap;
@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use validator::ValidateEmail;
 
+use crate::callback::CallbackUrl;
 use crate::ids::Scope;
 use crate::validation::ValidationErrors;
 
@@ -36,9 +37,12 @@ impl fmt::Debug for Secret {
 pub struct TenantSettings {
     /// Where `email_notify` exports send their email when the request names no address.
     pub notify_email: Option<String>,
-    /// Key of the HMAC signature on `POST /v1/events/export-requested`; without one, the
-    /// tenant's webhook events are refused.
+    /// Key of the HMAC signature on `POST /v1/events/export-requested` and on export
+    /// callbacks; without one, the tenant's webhook events are refused.
     pub webhook_secret: Option<Secret>,
+    /// Where finished exports are announced (`export.completed` / `export.failed`), signed with
+    /// `webhook_secret`, which is then required.
+    pub callback_url: Option<CallbackUrl>,
 }
 
 /// The known scopes, ordered (so "all tenants" always iterates the same way).
@@ -55,12 +59,20 @@ struct RawTenant {
     notify_email: Option<String>,
     #[serde(default)]
     webhook_secret: Option<String>,
+    #[serde(default)]
+    callback_url: Option<String>,
 }
 
 impl TenantDirectory {
     /// Parses `[{"scope":"acme/prod","notify_email":"ops@acme.test","webhook_secret":"…"}]`,
-    /// reporting every bad entry (`[index].field`).
+    /// reporting every bad entry (`[index].field`). Callback URLs must be public `https`.
     pub fn parse_json(raw: &str) -> Result<Self, ValidationErrors> {
+        Self::parse_json_with(raw, false)
+    }
+
+    /// As [`TenantDirectory::parse_json`]; `allow_private_callbacks` also admits `http` and
+    /// private or loopback callback hosts (see [`CallbackUrl::parse`]).
+    pub fn parse_json_with(raw: &str, allow_private_callbacks: bool) -> Result<Self, ValidationErrors> {
         let value: Value = serde_json::from_str(raw)
             .map_err(|e| ValidationErrors::single("tenants", "invalid_json", format!("not JSON: {e}")))?;
         let Value::Array(items) = value else {
@@ -97,9 +109,24 @@ impl TenantDirectory {
                     format!("a webhook secret needs at least {MIN_SECRET_LEN} characters"),
                 );
             }
+            let callback_url = raw.callback_url.as_deref().and_then(|url| {
+                if raw.webhook_secret.is_none() {
+                    errors.add(
+                        format!("[{index}].webhook_secret"),
+                        "required",
+                        "a tenant with a callback_url needs a webhook_secret to sign its callbacks",
+                    );
+                }
+                CallbackUrl::parse(url, allow_private_callbacks)
+                    .map_err(|e| {
+                        errors.add(format!("[{index}].callback_url"), "invalid_value", e.to_string())
+                    })
+                    .ok()
+            });
             let settings = TenantSettings {
                 notify_email: raw.notify_email,
                 webhook_secret: raw.webhook_secret.map(Secret),
+                callback_url,
             };
             if directory.tenants.insert(scope, settings).is_some() {
                 errors.add(format!("[{index}].scope"), "duplicate", "this scope is listed twice");
@@ -162,6 +189,34 @@ mod tests {
         assert_eq!(fields, ["[0].scope", "[1].notify_email", "[1].webhook_secret", "[2].scope", "[3]"]);
         assert!(TenantDirectory::parse_json("{}").is_err());
         assert!(TenantDirectory::parse_json("not json").is_err());
+    }
+
+    #[test]
+    fn callback_urls_are_validated_and_need_a_secret() {
+        let raw = r#"[{"scope":"a/b","webhook_secret":"0123456789abcdef","callback_url":"https://hooks.a.test/x"}]"#;
+        let dir = TenantDirectory::parse_json(raw).unwrap();
+        let url = dir.get(&Scope::parse("a/b").unwrap()).unwrap().callback_url.as_ref().unwrap();
+        assert_eq!(url.as_str(), "https://hooks.a.test/x");
+
+        let raw = r#"[{"scope":"a/b","callback_url":"https://hooks.a.test/x"},
+                      {"scope":"c/d","webhook_secret":"0123456789abcdef","callback_url":"http://127.0.0.1:9/x"},
+                      {"scope":"e/f","webhook_secret":"0123456789abcdef","callback_url":"https://10.0.0.1/x"}]"#;
+        let errors = TenantDirectory::parse_json(raw).unwrap_err();
+        let fields: Vec<_> = errors.errors().iter().map(|e| (e.field.as_str(), e.code)).collect();
+        assert_eq!(
+            fields,
+            [
+                ("[0].webhook_secret", "required"),
+                ("[1].callback_url", "invalid_value"),
+                ("[2].callback_url", "invalid_value")
+            ]
+        );
+        assert!(errors.to_string().contains("a webhook_secret"), "{errors}");
+
+        // Allowing private targets admits the last two, never a missing secret.
+        let errors = TenantDirectory::parse_json_with(raw, true).unwrap_err();
+        assert_eq!(errors.errors().len(), 1);
+        assert_eq!(errors.errors()[0].field, "[0].webhook_secret");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use adapters::memory::{
     MemoryBatchRepository, MemoryExportRepository, MemoryScheduleRepository, MemoryUserRepository,
 };
-use adapters::notify::LogNotifier;
+use adapters::notify::{LogNotifier, NoCallbacks};
 use adapters::postgres::{
     self, PgBatchRepository, PgExportRepository, PgScheduleRepository, PgUserRepository,
 };
@@ -17,13 +17,16 @@ use adapters::storage::{ObjectStorage, S3Settings};
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use domain::Scope;
-use ports::{BatchRepository, ExportRepository, ExportStorage, Notifier, ScheduleRepository, UserRepository};
+use ports::{
+    BatchRepository, CallbackSender, ExportRepository, ExportStorage, Notifier, ScheduleRepository,
+    UserRepository,
+};
 use tracing::info;
 
 mod settings;
 
 pub use settings::{
-    LogFormat, NotifyArgs, PolicyArgs, TemporalArgs, TenantArgs, init_logging, shutdown_signal,
+    CallbackArgs, LogFormat, NotifyArgs, PolicyArgs, TemporalArgs, TenantArgs, init_logging, shutdown_signal,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -214,6 +217,9 @@ pub struct Adapters {
     pub exports: Arc<dyn ExportRepository>,
     pub storage: Arc<dyn ExportStorage>,
     pub notifier: Arc<dyn Notifier>,
+    /// Export callbacks; none until the caller sets the tenants' sender
+    /// ([`CallbackArgs::sender`]), as it does the notifier.
+    pub callbacks: Arc<dyn CallbackSender>,
     /// Batch records, kept where export records are.
     pub batches: Arc<dyn BatchRepository>,
     /// Export schedules; kept where export records are (`USEREXPORT_EXPORTS`).
@@ -284,6 +290,7 @@ pub async fn build_adapters(args: &BackendArgs, demo_scopes: &[Scope]) -> anyhow
         exports,
         storage: Arc::new(storage),
         notifier: Arc::new(LogNotifier),
+        callbacks: Arc::new(NoCallbacks),
         batches,
         schedules,
     })

@@ -231,21 +231,126 @@ mod tests {
             assert!(err.contains(setting) && !err.contains('\n'), "{setting}: {err}");
         }
     }
+
+    fn tenants_with(url: &str, allow_private: bool) -> TenantArgs {
+        let json = format!(
+            r#"[{{"scope":"acme/prod","webhook_secret":"0123456789abcdef","callback_url":"{url}"}}]"#
+        );
+        TenantArgs {
+            tenants: Some(json),
+            callbacks: CallbackArgs { callback_allow_private: allow_private, ..CallbackArgs::default() },
+        }
+    }
+
+    #[test]
+    fn private_callback_urls_need_the_allow_private_setting() {
+        let err = format!("{:#}", tenants_with("http://127.0.0.1:9/hook", false).directory().unwrap_err());
+        assert!(err.starts_with("USEREXPORT_TENANTS:") && err.contains("[0].callback_url"), "{err}");
+        assert!(!err.contains("0123456789abcdef"), "never the secret: {err}");
+        assert!(tenants_with("http://127.0.0.1:9/hook", true).directory().is_ok());
+    }
+
+    #[test]
+    fn the_callback_sender_wants_only_tenants_with_a_callback_url() {
+        let acme = domain::Scope::parse("acme/prod").unwrap();
+        let none = CallbackArgs::default().sender(&domain::TenantDirectory::default()).unwrap();
+        assert!(!none.wants(&acme));
+
+        let args = tenants_with("https://hooks.acme.test/x", false);
+        let mut directory = args.directory().unwrap();
+        directory.include(domain::Scope::parse("globex/prod").unwrap());
+        let sender = args.callbacks.sender(&directory).unwrap();
+        assert!(sender.wants(&acme));
+        assert!(!sender.wants(&domain::Scope::parse("globex/prod").unwrap()));
+
+        let zero = CallbackArgs { callback_timeout_s: 0, ..CallbackArgs::default() };
+        let err = format!("{:#}", zero.sender(&directory).err().unwrap());
+        assert!(err.contains("USEREXPORT_CALLBACK_TIMEOUT_S"), "{err}");
+    }
+
+    #[test]
+    fn callback_settings_default_to_public_https_and_ten_seconds() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            tenants: TenantArgs,
+        }
+        let cli = Cli::try_parse_from(["t"]).unwrap();
+        assert!(!cli.tenants.callbacks.callback_allow_private);
+        assert_eq!(cli.tenants.callbacks.callback_timeout_s, 10);
+        let cli = Cli::try_parse_from(["t", "--callback-allow-private", "true", "--callback-timeout-s", "3"])
+            .unwrap();
+        assert!(cli.tenants.callbacks.callback_allow_private);
+        assert_eq!(cli.tenants.callbacks.callback_timeout_s, 3);
+    }
 }
 
 /// The tenant directory (`domain::TenantDirectory`): known scopes and per-tenant settings.
 #[derive(Clone, Default, Args)]
 pub struct TenantArgs {
     /// Tenants as a JSON array, or `@path` to a JSON file:
-    /// `[{"scope":"acme/prod","notify_email":"ops@acme.test","webhook_secret":"…"}]`.
+    /// `[{"scope":"acme/prod","notify_email":"ops@acme.test","webhook_secret":"…",
+    /// "callback_url":"https://…"}]`.
     #[arg(long, env = "USEREXPORT_TENANTS", hide_env_values = true)]
     pub tenants: Option<String>,
+
+    /// Delivery of the tenants' export callbacks; here because it also decides which
+    /// `callback_url`s the directory accepts.
+    #[command(flatten)]
+    pub callbacks: CallbackArgs,
 }
 
 impl std::fmt::Debug for TenantArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Webhook secrets live in the value.
-        f.debug_struct("TenantArgs").field("tenants", &self.tenants.as_ref().map(|_| "<set>")).finish()
+        f.debug_struct("TenantArgs")
+            .field("tenants", &self.tenants.as_ref().map(|_| "<set>"))
+            .field("callbacks", &self.callbacks)
+            .finish()
+    }
+}
+
+/// Export callbacks to the tenants' `callback_url`s.
+#[derive(Debug, Clone, Args)]
+pub struct CallbackArgs {
+    /// Allow `http` callback URLs and loopback, private or link-local callback addresses
+    /// (tests, private deployments); off, only public `https` endpoints are called.
+    #[arg(long, env = "USEREXPORT_CALLBACK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub callback_allow_private: bool,
+
+    /// Bound on one callback delivery, in seconds.
+    #[arg(long, env = "USEREXPORT_CALLBACK_TIMEOUT_S", default_value_t = 10)]
+    pub callback_timeout_s: u64,
+}
+
+impl Default for CallbackArgs {
+    fn default() -> Self {
+        Self { callback_allow_private: false, callback_timeout_s: 10 }
+    }
+}
+
+impl CallbackArgs {
+    /// The callback sender: HTTP when a tenant of `tenants` has a `callback_url`, else one that
+    /// wants nothing.
+    ///
+    /// # Errors
+    /// One line naming the bad setting.
+    pub fn sender(
+        &self,
+        tenants: &domain::TenantDirectory,
+    ) -> anyhow::Result<std::sync::Arc<dyn ports::CallbackSender>> {
+        anyhow::ensure!(self.callback_timeout_s > 0, "USEREXPORT_CALLBACK_TIMEOUT_S must be at least 1");
+        let wanted = tenants.scopes().filter_map(|s| tenants.get(s)).any(|t| t.callback_url.is_some());
+        if !wanted {
+            return Ok(std::sync::Arc::new(adapters::notify::NoCallbacks));
+        }
+        let settings = adapters::callback::CallbackSettings {
+            allow_private: self.callback_allow_private,
+            timeout: Duration::from_secs(self.callback_timeout_s),
+            ..Default::default()
+        };
+        Ok(std::sync::Arc::new(adapters::callback::HttpCallbackSender::new(tenants.clone(), settings)?))
     }
 }
 
@@ -263,7 +368,8 @@ impl TenantArgs {
                 .with_context(|| format!("USEREXPORT_TENANTS: reading {path}"))?,
             None => raw.to_owned(),
         };
-        domain::TenantDirectory::parse_json(&json).map_err(|e| anyhow::anyhow!("USEREXPORT_TENANTS: {e}"))
+        domain::TenantDirectory::parse_json_with(&json, self.callbacks.callback_allow_private)
+            .map_err(|e| anyhow::anyhow!("USEREXPORT_TENANTS: {e}"))
     }
 }
 

@@ -131,7 +131,9 @@ impl WorkerConfig {
 pub async fn run(config: WorkerConfig, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
     config.check()?;
     let mut adapters = wiring::build_adapters(&config.backends, &config.demo_scopes()?).await?;
-    adapters.notifier = config.notify.notifier(&config.tenants.directory()?)?;
+    let tenants = config.tenants.directory()?;
+    adapters.notifier = config.notify.notifier(&tenants)?;
+    adapters.callbacks = config.tenants.callbacks.sender(&tenants)?;
     run_with(config, adapters, stop).await
 }
 
@@ -152,13 +154,16 @@ pub async fn run_with(
              here (set USEREXPORT_EXPORTS=postgres to share them)"
         );
     }
-    let runner = Arc::new(ExportRunner::new(
-        adapters.users,
-        Arc::clone(&adapters.exports),
-        Arc::clone(&adapters.storage),
-        adapters.notifier,
-        RunnerConfig { retention: config.policy.retention_policy()?, ..RunnerConfig::default() },
-    ));
+    let runner = Arc::new(
+        ExportRunner::new(
+            adapters.users,
+            Arc::clone(&adapters.exports),
+            Arc::clone(&adapters.storage),
+            adapters.notifier,
+            RunnerConfig { retention: config.policy.retention_policy()?, ..RunnerConfig::default() },
+        )
+        .with_callbacks(adapters.callbacks),
+    );
     let client = connect_client(
         &config.temporal.temporal_address,
         &config.temporal.temporal_namespace,

@@ -148,6 +148,7 @@ async fn a_stopped_workers_running_export_is_interrupted_and_finished_by_the_nex
         exports: exports.clone(),
         storage: storage.clone(),
         notifier: Arc::new(LogNotifier),
+        callbacks: Arc::new(adapters::notify::NoCallbacks),
         batches: Arc::new(MemoryBatchRepository::new()),
         schedules: Arc::new(adapters::memory::MemoryScheduleRepository::new()),
     };

@@ -2,6 +2,7 @@
 //! one binary instead of seven saves minutes of linking and gigabytes of disk.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod callback;
 mod faults;
 mod inprocess;
 mod inprocess_batch;
