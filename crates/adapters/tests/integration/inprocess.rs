@@ -98,8 +98,15 @@ impl System {
     async fn record(&self, id: ExportId) -> Export {
         self.exports.get(&scope(), id).await.unwrap().unwrap()
     }
+    /// Whether the completed export's object, or any object one of its attempts made, exists.
     async fn has_object(&self, export: &Export) -> bool {
-        self.storage.open(&export.object_key).await.unwrap().is_some()
+        let attempts = (1..=export.attempt().max(1)).map(|n| export.attempt_key(n));
+        for key in std::iter::once(export.object_key.clone()).chain(attempts) {
+            if self.storage.open(&key).await.unwrap().is_some() {
+                return true;
+            }
+        }
+        false
     }
     async fn settle(&self, id: ExportId) -> Export {
         let outcome = self.orchestrator.wait(&scope(), id, Duration::from_secs(20)).await.unwrap();
@@ -150,25 +157,29 @@ async fn retryable_failures_are_retried_with_backoff_then_complete_once() {
 }
 
 #[tokio::test]
-async fn an_export_fails_with_the_last_reason_once_attempts_run_out() {
+async fn infrastructure_trouble_uses_up_no_attempt() {
+    // Ten storage outages in a row, three attempts allowed: outages are not failures of the
+    // export, so it completes.
     let storage = Arc::new(FlakyStorage::new(Arc::new(ObjectStorage::in_memory()), 10, true));
     let sys = system_with(Arc::new(users(100)), storage.clone(), Arc::default(), fast_policy(3), 2);
     let id = sys.service.request(&scope(), csv(), None).await.unwrap().export.id;
     let done = sys.settle(id).await;
-    assert_eq!((done.status(), done.attempt()), (ExportStatus::Failed, 3));
-    assert_eq!(done.error().unwrap().kind, FailureKind::Storage);
-    assert!(done.error().unwrap().message.contains("injected storage failure"));
-    assert_eq!(storage.writers(), 3);
+    assert_eq!((done.status(), done.attempt(), done.consumed_attempts()), (ExportStatus::Completed, 11, 0));
+    assert_eq!(storage.writers(), 11);
+    assert!(sys.has_object(&done).await);
 }
 
 #[tokio::test]
-async fn a_non_retryable_failure_is_not_retried() {
+async fn an_export_fails_with_the_last_reason_once_its_attempts_are_used_up() {
+    // A refusal that is not an outage (a defect) uses up an attempt each time.
     let storage = Arc::new(FlakyStorage::new(Arc::new(ObjectStorage::in_memory()), 10, false));
     let sys = system_with(Arc::new(users(100)), storage.clone(), Arc::default(), fast_policy(3), 2);
     let id = sys.service.request(&scope(), csv(), None).await.unwrap().export.id;
     let done = sys.settle(id).await;
-    assert_eq!((done.status(), done.attempt()), (ExportStatus::Failed, 1));
-    assert_eq!(storage.writers(), 1);
+    assert_eq!((done.status(), done.attempt(), done.consumed_attempts()), (ExportStatus::Failed, 3, 3));
+    assert_eq!(done.error().unwrap().kind, FailureKind::Storage);
+    assert!(done.error().unwrap().message.contains("injected storage failure"));
+    assert_eq!(storage.writers(), 3);
 }
 
 #[tokio::test]

@@ -137,7 +137,9 @@ async fn an_attempt_reports_progress_as_heartbeats_and_returns_the_outcome() {
 
     assert_eq!((output.status, output.record_count), (ExportStatus::Completed, 3000));
     assert_eq!(output.export_id, export.id.to_string());
-    let object = read_object(fixture.storage.as_ref(), &export.object_key).await.expect("the object");
+    let key = domain::ObjectKey::from_stored(output.object_key.clone());
+    assert_eq!(key, export.attempt_key(1), "the attempt's own key");
+    let object = read_object(fixture.storage.as_ref(), &key).await.expect("the object");
     assert_eq!(output.bytes, object.len() as u64);
     assert_eq!(csv::Reader::from_reader(object.as_slice()).records().count(), 3000);
 
@@ -257,7 +259,7 @@ async fn a_retryable_failure_is_retryable_and_carries_the_reason() {
 }
 
 #[tokio::test]
-async fn a_non_retryable_failure_fails_the_record_at_once() {
+async fn a_failure_that_uses_up_the_last_attempt_fails_the_record_at_once() {
     let users = MemoryUserRepository::new();
     users.seed_synthetic(&scope(), 10);
     let storage = FlakyStorage::new(Arc::new(ObjectStorage::in_memory()), 1, false);
@@ -265,8 +267,10 @@ async fn a_non_retryable_failure_fails_the_record_at_once() {
     let export = fixture.pending_export().await;
     let env = fixture.environment(|_| {});
 
-    let failure =
-        application_failure(env.run(ExportActivities::export_user_data, attempt_input(&export)).await);
+    let mut last_attempt = policy();
+    last_attempt.retry.maximum_attempts = 1;
+    let input = ExportUserDataInput { policy: Some(last_attempt), ..attempt_input(&export) };
+    let failure = application_failure(env.run(ExportActivities::export_user_data, input).await);
 
     assert_eq!(failure.type_name(), Some(failure_type::EXPORT_FAILED));
     assert!(failure.is_non_retryable());

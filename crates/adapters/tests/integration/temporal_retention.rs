@@ -37,7 +37,7 @@ async fn completed(
         Utc::now(),
     );
     exports.create_if_absent(&export).await.unwrap();
-    let mut writer = storage.writer(&export.object_key).await.unwrap();
+    let mut writer = storage.writer(&export.attempt_key(1)).await.unwrap();
     writer.write(Bytes::from_static(b"id,email\n")).await.unwrap();
     let stored = writer.finish().await.unwrap();
     export.start_attempt(1, Utc::now()).unwrap();

@@ -183,8 +183,15 @@ impl Harness {
         handle.get_result(Default::default()).await
     }
 
+    /// The completed export's object, or any object one of its attempts left behind.
     async fn object(&self, export: &Export) -> Option<Vec<u8>> {
-        read_object(self.storage.as_ref(), &export.object_key).await
+        let attempts = (1..=export.attempt().max(1)).map(|n| export.attempt_key(n));
+        for key in std::iter::once(export.object_key.clone()).chain(attempts) {
+            if let Some(bytes) = read_object(self.storage.as_ref(), &key).await {
+                return Some(bytes);
+            }
+        }
+        None
     }
 
     async fn active_users(&self) -> u64 {
@@ -302,8 +309,8 @@ async fn a_bad_request_fails_the_workflow_at_once_without_retries() {
 }
 
 #[tokio::test]
-async fn a_non_retryable_failure_fails_the_export_after_one_attempt() {
-    let setup = Setup { storage_failures: 1, retryable: false, ..Setup::default() };
+async fn a_defect_that_uses_up_the_last_attempt_fails_the_export() {
+    let setup = Setup { storage_failures: 1, retryable: false, policy: fast_policy(1), ..Setup::default() };
     let h = Harness::new("non-retryable", setup).await;
     h.with_worker(async {
         let export = h.request(json!({"format": "csv"})).await;
@@ -322,9 +329,28 @@ async fn a_non_retryable_failure_fails_the_export_after_one_attempt() {
 }
 
 #[tokio::test]
+async fn outages_use_up_no_attempt_under_temporal_either() {
+    let setup = Setup { storage_failures: 4, retryable: true, policy: fast_policy(2), ..Setup::default() };
+    let h = Harness::new("outages", setup).await;
+    h.with_worker(async {
+        let export = h.request(json!({"format": "csv"})).await;
+        h.wait(export.id).await;
+
+        let record = h.record(export.id).await;
+        assert_eq!(
+            (record.status(), record.attempt(), record.consumed_attempts()),
+            (ExportStatus::Completed, 5, 0)
+        );
+        assert_eq!(h.storage.writers(), 5);
+        assert!(h.object(&record).await.is_some());
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn exhausted_attempts_leave_the_record_failed_with_the_reason() {
     let setup =
-        Setup { storage_failures: usize::MAX, retryable: true, policy: fast_policy(2), ..Setup::default() };
+        Setup { storage_failures: usize::MAX, retryable: false, policy: fast_policy(2), ..Setup::default() };
     let h = Harness::new("exhausted", setup).await;
     h.with_worker(async {
         let export = h.request(json!({"format": "csv"})).await;
