@@ -104,7 +104,7 @@ async fn exports_stream_from_postgres_to_s3_and_download_through_presigned_urls(
     assert_eq!(redirect.status(), 307);
     let location = redirect.headers()["location"].to_str().unwrap().to_owned();
     assert!(location.starts_with(&s3_endpoint()) && location.contains("X-Amz-Signature"), "{location}");
-    assert!(location.contains(&format!("acme/prod/exports/{id}.csv")));
+    assert!(location.contains(&format!("acme/prod/exports/{id}.attempt-1.csv")), "the attempt's own key");
     let body = reqwest::get(&location).await.unwrap().error_for_status().unwrap().bytes().await.unwrap();
     assert_eq!(hex::encode(sha2::Sha256::digest(&body)), export["sha256"].as_str().unwrap());
     assert_eq!(csv::Reader::from_reader(body.as_ref()).records().count(), 54_000);

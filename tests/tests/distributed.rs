@@ -130,8 +130,10 @@ async fn exports_run_on_separate_worker_processes_and_a_duplicate_start_runs_onc
     d.assert_object_matches(&sync).await;
 
     let body = json!({"format": "ndjson", "user_filters": {"status": "active"}});
-    let (first_status, first) = d.post("/v1/exports", body.clone(), Some("dup-1")).await;
-    let (_, second) = d.post("/v1/exports", body, Some("dup-1")).await;
+    // Unique per run: the key derives the workflow ID, and the Temporal server outlives runs.
+    let key = format!("dup-{}", d.task_queue);
+    let (first_status, first) = d.post("/v1/exports", body.clone(), Some(&key)).await;
+    let (_, second) = d.post("/v1/exports", body, Some(&key)).await;
     assert_eq!(first_status, 202);
     assert_eq!(first["id"], second["id"]);
     let id = first["id"].as_str().unwrap();
@@ -181,11 +183,9 @@ async fn an_export_survives_its_worker_being_killed_and_completes_exactly_once()
     assert!(done["attempt"].as_u64().unwrap() >= 2, "a new attempt finished it: {done}");
     assert_eq!(done["record_count"], 300_000);
     d.assert_object_matches(&done).await;
-    assert_eq!(
-        bucket_keys(&d.bucket).await,
-        vec![format!("acme/prod/exports/{id}.csv")],
-        "exactly one object"
-    );
+    // Exactly one object: the winning attempt's, under its own key.
+    let winner = format!("acme/prod/exports/{id}.attempt-{}.csv", done["attempt"]);
+    assert_eq!(bucket_keys(&d.bucket).await, vec![winner], "exactly one object");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -71,6 +71,12 @@ pub struct NotificationBody {
     pub at: DateTime<Utc>,
 }
 
+impl From<&domain::NotificationRecord> for NotificationBody {
+    fn from(n: &domain::NotificationRecord) -> Self {
+        Self { status: n.status.into(), attempts: n.attempts, last_error: n.last_error.clone(), at: n.at }
+    }
+}
+
 /// Which users an export contains; every condition present must hold.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct UserFiltersBody {
@@ -185,8 +191,12 @@ pub struct ExportResource {
     pub updated_at: DateTime<Utc>,
     /// When retention deletes the file (set on completion); the export is `expired` after.
     pub expires_at: Option<DateTime<Utc>>,
-    /// The attempt running or last run; 0 before the first.
+    /// Runs started so far (the one running or last run); 0 before the first. Every run counts
+    /// here, interruptions and outages included.
     pub attempt: u32,
+    /// Attempts used up by failures of the export itself (at most `USEREXPORT_RETRY_MAX_ATTEMPTS`);
+    /// outages and interruptions use none.
+    pub consumed_attempts: u32,
     pub progress: ProgressBody,
     /// Rows in the file, once completed.
     pub record_count: Option<u64>,
@@ -194,9 +204,13 @@ pub struct ExportResource {
     pub bytes: Option<u64>,
     /// Lowercase hex SHA-256 of the file, once completed.
     pub sha256: Option<String>,
+    /// Why the export failed; while it is retried, the last transient error.
     pub error: Option<ExportErrorBody>,
+    /// The completion email (`email_notify`), once attempted.
     pub notification: Option<NotificationBody>,
-    /// The durable workflow running this export.
+    /// The tenant's signed callback (`callback_url`), once attempted.
+    pub callback: Option<NotificationBody>,
+    /// The durable workflow running this export (a scheduled run's own ID).
     pub workflow_id: String,
     pub links: ExportLinks,
 }
@@ -229,6 +243,7 @@ impl From<&Export> for ExportResource {
             updated_at: export.updated_at(),
             expires_at: export.expires_at(),
             attempt: export.attempt(),
+            consumed_attempts: export.consumed_attempts(),
             progress: ProgressBody {
                 rows_written: progress.rows_written,
                 total_rows: progress.total_rows,
@@ -240,13 +255,9 @@ impl From<&Export> for ExportResource {
             error: export
                 .error()
                 .map(|e| ExportErrorBody { kind: e.kind.into(), message: e.message.clone() }),
-            notification: export.notification().map(|n| NotificationBody {
-                status: n.status.into(),
-                attempts: n.attempts,
-                last_error: n.last_error.clone(),
-                at: n.at,
-            }),
-            workflow_id: export.id.workflow_id(&export.scope),
+            notification: export.notification().map(NotificationBody::from),
+            callback: export.callback().map(NotificationBody::from),
+            workflow_id: export.workflow_id(),
             links: ExportLinks {
                 download: (status == ExportStatus::Completed).then(|| format!("{path}/download")),
                 cancel: (!status.is_terminal()).then(|| format!("{path}/cancel")),

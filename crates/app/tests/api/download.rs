@@ -104,7 +104,8 @@ async fn downloading_an_export_whose_file_is_gone_is_a_410() {
     let app = TestApp::spawn().await;
     let export = app.create_completed(&csv_body()).await;
     let id = ExportId::parse(export["id"].as_str().unwrap()).unwrap();
-    app.storage.delete(&ObjectKey::for_export(&acme(), id, "csv")).await.unwrap();
+    // The first attempt's object is the one the record names.
+    app.storage.delete(&ObjectKey::for_attempt(&acme(), id, 1, "csv")).await.unwrap();
 
     let response = app.get(Some(ACME_KEY), &download_uri(&export)).await;
 
