@@ -1,6 +1,7 @@
 //! Export storage over `object_store`: local filesystem and in-memory now, S3 with its issue.
 //! `object_store` is the abstraction; this adapter adds checksums, atomicity and error mapping.
 
+use std::io;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,6 +78,10 @@ pub struct ObjectStorage {
     prefix: Option<StorePath>,
     kind: &'static str,
     part_bytes: usize,
+    /// Whether a failed `finish` deletes the key: a local file is renamed into place before its
+    /// directory is fsynced, so a failed fsync can leave it visible. Not on S3, where a failed
+    /// upload stores nothing and a delete during an outage would only delay the error.
+    remove_on_failed_finish: bool,
 }
 
 impl std::fmt::Debug for ObjectStorage {
@@ -90,13 +95,22 @@ impl std::fmt::Debug for ObjectStorage {
 
 impl ObjectStorage {
     /// Files under `dir` (created if missing). Writes go to a staging file renamed into place
-    /// on completion, so readers never see a partial export.
+    /// on completion, so readers never see a partial export, and `finish` returns only once the
+    /// file and its directory entries are on disk, so a completed export survives a power loss.
     pub fn local(dir: impl AsRef<Path>) -> anyhow::Result<Self> {
         let dir = dir.as_ref();
-        std::fs::create_dir_all(dir).with_context(|| format!("creating data directory {}", dir.display()))?;
+        // Once, at start-up: blocking here costs nothing a request waits for.
+        create_dir_all_durably(dir, fsync_dir)
+            .with_context(|| format!("creating data directory {}", dir.display()))?;
+        // object_store does the rest on tokio's blocking pool: it fsyncs the staging file before
+        // renaming it into place, the parent directory after, and every directory a write creates
+        // up to the first that existed (at most the data directory). Its default is not to.
         let store = LocalFileSystem::new_with_prefix(dir)
-            .with_context(|| format!("opening data directory {}", dir.display()))?;
-        Ok(Self::unsigned(Arc::new(store), "local"))
+            .with_context(|| format!("opening data directory {}", dir.display()))?
+            .with_fsync(true);
+        let mut storage = Self::unsigned(Arc::new(store), "local");
+        storage.remove_on_failed_finish = true;
+        Ok(storage)
     }
 
     /// Objects in process memory, lost on exit.
@@ -112,6 +126,7 @@ impl ObjectStorage {
             prefix: None,
             kind,
             part_bytes: LOCAL_PART_BYTES,
+            remove_on_failed_finish: false,
         }
     }
 
@@ -143,7 +158,14 @@ impl ObjectStorage {
             Arc::new(builder.build().context("configuring S3 storage (USEREXPORT_S3_BUCKET, AWS_*)")?);
         let prefix =
             settings.key_prefix.as_deref().filter(|p| !p.trim_matches('/').is_empty()).map(StorePath::from);
-        Ok(Self { store: store.clone(), signer: Some(store), prefix, kind: "s3", part_bytes: S3_PART_BYTES })
+        Ok(Self {
+            store: store.clone(),
+            signer: Some(store),
+            prefix,
+            kind: "s3",
+            part_bytes: S3_PART_BYTES,
+            remove_on_failed_finish: false,
+        })
     }
 
     /// Which backend this is (`local`, `memory`, `s3`), for logs and readiness.
@@ -170,6 +192,39 @@ impl ChildPath for StorePath {
     }
 }
 
+/// Creates `dir` and its missing ancestors, then fsyncs (with `sync_dir`) each directory it created
+/// and the existing one that gained the first of them, so the new entries survive a crash.
+fn create_dir_all_durably(dir: &Path, mut sync_dir: impl FnMut(&Path) -> io::Result<()>) -> io::Result<()> {
+    // Absolute, so that `data` has a parent (`.`) to fsync rather than an empty path.
+    let dir = std::path::absolute(dir)?;
+    let first_existing = dir.ancestors().find(|d| d.exists()).map(Path::to_path_buf);
+    std::fs::create_dir_all(&dir)?;
+    if first_existing.as_deref() == Some(dir.as_path()) {
+        return Ok(());
+    }
+    for created_or_parent in dir.ancestors() {
+        sync_dir(created_or_parent)?;
+        if Some(created_or_parent) == first_existing.as_deref() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Makes `dir`'s entries durable. Directories cannot be opened and synced portably; the
+/// deployments are Unix.
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::fs::File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
+}
+
 /// Maps `object_store` errors onto the port: transport-level trouble is retryable.
 fn translate(err: object_store::Error) -> PortError {
     match err {
@@ -185,7 +240,14 @@ impl ExportStorage for ObjectStorage {
     async fn writer(&self, key: &ObjectKey) -> Result<Box<dyn ObjectWriter>, PortError> {
         let inner = BufWriter::with_capacity(Arc::clone(&self.store), self.path(key), self.part_bytes)
             .with_max_concurrency(MAX_PARTS_IN_FLIGHT);
-        Ok(Box::new(ChecksummingWriter { inner: Some(inner), hasher: Sha256::new(), bytes: 0 }))
+        let remove_on_failure =
+            self.remove_on_failed_finish.then(|| (Arc::clone(&self.store), self.path(key)));
+        Ok(Box::new(ChecksummingWriter {
+            inner: Some(inner),
+            hasher: Sha256::new(),
+            bytes: 0,
+            remove_on_failure,
+        }))
     }
 
     async fn open(&self, key: &ObjectKey) -> Result<Option<ObjectReader>, PortError> {
@@ -237,6 +299,8 @@ struct ChecksummingWriter {
     inner: Option<BufWriter>,
     hasher: Sha256,
     bytes: u64,
+    /// Deleted when `finish` fails (see `ObjectStorage::remove_on_failed_finish`).
+    remove_on_failure: Option<(Arc<dyn ObjectStore>, StorePath)>,
 }
 
 #[async_trait]
@@ -253,8 +317,20 @@ impl ObjectWriter for ChecksummingWriter {
         let mut inner =
             self.inner.take().ok_or_else(|| PortError::Other(anyhow::anyhow!("writer is closed")))?;
         // On failure the upload is dropped, which removes a local staging file; `abort` cannot be
-        // called on a writer that began shutting down.
-        inner.shutdown().await.map_err(PortError::unavailable)?;
+        // called on a writer that began shutting down. A failed fsync fails the shutdown too, as
+        // an I/O error (retryable): the file may not survive a crash, so it is no success.
+        if let Err(err) = inner.shutdown().await {
+            if let Some((store, path)) = self.remove_on_failure.take() {
+                // A directory fsync fails after the rename: take the file back out of sight.
+                match store.delete(&path).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(delete_err) => {
+                        tracing::warn!(%path, error = %delete_err, "could not remove a file whose write failed");
+                    }
+                }
+            }
+            return Err(PortError::unavailable(err));
+        }
         Ok(StoredObject { bytes: self.bytes, sha256: hex::encode(self.hasher.clone().finalize()) })
     }
 
@@ -263,5 +339,52 @@ impl ObjectWriter for ChecksummingWriter {
             Some(mut inner) => inner.abort().await.map_err(translate),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creating_the_data_directory_fsyncs_each_new_directory_and_the_parent_that_gained_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = std::path::absolute(tmp.path()).unwrap();
+        let dir = root.join("a").join("b").join("c");
+        let mut synced = Vec::new();
+        create_dir_all_durably(&dir, |d| {
+            synced.push(d.to_path_buf());
+            fsync_dir(d)
+        })
+        .unwrap();
+        assert!(dir.is_dir());
+        assert_eq!(synced, vec![dir.clone(), root.join("a").join("b"), root.join("a"), root.clone()]);
+
+        synced.clear();
+        create_dir_all_durably(&dir, |d| {
+            synced.push(d.to_path_buf());
+            Ok(())
+        })
+        .unwrap();
+        assert!(synced.is_empty(), "an existing directory has nothing new to sync: {synced:?}");
+    }
+
+    #[test]
+    fn a_failed_directory_fsync_fails_creating_the_data_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = create_dir_all_durably(&tmp.path().join("new"), |_| Err(io::Error::other("disk gone")))
+            .unwrap_err();
+        assert_eq!(err.to_string(), "disk gone");
+    }
+
+    #[test]
+    fn local_storage_has_object_store_fsync_its_writes() {
+        // object_store exposes the flag only through Debug; this fails loudly if either the
+        // flag or its rendering goes away, rather than letting writes silently stop syncing.
+        let tmp = tempfile::tempdir().unwrap();
+        let storage = ObjectStorage::local(tmp.path()).unwrap();
+        let store = format!("{:?}", storage.store);
+        assert!(store.contains("fsync: true"), "{store}");
+        assert!(storage.remove_on_failed_finish);
     }
 }

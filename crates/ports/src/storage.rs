@@ -37,7 +37,11 @@ pub trait ObjectWriter: Send {
     /// Appends `chunk`. Buffers are bounded: large objects go up in parts as they are written.
     async fn write(&mut self, chunk: Bytes) -> Result<(), PortError>;
 
-    /// Makes the object visible atomically and returns its size and SHA-256.
+    /// Makes the object visible atomically and returns its size and SHA-256. `Ok` means the
+    /// object is durable, so the caller may record it as stored: local storage returns only once
+    /// the file's data and the directory entries leading to it are fsynced (it survives a crash of
+    /// the process or the machine), S3 once the upload is acknowledged; in-memory storage keeps
+    /// nothing past the process. An `Err` (a failed fsync included) stores no object.
     async fn finish(self: Box<Self>) -> Result<StoredObject, PortError>;
 
     /// Discards everything written so far.

@@ -62,6 +62,27 @@ async fn a_multipart_local_write_is_invisible_until_finished_and_checksummed() {
 }
 
 #[tokio::test]
+async fn a_finished_local_write_is_whole_on_disk_in_a_data_directory_storage_created() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("fresh").join("data");
+    let storage = ObjectStorage::local(&data).unwrap();
+    // One buffered put and one multipart upload: the two ways a file reaches its place.
+    for payload in [vec![Bytes::from_static(b"id,email\n1,a@example.com\n")], big_payload()] {
+        let key = key("csv");
+        let mut writer = storage.writer(&key).await.unwrap();
+        for chunk in &payload {
+            writer.write(chunk.clone()).await.unwrap();
+        }
+        let stored = writer.finish().await.unwrap();
+        let on_disk = std::fs::read(data.join(key.as_str())).unwrap();
+        assert_eq!(on_disk.len() as u64, stored.bytes);
+        assert_eq!(hex::encode(Sha256::digest(&on_disk)), stored.sha256);
+        assert_eq!(on_disk, payload.concat());
+    }
+    assert_eq!(files(&data).len(), 2, "no staging files left");
+}
+
+#[tokio::test]
 async fn an_aborted_write_leaves_no_object_and_no_staging_file() {
     let dir = tempfile::tempdir().unwrap();
     let storage = ObjectStorage::local(dir.path()).unwrap();
