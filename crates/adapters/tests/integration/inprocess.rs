@@ -2,7 +2,7 @@
 //! timeouts, concurrency, cancellation, recovery and graceful shutdown.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use adapters::contract::fakes::{FlakyStorage, SlowUsers};
 use adapters::inprocess::InProcessOrchestrator;
@@ -349,4 +349,64 @@ async fn a_retention_above_the_cap_is_refused_when_requested() {
     let mut allowed = csv();
     allowed.retention_days = Some(30);
     service.request(&scope(), allowed, None).await.unwrap();
+}
+
+/// Cancels a fresh export once it has written `percent` % of `total` rows, and returns how long
+/// its run took to stop after the cancel was asked. Asserts what a 202 promises: the record is
+/// `cancelled` at once and stays so, and no attempt left an object.
+async fn cancel_at(sys: &System, total: u64, percent: u64) -> Duration {
+    let id = sys.service.request(&scope(), csv(), None).await.unwrap().export.id;
+    let target = total * percent / 100;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sys.record(id).await.progress().rows_written < target {
+        assert!(!sys.record(id).await.status().is_terminal(), "finished before {percent} %");
+        assert!(Instant::now() < deadline, "no progress to {percent} %");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let asked = Instant::now();
+    let cancelled = sys.service.cancel(&scope(), id).await.unwrap();
+    assert_eq!(cancelled.status(), ExportStatus::Cancelled, "cancelled before the answer");
+    // The run is over once the orchestrator no longer holds it.
+    while sys.orchestrator.inspect(&cancelled).await.unwrap() == ports::RunState::Live {
+        assert!(asked.elapsed() < Duration::from_secs(10), "the run did not stop");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let stopped = asked.elapsed();
+    let record = sys.record(id).await;
+    assert_eq!(record.status(), ExportStatus::Cancelled);
+    assert!(record.progress().rows_written < total, "stopped early");
+    assert!(!sys.has_object(&record).await, "a cancelled export leaves no object");
+    eprintln!("cancel at {percent} % (row {}): the run stopped {stopped:?} after the request", target);
+    stopped
+}
+
+async fn cancels_stop_within_a_second(users: Arc<dyn UserRepository>, total: u64) {
+    // An always-ready source: the encoding loop must yield for the cancel to be seen at all.
+    let sys = system(users, fast_policy(3), 2);
+    for percent in [10, 50, 90] {
+        let stopped = cancel_at(&sys, total, percent).await;
+        assert!(stopped < Duration::from_secs(1), "cancel at {percent} % took {stopped:?}");
+    }
+    // After completion, a cancel is a conflict that names the final status.
+    let done = sys.service.request(&scope(), ExportSpec { limit: Some(10), ..csv() }, None).await.unwrap();
+    assert_eq!(sys.settle(done.export.id).await.status(), ExportStatus::Completed);
+    let refused = sys.service.cancel(&scope(), done.export.id).await;
+    assert!(
+        matches!(refused, Err(service::CancelError::AlreadyFinished(ExportStatus::Completed))),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancels_at_10_50_and_90_percent_stop_within_a_second_with_memory_users() {
+    cancels_stop_within_a_second(Arc::new(users(300_000)), 300_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancels_at_10_50_and_90_percent_stop_within_a_second_with_postgres_users() {
+    let db = adapters::contract::pg::TestDatabase::create().await;
+    adapters::postgres::seed_synthetic_users(&db.pool, &scope(), 300_000).await.unwrap();
+    let users = Arc::new(adapters::postgres::PgUserRepository::new(db.pool.clone()));
+    cancels_stop_within_a_second(users, 300_000).await;
+    db.drop_now().await;
 }

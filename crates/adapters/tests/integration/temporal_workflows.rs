@@ -421,6 +421,39 @@ async fn cancelling_a_running_export_ends_it_cancelled_with_no_object() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancels_at_10_50_and_90_percent_stop_the_run_within_a_second() {
+    const TOTAL: u64 = 300_000;
+    // An always-ready source: the attempt sees the cancel through the record at its progress
+    // writes, not through the (throttled) heartbeat response.
+    let setup = Setup { users: TOTAL, ..Setup::default() };
+    let h = Harness::new("cancel-percent", setup).await;
+    h.with_worker(async {
+        for percent in [10, 50, 90] {
+            let export = h.request(json!({"format": "csv"})).await;
+            let target = TOTAL * percent / 100;
+            h.record_when(export.id, "progress", |e| {
+                e.progress().rows_written >= target || e.status().is_terminal()
+            })
+            .await;
+            let asked = Instant::now();
+            let cancelled = h.service.cancel(&scope(), export.id).await.unwrap();
+            assert_eq!(cancelled.status(), ExportStatus::Cancelled, "cancelled before the answer");
+            let err = h.workflow_result(&export.workflow_id()).await.expect_err("cancelled");
+            // The whole run, bookkeeping after the attempt included.
+            let stopped = asked.elapsed();
+            eprintln!("cancel at {percent} %: the workflow ended {stopped:?} after the request");
+            assert!(matches!(err, WorkflowGetResultError::Cancelled { .. }), "{err:?}");
+            assert!(stopped < Duration::from_secs(1), "cancel at {percent} % took {stopped:?}");
+            let record = h.record(export.id).await;
+            assert_eq!(record.status(), ExportStatus::Cancelled);
+            assert!(record.progress().rows_written < TOTAL, "stopped early");
+            assert_eq!(h.object(&record).await, None, "no object");
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn cancelling_between_attempts_records_the_cancellation_after_the_workflow_is_cancelled() {
     let mut policy = fast_policy(3);
