@@ -246,7 +246,7 @@ impl ExportRunner {
                 write_chunk(writer, encoder.take_output()).await?;
                 progress(encoder.rows_written());
             }
-            if encoder.rows_written() % CLOCK_EVERY_ROWS == 0
+            if encoder.rows_written().is_multiple_of(CLOCK_EVERY_ROWS)
                 && last_saved.elapsed() >= self.config.progress_interval
             {
                 export.record_progress(encoder.rows_written(), total_rows, Utc::now());
