@@ -15,7 +15,10 @@ use domain::{
     RetentionPolicy, RetryPolicy, Scope,
 };
 use ports::{ExportRepository, ExportStorage, Orchestrator, UserRepository, WaitOutcome};
-use service::{DownloadError, ExportRunner, ExportService, RequestError, RetentionSweeper, RunnerConfig};
+use service::{
+    DownloadError, ExportRunner, ExportService, ReconcileSettings, Reconciler, RequestError,
+    RetentionSweeper, RunnerConfig,
+};
 
 fn scope() -> Scope {
     Scope::parse("acme/prod").unwrap()
@@ -35,6 +38,7 @@ fn fast_policy(max_attempts: u32) -> ExecutionPolicy {
 }
 
 struct System {
+    runner: Arc<ExportRunner>,
     exports: Arc<MemoryExportRepository>,
     storage: Arc<dyn ExportStorage>,
     orchestrator: InProcessOrchestrator,
@@ -64,10 +68,10 @@ fn system_with(
         exports.clone(),
         storage.clone(),
         Arc::new(orchestrator.clone()),
-        runner,
+        runner.clone(),
         Duration::from_secs(900),
     );
-    System { exports, storage, orchestrator, service }
+    System { runner, exports, storage, orchestrator, service }
 }
 
 fn users(count: u64) -> MemoryUserRepository {
@@ -409,4 +413,38 @@ async fn cancels_at_10_50_and_90_percent_stop_within_a_second_with_postgres_user
     let users = Arc::new(adapters::postgres::PgUserRepository::new(db.pool.clone()));
     cancels_stop_within_a_second(users, 300_000).await;
     db.drop_now().await;
+}
+
+#[tokio::test]
+async fn the_reconciler_starts_a_record_nobody_runs_and_sends_a_missed_notification() {
+    let sys = system(Arc::new(users(100)), fast_policy(3), 2);
+    // A pending record whose start was lost (stored, then the process died before starting it).
+    let orphan = Export::new(ExportId::from_uuid(uuid::Uuid::now_v7()), scope(), csv(), None, Utc::now());
+    sys.exports.create_if_absent(&orphan).await.unwrap();
+    // A finished export whose notification step never ran.
+    let spec = ExportSpec::from_json(&serde_json::json!({"format": "csv", "email_notify": true})).unwrap();
+    let mut unnotified =
+        Export::new(ExportId::from_uuid(uuid::Uuid::now_v7()), scope(), spec, None, Utc::now());
+    sys.exports.create_if_absent(&unnotified).await.unwrap();
+    unnotified.fail(domain::ExportFailure::new(FailureKind::Source, "corrupt row"), Utc::now()).unwrap();
+    sys.exports.update_if_status(&unnotified, ExportStatus::Pending).await.unwrap();
+
+    let settings = ReconcileSettings { start_grace: Duration::ZERO, notify_grace: Duration::ZERO };
+    let reconciler = Reconciler::new(
+        sys.exports.clone(),
+        Arc::new(sys.orchestrator.clone()),
+        sys.runner.clone(),
+        settings,
+    );
+    let report = reconciler.reconcile_once().await.unwrap();
+
+    assert_eq!((report.started, report.notified, report.errors), (1, 1, 0), "{report:?}");
+    assert_eq!(sys.settle(orphan.id).await.status(), ExportStatus::Completed);
+    let notified = sys.record(unnotified.id).await;
+    assert_eq!(notified.notification().map(|n| n.status), Some(domain::NotificationStatus::Sent));
+    assert!(!notified.notify_due());
+    // A second pass finds nothing to do: the completed export's own step ran after its run.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let again = reconciler.reconcile_once().await.unwrap();
+    assert_eq!((again.started, again.settled, again.notified), (0, 0, 0), "{again:?}");
 }

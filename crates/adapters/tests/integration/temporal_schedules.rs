@@ -16,7 +16,7 @@ use domain::{
     ExecutionPolicy, Export, ExportId, ExportSchedule, ExportStatus, NewSchedule, ScheduleId, SchedulePatch,
     ScheduleTimezone, Scope,
 };
-use ports::{ExportQuery, ExportRepository, ExportStorage, Presence, Scheduler};
+use ports::{ExportQuery, ExportRepository, ExportStorage, Orchestrator, Presence, Scheduler};
 use serde_json::json;
 use service::{ExportRunner, RunnerConfig, ScheduleService, ScheduledExports};
 use temporalio_client::Client;
@@ -145,6 +145,14 @@ async fn a_trigger_runs_one_export_and_a_duplicate_fire_finds_it() {
         assert_eq!(action.workflow_id, schedule.id.fire_workflow_id(&h.scope, at));
         assert_eq!(derived_export_id(&action.workflow_id), export.id);
         assert_eq!(ExportId::for_schedule_fire(&h.scope, schedule.id, at), export.id);
+        // The record names the run's own workflow, so the API's cancel and the reconciler find it.
+        assert_eq!(done.workflow_id(), action.workflow_id);
+        let orchestrator =
+            TemporalOrchestrator::new(h.client.clone(), h.task_queue.clone(), ExecutionPolicy::default());
+        assert_eq!(
+            orchestrator.inspect(&done).await.unwrap(),
+            ports::RunState::Closed(ports::RunClosure::Completed)
+        );
 
         // The same fire again (a retried or duplicated trigger for the same time): still one export.
         let presence = h.scheduler.trigger(&schedule, at.trunc_subsecs(0)).await.unwrap();
@@ -243,6 +251,7 @@ async fn an_every_minute_cron_fires_on_temporal_with_the_derived_export_id() {
         let at: DateTime<Utc> = fire.schedule_time.unwrap().into();
         assert_eq!(at, at.trunc_subsecs(0), "cron fires are on whole seconds");
         assert_eq!(ExportId::for_schedule_fire(&h.scope, schedule.id, at), export.id);
+        assert_eq!(export.workflow_id(), fire.workflow_id, "the cron run's own workflow is recorded");
     })
     .await;
     h.service.delete(&h.scope, schedule.id).await.unwrap();

@@ -27,11 +27,11 @@ use ports::{
     CancelOutcome, ExportRepository, ExportStorage, Orchestrator, PortError, UserRepository, WaitOutcome,
 };
 use serde_json::{Value, json};
-use service::{ExportRunner, ExportService, RunnerConfig};
+use service::{ExportRunner, ExportService, ReconcileSettings, Reconciler, RunnerConfig};
 use temporalio_client::errors::WorkflowGetResultError;
 use temporalio_client::{
     Client, WorkflowDescribeOptions, WorkflowExecutionStatus, WorkflowFetchHistoryOptions,
-    WorkflowStartOptions,
+    WorkflowStartOptions, WorkflowTerminateOptions,
 };
 use temporalio_common::error::IncomingError;
 use temporalio_common::protos::temporal::api::history::v1::history_event::Attributes;
@@ -417,6 +417,40 @@ async fn cancelling_a_running_export_ends_it_cancelled_with_no_object() {
         // Once it is over, there is nothing left to cancel.
         let again = h.orchestrator.cancel(&record).await.unwrap();
         assert_eq!(again, CancelOutcome::NotRunning);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_reconciler_settles_a_terminated_run_and_starts_a_record_without_a_workflow() {
+    let setup = Setup { users: 2000, per_user: Some(Duration::from_millis(5)), ..Setup::default() };
+    let h = Harness::new("reconcile", setup).await;
+    h.with_worker(async {
+        let terminated = h.request(json!({"format": "csv"})).await;
+        h.record_when(terminated.id, "rows written", |e| e.progress().rows_written > 0).await;
+        let handle = h.client.get_workflow_handle::<UserDataExportWorkflow>(terminated.workflow_id());
+        handle.terminate(WorkflowTerminateOptions::builder().reason("operator").build()).await.unwrap();
+        // A record whose workflow start was lost (stored, then Temporal refused the start).
+        let spec = ExportSpec { limit: Some(10), ..ExportSpec::new(ExportFormat::Csv) };
+        let orphan =
+            Export::new(ExportId::from_uuid(Uuid::now_v7()), scope(), spec, None, chrono::Utc::now());
+        h.exports.create_if_absent(&orphan).await.unwrap();
+
+        let settings =
+            ReconcileSettings { start_grace: Duration::ZERO, notify_grace: Duration::from_secs(3600) };
+        let reconciler =
+            Reconciler::new(h.exports.clone(), Arc::new(h.orchestrator.clone()), h.runner.clone(), settings);
+        let report = reconciler.reconcile_once().await.unwrap();
+
+        assert_eq!((report.settled, report.started, report.errors), (1, 1, 0), "{report:?}");
+        let record = h.record(terminated.id).await;
+        assert_eq!(record.status(), ExportStatus::Failed);
+        assert!(record.error().unwrap().message.contains("terminated"), "{:?}", record.error());
+        h.wait(orphan.id).await;
+        assert_eq!(h.record(orphan.id).await.status(), ExportStatus::Completed);
+        // The terminated run's attempt, still streaming on the worker, stops without an object.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(h.object(&h.record(terminated.id).await).await, None);
     })
     .await;
 }
