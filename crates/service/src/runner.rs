@@ -294,9 +294,15 @@ impl ExportRunner {
         deadline: Instant,
         control: &AttemptControl,
     ) -> Result<Export, RunError> {
+        // Completing a large upload takes a while: a cancel meanwhile stops it too (the
+        // unfinished upload is never visible).
         let stored = tokio::select! {
             biased;
             () = control.shutdown.cancelled() => return Err(RunError::Interrupted),
+            () = self.cancelled_meanwhile(&export, control) => {
+                let owner = Some(export.attempt());
+                return self.finish_cancelled(export, owner).await;
+            }
             () = tokio::time::sleep_until(deadline) => {
                 return self.handle_stop(export, Stop::DeadlineExceeded, control).await;
             }
@@ -311,6 +317,7 @@ impl ExportRunner {
             self.delete_object(&export, &key).await;
             return Err(RunError::Superseded { current: export.attempt() });
         }
+        self.skip_unwanted_notifications(&mut export);
         // The object is safe: keep trying to record it through a store outage rather than
         // throwing the whole export's work away.
         let mut wait = Duration::from_millis(200);
@@ -347,6 +354,23 @@ impl ExportRunner {
                     let stop = Stop::Failed(store_failure(&err), class_of(&err));
                     return self.handle_stop(export, stop, control).await;
                 }
+            }
+        }
+    }
+
+    /// Resolves once the export is cancelled: by the token, or on its record (read every
+    /// progress interval, as the streaming loop's progress writes would have noticed).
+    async fn cancelled_meanwhile(&self, export: &Export, control: &AttemptControl) {
+        let every = self.config.progress_interval.max(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                () = control.cancel.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            if let Ok(Some(stored)) = self.exports.get(&export.scope, export.id).await
+                && stored.status() == ExportStatus::Cancelled
+            {
+                return;
             }
         }
     }
@@ -406,7 +430,12 @@ impl ExportRunner {
         if export.status().is_terminal() {
             return Ok(export);
         }
-        match self.finish_with(export, None, |e| e.fail(failure.clone(), Utc::now())).await? {
+        let fail = |e: &mut Export| {
+            e.fail(failure.clone(), Utc::now())?;
+            self.skip_unwanted_notifications(e);
+            Ok(())
+        };
+        match self.finish_with(export, None, fail).await? {
             Some(export) => {
                 warn!(export_id = %export.id, tenant = %export.scope.tenant, kind = failure.kind.as_str(),
                       error = %failure.message, "export failed");
@@ -449,7 +478,12 @@ impl ExportRunner {
         control: &AttemptControl,
     ) -> Result<Export, RunError> {
         let run = export.attempt();
-        match self.finish_with(export, owner, |e| e.fail(failure.clone(), Utc::now())).await {
+        let fail = |e: &mut Export| {
+            e.fail(failure.clone(), Utc::now())?;
+            self.skip_unwanted_notifications(e);
+            Ok(())
+        };
+        match self.finish_with(export, owner, fail).await {
             Ok(Some(export)) => {
                 warn!(export_id = %export.id, tenant = %export.scope.tenant, kind = failure.kind.as_str(),
                       error = %failure.message, "export failed");
@@ -495,6 +529,15 @@ impl ExportRunner {
             }
         }
         Err(RunError::Superseded { current: export.attempt() })
+    }
+
+    /// Marks a finished export's notifications handled in the same write that finishes it when
+    /// there is nothing to send (no email asked, no callback URL), so no step runs for it.
+    fn skip_unwanted_notifications(&self, export: &mut Export) {
+        let callback = self.callbacks.as_ref().is_some_and(|c| c.wants(&export.scope));
+        if !export.spec.email_notify && !callback {
+            export.notifications_done(Utc::now());
+        }
     }
 
     async fn delete_object(&self, export: &Export, key: &ObjectKey) {

@@ -549,3 +549,28 @@ async fn exports_without_email_notify_send_nothing() {
     assert_eq!(fx.record(&export).await.notification(), None);
     assert!(!fx.record(&export).await.notify_due(), "handled: nothing to send");
 }
+
+#[tokio::test]
+async fn a_cancel_while_the_upload_is_being_completed_stops_the_attempt_too() {
+    let fx = Fixture::new(50);
+    let mut storage = MockExportStorage::new();
+    storage.expect_writer().times(1).returning(|_| {
+        let mut writer = MockObjectWriter::new();
+        writer.expect_write().returning(|_| Ok(()));
+        Ok(Box::new(HangingFinish(writer)))
+    });
+    let runner = Arc::new(fx.runner_with(Arc::new(fx.users.clone()), Arc::new(storage)));
+    let export = fx.pending(ExportSpec::new(ExportFormat::Csv)).await;
+    let task = {
+        let runner = runner.clone();
+        tokio::spawn(async move { runner.run_attempt(&scope(), export.id, &control(1), &|_| {}).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Cancelled on the record only (as the API does for a Temporal run): no token.
+    let asked = std::time::Instant::now();
+    runner.cancel_unfinished(&scope(), export.id).await.unwrap_err();
+
+    assert!(matches!(task.await.unwrap(), Err(RunError::Cancelled)));
+    assert!(asked.elapsed() < Duration::from_secs(1), "stopped after {:?}", asked.elapsed());
+    assert_eq!(fx.record(&export).await.status(), ExportStatus::Cancelled);
+}

@@ -174,6 +174,9 @@ pub struct ExportUserDataOutput {
     pub bytes: u64,
     /// Lowercase hex SHA-256 of the object.
     pub sha256: String,
+    /// Whether the notification step has something to send (an email or a callback).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub notify_due: bool,
 }
 
 impl ExportUserDataOutput {
@@ -187,6 +190,7 @@ impl ExportUserDataOutput {
             object_key: export.object_key.to_string(),
             bytes: outcome.bytes,
             sha256: outcome.sha256.clone(),
+            notify_due: export.notify_due(),
         })
     }
 }

@@ -128,17 +128,23 @@ impl UserDataExportWorkflow {
             policy: Some(prepared.policy),
         };
         let options = export_options(&prepared.policy);
-        let result = match ctx.execute_activity(ExportActivities::export_user_data, attempt, options).await {
+        match ctx.execute_activity(ExportActivities::export_user_data, attempt, options).await {
             Ok(output) => {
                 if !ctx.is_replaying() {
                     info!(export_id = %export.export_id, rows = output.record_count, "export workflow completed");
                 }
+                // Most exports ask for no email and have no callback: no step to run then.
+                if output.notify_due {
+                    notify(ctx, &export).await;
+                }
                 Ok(output)
             }
-            Err(err) => Err(end_unfinished(ctx, &export, &err).await),
-        };
-        notify(ctx, &export).await;
-        result
+            Err(err) => {
+                let ending = end_unfinished(ctx, &export, &err).await;
+                notify(ctx, &export).await;
+                Err(ending)
+            }
+        }
     }
 }
 
@@ -174,12 +180,20 @@ async fn end_unfinished(
         return WorkflowTermination::cancelled();
     }
     let ending = Ending::of(err);
+    if let Some(outcome) = ending.record.clone() {
+        finish(ctx, export, outcome).await;
+    }
+    // Cancelled through the API: the attempt saw the record before the workflow's cancel request
+    // arrived. The export was cancelled, so the run ends cancelled, as it would a moment later.
+    if ending.type_name == failure_type::EXPORT_CANCELLED {
+        if !ctx.is_replaying() {
+            info!(export_id = %export.export_id, "export workflow cancelled (through its record)");
+        }
+        return WorkflowTermination::cancelled();
+    }
     if !ctx.is_replaying() {
         warn!(export_id = %export.export_id, failure_type = ending.type_name, error = %ending.failure.message,
               "export workflow failed");
-    }
-    if let Some(outcome) = ending.record {
-        finish(ctx, export, outcome).await;
     }
     workflow_failure(ending.type_name, ending.failure)
 }
