@@ -758,6 +758,12 @@ async fn an_export_survives_postgres_being_stopped_for_twenty_seconds() {
 }
 
 // 6. Cancels at 10 %, 50 % and 90 %: cancelled at once, no object, the attempt stops within 1 s.
+//
+// How fast the attempt stopped is read from the server's history: the event time of the
+// `ExportUserData` attempt's closing event minus the moment the test sent the cancel (same host,
+// same clock). That is an upper bound: the attempt had stopped, aborted its upload and reported
+// before the server wrote the event. The record cannot tell (it is `cancelled` before the 202,
+// so its `rows_written` stops at once whatever the attempt does).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_at_any_point_ends_the_export_cancelled_with_no_object_within_a_second() {
     let _serial = SERIAL.lock().await;
