@@ -574,3 +574,32 @@ async fn a_cancel_while_the_upload_is_being_completed_stops_the_attempt_too() {
     assert!(asked.elapsed() < Duration::from_secs(1), "stopped after {:?}", asked.elapsed());
     assert_eq!(fx.record(&export).await.status(), ExportStatus::Cancelled);
 }
+
+#[tokio::test]
+async fn the_tenants_callback_is_retried_and_recorded_beside_the_email() {
+    let fx = Fixture::new(5);
+    let export = fx.pending(ExportSpec::new(ExportFormat::Csv)).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut callbacks = ports::mocks::MockCallbackSender::new();
+    callbacks.expect_wants().returning(|_| true);
+    let counted = calls.clone();
+    callbacks.expect_deliver().returning(move |finished| {
+        assert_eq!(finished.status(), ExportStatus::Completed);
+        if counted.fetch_add(1, Ordering::SeqCst) < 1 {
+            Err(PortError::unavailable(anyhow::anyhow!("503 from the receiver")))
+        } else {
+            Ok(())
+        }
+    });
+    let runner = fx.runner().with_callbacks(Arc::new(callbacks));
+    runner.run_attempt(&scope(), export.id, &control(1), &|_| {}).await.unwrap();
+    assert!(fx.record(&export).await.notify_due(), "a callback is due even without an email");
+
+    assert_eq!(runner.notify(&scope(), export.id).await.unwrap(), Notified::Done);
+    assert_eq!(runner.notify(&scope(), export.id).await.unwrap(), Notified::NothingDue);
+    let record = fx.record(&export).await;
+    let callback = record.callback().expect("callback recorded");
+    assert_eq!((callback.status, callback.attempts), (NotificationStatus::Sent, 2));
+    assert_eq!(record.notification(), None, "no email was asked for");
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "sent once, after one transient failure");
+}
