@@ -38,6 +38,8 @@ pub(super) fn register(
 
 /// Bound on one bookkeeping activity (prepare, finish).
 const BOOKKEEPING_TIMEOUT: Duration = Duration::from_secs(30);
+/// Marks workflow runs that have the notification step.
+const NOTIFY_PATCH: &str = "notify-export-step";
 /// Bound on one try of the notification step (an SMTP delivery is bounded by 10 s, retried).
 const NOTIFY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Attempts of `PrepareExport` before the workflow gives up (about five minutes of backoff).
@@ -153,6 +155,10 @@ impl UserDataExportWorkflow {
 /// nothing for a cancelled export). Its failure is logged; the reconciler catches what it
 /// missed.
 async fn notify(ctx: &WorkflowContext<UserDataExportWorkflow>, export: &ExportRef) {
+    // Runs begun before this step existed replay without it (the reconciler notifies them).
+    if !ctx.patched(NOTIFY_PATCH) {
+        return;
+    }
     let options = LocalActivityOptions::builder()
         .start_to_close_timeout(NOTIFY_TIMEOUT)
         .schedule_to_close_timeout(NOTIFY_TIMEOUT * 3)

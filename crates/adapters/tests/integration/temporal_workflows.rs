@@ -422,6 +422,28 @@ async fn cancelling_a_running_export_ends_it_cancelled_with_no_object() {
 }
 
 #[tokio::test]
+async fn the_notification_step_runs_after_the_export_as_a_local_activity() {
+    let h = Harness::new("notify", Setup::default()).await;
+    h.with_worker(async {
+        let export =
+            h.request(json!({"format": "csv", "email_notify": true, "notify_email": "ops@acme.test"})).await;
+        h.workflow_result(&export.workflow_id()).await.unwrap();
+
+        let record = h.record(export.id).await;
+        assert_eq!(record.status(), ExportStatus::Completed);
+        let sent = record.notification().expect("the email's outcome is recorded");
+        assert_eq!((sent.status, sent.attempts), (domain::NotificationStatus::Sent, 1));
+        assert!(!record.notify_due());
+        // An export that asks for nothing runs no step at all.
+        let quiet = h.request(json!({"format": "csv"})).await;
+        h.workflow_result(&quiet.workflow_id()).await.unwrap();
+        let record = h.record(quiet.id).await;
+        assert!(record.notification().is_none() && !record.notify_due());
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn the_reconciler_settles_a_terminated_run_and_starts_a_record_without_a_workflow() {
     let setup = Setup { users: 2000, per_user: Some(Duration::from_millis(5)), ..Setup::default() };
     let h = Harness::new("reconcile", setup).await;
