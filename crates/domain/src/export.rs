@@ -85,7 +85,7 @@ pub enum FailureKind {
     Source,
     /// Writing the file failed.
     Storage,
-    /// An attempt exceeded its start-to-close timeout.
+    /// The export did not finish before its deadline.
     Timeout,
     /// Anything else.
     Internal,

@@ -33,7 +33,7 @@ pub mod failure_type {
     pub const EXPORT_SUPERSEDED: &str = "ExportSuperseded";
     /// The record was cancelled outside this workflow (e.g. through the API).
     pub const EXPORT_CANCELLED: &str = "ExportCancelled";
-    /// Every attempt timed out (start-to-close or heartbeat).
+    /// The export ran out of time (its deadline as schedule-to-close).
     pub const EXPORT_TIMED_OUT: &str = "ExportTimedOut";
     /// A retryable failure (of an attempt, or of a record operation); details carry the
     /// `ExportFailure`.
