@@ -9,6 +9,7 @@ use std::str::FromStr;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::Checkpoint;
 use crate::ids::{ExportId, IdempotencyKey, ObjectKey, Scope};
 use crate::request::ExportSpec;
 
@@ -202,6 +203,8 @@ pub struct ExportParts {
     pub notify_due: bool,
     pub consumed_attempts: u32,
     pub workflow_id: Option<String>,
+    pub checkpoint: Option<Checkpoint>,
+    pub resumed_from_row: Option<u64>,
 }
 
 /// The record of one export. Identity and request are public; everything the state machine
@@ -241,6 +244,12 @@ pub struct Export {
     /// started by a Temporal Schedule has an ID of its own).
     #[serde(default)]
     workflow_id: Option<String>,
+    /// Where the next attempt goes on from; only while the export is unfinished.
+    #[serde(default)]
+    checkpoint: Option<Checkpoint>,
+    /// The row the current attempt resumed from (0: it started over); `None` before any attempt.
+    #[serde(default)]
+    resumed_from_row: Option<u64>,
 }
 
 impl Export {
@@ -275,6 +284,8 @@ impl Export {
             notify_due: false,
             consumed_attempts: 0,
             workflow_id: None,
+            checkpoint: None,
+            resumed_from_row: None,
         }
     }
 
@@ -302,6 +313,8 @@ impl Export {
             notify_due: p.notify_due,
             consumed_attempts: p.consumed_attempts,
             workflow_id: p.workflow_id,
+            checkpoint: p.checkpoint,
+            resumed_from_row: p.resumed_from_row,
         }
     }
 
@@ -329,6 +342,8 @@ impl Export {
             notify_due: self.notify_due,
             consumed_attempts: self.consumed_attempts,
             workflow_id: self.workflow_id.clone(),
+            checkpoint: self.checkpoint.clone(),
+            resumed_from_row: self.resumed_from_row,
         }
     }
 
@@ -398,6 +413,9 @@ impl Export {
         if to.is_terminal() && self.finished_at.is_none() {
             self.finished_at = Some(now);
         }
+        if to.is_terminal() {
+            self.checkpoint = None;
+        }
         // People hear of completions and failures; a cancel was their own doing.
         if matches!(to, ExportStatus::Completed | ExportStatus::Failed) {
             self.notify_due = true;
@@ -414,14 +432,47 @@ impl Export {
         self.move_to(ExportStatus::Running, now)?;
         self.attempt = attempt;
         self.started_at.get_or_insert(micros(now));
-        self.progress.rows_written = 0;
+        // Progress is kept: the attempt resumes from the checkpoint, or it catches up before
+        // `rows_written` moves again, so what the API shows never goes backwards.
+        self.resumed_from_row = Some(0);
         // `error` keeps the last transient failure, so a retrying export shows why.
         Ok(())
     }
 
-    /// Records rows written by the current attempt; the total once it is known.
+    /// The current attempt goes on from `checkpoint` (its rows are kept).
+    pub fn resume_from(&mut self, checkpoint: &Checkpoint) {
+        self.resumed_from_row = Some(checkpoint.rows);
+    }
+
+    /// Where the next attempt would go on from.
+    pub fn checkpoint(&self) -> Option<&Checkpoint> {
+        self.checkpoint.as_ref()
+    }
+
+    /// The row the current attempt resumed from; 0 when it started from the beginning.
+    pub fn resumed_from_row(&self) -> Option<u64> {
+        self.resumed_from_row
+    }
+
+    /// Saves a checkpoint of the running attempt (ignored once the export is finished).
+    pub fn record_checkpoint(&mut self, checkpoint: Checkpoint, now: DateTime<Utc>) {
+        if self.status.is_terminal() {
+            return;
+        }
+        self.progress.rows_written = self.progress.rows_written.max(checkpoint.rows);
+        self.checkpoint = Some(checkpoint);
+        self.updated_at = micros(now);
+    }
+
+    /// Forgets the checkpoint (its upload is gone; the next attempt starts over).
+    pub fn clear_checkpoint(&mut self) {
+        self.checkpoint = None;
+    }
+
+    /// Records rows written so far; the total once it is known. Rows never go backwards: an
+    /// attempt that starts over shows the furthest any attempt got until it passes it.
     pub fn record_progress(&mut self, rows_written: u64, total_rows: Option<u64>, now: DateTime<Utc>) {
-        self.progress.rows_written = rows_written;
+        self.progress.rows_written = self.progress.rows_written.max(rows_written);
         if total_rows.is_some() {
             self.progress.total_rows = total_rows;
         }
@@ -569,7 +620,7 @@ mod tests {
     }
 
     #[test]
-    fn retries_need_a_higher_attempt_and_reset_progress() {
+    fn retries_need_a_higher_attempt_and_progress_never_goes_backwards() {
         let mut e = export();
         e.start_attempt(1, t(1)).unwrap();
         e.record_progress(50, Some(100), t(2));
@@ -578,7 +629,10 @@ mod tests {
         e.start_attempt(2, t(4)).unwrap();
         assert_eq!(e.attempt(), 2);
         assert_eq!(e.consumed_attempts(), 0, "a transient failure uses up no attempt");
-        assert_eq!(e.progress().rows_written, 0);
+        assert_eq!(e.progress().rows_written, 50, "an attempt that starts over shows the furthest yet");
+        assert_eq!(e.resumed_from_row(), Some(0));
+        e.record_progress(10, Some(100), t(4));
+        assert_eq!(e.progress().rows_written, 50);
         assert_eq!(e.progress().total_rows, Some(100));
         assert_eq!(e.error().map(|f| f.message.as_str()), Some("503"), "the last transient error shows");
         e.note_attempt_failure(ExportFailure::new(FailureKind::Source, "corrupt row"), true, t(5));
@@ -643,6 +697,38 @@ mod tests {
         let mut cancelled = export();
         cancelled.cancel(t(1)).unwrap();
         assert!(!cancelled.notify_due(), "a cancel is not announced");
+    }
+
+    #[test]
+    fn a_checkpoint_is_kept_while_unfinished_and_dropped_when_the_export_ends() {
+        use crate::checkpoint::*;
+        let mut e = export();
+        e.start_attempt(1, t(1)).unwrap();
+        let checkpoint = Checkpoint {
+            version: CHECKPOINT_VERSION,
+            after: crate::UserId::from_uuid(uuid::Uuid::from_u128(7)),
+            rows: 70,
+            segment_bytes: 1024,
+            encoder: EncoderState { preamble_written: true, rows_written: 70 },
+            upload: UploadCheckpoint {
+                key: e.attempt_key(1),
+                bytes: 4096,
+                sha256: ResumableSha256::new().state(),
+                location: UploadLocation::Multipart { upload_id: "u1".into(), parts: vec!["e1".into()] },
+            },
+        };
+        assert!(checkpoint.is_resumable());
+        e.record_checkpoint(checkpoint.clone(), t(2));
+        assert_eq!(e.progress().rows_written, 70);
+        e.start_attempt(2, t(3)).unwrap();
+        e.resume_from(&checkpoint);
+        assert_eq!((e.checkpoint(), e.resumed_from_row()), (Some(&checkpoint), Some(70)));
+        let restored = Export::restore(e.to_parts());
+        assert_eq!(restored, e);
+        e.cancel(t(4)).unwrap();
+        assert_eq!(e.checkpoint(), None);
+        e.record_checkpoint(checkpoint, t(5));
+        assert_eq!(e.checkpoint(), None, "a finished export takes no checkpoint");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod callback;
+pub mod checkpoint;
 pub mod cursor;
 pub mod encode;
 pub mod events;
@@ -21,6 +22,10 @@ pub use batch::{Batch, BatchId, BatchRequest, BatchSummary, TargetResult, Target
 pub use callback::{
     CallbackData, CallbackError, CallbackEvent, CallbackEventType, CallbackUrl, CallbackUrlError,
     is_public_address,
+};
+pub use checkpoint::{
+    CHECKPOINT_VERSION, Checkpoint, EncoderState, ResumableSha256, Sha256State, UploadCheckpoint,
+    UploadLocation,
 };
 pub use cursor::{BadCursor, ListCursor};
 pub use events::{EventError, ExportRequested};

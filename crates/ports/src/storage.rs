@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use domain::ObjectKey;
+use domain::{ObjectKey, UploadCheckpoint};
 use futures::stream::BoxStream;
 use url::Url;
 
@@ -29,8 +29,12 @@ impl std::fmt::Debug for ObjectReader {
 }
 
 /// An upload in progress. Nothing is visible under the key until [`ObjectWriter::finish`]
-/// succeeds: a write that is aborted, fails, or is dropped leaves no object (and no orphaned
-/// parts) behind.
+/// succeeds: a write that is aborted, fails, or is dropped leaves no object behind.
+///
+/// Uploads can be resumed. [`ObjectWriter::checkpoint`] makes what was written durable and
+/// describes it; a writer dropped without `finish` or `abort` (a crash, a retry) leaves its
+/// upload as its last checkpoint left it, for [`ExportStorage::resume`]. `abort` and
+/// [`ExportStorage::discard`] remove such an upload.
 #[cfg_attr(feature = "mocks", mockall::automock)]
 #[async_trait]
 pub trait ObjectWriter: Send {
@@ -44,7 +48,14 @@ pub trait ObjectWriter: Send {
     /// nothing past the process. An `Err` (a failed fsync included) stores no object.
     async fn finish(self: Box<Self>) -> Result<StoredObject, PortError>;
 
-    /// Discards everything written so far.
+    /// Makes every byte written so far durable (local: flushed and fsynced; S3: uploaded as a
+    /// part) and returns how to go on from exactly here, with the SHA-256 state of those bytes.
+    /// `None` when the upload cannot be cut here yet (an S3 part must hold at least 5 MiB): the
+    /// caller writes on and asks again later. Bytes written after the last checkpoint are lost
+    /// if the writer is dropped.
+    async fn checkpoint(&mut self) -> Result<Option<UploadCheckpoint>, PortError>;
+
+    /// Discards everything written so far, checkpointed parts included.
     async fn abort(self: Box<Self>) -> Result<(), PortError>;
 }
 
@@ -54,6 +65,17 @@ pub trait ObjectWriter: Send {
 pub trait ExportStorage: Send + Sync {
     /// Starts a streaming write to `key`, replacing any object there once finished.
     async fn writer(&self, key: &ObjectKey) -> Result<Box<dyn ObjectWriter>, PortError>;
+
+    /// Reopens the unfinished upload `checkpoint` describes, positioned right after its
+    /// checkpointed bytes (anything stored after them is dropped) and hashing on from its
+    /// SHA-256 state. `Ok(None)` when that upload is gone (aborted, completed, its staging file
+    /// removed, or the checkpoint is of another storage): the caller starts over.
+    async fn resume(&self, checkpoint: &UploadCheckpoint)
+    -> Result<Option<Box<dyn ObjectWriter>>, PortError>;
+
+    /// Removes the unfinished upload `checkpoint` describes (an export that will never resume it).
+    /// Removing an upload that is already gone is not an error.
+    async fn discard(&self, checkpoint: &UploadCheckpoint) -> Result<(), PortError>;
 
     /// Opens `key` for streaming; `None` when there is no such object.
     async fn open(&self, key: &ObjectKey) -> Result<Option<ObjectReader>, PortError>;

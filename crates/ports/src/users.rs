@@ -1,5 +1,5 @@
 use async_trait::async_trait;
-use domain::{Scope, User, UserFilter};
+use domain::{Scope, User, UserFilter, UserId};
 use futures::stream::BoxStream;
 
 use crate::PortError;
@@ -11,14 +11,20 @@ pub type UserStream = BoxStream<'static, Result<User, PortError>>;
 #[cfg_attr(feature = "mocks", mockall::automock)]
 #[async_trait]
 pub trait UserRepository: Send + Sync {
-    /// Streams the users of `scope` that match `filter`, in ascending `id` order, at most `limit`
-    /// of them. Users of any other scope are never yielded. Implementations page with keysets
+    /// Streams the users of `scope` that match `filter` and whose `id` is greater than `after`
+    /// (a resumed export's keyset position), in ascending `id` order, at most `limit` of them. Users of any other scope are never yielded. Implementations page with keysets
     /// (`id > last`) or a server-side cursor, never `OFFSET`, and never hold the whole result in
     /// memory, so the stream is stable and cheap at any size.
     ///
     /// # Errors
     /// Items are `Err(PortError::Unavailable)` when the store becomes unreachable mid-stream.
-    fn stream(&self, scope: &Scope, filter: &UserFilter, limit: Option<u64>) -> UserStream;
+    fn stream(
+        &self,
+        scope: &Scope,
+        filter: &UserFilter,
+        after: Option<UserId>,
+        limit: Option<u64>,
+    ) -> UserStream;
 
     /// How many users `stream` would yield without a limit (for progress reporting).
     async fn count(&self, scope: &Scope, filter: &UserFilter) -> Result<u64, PortError>;

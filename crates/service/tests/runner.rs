@@ -145,7 +145,7 @@ async fn filters_and_limit_select_the_users() {
     }))
     .unwrap();
     let expected: Vec<_> =
-        fx.users.stream(&scope(), &spec.user_filters, Some(20)).try_collect().await.unwrap();
+        fx.users.stream(&scope(), &spec.user_filters, None, Some(20)).try_collect().await.unwrap();
     assert_eq!(expected.len(), 20);
     assert!(expected.iter().all(|u| u.status == UserStatus::Suspended && u.email.ends_with("@example.org")));
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use domain::{ObjectKey, Scope, UserFilter};
+use domain::{ObjectKey, Scope, UserFilter, UserId};
 use futures::{StreamExt, TryStreamExt};
 use ports::{ExportStorage, ObjectReader, ObjectWriter, PortError, StoredObject, UserRepository, UserStream};
 use url::Url;
@@ -30,10 +30,16 @@ impl std::fmt::Debug for SlowUsers {
 
 #[async_trait]
 impl UserRepository for SlowUsers {
-    fn stream(&self, scope: &Scope, filter: &UserFilter, limit: Option<u64>) -> UserStream {
+    fn stream(
+        &self,
+        scope: &Scope,
+        filter: &UserFilter,
+        after: Option<UserId>,
+        limit: Option<u64>,
+    ) -> UserStream {
         let delay = self.per_user;
         self.inner
-            .stream(scope, filter, limit)
+            .stream(scope, filter, after, limit)
             .then(move |user| async move {
                 if delay.is_zero() {
                     // Like a database-backed stream: gives other tasks a turn between rows.
@@ -155,12 +161,18 @@ impl FailingScopeUsers {
 
 #[async_trait]
 impl UserRepository for FailingScopeUsers {
-    fn stream(&self, scope: &Scope, filter: &UserFilter, limit: Option<u64>) -> UserStream {
+    fn stream(
+        &self,
+        scope: &Scope,
+        filter: &UserFilter,
+        after: Option<UserId>,
+        limit: Option<u64>,
+    ) -> UserStream {
         if *scope == self.failing {
             return futures::stream::once(async { Err(PortError::Other(anyhow::anyhow!(Self::MESSAGE))) })
                 .boxed();
         }
-        self.inner.stream(scope, filter, limit)
+        self.inner.stream(scope, filter, after, limit)
     }
     async fn count(&self, scope: &Scope, filter: &UserFilter) -> Result<u64, PortError> {
         if *scope == self.failing {

@@ -45,6 +45,7 @@ fn filters() -> Vec<UserFilter> {
 pub async fn run_all(repo: &dyn UserRepository) {
     streams_match_filters_in_id_order(repo).await;
     limit_caps_the_stream(repo).await;
+    after_resumes_past_a_keyset_position(repo).await;
     unknown_scope_is_empty(repo).await;
     repo.ping().await.unwrap();
 }
@@ -54,7 +55,7 @@ async fn streams_match_filters_in_id_order(repo: &dyn UserRepository) {
         for filter in filters() {
             let mut expected: Vec<&User> = users.iter().filter(|u| filter.matches(u)).collect();
             expected.sort_by_key(|u| u.id);
-            let got: Vec<User> = repo.stream(&scope, &filter, None).try_collect().await.unwrap();
+            let got: Vec<User> = repo.stream(&scope, &filter, None, None).try_collect().await.unwrap();
             let got_ids: Vec<_> = got.iter().map(|u| u.id).collect();
             let want_ids: Vec<_> = expected.iter().map(|u| u.id).collect();
             assert_eq!(got_ids, want_ids, "scope {scope}, filter {filter:?}");
@@ -71,16 +72,38 @@ async fn streams_match_filters_in_id_order(repo: &dyn UserRepository) {
 async fn limit_caps_the_stream(repo: &dyn UserRepository) {
     let all = UserFilter::default();
     for limit in [1, 511, 512, 513, 999, 1_000, 5_000] {
-        let got: Vec<User> = repo.stream(&acme(), &all, Some(limit)).try_collect().await.unwrap();
+        let got: Vec<User> = repo.stream(&acme(), &all, None, Some(limit)).try_collect().await.unwrap();
         assert_eq!(got.len() as u64, limit.min(1_000), "limit {limit}");
         let ids: BTreeSet<_> = got.iter().map(|u| u.id).collect();
         assert_eq!(ids.len(), got.len(), "no duplicates across pages");
     }
 }
 
+/// A resumed export reads on after the last user it wrote: exactly the users after it, in
+/// order, with the limit counting only those.
+async fn after_resumes_past_a_keyset_position(repo: &dyn UserRepository) {
+    let all = UserFilter::default();
+    let every: Vec<User> = repo.stream(&acme(), &all, None, None).try_collect().await.unwrap();
+    for at in [0, 1, 511, 512, 998] {
+        let after = every[at].id;
+        let rest: Vec<User> = repo.stream(&acme(), &all, Some(after), None).try_collect().await.unwrap();
+        assert_eq!(
+            rest.iter().map(|u| u.id).collect::<Vec<_>>(),
+            every[at + 1..].iter().map(|u| u.id).collect::<Vec<_>>(),
+            "after row {at}"
+        );
+        let capped: Vec<User> = repo.stream(&acme(), &all, Some(after), Some(3)).try_collect().await.unwrap();
+        assert_eq!(capped.len(), 3.min(every.len() - at - 1), "after row {at}, limit 3");
+    }
+    let last = every.last().unwrap().id;
+    let none: Vec<User> = repo.stream(&acme(), &all, Some(last), None).try_collect().await.unwrap();
+    assert!(none.is_empty());
+}
+
 async fn unknown_scope_is_empty(repo: &dyn UserRepository) {
     let nobody = Scope::parse("nobody/prod").unwrap();
-    let got: Vec<User> = repo.stream(&nobody, &UserFilter::default(), None).try_collect().await.unwrap();
+    let got: Vec<User> =
+        repo.stream(&nobody, &UserFilter::default(), None, None).try_collect().await.unwrap();
     assert!(got.is_empty());
     let other_env = Scope::parse("acme/staging").unwrap();
     assert_eq!(repo.count(&other_env, &UserFilter::default()).await.unwrap(), 0);

@@ -54,9 +54,15 @@ struct Cursor {
 
 #[async_trait]
 impl UserRepository for MemoryUserRepository {
-    fn stream(&self, scope: &Scope, filter: &UserFilter, limit: Option<u64>) -> UserStream {
+    fn stream(
+        &self,
+        scope: &Scope,
+        filter: &UserFilter,
+        after: Option<UserId>,
+        limit: Option<u64>,
+    ) -> UserStream {
         let (repo, scope, filter) = (self.clone(), scope.clone(), filter.clone());
-        let start = Cursor { after: None, remaining: limit.unwrap_or(u64::MAX), done: false };
+        let start = Cursor { after, remaining: limit.unwrap_or(u64::MAX), done: false };
         stream::unfold(start, move |cursor| {
             let (repo, scope, filter) = (repo.clone(), scope.clone(), filter.clone());
             async move {

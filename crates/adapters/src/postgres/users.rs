@@ -1,6 +1,6 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use domain::{Scope, User, UserFilter};
+use domain::{Scope, User, UserFilter, UserId};
 use futures::StreamExt;
 use futures::stream;
 use ports::{PortError, UserRepository, UserStream};
@@ -82,6 +82,7 @@ async fn copy_statement(
     conn: &mut PgConnection,
     scope: &Scope,
     filter: &UserFilter,
+    after: Option<UserId>,
     limit: Option<u64>,
 ) -> Result<String, PortError> {
     let mut template =
@@ -90,6 +91,11 @@ async fn copy_statement(
     for (fragment, arg) in conditions(scope, filter) {
         template.push_str(&fragment.replace("{}", "%L"));
         args.push(arg);
+    }
+    if let Some(after) = after {
+        // The primary key's order, so a resumed export reads on from an index position.
+        template.push_str(" AND id > %L::uuid");
+        args.push(Arg::Text(after.to_string()));
     }
     template.push_str(" ORDER BY id");
     if let Some(limit) = limit {
@@ -118,12 +124,19 @@ async fn copy_statement(
 type Batch = Vec<Result<User, PortError>>;
 
 /// Runs the COPY and decodes it into `tx` until done or the receiver is gone.
-async fn pump(pool: PgPool, scope: Scope, filter: UserFilter, limit: Option<u64>, tx: mpsc::Sender<Batch>) {
+async fn pump(
+    pool: PgPool,
+    scope: Scope,
+    filter: UserFilter,
+    after: Option<UserId>,
+    limit: Option<u64>,
+    tx: mpsc::Sender<Batch>,
+) {
     let mut conn = match pool.acquire().await {
         Ok(conn) => conn,
         Err(err) => return drop(tx.send(vec![Err(translate(err))]).await),
     };
-    if let Err(err) = copy_into(&mut conn, &scope, &filter, limit, &tx).await {
+    if let Err(err) = copy_into(&mut conn, &scope, &filter, after, limit, &tx).await {
         let _ = tx.send(vec![Err(err)]).await;
         // The COPY may be half-read: such a connection must never go back to the pool.
         drop(conn.detach());
@@ -136,10 +149,11 @@ async fn copy_into(
     conn: &mut PgConnection,
     scope: &Scope,
     filter: &UserFilter,
+    after: Option<UserId>,
     limit: Option<u64>,
     tx: &mpsc::Sender<Batch>,
 ) -> Result<(), PortError> {
-    let statement = copy_statement(conn, scope, filter, limit).await?;
+    let statement = copy_statement(conn, scope, filter, after, limit).await?;
     let mut chunks = conn.copy_out_raw(&statement).await.map_err(translate)?;
     let mut decoder = UserCopyDecoder::default();
     let mut batch = Vec::with_capacity(BATCH);
@@ -167,9 +181,15 @@ async fn copy_into(
 impl UserRepository for PgUserRepository {
     /// A task runs the COPY into a bounded channel, so decoding overlaps with encoding on another
     /// core while memory stays bounded; dropping the stream stops the task.
-    fn stream(&self, scope: &Scope, filter: &UserFilter, limit: Option<u64>) -> UserStream {
+    fn stream(
+        &self,
+        scope: &Scope,
+        filter: &UserFilter,
+        after: Option<UserId>,
+        limit: Option<u64>,
+    ) -> UserStream {
         let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
-        tokio::spawn(pump(self.pool.clone(), scope.clone(), filter.clone(), limit, tx));
+        tokio::spawn(pump(self.pool.clone(), scope.clone(), filter.clone(), after, limit, tx));
         stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|batch| (stream::iter(batch), rx)) })
             .flatten()
             .boxed()

@@ -57,7 +57,7 @@ async fn seeding_replaces_a_scope_with_synthetic_users_through_copy() {
     assert_eq!(seed_synthetic_users(&db.pool, &scope, 25_000).await.unwrap(), 25_000);
     assert_eq!(seed_synthetic_users(&db.pool, &scope, 12_345).await.unwrap(), 12_345, "re-seeding replaces");
     let repo = PgUserRepository::new(db.pool.clone());
-    let users: Vec<_> = repo.stream(&scope, &UserFilter::default(), None).try_collect().await.unwrap();
+    let users: Vec<_> = repo.stream(&scope, &UserFilter::default(), None, None).try_collect().await.unwrap();
     assert_eq!(users.len(), 12_345);
     let mut expected: Vec<_> = (0..12_345).map(|i| domain::synthetic::user(&scope, i)).collect();
     expected.sort_by_key(|u| u.id);
@@ -85,11 +85,11 @@ async fn abandoning_a_stream_midway_leaves_the_pool_usable() {
     let repo = PgUserRepository::new(pool.clone());
     for _ in 0..3 {
         let first: Vec<_> =
-            repo.stream(&scope, &UserFilter::default(), None).take(10).try_collect().await.unwrap();
+            repo.stream(&scope, &UserFilter::default(), None, None).take(10).try_collect().await.unwrap();
         assert_eq!(first.len(), 10);
     }
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let all: Vec<_> = repo.stream(&scope, &UserFilter::default(), None).try_collect().await.unwrap();
+    let all: Vec<_> = repo.stream(&scope, &UserFilter::default(), None, None).try_collect().await.unwrap();
     assert_eq!(all.len(), 30_000);
     assert_eq!(repo.count(&scope, &UserFilter::default()).await.unwrap(), 30_000);
     pool.close().await;

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use axum::Router;
 use axum::body::Body;
 use bytes::Bytes;
-use domain::{Export, ExportId, ExportStatus, ObjectKey, Scope, UserFilter};
+use domain::{Export, ExportId, ExportStatus, ObjectKey, Scope, UserFilter, UserId};
 use futures::StreamExt;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
@@ -267,10 +267,16 @@ struct GatedUsers {
 
 #[async_trait]
 impl UserRepository for GatedUsers {
-    fn stream(&self, scope: &Scope, filter: &UserFilter, limit: Option<u64>) -> UserStream {
+    fn stream(
+        &self,
+        scope: &Scope,
+        filter: &UserFilter,
+        after: Option<UserId>,
+        limit: Option<u64>,
+    ) -> UserStream {
         let (gate, open_after) = (self.gate.clone(), self.open_after);
         self.inner
-            .stream(scope, filter, limit)
+            .stream(scope, filter, after, limit)
             .enumerate()
             .then(move |(i, user)| {
                 let mut gate = gate.clone();
