@@ -2,6 +2,8 @@
 # Benchmark (issue 3): userexport's export path against what a user would otherwise run.
 #   - CSV to local storage through the API   vs  psql \copy (SELECT ...) TO file CSV HEADER
 #   - NDJSON to local storage through the API vs  psql \copy (SELECT row_to_json(...)) TO file
+#   - gzip CSV to local storage through the API vs  psql \copy (SELECT ...) TO PROGRAM 'gzip > file'
+#     (time and file size; gzip's default level, -6)
 #   - peak RSS of the exporting process at 100k, 500k and 2M users
 #   - CSV to S3 (moto) through the API        vs  \copy to a file, then upload it (boto3)
 # Prints medians of RUNS runs and the ratios. Needs PostgreSQL on 127.0.0.1:5432 and moto_server.
@@ -48,15 +50,17 @@ start_api() {
 stop_api() { kill "$API_PID"; wait "$API_PID" 2>/dev/null || true; }
 peak_rss_mib() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$API_PID/status"; }
 
-# export_once FORMAT: one synchronous export through the API; prints seconds.
+# export_once FORMAT [COMPRESSION]: one synchronous export through the API; prints seconds and
+# leaves the file's size in $WORK/last-bytes.
 export_once() {
   local t0 t1 body
   t0=$(now)
   body=$(curl -sf -X POST "$API/v1/exports/sync?timeout_s=600" -H "Authorization: Bearer $KEY" \
-    -H 'Content-Type: application/json' -d "{\"format\":\"$1\"}")
+    -H 'Content-Type: application/json' -d "{\"format\":\"$1\",\"compression\":\"${2:-none}\"}")
   t1=$(now)
   [ "$(echo "$body" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])')" = completed ] \
     || { echo "export failed: $body" >&2; exit 1; }
+  echo "$body" | python3 -c 'import json,sys; print(json.load(sys.stdin)["bytes"])' >"$WORK/last-bytes"
   python3 -c "print($t1-$t0)"
 }
 
@@ -75,10 +79,15 @@ copy_csv=$(for _ in $(seq "$RUNS"); do time_cmd psql "$DB_URL" -qc "\\copy (SELE
 ours_csv=$(for _ in $(seq "$RUNS"); do export_once csv; done | median)
 copy_nd=$(for _ in $(seq "$RUNS"); do time_cmd psql "$DB_URL" -qc "\\copy (SELECT row_to_json(u) FROM (SELECT $COLS FROM users WHERE $WHERE ORDER BY id) u) TO '$WORK/copy.ndjson'"; done | median)
 ours_nd=$(for _ in $(seq "$RUNS"); do export_once ndjson; done | median)
+copy_gz=$(for _ in $(seq "$RUNS"); do time_cmd psql "$DB_URL" -qc "\\copy (SELECT $COLS FROM users WHERE $WHERE ORDER BY id) TO PROGRAM 'gzip > $WORK/copy.csv.gz' WITH (FORMAT csv, HEADER)"; done | median)
+ours_gz=$(for _ in $(seq "$RUNS"); do export_once csv gzip; done | median)
+size_gz=$(stat -c %s "$WORK/copy.csv.gz"); ours_size_gz=$(cat "$WORK/last-bytes")
 rss_local=$(peak_rss_mib)
 stop_api
 printf 'CSV    psql \\copy %6.2fs   userexport %6.2fs   ratio %s (target <= 1.25)\n' "$copy_csv" "$ours_csv" "$(ratio "$ours_csv" "$copy_csv")"
 printf 'NDJSON COPY json   %6.2fs   userexport %6.2fs   ratio %s (target <= 1.25)\n' "$copy_nd" "$ours_nd" "$(ratio "$ours_nd" "$copy_nd")"
+printf 'CSV gzip \\copy|gzip %6.2fs   userexport %6.2fs   ratio %s (target <= 1.0)\n' "$copy_gz" "$ours_gz" "$(ratio "$ours_gz" "$copy_gz")"
+printf '         gzip -6 file %d bytes, userexport file %d bytes: size ratio %s (target <= 1.10)\n' "$size_gz" "$ours_size_gz" "$(ratio "$ours_size_gz" "$size_gz")"
 printf 'peak RSS of the API process after %d exports of %d users: %s MiB (target < 64)\n' $((RUNS * 2)) "$USERS" "$rss_local"
 
 echo; echo "== peak RSS against size (one CSV export per fresh process) =="

@@ -231,8 +231,10 @@ impl InProcessOrchestrator {
                 cancel: cancel.clone(),
                 shutdown: inner.interrupt.clone(),
                 policy: inner.policy,
+                // The record keeps the checkpoint in this mode; the runner reads it there.
+                resume: None,
             };
-            let after = match inner.runner.run_attempt(scope, *id, &control, &|_| {}).await {
+            let after = match inner.runner.run_attempt(scope, *id, &control, &|_, _| {}).await {
                 Err(RunError::Retry { after, class, .. }) => {
                     info!(
                         attempt,

@@ -197,6 +197,13 @@ pub struct ExportResource {
     /// Attempts used up by failures of the export itself (at most `USEREXPORT_RETRY_MAX_ATTEMPTS`);
     /// outages and interruptions use none.
     pub consumed_attempts: u32,
+    /// The row the current attempt resumed from: the rows before it were kept from earlier
+    /// attempts (0: it started from the beginning; absent before the first attempt).
+    pub resumed_from_row: Option<u64>,
+    /// Rows safely stored at the last checkpoint: what an interrupted attempt keeps. Absent
+    /// once the export is finished.
+    pub checkpoint_rows: Option<u64>,
+    /// Never goes backwards, even when an attempt must start over.
     pub progress: ProgressBody,
     /// Rows in the file, once completed.
     pub record_count: Option<u64>,
@@ -244,6 +251,8 @@ impl From<&Export> for ExportResource {
             expires_at: export.expires_at(),
             attempt: export.attempt(),
             consumed_attempts: export.consumed_attempts(),
+            resumed_from_row: export.resumed_from_row(),
+            checkpoint_rows: export.checkpoint().map(|c| c.rows),
             progress: ProgressBody {
                 rows_written: progress.rows_written,
                 total_rows: progress.total_rows,

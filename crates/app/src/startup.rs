@@ -19,7 +19,7 @@ use domain::{EnvironmentId, Scope, TenantId};
 use ports::{Orchestrator, Scheduler};
 use rand::RngCore;
 use service::{
-    BatchService, ExportRunner, ExportService, Reconciler, RetentionSweeper, RunnerConfig, ScheduleService,
+    BatchService, ExportRunner, ExportService, Reconciler, RetentionSweeper, ScheduleService,
     ScheduledExports,
 };
 use tokio::net::TcpListener;
@@ -188,15 +188,13 @@ impl Application {
         let mut adapters = customize(wiring::build_adapters(&config.backends, &known).await?);
         adapters.notifier = config.notify.notifier(&tenants)?;
         adapters.callbacks = config.tenants.callbacks.sender(&tenants)?;
-        let retention = config.policy.retention_policy()?;
-
         let runner = Arc::new(
             ExportRunner::new(
                 Arc::clone(&adapters.users),
                 Arc::clone(&adapters.exports),
                 Arc::clone(&adapters.storage),
                 Arc::clone(&adapters.notifier),
-                RunnerConfig { retention, ..RunnerConfig::default() },
+                config.policy.runner_config()?,
             )
             .with_callbacks(Arc::clone(&adapters.callbacks)),
         );
@@ -245,7 +243,7 @@ impl Application {
             runner,
             config.backends.download_url_ttl(),
         )
-        .with_retention(retention);
+        .with_retention(config.policy.retention_policy()?);
         let tenants = Arc::new(tenants);
         let batches = BatchService::new(
             Arc::clone(&adapters.batches),

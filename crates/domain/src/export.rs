@@ -444,6 +444,12 @@ impl Export {
         self.resumed_from_row = Some(checkpoint.rows);
     }
 
+    /// Whether `key` is where one of this export's attempts uploads (a checkpoint read from a
+    /// heartbeat or a record must name one).
+    pub fn owns_upload(&self, key: &ObjectKey) -> bool {
+        (1..=self.attempt).any(|n| self.attempt_key(n) == *key)
+    }
+
     /// Where the next attempt would go on from.
     pub fn checkpoint(&self) -> Option<&Checkpoint> {
         self.checkpoint.as_ref()

@@ -15,6 +15,7 @@ mod reconcile;
 mod retention;
 mod runner;
 mod schedules;
+mod segments;
 
 pub use batches::{BatchGetError, BatchRequestError, BatchService, BatchView, RequestedBatch};
 pub use exports::{

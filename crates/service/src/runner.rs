@@ -8,12 +8,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use chrono::Utc;
 use domain::encode::ExportEncoder;
 use domain::{
-    ExecutionPolicy, Export, ExportFailure, ExportId, ExportOutcome, ExportStatus, FailureClass, FailureKind,
-    GiveUpReason, IllegalTransition, NextStep, ObjectKey, RetentionPolicy, Scope,
+    Checkpoint, EncoderState, ExecutionPolicy, Export, ExportFailure, ExportId, ExportOutcome, ExportStatus,
+    FailureClass, FailureKind, GiveUpReason, IllegalTransition, NextStep, ObjectKey, RetentionPolicy, Scope,
+    UserId,
 };
 use futures::{FutureExt, StreamExt};
 use ports::{
@@ -25,12 +25,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::notify::NotifyRetry;
+use crate::segments::{Boundary, SegmentError, SegmentPipeline};
 
 /// Tuning of the streaming loop.
 #[derive(Debug, Clone, Copy)]
 pub struct RunnerConfig {
-    /// Encoded bytes buffered before they are handed to storage.
-    pub chunk_bytes: usize,
     /// Minimum time between progress writes to the export record. Each write also tells the
     /// attempt whether the export was cancelled, so this bounds how long a cancel takes.
     pub progress_interval: Duration,
@@ -38,15 +37,25 @@ pub struct RunnerConfig {
     pub retention: RetentionPolicy,
     /// Retries of the completion notification.
     pub notify: NotifyRetry,
+    /// Whether attempts checkpoint, so the next one resumes rather than starting over. Off only
+    /// to measure what checkpoints cost.
+    pub checkpoints: bool,
+    /// Plain bytes per segment (and gzip member) of new exports; a resumed export keeps the
+    /// size it began with.
+    pub segment_bytes: u64,
+    /// Segments compressing at once per export (one per core is what pays).
+    pub compress_parallelism: usize,
 }
 
 impl Default for RunnerConfig {
     fn default() -> Self {
         Self {
-            chunk_bytes: 256 * 1024,
             progress_interval: Duration::from_millis(500),
             retention: RetentionPolicy::default(),
             notify: NotifyRetry::default(),
+            checkpoints: true,
+            segment_bytes: domain::encode::DEFAULT_SEGMENT_BYTES,
+            compress_parallelism: std::thread::available_parallelism().map_or(2, usize::from),
         }
     }
 }
@@ -64,10 +73,14 @@ pub struct AttemptControl {
     pub shutdown: CancellationToken,
     /// Retries and the export's deadline.
     pub policy: ExecutionPolicy,
+    /// A checkpoint the orchestrator kept (Temporal: the last heartbeat's details). The attempt
+    /// goes on from the furthest of this and the record's own.
+    pub resume: Option<Checkpoint>,
 }
 
-/// Rows written so far, reported to the orchestrator (Temporal heartbeats carry it).
-pub type ProgressFn = dyn Fn(u64) + Send + Sync;
+/// Rows written so far and, when there is a new one, the checkpoint to resume from, reported to
+/// the orchestrator (Temporal heartbeats carry both).
+pub type ProgressFn = dyn Fn(u64, Option<&Checkpoint>) + Send + Sync;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -108,6 +121,30 @@ pub struct ExportRunner {
 impl std::fmt::Debug for ExportRunner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ExportRunner").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// Where an attempt's stream begins: at row 0 under its own key, or after a checkpoint in the
+/// upload it names.
+struct Start {
+    key: ObjectKey,
+    after: Option<UserId>,
+    encoder: EncoderState,
+    segment_bytes: u64,
+}
+
+impl Start {
+    fn fresh(key: ObjectKey, segment_bytes: u64) -> Self {
+        Self { key, after: None, encoder: EncoderState::default(), segment_bytes }
+    }
+
+    fn after(checkpoint: &Checkpoint) -> Self {
+        Self {
+            key: checkpoint.upload.key.clone(),
+            after: Some(checkpoint.after),
+            encoder: checkpoint.encoder,
+            segment_bytes: checkpoint.segment_bytes,
+        }
     }
 }
 
@@ -182,26 +219,64 @@ impl ExportRunner {
               attempt = control.attempt, consumed = export.consumed_attempts(), "export attempt started");
 
         let deadline = Instant::now() + remaining(&control.policy, &export);
-        let key = export.attempt_key(control.attempt);
-        let mut writer = match self.storage.writer(&key).await {
-            Ok(writer) => writer,
-            Err(err) => return self.handle_stop(export, storage_stop(&err), control).await,
+        let (mut writer, start) = match self.open_upload(&mut export, control, progress).await {
+            Ok(opened) => opened,
+            Err(err) => return self.handle_stop(export, None, storage_stop(&err), control).await,
         };
         let streamed = tokio::select! {
             biased;
             () = control.cancel.cancelled() => Err(Stop::Cancelled),
             () = control.shutdown.cancelled() => Err(Stop::Interrupted),
             () = tokio::time::sleep_until(deadline) => Err(Stop::DeadlineExceeded),
-            r = self.stream_into(&mut export, writer.as_mut(), progress) => r,
+            r = self.stream_into(&mut export, writer.as_mut(), &start, progress) => r,
         };
         match streamed {
-            Ok(rows) => self.finish_completed(export, writer, key, rows, deadline, control).await,
-            Err(stop) => {
-                if let Err(err) = writer.abort().await {
-                    warn!(export_id = %id, error = %err, "aborting the upload failed");
-                }
-                self.handle_stop(export, stop, control).await
+            Ok(rows) => self.finish_completed(export, writer, start.key, rows, deadline, control).await,
+            Err(stop) => self.handle_stop(export, Some(writer), stop, control).await,
+        }
+    }
+
+    /// Opens the upload the attempt writes: the one its furthest checkpoint describes, or a
+    /// new one under the attempt's own key when there is none or its upload is gone.
+    async fn open_upload(
+        &self,
+        export: &mut Export,
+        control: &AttemptControl,
+        progress: &ProgressFn,
+    ) -> Result<(Box<dyn ObjectWriter>, Start), PortError> {
+        let candidates = [control.resume.as_ref(), export.checkpoint()];
+        let checkpoint = candidates
+            .into_iter()
+            .flatten()
+            .filter(|c| c.is_resumable() && export.owns_upload(&c.upload.key))
+            .max_by_key(|c| c.rows)
+            .cloned();
+        if let Some(checkpoint) = checkpoint {
+            if let Some(writer) = self.storage.resume(&checkpoint.upload).await? {
+                info!(export_id = %export.id, attempt = control.attempt, from_row = checkpoint.rows,
+                      bytes = checkpoint.upload.bytes, "export attempt resumes from its checkpoint");
+                export.resume_from(&checkpoint);
+                export.record_checkpoint(checkpoint.clone(), Utc::now());
+                // Reported at once, so an orchestrator that keeps checkpoints (heartbeats) never
+                // replaces this one with nothing.
+                progress(checkpoint.rows, Some(&checkpoint));
+                self.save_resume_point(export).await;
+                return Ok((writer, Start::after(&checkpoint)));
             }
+            warn!(export_id = %export.id, attempt = control.attempt, from_row = checkpoint.rows,
+                  "the checkpoint's upload is gone (aborted or removed); starting over from row 0");
+            export.clear_checkpoint();
+            self.save_resume_point(export).await;
+        }
+        let key = export.attempt_key(control.attempt);
+        let writer = self.storage.writer(&key).await?;
+        Ok((writer, Start::fresh(key, self.config.segment_bytes)))
+    }
+
+    /// Shows where the attempt starts. Best effort: the first progress write says it too.
+    async fn save_resume_point(&self, export: &Export) {
+        if let Err(err) = self.exports.update_if_status(export, ExportStatus::Running).await {
+            warn!(export_id = %export.id, error = %err, "could not record where the attempt starts");
         }
     }
 
@@ -213,7 +288,9 @@ impl ExportRunner {
         }
     }
 
-    /// Streams every matching user into `writer`; returns the number of rows.
+    /// Streams every matching user after `start` into `writer`; returns the number of rows in
+    /// the file. Segments end where the data says ([`ExportEncoder::segment_full`]), never by
+    /// the clock, so an attempt that resumes from a checkpoint writes the same bytes.
     ///
     /// The loop hands its thread back to the runtime regularly (`consume_budget`): a source that
     /// always has a row ready would otherwise hold a worker thread for the whole export, and
@@ -222,13 +299,15 @@ impl ExportRunner {
         &self,
         export: &mut Export,
         writer: &mut dyn ObjectWriter,
+        start: &Start,
         progress: &ProgressFn,
     ) -> Result<u64, Stop> {
         /// Rows between two looks at the clock for a progress write.
         const CLOCK_EVERY_ROWS: u64 = 16;
-        let spec = &export.spec;
-        let mut encoder = ExportEncoder::new(spec.format, spec.compression, spec.fields.clone());
-        let mut users = self.users.stream(&export.scope, &spec.user_filters, spec.limit);
+        let spec = export.spec.clone();
+        let mut encoder = ExportEncoder::resume(spec.format, spec.fields.clone(), start.encoder);
+        let limit = spec.limit.map(|limit| limit.saturating_sub(start.encoder.rows_written));
+        let mut users = self.users.stream(&export.scope, &spec.user_filters, start.after, limit);
         // Counting runs beside the stream rather than before it: it only feeds the percentage.
         let counting = (Arc::clone(&self.users), export.scope.clone(), spec.user_filters.clone(), spec.limit);
         let mut total = Box::pin(async move {
@@ -237,28 +316,43 @@ impl ExportRunner {
             Ok(limit.map_or(total, |limit| total.min(limit)))
         })
         .fuse();
+        let mut segments = SegmentPipeline::new(
+            spec.compression,
+            start.segment_bytes,
+            self.config.checkpoints,
+            self.config.compress_parallelism,
+        );
         let mut total_rows = None;
         let mut last_saved = Instant::now();
         while let Some(user) = next_user(&mut users, &mut total, &mut total_rows).await {
             let user = user.map_err(|e| Stop::Failed(source_failure(&e), class_of(&e)))?;
             encoder.write_user(&user).map_err(encode_failure)?;
-            if encoder.buffered_len() >= self.config.chunk_bytes {
-                write_chunk(writer, encoder.take_output()).await?;
-                progress(encoder.rows_written());
+            if encoder.segment_full(start.segment_bytes) {
+                let boundary = Boundary { after: user.id, encoder: encoder.state() };
+                let made = segments.push(encoder.take_output(), Some(boundary), writer).await;
+                if let Some(checkpoint) = made.map_err(segment_stop)? {
+                    export.record_checkpoint(checkpoint, Utc::now());
+                    export.record_progress(encoder.rows_written(), total_rows, Utc::now());
+                    // Saved at once: the next attempt re-reads at most one segment's rows.
+                    self.save_progress(export).await?;
+                    progress(encoder.rows_written(), export.checkpoint());
+                    last_saved = Instant::now();
+                }
             }
             if encoder.rows_written().is_multiple_of(CLOCK_EVERY_ROWS)
                 && last_saved.elapsed() >= self.config.progress_interval
             {
                 export.record_progress(encoder.rows_written(), total_rows, Utc::now());
                 self.save_progress(export).await?;
-                progress(encoder.rows_written());
+                progress(encoder.rows_written(), None);
                 last_saved = Instant::now();
             }
             tokio::task::consume_budget().await;
         }
         let rows = encoder.rows_written();
-        write_chunk(writer, encoder.finish().map_err(encode_failure)?).await?;
-        progress(rows);
+        segments.push(encoder.finish().map_err(encode_failure)?, None, writer).await.map_err(segment_stop)?;
+        segments.flush(writer).await.map_err(segment_stop)?;
+        progress(rows, None);
         Ok(rows)
     }
 
@@ -304,11 +398,11 @@ impl ExportRunner {
                 return self.finish_cancelled(export, owner).await;
             }
             () = tokio::time::sleep_until(deadline) => {
-                return self.handle_stop(export, Stop::DeadlineExceeded, control).await;
+                return self.handle_stop(export, None, Stop::DeadlineExceeded, control).await;
             }
             finished = writer.finish() => match finished {
                 Ok(stored) => stored,
-                Err(err) => return self.handle_stop(export, storage_stop(&err), control).await,
+                Err(err) => return self.handle_stop(export, None, storage_stop(&err), control).await,
             },
         };
         let outcome = ExportOutcome { record_count: rows, bytes: stored.bytes, sha256: stored.sha256 };
@@ -328,7 +422,12 @@ impl ExportRunner {
                     return Ok(export);
                 }
                 Ok(UpdateOutcome::Conflict(stored)) => {
-                    self.delete_object(&export, &key).await;
+                    // An attempt that resumed this upload shares its key: never delete its file.
+                    let shared = (stored.status() == ExportStatus::Completed && stored.object_key == key)
+                        || stored.checkpoint().is_some_and(|c| c.upload.key == key);
+                    if !shared {
+                        self.delete_object(&export, &key).await;
+                    }
                     return Err(match stored.status() {
                         // Cancelled while the object was being finished: a cancelled export
                         // leaves no object.
@@ -352,7 +451,7 @@ impl ExportRunner {
                 Err(err) => {
                     self.delete_object(&export, &key).await;
                     let stop = Stop::Failed(store_failure(&err), class_of(&err));
-                    return self.handle_stop(export, stop, control).await;
+                    return self.handle_stop(export, None, stop, control).await;
                 }
             }
         }
@@ -375,18 +474,27 @@ impl ExportRunner {
         }
     }
 
+    /// Ends an attempt that stopped early. The upload (`upload`, when the attempt still holds
+    /// it) is aborted only when no attempt will go on from it: a retry or a resume after
+    /// shutdown continues it from the checkpoint, and an abandoned attempt may share it with the
+    /// attempt that took over.
     async fn handle_stop(
         &self,
         mut export: Export,
+        upload: Option<Box<dyn ObjectWriter>>,
         stop: Stop,
         control: &AttemptControl,
     ) -> Result<Export, RunError> {
         let owner = Some(export.attempt());
         match stop {
-            Stop::Cancelled => self.finish_cancelled(export, owner).await,
+            Stop::Cancelled => {
+                self.abort_upload(&export, upload).await;
+                self.finish_cancelled(export, owner).await
+            }
             Stop::Interrupted => Err(RunError::Interrupted),
             Stop::Abandon(err) => Err(err),
             Stop::DeadlineExceeded => {
+                self.abort_upload(&export, upload).await;
                 let failure = give_up_failure(GiveUpReason::DeadlineExceeded, None);
                 self.finish_failed(export, failure, owner, control).await
             }
@@ -402,6 +510,7 @@ impl ExportRunner {
                     NextStep::RetryAfter(after) => {
                         warn!(export_id = %export.id, attempt = export.attempt(), class = class.as_str(),
                               consumed = export.consumed_attempts(), retry_in_ms = after.as_millis() as u64,
+                              kept_rows = export.checkpoint().map_or(0, |c| c.rows),
                               error = %failure.message, "export attempt failed");
                         // Best effort: if the store is down, the failure is simply not shown.
                         if let Err(err) = self.exports.update_if_status(&export, ExportStatus::Running).await
@@ -411,11 +520,25 @@ impl ExportRunner {
                         Err(RunError::Retry { failure, class, after })
                     }
                     NextStep::GiveUp(reason) => {
+                        self.abort_upload(&export, upload).await;
                         let failure = give_up_failure(reason, Some(failure));
                         self.finish_failed(export, failure, owner, control).await
                     }
                 }
             }
+        }
+    }
+
+    /// Removes an upload no attempt will go on from: the one in hand, else the one the record's
+    /// checkpoint names.
+    async fn abort_upload(&self, export: &Export, upload: Option<Box<dyn ObjectWriter>>) {
+        let result = match (upload, export.checkpoint()) {
+            (Some(writer), _) => writer.abort().await,
+            (None, Some(checkpoint)) => self.storage.discard(&checkpoint.upload).await,
+            (None, None) => Ok(()),
+        };
+        if let Err(err) = result {
+            warn!(export_id = %export.id, error = %err, "could not remove the unfinished upload");
         }
     }
 
@@ -610,11 +733,11 @@ async fn next_user(
     }
 }
 
-async fn write_chunk(writer: &mut dyn ObjectWriter, chunk: Vec<u8>) -> Result<(), Stop> {
-    if chunk.is_empty() {
-        return Ok(());
+fn segment_stop(err: SegmentError) -> Stop {
+    match err {
+        SegmentError::Compress(err) => encode_failure(err),
+        SegmentError::Storage(err) => storage_stop(&err),
     }
-    writer.write(Bytes::from(chunk)).await.map_err(|e| storage_stop(&e))
 }
 
 /// Unreachable or overloaded dependencies are infrastructure; anything else a defect.

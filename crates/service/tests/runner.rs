@@ -54,7 +54,7 @@ impl Fixture {
         notifier: Arc<dyn Notifier>,
     ) -> ExportRunner {
         let config = RunnerConfig {
-            chunk_bytes: 4096,
+            segment_bytes: 4096,
             progress_interval: Duration::ZERO,
             notify: NotifyRetry { attempts: 3, initial_backoff: Duration::from_millis(10) },
             ..RunnerConfig::default()
@@ -100,6 +100,7 @@ fn control(attempt: u32) -> AttemptControl {
         cancel: CancellationToken::new(),
         shutdown: CancellationToken::new(),
         policy: ExecutionPolicy { deadline: Duration::from_secs(30), ..ExecutionPolicy::default() },
+        resume: None,
     }
 }
 
@@ -119,7 +120,7 @@ async fn an_export_streams_every_user_of_the_tenant_and_records_the_checksum() {
     let seen = reported.clone();
     let done = fx
         .runner()
-        .run_attempt(&scope(), export.id, &control(1), &move |rows| {
+        .run_attempt(&scope(), export.id, &control(1), &move |rows, _| {
             seen.store(rows as usize, Ordering::SeqCst)
         })
         .await
@@ -150,7 +151,7 @@ async fn filters_and_limit_select_the_users() {
     assert!(expected.iter().all(|u| u.status == UserStatus::Suspended && u.email.ends_with("@example.org")));
 
     let export = fx.pending(spec).await;
-    fx.runner().run_attempt(&scope(), export.id, &control(1), &|_| {}).await.unwrap();
+    fx.runner().run_attempt(&scope(), export.id, &control(1), &|_, _| {}).await.unwrap();
     let body = String::from_utf8(fx.object(&export).await.unwrap()).unwrap();
     let ids: Vec<String> = body
         .lines()
@@ -159,9 +160,11 @@ async fn filters_and_limit_select_the_users() {
     assert_eq!(ids, expected.iter().map(|u| u.id.to_string()).collect::<Vec<_>>());
 }
 
-/// A writer that accepts two chunks, fails the third, and must then be aborted.
+/// A writer that accepts two chunks and fails the third. After a final failure it must be
+/// aborted; after a retryable one it is left for the next attempt to resume.
 fn writer_failing_on_third_chunk(aborted: Arc<AtomicUsize>, retryable: bool) -> MockObjectWriter {
     let mut writer = MockObjectWriter::new();
+    writer.expect_checkpoint().returning(|| Ok(None));
     let mut calls = 0;
     writer.expect_write().returning(move |_| {
         calls += 1;
@@ -172,7 +175,7 @@ fn writer_failing_on_third_chunk(aborted: Arc<AtomicUsize>, retryable: bool) -> 
         }
     });
     writer.expect_finish().never();
-    writer.expect_abort().times(1).returning(move || {
+    writer.expect_abort().times(usize::from(!retryable)).returning(move || {
         aborted.fetch_add(1, Ordering::SeqCst);
         Ok(())
     });
@@ -194,7 +197,7 @@ async fn storage_failing_mid_stream_aborts_the_upload_and_fails_the_record() {
 
     // A refusal that is not infrastructure trouble uses up an attempt: with one allowed, it fails.
     let err = runner
-        .run_attempt(&scope(), export.id, &control_with(1, 1, Duration::from_secs(30)), &|_| {})
+        .run_attempt(&scope(), export.id, &control_with(1, 1, Duration::from_secs(30)), &|_, _| {})
         .await
         .unwrap_err();
     assert!(matches!(err, RunError::Failed { .. }), "{err:?}");
@@ -225,7 +228,7 @@ async fn a_retryable_failure_then_success_completes_once() {
     let runner = fx.runner_with(Arc::new(fx.users.clone()), Arc::new(storage));
     let export = fx.pending(ExportSpec::new(ExportFormat::Csv)).await;
 
-    let first = runner.run_attempt(&scope(), export.id, &control(1), &|_| {}).await.unwrap_err();
+    let first = runner.run_attempt(&scope(), export.id, &control(1), &|_, _| {}).await.unwrap_err();
     assert!(
         matches!(first, RunError::Retry { class: FailureClass::Infrastructure, after, .. } if after == Duration::from_secs(1)),
         "{first:?}"
@@ -236,24 +239,24 @@ async fn a_retryable_failure_then_success_completes_once() {
     assert_eq!(between.consumed_attempts(), 0, "infrastructure trouble uses up no attempt");
     assert!(fx.object(&export).await.is_none(), "the failed attempt left no object");
 
-    let done = runner.run_attempt(&scope(), export.id, &control(2), &|_| {}).await.unwrap();
+    let done = runner.run_attempt(&scope(), export.id, &control(2), &|_, _| {}).await.unwrap();
     assert_eq!((done.status(), done.attempt()), (ExportStatus::Completed, 2));
     assert_eq!(done.outcome().unwrap().record_count, 2_000);
     assert_eq!(done.error(), None);
 
     // A late duplicate of either attempt changes nothing.
-    let again = runner.run_attempt(&scope(), export.id, &control(2), &|_| {}).await.unwrap();
+    let again = runner.run_attempt(&scope(), export.id, &control(2), &|_, _| {}).await.unwrap();
     assert_eq!(again, done);
-    let again = runner.run_attempt(&scope(), export.id, &control(3), &|_| {}).await.unwrap();
+    let again = runner.run_attempt(&scope(), export.id, &control(3), &|_, _| {}).await.unwrap();
     assert_eq!(again, done);
-    assert_eq!(aborted.load(Ordering::SeqCst), 1);
+    assert_eq!(aborted.load(Ordering::SeqCst), 0, "an upload a retry may resume is kept");
 }
 
 /// Users that trickle in forever, so an export is still running when the test acts on it.
 fn endless_users() -> MockUserRepository {
     let mut users = MockUserRepository::new();
     users.expect_count().returning(|_, _| Ok(1_000_000));
-    users.expect_stream().returning(|scope, _, _| {
+    users.expect_stream().returning(|scope, _, _, _| {
         let scope = scope.clone();
         futures::stream::iter(0..)
             .then(move |i| {
@@ -277,7 +280,7 @@ async fn cancelling_a_running_export_leaves_no_object() {
     let ctl = control(1);
     let task = {
         let (runner, ctl) = (runner.clone(), ctl.clone());
-        tokio::spawn(async move { runner.run_attempt(&scope(), export.id, &ctl, &|_| {}).await })
+        tokio::spawn(async move { runner.run_attempt(&scope(), export.id, &ctl, &|_, _| {}).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(fx.record(&export).await.status(), ExportStatus::Running);
@@ -296,7 +299,7 @@ async fn an_export_past_its_deadline_fails_for_good_and_leaves_no_object() {
     let export = fx.pending(ExportSpec::new(ExportFormat::Csv)).await;
     let ctl = control_with(1, 3, Duration::from_millis(300));
 
-    let err = runner.run_attempt(&scope(), export.id, &ctl, &|_| {}).await.unwrap_err();
+    let err = runner.run_attempt(&scope(), export.id, &ctl, &|_, _| {}).await.unwrap_err();
     match err {
         RunError::Failed { failure } => assert_eq!(failure.kind, FailureKind::Timeout),
         other => panic!("expected a timeout, got {other:?}"),
@@ -305,7 +308,7 @@ async fn an_export_past_its_deadline_fails_for_good_and_leaves_no_object() {
     assert!(fx.object(&export).await.is_none());
     // A later run (a resumed or duplicated one) does not start past the deadline either.
     let later = control_with(2, 3, Duration::from_millis(300));
-    let again = runner.run_attempt(&scope(), export.id, &later, &|_| {}).await.unwrap();
+    let again = runner.run_attempt(&scope(), export.id, &later, &|_, _| {}).await.unwrap();
     assert_eq!(again.status(), ExportStatus::Failed);
 }
 
@@ -325,7 +328,7 @@ async fn defects_use_up_attempts_and_a_run_after_the_last_one_fails_at_once() {
     let previous = fx.record(&export).await.status();
     fx.exports.update_if_status(&record, previous).await.unwrap();
     // As after a crash that lost the last word: the next run honours the policy.
-    let err = fx.runner().run_attempt(&scope(), export.id, &control(4), &|_| {}).await.unwrap_err();
+    let err = fx.runner().run_attempt(&scope(), export.id, &control(4), &|_, _| {}).await.unwrap_err();
     assert!(matches!(err, RunError::Failed { ref failure } if failure.message == "corrupt row 7"), "{err:?}");
     assert_eq!(fx.record(&export).await.status(), ExportStatus::Failed);
 }
@@ -338,7 +341,7 @@ async fn shutdown_interrupts_without_finishing_the_record() {
     let ctl = control(1);
     ctl.shutdown.cancel();
 
-    let err = runner.run_attempt(&scope(), export.id, &ctl, &|_| {}).await.unwrap_err();
+    let err = runner.run_attempt(&scope(), export.id, &ctl, &|_, _| {}).await.unwrap_err();
     assert!(matches!(err, RunError::Interrupted), "{err:?}");
     assert_eq!(fx.record(&export).await.status(), ExportStatus::Running, "left for recovery");
     assert!(fx.object(&export).await.is_none());
@@ -351,7 +354,7 @@ async fn a_cancel_recorded_through_the_repository_stops_a_running_attempt() {
     let export = fx.pending(ExportSpec::new(ExportFormat::Csv)).await;
     let task = {
         let runner = runner.clone();
-        tokio::spawn(async move { runner.run_attempt(&scope(), export.id, &control(1), &|_| {}).await })
+        tokio::spawn(async move { runner.run_attempt(&scope(), export.id, &control(1), &|_, _| {}).await })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Another process (no shared token) cancels the record: the attempt notices at its next
@@ -380,7 +383,7 @@ async fn an_unknown_export_is_not_found() {
     let fx = Fixture::new(1);
     let missing = ExportId::from_uuid(uuid::Uuid::now_v7());
     assert!(matches!(
-        fx.runner().run_attempt(&scope(), missing, &control(1), &|_| {}).await,
+        fx.runner().run_attempt(&scope(), missing, &control(1), &|_, _| {}).await,
         Err(RunError::NotFound)
     ));
 }
@@ -396,6 +399,7 @@ async fn storage_refusing_to_open_or_finish_an_upload_fails_the_record_instead_o
             return Err(PortError::Other(anyhow::anyhow!("bucket does not exist")));
         }
         let mut writer = MockObjectWriter::new();
+        writer.expect_checkpoint().returning(|| Ok(None));
         writer.expect_write().returning(|_| Ok(()));
         writer
             .expect_finish()
@@ -407,7 +411,7 @@ async fn storage_refusing_to_open_or_finish_an_upload_fails_the_record_instead_o
     for expected in ["bucket does not exist", "complete refused"] {
         let export = fx.pending(ExportSpec::new(ExportFormat::Csv)).await;
         let ctl = control_with(1, 1, Duration::from_secs(30));
-        let err = runner.run_attempt(&scope(), export.id, &ctl, &|_| {}).await.unwrap_err();
+        let err = runner.run_attempt(&scope(), export.id, &ctl, &|_, _| {}).await.unwrap_err();
         assert!(matches!(err, RunError::Failed { .. }), "{err:?}");
         let record = fx.record(&export).await;
         assert_eq!(record.status(), ExportStatus::Failed);
@@ -422,7 +426,7 @@ async fn a_stale_attempt_taken_over_by_a_newer_one_stops_without_touching_the_re
     let export = fx.pending(ExportSpec::new(ExportFormat::Csv)).await;
     let stale = {
         let runner = runner.clone();
-        tokio::spawn(async move { runner.run_attempt(&scope(), export.id, &control(1), &|_| {}).await })
+        tokio::spawn(async move { runner.run_attempt(&scope(), export.id, &control(1), &|_, _| {}).await })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Another worker takes over (as after a missed heartbeat): attempt 2 now owns the export.
@@ -446,6 +450,7 @@ async fn the_deadline_also_bounds_completing_the_upload() {
     let mut storage = MockExportStorage::new();
     storage.expect_writer().times(1).returning(|_| {
         let mut writer = MockObjectWriter::new();
+        writer.expect_checkpoint().returning(|| Ok(None));
         writer.expect_write().returning(|_| Ok(()));
         Ok(Box::new(HangingFinish(writer)))
     });
@@ -453,7 +458,7 @@ async fn the_deadline_also_bounds_completing_the_upload() {
     let export = fx.pending(ExportSpec::new(ExportFormat::Csv)).await;
     let ctl = control_with(1, 3, Duration::from_millis(300));
     let started = std::time::Instant::now();
-    let err = runner.run_attempt(&scope(), export.id, &ctl, &|_| {}).await.unwrap_err();
+    let err = runner.run_attempt(&scope(), export.id, &ctl, &|_, _| {}).await.unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(5));
     match err {
         RunError::Failed { failure } => assert_eq!(failure.kind, FailureKind::Timeout),
@@ -500,7 +505,7 @@ async fn a_notification_that_fails_transiently_is_retried_and_recorded_as_sent()
         }
     });
     let runner = fx.runner_notifying(Arc::new(fx.users.clone()), fx.storage.clone(), Arc::new(notifier));
-    let done = runner.run_attempt(&scope(), export.id, &control(1), &|_| {}).await.unwrap();
+    let done = runner.run_attempt(&scope(), export.id, &control(1), &|_, _| {}).await.unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 0, "the attempt itself sends nothing");
     assert!(fx.record(&export).await.notify_due());
     assert_eq!(runner.notify(&scope(), export.id).await.unwrap(), Notified::Done);
@@ -526,7 +531,7 @@ async fn a_notification_that_keeps_failing_never_fails_the_export_and_says_why()
         .times(1)
         .returning(|_| Err(PortError::Other(anyhow::anyhow!("550 mailbox unavailable"))));
     let runner = fx.runner_notifying(Arc::new(fx.users.clone()), fx.storage.clone(), Arc::new(notifier));
-    let done = runner.run_attempt(&scope(), export.id, &control(1), &|_| {}).await.unwrap();
+    let done = runner.run_attempt(&scope(), export.id, &control(1), &|_, _| {}).await.unwrap();
     runner.notify(&scope(), export.id).await.unwrap();
 
     assert_eq!(done.status(), ExportStatus::Completed, "a permanent refusal is not retried");
@@ -544,7 +549,7 @@ async fn exports_without_email_notify_send_nothing() {
     let mut notifier = MockNotifier::new();
     notifier.expect_export_finished().never();
     let runner = fx.runner_notifying(Arc::new(fx.users.clone()), fx.storage.clone(), Arc::new(notifier));
-    runner.run_attempt(&scope(), export.id, &control(1), &|_| {}).await.unwrap();
+    runner.run_attempt(&scope(), export.id, &control(1), &|_, _| {}).await.unwrap();
     runner.notify(&scope(), export.id).await.unwrap();
     assert_eq!(fx.record(&export).await.notification(), None);
     assert!(!fx.record(&export).await.notify_due(), "handled: nothing to send");
@@ -556,6 +561,7 @@ async fn a_cancel_while_the_upload_is_being_completed_stops_the_attempt_too() {
     let mut storage = MockExportStorage::new();
     storage.expect_writer().times(1).returning(|_| {
         let mut writer = MockObjectWriter::new();
+        writer.expect_checkpoint().returning(|| Ok(None));
         writer.expect_write().returning(|_| Ok(()));
         Ok(Box::new(HangingFinish(writer)))
     });
@@ -563,7 +569,7 @@ async fn a_cancel_while_the_upload_is_being_completed_stops_the_attempt_too() {
     let export = fx.pending(ExportSpec::new(ExportFormat::Csv)).await;
     let task = {
         let runner = runner.clone();
-        tokio::spawn(async move { runner.run_attempt(&scope(), export.id, &control(1), &|_| {}).await })
+        tokio::spawn(async move { runner.run_attempt(&scope(), export.id, &control(1), &|_, _| {}).await })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Cancelled on the record only (as the API does for a Temporal run): no token.
@@ -592,7 +598,7 @@ async fn the_tenants_callback_is_retried_and_recorded_beside_the_email() {
         }
     });
     let runner = fx.runner().with_callbacks(Arc::new(callbacks));
-    runner.run_attempt(&scope(), export.id, &control(1), &|_| {}).await.unwrap();
+    runner.run_attempt(&scope(), export.id, &control(1), &|_, _| {}).await.unwrap();
     assert!(fx.record(&export).await.notify_due(), "a callback is due even without an email");
 
     assert_eq!(runner.notify(&scope(), export.id).await.unwrap(), Notified::Done);

@@ -53,6 +53,11 @@ pub struct PolicyArgs {
     /// notifications, in seconds.
     #[arg(long, env = "USEREXPORT_RECONCILE_INTERVAL_S", default_value_t = 60)]
     pub reconcile_interval_s: u64,
+
+    /// Whether running exports checkpoint, so an interrupted export resumes where it was rather
+    /// than from row 0. Turn off only to measure what checkpoints cost.
+    #[arg(long, env = "USEREXPORT_CHECKPOINTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub checkpoints: bool,
 }
 
 impl Default for PolicyArgs {
@@ -70,6 +75,7 @@ impl Default for PolicyArgs {
             retention_max_days: RetentionPolicy::default().max_days,
             retention_sweep_s: 3600,
             reconcile_interval_s: 60,
+            checkpoints: true,
         }
     }
 }
@@ -102,6 +108,18 @@ impl PolicyArgs {
         };
         policy.validate().with_context(|| format!("invalid {setting}"))?;
         Ok(policy)
+    }
+
+    /// How export attempts run: retention and checkpoints from these settings, the rest default.
+    ///
+    /// # Errors
+    /// When the retention settings disagree.
+    pub fn runner_config(&self) -> anyhow::Result<service::RunnerConfig> {
+        Ok(service::RunnerConfig {
+            retention: self.retention_policy()?,
+            checkpoints: self.checkpoints,
+            ..service::RunnerConfig::default()
+        })
     }
 
     /// The retention policy, validated.

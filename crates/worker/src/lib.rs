@@ -15,7 +15,7 @@ use adapters::temporal::{
 use anyhow::{Context, bail};
 use clap::Parser;
 use domain::{ExecutionPolicy, Scope};
-use service::{ExportRunner, Reconciler, RunnerConfig};
+use service::{ExportRunner, Reconciler};
 use temporalio_sdk::runtime::worker_tuner::{FixedSizeSlotSupplier, TunerHolder};
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 use tokio_util::sync::CancellationToken;
@@ -160,7 +160,7 @@ pub async fn run_with(
             Arc::clone(&adapters.exports),
             Arc::clone(&adapters.storage),
             adapters.notifier,
-            RunnerConfig { retention: config.policy.retention_policy()?, ..RunnerConfig::default() },
+            config.policy.runner_config()?,
         )
         .with_callbacks(adapters.callbacks),
     );

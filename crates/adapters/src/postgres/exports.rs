@@ -14,7 +14,7 @@ use super::{to_i64, to_u64, translate};
 const COLUMNS: &str = "tenant_id, environment_id, id, idempotency_key, request_fingerprint, spec, object_key, \
     status, attempt, rows_written, total_rows, record_count, bytes, sha256, error_kind, error_message, \
     created_at, started_at, finished_at, updated_at, expires_at, notification, consumed_attempts, workflow_id, \
-    callback, notify_due";
+    callback, notify_due, checkpoint, resumed_from_row";
 
 /// Export records in PostgreSQL. Status changes are `UPDATE ... WHERE status = $expected`, so
 /// concurrent writers cannot both win.
@@ -110,6 +110,12 @@ fn decode(row: &PgRow) -> Result<Export, PortError> {
         workflow_id: row.try_get(23).map_err(translate)?,
         callback: row.try_get::<Option<Json<NotificationRecord>>, _>(24).map_err(translate)?.map(|Json(n)| n),
         notify_due: row.try_get(25).map_err(translate)?,
+        // A checkpoint this build cannot read is only lost work, never a reason to fail.
+        checkpoint: row
+            .try_get::<Option<Json<serde_json::Value>>, _>(26)
+            .map_err(translate)?
+            .and_then(|Json(v)| serde_json::from_value(v).ok()),
+        resumed_from_row: opt_i64(27)?.map(|n| to_u64(n, "resumed_from_row")).transpose()?,
     }))
 }
 
@@ -149,6 +155,8 @@ fn push_values(q: &mut QueryBuilder<'_, Postgres>, export: &Export) -> Result<()
     t.push_bind(p.workflow_id);
     t.push_bind(p.callback.map(Json));
     t.push_bind(p.notify_due);
+    t.push_bind(p.checkpoint.map(Json));
+    t.push_bind(opt(p.resumed_from_row, "resumed_from_row")?);
     t.push_unseparated(")");
     Ok(())
 }

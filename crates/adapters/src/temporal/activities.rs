@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use domain::{
-    EnvironmentId, ExecutionPolicy, Export, ExportFailure, ExportId, ExportSpec, ExportStatus, FailureClass,
-    FailureKind, Scope, TenantId,
+    Checkpoint, EnvironmentId, ExecutionPolicy, Export, ExportFailure, ExportId, ExportSpec, ExportStatus,
+    FailureClass, FailureKind, Scope, TenantId,
 };
 use ports::{CreateOutcome, ExportRepository, PortError, UpdateOutcome};
 use serde_json::Value;
@@ -23,11 +23,11 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::types::{
-    ExportRef, ExportUserDataInput, ExportUserDataOutput, FinishInput, FinishOutcome, FinishOutput,
-    PrepareInput, PrepareOutput, failure_type,
+    ExportHeartbeat, ExportRef, ExportUserDataInput, ExportUserDataOutput, FinishInput, FinishOutcome,
+    FinishOutput, PrepareInput, PrepareOutput, failure_type,
 };
 
 /// Fastest heartbeat ticker, whatever the heartbeat timeout.
@@ -142,11 +142,20 @@ impl ExportActivities {
                               workflow_id = info.workflow_id.as_deref().unwrap_or(""),
                               activity_id = %info.activity_id);
         let heartbeat_timeout = info.heartbeat_timeout.unwrap_or(self.default_policy.heartbeat_timeout);
+        let resume = match ctx.heartbeat_details().deserialize::<ExportHeartbeat>() {
+            Ok(details) => details.and_then(|d| d.checkpoint),
+            Err(err) => {
+                // An older worker's heartbeat (a bare row count): nothing to resume from.
+                debug!(error = %err, "previous heartbeat carries no checkpoint");
+                None
+            }
+        };
         let control = AttemptControl {
             attempt,
             cancel: CancellationToken::new(),
             shutdown: self.shutdown.child_token(),
             policy: input.policy.unwrap_or(self.default_policy),
+            resume,
         };
         let result = run_with_heartbeats(&self.runner, &ctx, &scope, id, &control, heartbeat_timeout)
             .instrument(span)
@@ -250,9 +259,16 @@ async fn run_with_heartbeats(
     control: &AttemptControl,
     heartbeat_timeout: Duration,
 ) -> Result<Export, RunError> {
-    let (rows_tx, rows_rx) = watch::channel(0_u64);
-    let progress = move |rows: u64| {
-        rows_tx.send_replace(rows);
+    // Starts with the checkpoint being resumed, so no heartbeat replaces it with nothing.
+    let first = ExportHeartbeat { rows_written: 0, checkpoint: control.resume.clone() };
+    let (rows_tx, rows_rx) = watch::channel(first);
+    let progress = move |rows: u64, checkpoint: Option<&Checkpoint>| {
+        rows_tx.send_modify(|details| {
+            details.rows_written = rows;
+            if let Some(checkpoint) = checkpoint {
+                details.checkpoint = Some(checkpoint.clone());
+            }
+        });
     };
     let side_tasks = tokio::spawn(
         heartbeat_and_forward_cancel(ctx.clone(), rows_rx, control.clone(), heartbeat_timeout)
@@ -262,11 +278,12 @@ async fn run_with_heartbeats(
     runner.run_attempt(scope, id, control, &progress).await
 }
 
-/// Heartbeats the latest row count on every change and at least every third of the heartbeat
-/// timeout, and forwards the activity's cancellation to the attempt. Runs until aborted.
+/// Heartbeats the latest progress and checkpoint on every change and at least every third of
+/// the heartbeat timeout, and forwards the activity's cancellation to the attempt. Runs until
+/// aborted.
 async fn heartbeat_and_forward_cancel(
     ctx: ActivityContext,
-    mut rows: watch::Receiver<u64>,
+    mut rows: watch::Receiver<ExportHeartbeat>,
     control: AttemptControl,
     heartbeat_timeout: Duration,
 ) {
@@ -284,7 +301,7 @@ async fn heartbeat_and_forward_cancel(
                     }
                 }
             }
-            let current = *rows.borrow_and_update();
+            let current = rows.borrow_and_update().clone();
             // Throttled by the SDK: only the latest details go out, at most every 0.8 × timeout.
             if let Err(err) = ctx.record_heartbeat(current).await {
                 warn!(error = %err, "could not record a heartbeat");

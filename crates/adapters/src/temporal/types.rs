@@ -163,6 +163,15 @@ pub struct ExportUserDataInput {
     pub policy: Option<ExecutionPolicy>,
 }
 
+/// Details of `ExportUserData`'s heartbeats: progress, and the checkpoint a retried attempt
+/// goes on from (`ActivityContext::heartbeat_details` hands the last one to the next attempt).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportHeartbeat {
+    pub rows_written: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<domain::Checkpoint>,
+}
+
 /// Result of `ExportUserData` and of the workflow: the seed's
 /// `{"export_id","record_count","status"}` plus where and what was written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

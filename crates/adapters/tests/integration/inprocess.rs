@@ -58,7 +58,7 @@ fn system_with(
         storage.clone(),
         Arc::new(LogNotifier),
         RunnerConfig {
-            chunk_bytes: 4096,
+            segment_bytes: 4096,
             progress_interval: Duration::from_millis(20),
             ..RunnerConfig::default()
         },

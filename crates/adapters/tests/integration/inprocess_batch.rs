@@ -34,7 +34,7 @@ async fn a_batch_runs_each_target_once_at_most_concurrency_at_a_time_even_when_s
         storage.clone(),
         Arc::new(LogNotifier),
         RunnerConfig {
-            chunk_bytes: 4096,
+            segment_bytes: 4096,
             progress_interval: Duration::from_millis(10),
             ..RunnerConfig::default()
         },

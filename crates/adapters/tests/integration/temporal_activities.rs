@@ -60,7 +60,11 @@ impl Fixture {
             exports.clone(),
             storage.clone(),
             Arc::new(LogNotifier),
-            RunnerConfig { chunk_bytes: 1024, progress_interval: Duration::ZERO, ..RunnerConfig::default() },
+            RunnerConfig {
+                segment_bytes: 1024,
+                progress_interval: Duration::ZERO,
+                ..RunnerConfig::default()
+            },
         ));
         let shutdown = CancellationToken::new();
         let activities = ExportActivities::new(runner, exports.clone(), policy(), shutdown.clone());

@@ -68,7 +68,11 @@ impl Harness {
             exports.clone(),
             storage.clone(),
             Arc::new(LogNotifier),
-            RunnerConfig { chunk_bytes: 4096, progress_interval: Duration::ZERO, ..RunnerConfig::default() },
+            RunnerConfig {
+                segment_bytes: 4096,
+                progress_interval: Duration::ZERO,
+                ..RunnerConfig::default()
+            },
         ));
         let deps = WorkerDeps {
             runner,

@@ -1,0 +1,112 @@
+//! The file's segments on their way to storage: compressed on every core (one gzip member
+//! each, as pigz does) and written strictly in order, with a checkpoint after each segment the
+//! storage can make durable.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use domain::encode::gzip_member;
+use domain::{CHECKPOINT_VERSION, Checkpoint, Compression, EncoderState, UserId};
+use ports::{ObjectWriter, PortError};
+use tokio::task::JoinHandle;
+
+/// Where a segment ends: what a checkpoint taken right after it must record.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Boundary {
+    pub after: UserId,
+    pub encoder: EncoderState,
+}
+
+/// Why writing segments stopped.
+#[derive(Debug)]
+pub(crate) enum SegmentError {
+    Compress(std::io::Error),
+    Storage(PortError),
+}
+
+enum Pending {
+    Plain(Vec<u8>),
+    Compressing(JoinHandle<std::io::Result<Vec<u8>>>),
+}
+
+/// Segments in flight, oldest first. At most `max_in_flight` are held (compressing or waiting
+/// to be written), so memory stays at about `max_in_flight` segments whatever the export's size.
+pub(crate) struct SegmentPipeline {
+    compression: Compression,
+    segment_bytes: u64,
+    checkpoints: bool,
+    max_in_flight: usize,
+    queue: VecDeque<(Pending, Option<Boundary>)>,
+}
+
+impl SegmentPipeline {
+    pub fn new(
+        compression: Compression,
+        segment_bytes: u64,
+        checkpoints: bool,
+        max_in_flight: usize,
+    ) -> Self {
+        // Plain segments have nothing to wait for: they are written at once.
+        let max_in_flight = if compression == Compression::None { 0 } else { max_in_flight.max(1) };
+        Self { compression, segment_bytes, checkpoints, max_in_flight, queue: VecDeque::new() }
+    }
+
+    /// Queues one segment (`boundary` is `None` for the file's last one, after which no
+    /// checkpoint is needed). When the queue is full, first writes the oldest segment; returns
+    /// the checkpoint that write made, if any.
+    pub async fn push(
+        &mut self,
+        plain: Vec<u8>,
+        boundary: Option<Boundary>,
+        writer: &mut dyn ObjectWriter,
+    ) -> Result<Option<Checkpoint>, SegmentError> {
+        let pending = match self.compression {
+            Compression::None => Pending::Plain(plain),
+            Compression::Gzip => {
+                Pending::Compressing(tokio::task::spawn_blocking(move || gzip_member(&plain)))
+            }
+        };
+        self.queue.push_back((pending, boundary));
+        let mut latest = None;
+        while self.queue.len() > self.max_in_flight {
+            latest = self.write_oldest(writer).await?.or(latest);
+        }
+        Ok(latest)
+    }
+
+    /// Writes every queued segment; returns the newest checkpoint made on the way.
+    pub async fn flush(&mut self, writer: &mut dyn ObjectWriter) -> Result<Option<Checkpoint>, SegmentError> {
+        let mut latest = None;
+        while !self.queue.is_empty() {
+            latest = self.write_oldest(writer).await?.or(latest);
+        }
+        Ok(latest)
+    }
+
+    async fn write_oldest(
+        &mut self,
+        writer: &mut dyn ObjectWriter,
+    ) -> Result<Option<Checkpoint>, SegmentError> {
+        let Some((pending, boundary)) = self.queue.pop_front() else { return Ok(None) };
+        let bytes = match pending {
+            Pending::Plain(bytes) => bytes,
+            Pending::Compressing(task) => task
+                .await
+                .map_err(|e| SegmentError::Compress(std::io::Error::other(e)))?
+                .map_err(SegmentError::Compress)?,
+        };
+        if !bytes.is_empty() {
+            writer.write(Bytes::from(bytes)).await.map_err(SegmentError::Storage)?;
+        }
+        let Some(boundary) = boundary.filter(|_| self.checkpoints) else { return Ok(None) };
+        let Some(upload) = writer.checkpoint().await.map_err(SegmentError::Storage)? else { return Ok(None) };
+        Ok(Some(Checkpoint {
+            version: CHECKPOINT_VERSION,
+            after: boundary.after,
+            rows: boundary.encoder.rows_written,
+            segment_bytes: self.segment_bytes,
+            encoder: boundary.encoder,
+            upload,
+        }))
+    }
+}
