@@ -173,8 +173,14 @@ impl Deployment {
         let rows = csv::Reader::from_reader(body.as_slice()).records().count() as u64;
         assert_eq!(rows, self.users, "one row per seeded user");
 
-        let winner = format!("{SCOPE}/exports/{id}.attempt-{}.csv", export["attempt"]);
-        assert_eq!(self.files.objects().await, vec![winner], "exactly the winner's object");
+        // The key of the attempt that began the upload: a resumed attempt finishes it.
+        let objects = self.files.objects().await;
+        let attempts = 1..=export["attempt"].as_u64().unwrap();
+        assert!(
+            objects.len() == 1
+                && attempts.into_iter().any(|n| objects[0] == format!("{SCOPE}/exports/{id}.attempt-{n}.csv")),
+            "exactly one attempt's object: {objects:?}"
+        );
 
         let all = api.list().await;
         for record in &all {
@@ -197,6 +203,23 @@ fn http_client() -> reqwest::Client {
 
 fn is_terminal(export: &Value) -> bool {
     matches!(export["status"].as_str(), Some("completed" | "failed" | "cancelled"))
+}
+
+/// The work done before a fault was kept: an attempt after the first went on from at least the
+/// checkpoint the record showed just before the fault (and the first attempt, if it carried on,
+/// lost nothing). Returns the row the last attempt resumed from.
+fn assert_work_kept(tag: &str, before: &Value, done: &Value) -> u64 {
+    let checkpoint = before["checkpoint_rows"].as_u64().unwrap_or(0);
+    let resumed = done["resumed_from_row"].as_u64().unwrap_or(0);
+    eprintln!(
+        "{tag}: checkpoint at the fault {checkpoint} rows (progress {}); the last attempt ({}) resumed from row {resumed}",
+        before["progress"]["rows_written"], done["attempt"]
+    );
+    if done["attempt"].as_u64() > Some(1) {
+        assert!(checkpoint > 0, "{tag}: a checkpoint existed before the fault: {before}");
+        assert!(resumed >= checkpoint, "{tag}: resumed from {resumed}, checkpoint was {checkpoint}: {done}");
+    }
+    resumed
 }
 
 /// One API process; its log is shown when the test fails.
@@ -347,6 +370,7 @@ async fn an_export_outlives_its_database_stopping_for_20_s_and_uses_up_no_attemp
     );
     assert_eq!(done["status"], "completed", "{done}");
     assert!(done["attempt"].as_u64().unwrap() >= 2, "the outage broke the first run: {done}");
+    assert_work_kept("pg-stop", &before, &done);
     d.assert_one_completed_export(&api, &id).await;
 }
 
@@ -384,6 +408,7 @@ async fn storage_outage(tag: &str, fault: impl Fn(&FaultProxy)) {
         proxy.refused()
     );
     assert_eq!(done["status"], "completed", "{done}");
+    assert_work_kept(tag, &before, &done);
     d.assert_one_completed_export(&api, &id).await;
     if let Files::S3 { bucket, .. } = &d.files {
         eprintln!(
@@ -437,7 +462,15 @@ async fn an_export_resumes_in_the_next_process_when_the_api_is_killed() {
     );
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["attempt"], 2, "the next process ran the second attempt: {done}");
+    let resumed = assert_work_kept("kill", &before, &done);
+    assert!(resumed > 0, "the restarted process resumed from the checkpoint, not row 0: {done}");
     d.assert_one_completed_export(&second, &id).await;
+
+    // Byte for byte what an uninterrupted export of the same users gives.
+    let again = second.start_export().await;
+    let whole = second.until(&again, is_terminal, Duration::from_secs(120)).await;
+    assert_eq!((&whole["sha256"], &whole["bytes"]), (&done["sha256"], &done["bytes"]), "{whole}\n{done}");
+    assert_eq!(whole["resumed_from_row"], 0);
     if let Files::S3 { bucket, .. } = &d.files {
         eprintln!(
             "kill: unfinished multipart uploads left in the bucket: {}",

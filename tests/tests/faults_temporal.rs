@@ -86,6 +86,9 @@ const USERS: u64 = 300_000;
 /// Users of the cancel test: enough progress writes (every 500 ms) that 90 % is seen before the end.
 const CANCEL_USERS: u64 = 800_000;
 
+/// Users of the SIGKILL test (the issue's 2M-row export).
+const KILL_USERS: u64 = 2_000_000;
+
 /// How long Temporal or PostgreSQL stays unreachable.
 const OUTAGE: Duration = Duration::from_secs(20);
 
@@ -317,7 +320,12 @@ impl Deployment {
 
     /// Requests a CSV export of every user; returns its ID.
     async fn request_export(&self) -> String {
-        let response = self.post("/v1/exports", json!({"format": "csv"})).await;
+        self.request_export_of(json!({"format": "csv"})).await
+    }
+
+    /// Requests an export with `body`; returns its ID.
+    async fn request_export_of(&self, body: Value) -> String {
+        let response = self.post("/v1/exports", body).await;
         let status = response.status().as_u16();
         let body: Value = response.json().await.unwrap();
         assert_eq!(status, 202, "{body}");
@@ -353,7 +361,7 @@ impl Deployment {
             .until(
                 id,
                 |e| e["progress"]["percent"].as_u64().unwrap_or(0) >= percent || is_terminal(e),
-                Duration::from_secs(60),
+                Duration::from_secs(180),
             )
             .await;
         assert_eq!(running["status"], "running", "[{}] finished before {percent} %: {running}", self.tag);
@@ -467,11 +475,13 @@ impl Deployment {
             .unwrap();
         assert_eq!((rows, export["record_count"].as_u64().unwrap()), (users, users), "rows in the file");
 
-        let winner = format!("acme/prod/exports/{id}.attempt-{}.csv", export["attempt"]);
-        assert_eq!(
-            bucket_keys(&self.bucket).await,
-            vec![winner],
-            "[{}] exactly the winner's object",
+        // The key of the attempt that began the upload: a resumed attempt finishes it.
+        let objects = bucket_keys(&self.bucket).await;
+        let attempts = 1..=export["attempt"].as_u64().unwrap();
+        assert!(
+            objects.len() == 1
+                && attempts.into_iter().any(|n| objects[0] == format!("acme/prod/exports/{id}.attempt-{n}.csv")),
+            "[{}] exactly one attempt's object: {objects:?}",
             self.tag
         );
 
@@ -501,6 +511,22 @@ impl Deployment {
 
 fn is_terminal(export: &Value) -> bool {
     matches!(export["status"].as_str(), Some("completed" | "failed" | "cancelled" | "expired"))
+}
+
+/// The work done before a fault was kept: an attempt after the first went on from at least the
+/// checkpoint the record showed just before the fault. Returns the row it resumed from.
+fn assert_work_kept(tag: &str, before: &Value, done: &Value) -> u64 {
+    let checkpoint = before["checkpoint_rows"].as_u64().unwrap_or(0);
+    let resumed = done["resumed_from_row"].as_u64().unwrap_or(0);
+    eprintln!(
+        "[{tag}] checkpoint at the fault {checkpoint} rows (progress {}); the last attempt ({}) resumed from row {resumed}",
+        before["progress"]["rows_written"], done["attempt"]
+    );
+    if done["attempt"].as_u64() > Some(1) {
+        assert!(checkpoint > 0, "[{tag}] a checkpoint existed before the fault: {before}");
+        assert!(resumed >= checkpoint, "[{tag}] resumed from {resumed}, checkpoint was {checkpoint}: {done}");
+    }
+    resumed
 }
 
 /// `timedout` -> `TimedOut`, as the history's attribute names spell the closing events.
@@ -573,6 +599,7 @@ async fn an_export_survives_temporal_being_unreachable_for_twenty_seconds() {
     let status = d.until_workflow_closed(&workflow_id, Duration::from_secs(60)).await;
     eprintln!("[tcut] workflow {status} {} after the restore", secs(restored_at.elapsed()));
     assert_eq!(status, "COMPLETED");
+    assert_work_kept("tcut", &at, &done);
     d.assert_settled(&id).await;
 }
 
@@ -600,6 +627,7 @@ async fn a_frozen_worker_that_wakes_up_after_another_finished_leaves_exactly_one
     );
     assert_eq!(done["status"], "completed", "{done}");
     assert!(done["attempt"].as_u64().unwrap() >= 2, "a later attempt won: {done}");
+    assert_work_kept("fence", &at, &done);
 
     first.signal("CONT");
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -718,6 +746,7 @@ async fn an_export_interrupted_by_a_graceful_worker_shutdown_completes_on_a_new_
         secs(terminated_at.elapsed())
     );
     assert!(done["attempt"].as_u64().unwrap() >= 2, "a new attempt finished it: {done}");
+    assert_work_kept("term", &after, &done);
     d.assert_settled(&id).await;
 }
 
@@ -754,6 +783,7 @@ async fn an_export_survives_postgres_being_stopped_for_twenty_seconds() {
         d.until_workflow_closed(done["workflow_id"].as_str().unwrap(), Duration::from_secs(30)).await,
         "COMPLETED"
     );
+    assert_work_kept("pgdown", &at, &done);
     d.assert_settled(&id).await;
 }
 
@@ -811,4 +841,77 @@ async fn a_cancel_at_any_point_ends_the_export_cancelled_with_no_object_within_a
     let id = d.request_export().await;
     d.until(&id, is_terminal, Duration::from_secs(90)).await;
     d.assert_settled(&id).await;
+}
+
+// 7. A worker SIGKILLed at 70 % of a 2M-row gzip export: the next attempt, on a new worker,
+// resumes near the checkpoint, and the file is byte-identical to an uninterrupted export's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_at_70_percent_resumes_near_its_checkpoint_and_writes_the_same_bytes() {
+    let _serial = SERIAL.lock().await;
+    let mut setup = Setup::new("sigkill", KILL_USERS);
+    setup.heartbeat_timeout_s = SHORT_HEARTBEAT_S;
+    let d = Deployment::start(setup).await;
+    let first = d.worker();
+    let gzip_csv = json!({"format": "csv", "compression": "gzip"});
+    let started = Instant::now();
+    let id = d.request_export_of(gzip_csv.clone()).await;
+
+    let at = d.until_percent(&id, 70).await;
+    first.signal("KILL");
+    let killed_at = Instant::now();
+    let _second = d.worker();
+    let resumed_at = d.until(&id, |e| e["attempt"].as_u64() >= Some(2), Duration::from_secs(60)).await;
+    let detected = killed_at.elapsed();
+    let done = d.until(&id, is_terminal, Duration::from_secs(300)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let total = done["record_count"].as_u64().unwrap();
+    assert_eq!(total, KILL_USERS);
+    let resumed = assert_work_kept("sigkill", &at, &done);
+    let rows_at_kill = at["progress"]["rows_written"].as_u64().unwrap();
+    // One checkpoint interval: S3 checkpoints at parts of at least 5 MiB, cut after a segment
+    // (1 MiB of CSV, well under 1 MiB gzipped): 6 MiB of this file, in its rows.
+    let bytes_per_row = done["bytes"].as_u64().unwrap() as f64 / total as f64;
+    let interval = (6.0 * 1024.0 * 1024.0 / bytes_per_row) as u64;
+    let read_after_resume = total - resumed;
+    eprintln!(
+        "[sigkill] killed at {} % ({rows_at_kill} rows, checkpoint {}) {} into the export; attempt {} running {} later; \
+         resumed from row {resumed}: {read_after_resume} rows read after the resume, {} remained at the kill, interval {interval}; \
+         completed {} after the kill",
+        at["progress"]["percent"],
+        at["checkpoint_rows"],
+        secs(killed_at.duration_since(started)),
+        resumed_at["attempt"],
+        secs(detected),
+        total - rows_at_kill,
+        secs(killed_at.elapsed())
+    );
+    assert!(
+        read_after_resume <= total - rows_at_kill + interval,
+        "read {read_after_resume} rows after the resume; {} remained and one interval is {interval}",
+        total - rows_at_kill
+    );
+
+    // The same export, uninterrupted, gives the same bytes.
+    let again = d.request_export_of(gzip_csv).await;
+    let whole = d.until(&again, is_terminal, Duration::from_secs(300)).await;
+    assert_eq!(whole["resumed_from_row"], 0, "{whole}");
+    assert_eq!((&whole["sha256"], &whole["bytes"]), (&done["sha256"], &done["bytes"]), "{whole}\n{done}");
+
+    // A valid multi-member gzip stream of every user, as gzip itself and flate2 read it.
+    let url = format!("{}/v1/exports/{id}/download", d.api);
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let redirect = client.get(url).bearer_auth("key-a").send().await.unwrap();
+    let location = redirect.headers()["location"].to_str().unwrap().to_owned();
+    let body = reqwest::get(location).await.unwrap().bytes().await.unwrap();
+    assert_eq!(hex::encode(sha2::Sha256::digest(&body)), done["sha256"].as_str().unwrap());
+    let file = d.logs.join("sigkill.csv.gz");
+    std::fs::write(&file, &body).unwrap();
+    let tested = Command::new("gzip").arg("-t").arg(&file).status().unwrap();
+    assert!(tested.success(), "gzip -t {}", file.display());
+    let mut plain = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(body.as_ref()), &mut plain).unwrap();
+    let rows = csv::Reader::from_reader(plain.as_slice()).records().count() as u64;
+    assert_eq!(rows, KILL_USERS);
+    let objects = bucket_keys(&d.bucket).await;
+    assert_eq!(objects.len(), 2, "the two exports' objects and nothing else: {objects:?}");
 }
