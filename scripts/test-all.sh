@@ -52,7 +52,8 @@ wait_for "NATS with JetStream ($TEST_NATS_URL)" 30 nats_ready
 
 log "S3-compatible server (moto)"
 MOTO_PORT=$(free_port)
-moto_server -H 127.0.0.1 -p "$MOTO_PORT" >"$RUN_DIR/moto.log" 2>&1 &
+# Patched to answer parts of unknown uploads with 404 NoSuchUpload, as S3 does (see the script).
+python3 scripts/moto_server.py -H 127.0.0.1 -p "$MOTO_PORT" >"$RUN_DIR/moto.log" 2>&1 &
 PIDS+=($!)
 export TEST_S3_ENDPOINT="http://127.0.0.1:$MOTO_PORT"
 wait_for "moto_server" 30 curl -sf "$TEST_S3_ENDPOINT/"

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use domain::{ObjectKey, Scope, UserFilter, UserId};
+use domain::{ObjectKey, Scope, UploadCheckpoint, UserFilter, UserId};
 use futures::{StreamExt, TryStreamExt};
 use ports::{ExportStorage, ObjectReader, ObjectWriter, PortError, StoredObject, UserRepository, UserStream};
 use url::Url;
@@ -87,9 +87,14 @@ impl FlakyStorage {
         Self::new(inner, 0, true)
     }
 
-    /// Writers handed out so far (one per attempt that reached storage).
+    /// Writers handed out so far, resumed ones included (one per attempt that reached storage).
     pub fn writers(&self) -> usize {
         self.writers.load(Ordering::SeqCst)
+    }
+
+    /// Counts a writer handed out; whether it is one of the failing ones.
+    fn next_fails(&self) -> bool {
+        self.writers.fetch_add(1, Ordering::SeqCst) < self.failures
     }
 }
 
@@ -97,14 +102,23 @@ struct FailingWriter {
     retryable: bool,
 }
 
+impl FailingWriter {
+    fn failure(&self) -> PortError {
+        let err = anyhow::anyhow!("injected storage failure");
+        if self.retryable { PortError::unavailable(err) } else { PortError::Other(err) }
+    }
+}
+
 #[async_trait]
 impl ObjectWriter for FailingWriter {
     async fn write(&mut self, _chunk: Bytes) -> Result<(), PortError> {
-        let err = anyhow::anyhow!("injected storage failure");
-        Err(if self.retryable { PortError::unavailable(err) } else { PortError::Other(err) })
+        Err(self.failure())
     }
     async fn finish(self: Box<Self>) -> Result<StoredObject, PortError> {
         Err(PortError::Other(anyhow::anyhow!("injected storage failure")))
+    }
+    async fn checkpoint(&mut self) -> Result<Option<UploadCheckpoint>, PortError> {
+        Err(self.failure())
     }
     async fn abort(self: Box<Self>) -> Result<(), PortError> {
         Ok(())
@@ -114,10 +128,22 @@ impl ObjectWriter for FailingWriter {
 #[async_trait]
 impl ExportStorage for FlakyStorage {
     async fn writer(&self, key: &ObjectKey) -> Result<Box<dyn ObjectWriter>, PortError> {
-        if self.writers.fetch_add(1, Ordering::SeqCst) < self.failures {
+        if self.next_fails() {
             return Ok(Box::new(FailingWriter { retryable: self.retryable }));
         }
         self.inner.writer(key).await
+    }
+    async fn resume(
+        &self,
+        checkpoint: &UploadCheckpoint,
+    ) -> Result<Option<Box<dyn ObjectWriter>>, PortError> {
+        if self.next_fails() {
+            return Ok(Some(Box::new(FailingWriter { retryable: self.retryable })));
+        }
+        self.inner.resume(checkpoint).await
+    }
+    async fn discard(&self, checkpoint: &UploadCheckpoint) -> Result<(), PortError> {
+        self.inner.discard(checkpoint).await
     }
     async fn open(&self, key: &ObjectKey) -> Result<Option<ObjectReader>, PortError> {
         self.inner.open(key).await

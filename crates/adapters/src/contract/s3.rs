@@ -2,12 +2,12 @@
 
 use crate::storage::S3Settings;
 
-/// `TEST_S3_ENDPOINT` (the README test command starts `moto_server` and sets it). Tests fail,
+/// `TEST_S3_ENDPOINT` (the README test command starts `scripts/moto_server.py` and sets it). Tests fail,
 /// never skip, without it.
 pub fn endpoint() -> String {
     std::env::var("TEST_S3_ENDPOINT").unwrap_or_else(|_| {
         panic!(
-            "TEST_S3_ENDPOINT is not set: run scripts/test-all.sh, or start `moto_server -p PORT` and set it"
+            "TEST_S3_ENDPOINT is not set: run scripts/test-all.sh, or start `scripts/moto_server.py -p PORT` and set it"
         )
     })
 }
@@ -46,4 +46,18 @@ pub async fn keys(settings: &S3Settings) -> Vec<String> {
     let url = format!("{}/{}?list-type=2", endpoint(), settings.bucket);
     let body = reqwest::get(&url).await.unwrap().text().await.unwrap();
     body.split("<Key>").skip(1).filter_map(|s| s.split("</Key>").next()).map(str::to_owned).collect()
+}
+
+/// Fails fast unless the server answers a part for an unknown upload with 404 NoSuchUpload, as S3
+/// does (plain moto answers 500, which the client retries for a minute before failing); resumed
+/// uploads rely on that answer. `scripts/moto_server.py` gives it.
+pub async fn assert_answers_no_such_upload(settings: &S3Settings) {
+    let url = format!("{}/{}/probe?partNumber=1&uploadId=no-such-upload", endpoint(), settings.bucket);
+    let response = reqwest::Client::new().put(&url).body("").send().await.unwrap();
+    assert_eq!(
+        response.status(),
+        reqwest::StatusCode::NOT_FOUND,
+        "the S3 server must answer UploadPart for an unknown upload with 404 NoSuchUpload, as AWS \
+         does: start it with scripts/moto_server.py rather than moto_server"
+    );
 }

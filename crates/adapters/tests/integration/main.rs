@@ -23,3 +23,4 @@ mod temporal_retention;
 mod temporal_schedules;
 #[cfg(feature = "temporal")]
 mod temporal_workflows;
+mod uploads;

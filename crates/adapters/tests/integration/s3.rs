@@ -1,13 +1,19 @@
-//! S3 storage against a real S3-compatible server (moto), started by scripts/test-all.sh.
+//! S3 storage against a real S3-compatible server (moto, patched by scripts/moto_server.py to
+//! answer unknown uploads as S3 does), started by scripts/test-all.sh.
 
 use std::time::Duration;
 
 use adapters::contract::s3;
 use adapters::storage::ObjectStorage;
 use bytes::Bytes;
-use domain::{ExportId, ObjectKey, Scope};
+use domain::{ExportId, ObjectKey, Scope, UploadLocation};
 use ports::ExportStorage;
 use sha2::{Digest, Sha256};
+
+use crate::uploads::{
+    MIB, assert_resumed_upload_is_identical, through_json, upload_with_interruptions, varied_bytes,
+    write_and_checkpoint,
+};
 
 fn key(scope: &str) -> ObjectKey {
     ObjectKey::for_export(&Scope::parse(scope).unwrap(), ExportId::from_uuid(uuid::Uuid::now_v7()), "csv")
@@ -112,4 +118,108 @@ async fn an_unreachable_s3_endpoint_is_retryable() {
     let err = storage.ping().await.unwrap_err();
     assert!(err.is_retryable(), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+// Resumable uploads. The server must answer parts of unknown uploads as S3 does (404
+// NoSuchUpload): scripts/moto_server.py starts moto patched to.
+
+#[tokio::test]
+async fn an_s3_upload_interrupted_once_or_twice_stores_the_bytes_of_an_uninterrupted_one() {
+    for interrupt_at in [&[9 * MIB][..], &[8 * MIB, 16 * MIB]] {
+        let settings = s3::fresh_bucket().await;
+        let storage = ObjectStorage::s3(&settings).unwrap();
+        assert_resumed_upload_is_identical(&storage, (key("acme/prod"), key("acme/prod")), interrupt_at)
+            .await;
+        assert_eq!(s3::open_multipart_uploads(&settings).await, 0, "the resumed upload was completed");
+    }
+}
+
+#[tokio::test]
+async fn a_resumed_s3_upload_keeps_the_configured_server_side_encryption() {
+    let mut settings = s3::fresh_bucket().await;
+    settings.server_side_encryption = Some("AES256".into());
+    let storage = ObjectStorage::s3(&settings).unwrap();
+    let key = key("acme/prod");
+    let data = varied_bytes(12 * MIB, 5);
+    let interrupted = upload_with_interruptions(&storage, &key, &data, &[7 * MIB]).await;
+    assert_eq!(interrupted.resumed_from.len(), 1);
+    let url = format!("{}/{}/{key}", s3::endpoint(), settings.bucket);
+    let head = reqwest::Client::new().head(url).send().await.unwrap().error_for_status().unwrap();
+    let sse = head.headers().get("x-amz-server-side-encryption").and_then(|v| v.to_str().ok());
+    assert_eq!(sse, Some("AES256"));
+}
+
+#[tokio::test]
+async fn an_aborted_discarded_or_finished_s3_upload_cannot_be_resumed() {
+    let settings = s3::fresh_bucket().await;
+    s3::assert_answers_no_such_upload(&settings).await;
+    let storage = ObjectStorage::s3(&settings).unwrap();
+    let key = key("acme/prod");
+
+    let mut writer = storage.writer(&key).await.unwrap();
+    let checkpoint = write_and_checkpoint(writer.as_mut(), 6 * MIB).await;
+    writer.abort().await.unwrap();
+    assert!(storage.resume(&through_json(&checkpoint)).await.unwrap().is_none(), "aborted");
+
+    let mut writer = storage.writer(&key).await.unwrap();
+    let checkpoint = write_and_checkpoint(writer.as_mut(), 6 * MIB).await;
+    drop(writer);
+    assert_eq!(s3::open_multipart_uploads(&settings).await, 1, "a dropped writer leaves its upload");
+    storage.discard(&checkpoint).await.unwrap();
+    assert!(storage.resume(&checkpoint).await.unwrap().is_none(), "discarded");
+    storage.discard(&checkpoint).await.unwrap(); // already gone is fine
+
+    let mut writer = storage.writer(&key).await.unwrap();
+    let checkpoint = write_and_checkpoint(writer.as_mut(), 6 * MIB).await;
+    assert!(s3::keys(&settings).await.is_empty(), "nothing visible before finish");
+    writer.finish().await.unwrap();
+    assert!(storage.resume(&checkpoint).await.unwrap().is_none(), "finished");
+    assert_eq!(s3::keys(&settings).await, vec![key.as_str().to_owned()]);
+    assert_eq!(s3::open_multipart_uploads(&settings).await, 0);
+}
+
+#[tokio::test]
+async fn s3_checkpoints_wait_for_5_mib_so_every_part_but_the_last_is_large_enough() {
+    let settings = s3::fresh_bucket().await;
+    // Clamped to S3's minimum part size.
+    let storage = ObjectStorage::s3(&settings).unwrap().with_checkpoint_bytes(1);
+    let key = key("acme/prod");
+    let data = varied_bytes(14 * MIB + 3, 9);
+    let mut writer = storage.writer(&key).await.unwrap();
+    writer.write(Bytes::copy_from_slice(&data[..4 * MIB])).await.unwrap();
+    assert_eq!(writer.checkpoint().await.unwrap(), None, "4 MiB is under the minimum");
+    // 9 MiB: an 8 MiB part went up; the 1 MiB left cannot become a part of its own yet.
+    writer.write(Bytes::copy_from_slice(&data[4 * MIB..9 * MIB])).await.unwrap();
+    assert_eq!(writer.checkpoint().await.unwrap(), None, "1 MiB buffered is under the minimum");
+    writer.write(Bytes::copy_from_slice(&data[9 * MIB..14 * MIB])).await.unwrap();
+    let checkpoint = writer.checkpoint().await.unwrap().expect("5 MiB buffered");
+    assert_eq!(checkpoint.bytes, 14 * MIB as u64);
+    let UploadLocation::Multipart { parts, .. } = &checkpoint.location else { panic!("{checkpoint:?}") };
+    assert_eq!(parts.len(), 2);
+    writer.write(Bytes::copy_from_slice(&data[14 * MIB..])).await.unwrap();
+    assert!(s3::keys(&settings).await.is_empty(), "nothing visible before finish");
+    // The server refuses to complete an upload with a small part before the last.
+    let stored = writer.finish().await.unwrap();
+    assert_eq!(stored.sha256, hex::encode(Sha256::digest(&data)));
+    assert_eq!(storage.open(&key).await.unwrap().unwrap().size, data.len() as u64);
+}
+
+#[tokio::test]
+async fn empty_and_small_s3_files_go_up_in_one_put_once_finished() {
+    let settings = s3::fresh_bucket().await;
+    let storage = ObjectStorage::s3(&settings).unwrap();
+    for body in [&b""[..], b"id,email\n1,a@example.com\n"] {
+        let key = key("acme/prod");
+        let mut writer = storage.writer(&key).await.unwrap();
+        if !body.is_empty() {
+            writer.write(Bytes::copy_from_slice(body)).await.unwrap();
+        }
+        assert_eq!(writer.checkpoint().await.unwrap(), None);
+        assert!(storage.open(&key).await.unwrap().is_none(), "nothing visible before finish");
+        assert_eq!(s3::open_multipart_uploads(&settings).await, 0, "no multipart upload");
+        let stored = writer.finish().await.unwrap();
+        assert_eq!(stored.bytes, body.len() as u64);
+        assert_eq!(stored.sha256, hex::encode(Sha256::digest(body)));
+        assert_eq!(adapters::contract::fakes::read_object(&storage, &key).await.unwrap(), body);
+    }
 }

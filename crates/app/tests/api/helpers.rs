@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use axum::Router;
 use axum::body::Body;
 use bytes::Bytes;
-use domain::{Export, ExportId, ExportStatus, ObjectKey, Scope, UserFilter, UserId};
+use domain::{Export, ExportId, ExportStatus, ObjectKey, Scope, UploadCheckpoint, UserFilter, UserId};
 use futures::StreamExt;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
@@ -396,6 +396,18 @@ impl ExportStorage for FailingStorage {
             return Err(Failure::Unavailable.error());
         }
         self.inner.writer(key).await
+    }
+    async fn resume(
+        &self,
+        checkpoint: &UploadCheckpoint,
+    ) -> Result<Option<Box<dyn ObjectWriter>>, PortError> {
+        if self.writes_fail {
+            return Err(Failure::Unavailable.error());
+        }
+        self.inner.resume(checkpoint).await
+    }
+    async fn discard(&self, checkpoint: &UploadCheckpoint) -> Result<(), PortError> {
+        self.inner.discard(checkpoint).await
     }
     async fn open(&self, key: &ObjectKey) -> Result<Option<ObjectReader>, PortError> {
         self.inner.open(key).await
