@@ -477,6 +477,9 @@ impl ports::ObjectWriter for HangingFinish {
     async fn finish(self: Box<Self>) -> Result<ports::StoredObject, PortError> {
         std::future::pending().await
     }
+    async fn checkpoint(&mut self) -> Result<Option<domain::UploadCheckpoint>, PortError> {
+        Ok(None)
+    }
     async fn abort(self: Box<Self>) -> Result<(), PortError> {
         Ok(())
     }
