@@ -480,7 +480,9 @@ impl Deployment {
         let attempts = 1..=export["attempt"].as_u64().unwrap();
         assert!(
             objects.len() == 1
-                && attempts.into_iter().any(|n| objects[0] == format!("acme/prod/exports/{id}.attempt-{n}.csv")),
+                && attempts
+                    .into_iter()
+                    .any(|n| objects[0] == format!("acme/prod/exports/{id}.attempt-{n}.csv")),
             "[{}] exactly one attempt's object: {objects:?}",
             self.tag
         );

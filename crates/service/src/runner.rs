@@ -638,11 +638,20 @@ impl ExportRunner {
     ) -> Result<Option<Export>, RunError> {
         for _ in 0..5 {
             let previous = export.status();
+            // The unfinished upload the record keeps for a resume; nobody resumes it after this.
+            let upload = export.checkpoint().map(|c| c.upload.clone());
             if apply(&mut export).is_err() {
                 return Ok(None);
             }
             match self.exports.update_if_status(&export, previous).await {
-                Ok(UpdateOutcome::Updated) => return Ok(Some(export)),
+                Ok(UpdateOutcome::Updated) => {
+                    if let Some(upload) = upload
+                        && let Err(err) = self.storage.discard(&upload).await
+                    {
+                        warn!(export_id = %export.id, error = %err, "could not remove the unfinished upload");
+                    }
+                    return Ok(Some(export));
+                }
                 Ok(UpdateOutcome::NotFound) => return Err(RunError::NotFound),
                 Ok(UpdateOutcome::Conflict(stored)) if owner.is_some_and(|n| stored.attempt() > n) => {
                     return Err(RunError::Superseded { current: stored.attempt() });
