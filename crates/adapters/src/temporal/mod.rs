@@ -56,9 +56,9 @@ pub use retention::{
 };
 pub use schedules::{TemporalScheduler, fire_input};
 pub use types::{
-    EXPORT_ACTIVITY, ExportRef, ExportUserDataInput, ExportUserDataOutput, ExportWorkflowInput,
-    FINISH_ACTIVITY, FinishInput, FinishOutcome, FinishOutput, NOTIFY_ACTIVITY, PREPARE_ACTIVITY,
-    PrepareInput, PrepareOutput, WORKFLOW_TYPE, derived_export_id, failure_type,
+    EXPORT_ACTIVITY, ExportHeartbeat, ExportRef, ExportUserDataInput, ExportUserDataOutput,
+    ExportWorkflowInput, FINISH_ACTIVITY, FinishInput, FinishOutcome, FinishOutput, NOTIFY_ACTIVITY,
+    PREPARE_ACTIVITY, PrepareInput, PrepareOutput, WORKFLOW_TYPE, derived_export_id, failure_type,
 };
 pub use workflow::UserDataExportWorkflow;
 

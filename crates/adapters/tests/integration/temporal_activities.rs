@@ -10,7 +10,8 @@ use adapters::notify::LogNotifier;
 use adapters::storage::ObjectStorage;
 use adapters::temporal::testkit::{FlakyStorage, SlowUsers, read_object};
 use adapters::temporal::{
-    ExportActivities, ExportRef, ExportUserDataInput, FinishInput, FinishOutcome, PrepareInput, failure_type,
+    ExportActivities, ExportHeartbeat, ExportRef, ExportUserDataInput, FinishInput, FinishOutcome,
+    PrepareInput, failure_type,
 };
 use chrono::Utc;
 use domain::{
@@ -54,7 +55,15 @@ struct Fixture {
 
 impl Fixture {
     fn new(users: Arc<dyn UserRepository>, storage: Arc<dyn ExportStorage>) -> Self {
-        let exports = Arc::new(MemoryExportRepository::new());
+        Self::sharing(users, storage, Arc::new(MemoryExportRepository::new()))
+    }
+
+    /// Activities of another worker on the same records and storage.
+    fn sharing(
+        users: Arc<dyn UserRepository>,
+        storage: Arc<dyn ExportStorage>,
+        exports: Arc<MemoryExportRepository>,
+    ) -> Self {
         let runner = Arc::new(ExportRunner::new(
             users,
             exports.clone(),
@@ -78,12 +87,27 @@ impl Fixture {
     }
 
     fn environment(&mut self, on_heartbeat: impl Fn(u64) + Send + Sync + 'static) -> ActivityEnvironment {
-        ActivityEnvironment::builder()
+        self.environment_after(None, move |beat| on_heartbeat(beat.rows_written))
+    }
+
+    /// An environment whose attempt follows one that heartbeat `previous`; `on_heartbeat` sees
+    /// every heartbeat's details.
+    fn environment_after(
+        &mut self,
+        previous: Option<ExportHeartbeat>,
+        on_heartbeat: impl Fn(&ExportHeartbeat) + Send + Sync + 'static,
+    ) -> ActivityEnvironment {
+        let builder = ActivityEnvironment::builder_with_default();
+        let builder = match previous {
+            Some(details) => builder.heartbeat_details(details).unwrap(),
+            None => builder,
+        };
+        builder
             .register_activities(self.activities.take().expect("one environment per fixture"))
             .on_heartbeat(move |details| {
-                if let Some(rows) = details.downcast_ref::<u64>() {
-                    on_heartbeat(*rows);
-                }
+                let beat =
+                    details.downcast_ref::<ExportHeartbeat>().expect("heartbeats carry ExportHeartbeat");
+                on_heartbeat(beat);
             })
             .info(
                 TestActivityInfoOptions::builder()
@@ -153,6 +177,82 @@ async fn an_attempt_reports_progress_as_heartbeats_and_returns_the_outcome() {
     assert!(beats.iter().all(|&rows| rows <= 3000));
     let record = fixture.record(&export).await;
     assert_eq!((record.status(), record.attempt()), (ExportStatus::Completed, 1));
+}
+
+/// Users whose first stream breaks after `rows`, as a database that goes away would.
+struct BreakingOnce {
+    inner: MemoryUserRepository,
+    rows: Mutex<Option<usize>>,
+}
+
+#[async_trait::async_trait]
+impl UserRepository for BreakingOnce {
+    fn stream(
+        &self,
+        scope: &Scope,
+        filter: &domain::UserFilter,
+        after: Option<domain::UserId>,
+        limit: Option<u64>,
+    ) -> ports::UserStream {
+        use futures::StreamExt;
+        let users = self.inner.stream(scope, filter, after, limit);
+        match self.rows.lock().unwrap().take() {
+            None => users,
+            Some(n) => users
+                .take(n)
+                .chain(futures::stream::once(async {
+                    Err(ports::PortError::unavailable(anyhow::anyhow!("connection reset")))
+                }))
+                .boxed(),
+        }
+    }
+
+    async fn count(&self, scope: &Scope, filter: &domain::UserFilter) -> Result<u64, ports::PortError> {
+        self.inner.count(scope, filter).await
+    }
+
+    async fn ping(&self) -> Result<(), ports::PortError> {
+        Ok(())
+    }
+}
+
+/// Temporal's own way to resume: the next attempt reads the last heartbeat's details and goes on
+/// from their checkpoint (here the record's is removed first, so the heartbeat is the only
+/// source), and the file is the uninterrupted one's.
+#[tokio::test]
+async fn a_retried_attempt_resumes_from_the_checkpoint_in_its_heartbeat_details() {
+    let users = MemoryUserRepository::new();
+    users.seed_synthetic(&scope(), 3000);
+    let storage: Arc<dyn ExportStorage> = Arc::new(ObjectStorage::in_memory());
+
+    let mut whole = Fixture::new(Arc::new(users.clone()), storage.clone());
+    let export = whole.pending_export().await;
+    let env = whole.environment(|_| {});
+    let uninterrupted = env.run(ExportActivities::export_user_data, attempt_input(&export)).await.unwrap();
+
+    let breaking: Arc<dyn UserRepository> =
+        Arc::new(BreakingOnce { inner: users, rows: Mutex::new(Some(2_000)) });
+    let mut fixture = Fixture::new(breaking.clone(), storage.clone());
+    let export = fixture.pending_export().await;
+    let beats = Arc::new(Mutex::new(Vec::new()));
+    let seen = beats.clone();
+    let env = fixture.environment_after(None, move |beat| seen.lock().unwrap().push(beat.clone()));
+    let err = env.run(ExportActivities::export_user_data, attempt_input(&export)).await.unwrap_err();
+    assert!(format!("{err:?}").contains("connection reset"), "{err:?}");
+    let last = beats.lock().unwrap().last().cloned().expect("heartbeats");
+    let checkpoint = last.checkpoint.clone().expect("a checkpoint in the heartbeat");
+    assert!(checkpoint.rows > 1_000 && checkpoint.rows <= 2_000, "{checkpoint:?}");
+
+    let mut record = fixture.record(&export).await;
+    record.clear_checkpoint();
+    fixture.exports.update_if_status(&record, ExportStatus::Running).await.unwrap();
+    let mut second = Fixture::sharing(breaking, storage, fixture.exports.clone());
+    let env = second.environment_after(Some(last), |_| {});
+    let input = ExportUserDataInput { attempt_offset: 1, ..attempt_input(&export) };
+    let resumed = env.run(ExportActivities::export_user_data, input).await.unwrap();
+    let record = fixture.record(&export).await;
+    assert_eq!(record.resumed_from_row(), Some(checkpoint.rows));
+    assert_eq!((resumed.sha256, resumed.bytes), (uninterrupted.sha256, uninterrupted.bytes));
 }
 
 #[tokio::test]
