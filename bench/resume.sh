@@ -128,7 +128,7 @@ for storage in local s3; do
   run_killed
   [ "$(field '["sha256"]' <"$WORK/last.json")" = "$sha" ] && [ "$(field '["bytes"]' <"$WORK/last.json")" = "$size" ] \
     || { echo "the killed run's file differs from the uninterrupted one"; exit 1; }
-  kill "$WORKER_PID" "$API_PID"; wait 2>/dev/null || true
+  kill "$WORKER_PID" "$API_PID"; wait "$WORKER_PID" "$API_PID" 2>/dev/null || true
   printf 'uninterrupted      %6.2f s  (%s bytes, sha256 %s)\n' "$w" "$size" "${sha:0:16}"
   printf 'no checkpoints     %6.2f s  checkpoint cost %s (target <= 1.05)\n' "$w_off" "$(calc "round($w / $w_off, 3)")"
   printf 'killed at 70 %%     %6.2f s  detection %.2f s  resumed from row %s of %s recorded at the kill\n' "$K" "$D" "$RESUMED" "$ROWS_AT_KILL"
