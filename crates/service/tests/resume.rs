@@ -4,21 +4,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use adapters::contract::fakes::BreakingUsers;
 use adapters::memory::{MemoryExportRepository, MemoryUserRepository};
 use adapters::notify::LogNotifier;
 use adapters::storage::ObjectStorage;
-use async_trait::async_trait;
 use chrono::Utc;
-use domain::{
-    Compression, ExecutionPolicy, Export, ExportFormat, ExportId, ExportSpec, ExportStatus, Scope,
-    UserFilter, UserId,
-};
-use futures::{StreamExt, TryStreamExt};
-use ports::{ExportRepository, ExportStorage, PortError, UserRepository, UserStream};
+use domain::{Compression, ExecutionPolicy, Export, ExportFormat, ExportId, ExportSpec, ExportStatus, Scope};
+use futures::TryStreamExt;
+use ports::{ExportRepository, ExportStorage};
 use proptest::prelude::*;
 use service::{AttemptControl, ExportRunner, RunError, RunnerConfig};
 use sha2::{Digest, Sha256};
@@ -26,47 +22,6 @@ use tokio_util::sync::CancellationToken;
 
 fn scope() -> Scope {
     Scope::parse("acme/prod").unwrap()
-}
-
-/// Users whose streams break: each `stream` call takes the next planned row count, yields that
-/// many users and then fails as an unreachable database would. Counts every user it yields.
-struct BreakingUsers {
-    inner: MemoryUserRepository,
-    plan: Mutex<VecDeque<usize>>,
-    yielded: Arc<Mutex<u64>>,
-}
-
-#[async_trait]
-impl UserRepository for BreakingUsers {
-    fn stream(
-        &self,
-        scope: &Scope,
-        filter: &UserFilter,
-        after: Option<UserId>,
-        limit: Option<u64>,
-    ) -> UserStream {
-        let breaks_after = self.plan.lock().unwrap().pop_front();
-        let yielded = self.yielded.clone();
-        let users =
-            self.inner.stream(scope, filter, after, limit).inspect(move |_| *yielded.lock().unwrap() += 1);
-        match breaks_after {
-            None => users.boxed(),
-            Some(n) => users
-                .take(n)
-                .chain(futures::stream::once(async {
-                    Err(PortError::unavailable(anyhow::anyhow!("connection reset")))
-                }))
-                .boxed(),
-        }
-    }
-
-    async fn count(&self, scope: &Scope, filter: &UserFilter) -> Result<u64, PortError> {
-        self.inner.count(scope, filter).await
-    }
-
-    async fn ping(&self) -> Result<(), PortError> {
-        Ok(())
-    }
 }
 
 struct Run {
@@ -97,12 +52,7 @@ async fn run(
     breaks: &[usize],
 ) -> Run {
     let exports = Arc::new(MemoryExportRepository::new());
-    let yielded = Arc::new(Mutex::new(0));
-    let source = BreakingUsers {
-        inner: users.clone(),
-        plan: Mutex::new(breaks.iter().copied().collect()),
-        yielded: yielded.clone(),
-    };
+    let source = Arc::new(BreakingUsers::new(users.clone(), breaks.iter().copied()));
     let config = RunnerConfig {
         segment_bytes,
         progress_interval: Duration::ZERO,
@@ -110,7 +60,7 @@ async fn run(
         ..RunnerConfig::default()
     };
     let runner =
-        ExportRunner::new(Arc::new(source), exports.clone(), storage.clone(), Arc::new(LogNotifier), config);
+        ExportRunner::new(source.clone(), exports.clone(), storage.clone(), Arc::new(LogNotifier), config);
     let export = Export::new(ExportId::from_uuid(uuid::Uuid::now_v7()), scope(), spec, None, Utc::now());
     exports.create_if_absent(&export).await.unwrap();
     let mut resumed_from = Vec::new();
@@ -131,7 +81,7 @@ async fn run(
                 let outcome = done.outcome().unwrap();
                 assert_eq!(outcome.sha256, hex::encode(Sha256::digest(&bytes)), "recorded SHA-256");
                 assert_eq!(outcome.bytes, bytes.len() as u64);
-                let users_read = *yielded.lock().unwrap();
+                let users_read = source.yielded();
                 return Run { bytes, record: done, resumed_from, users_read };
             }
             Err(RunError::Retry { .. }) => {}
@@ -227,11 +177,7 @@ async fn a_checkpoint_whose_upload_is_gone_starts_over_cleanly() {
             run(&repo, storage.clone(), spec(ExportFormat::Ndjson, Compression::Gzip), 4096, &[]).await;
 
         let exports = Arc::new(MemoryExportRepository::new());
-        let source = BreakingUsers {
-            inner: repo.clone(),
-            plan: Mutex::new(VecDeque::from([2_000])),
-            yielded: Arc::default(),
-        };
+        let source = BreakingUsers::new(repo.clone(), [2_000]);
         let config = RunnerConfig {
             segment_bytes: 4096,
             progress_interval: Duration::ZERO,

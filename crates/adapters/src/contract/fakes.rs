@@ -59,6 +59,60 @@ impl UserRepository for SlowUsers {
     }
 }
 
+/// Users whose streams break: each `stream` call takes the next planned row count, yields that
+/// many users and then fails as an unreachable database would (a call with no plan left streams
+/// them all). Counts every user it yields, so a test can tell how many were read twice.
+#[derive(Debug)]
+pub struct BreakingUsers<R> {
+    pub inner: R,
+    plan: std::sync::Mutex<std::collections::VecDeque<usize>>,
+    yielded: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<R> BreakingUsers<R> {
+    pub fn new(inner: R, breaks_after: impl IntoIterator<Item = usize>) -> Self {
+        let plan = std::sync::Mutex::new(breaks_after.into_iter().collect());
+        Self { inner, plan, yielded: Arc::default() }
+    }
+
+    /// Users yielded so far, over every stream.
+    pub fn yielded(&self) -> u64 {
+        self.yielded.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl<R: UserRepository> UserRepository for BreakingUsers<R> {
+    fn stream(
+        &self,
+        scope: &Scope,
+        filter: &UserFilter,
+        after: Option<UserId>,
+        limit: Option<u64>,
+    ) -> UserStream {
+        let breaks_after = self.plan.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop_front();
+        let yielded = Arc::clone(&self.yielded);
+        let users = self.inner.stream(scope, filter, after, limit).inspect(move |_| {
+            yielded.fetch_add(1, Ordering::SeqCst);
+        });
+        match breaks_after {
+            None => users.boxed(),
+            Some(n) => users
+                .take(n)
+                .chain(futures::stream::once(async {
+                    Err(PortError::unavailable(anyhow::anyhow!("connection reset")))
+                }))
+                .boxed(),
+        }
+    }
+    async fn count(&self, scope: &Scope, filter: &UserFilter) -> Result<u64, PortError> {
+        self.inner.count(scope, filter).await
+    }
+    async fn ping(&self) -> Result<(), PortError> {
+        Ok(())
+    }
+}
+
 /// Storage that counts the writers it hands out; the first `failures` of them fail on their
 /// first chunk, retryably (`Unavailable`) or not.
 pub struct FlakyStorage {

@@ -8,7 +8,7 @@ use std::future::Future;
 use temporalio_client::Client;
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 
-pub use crate::contract::fakes::{FailingScopeUsers, FlakyStorage, SlowUsers, read_object};
+pub use crate::contract::fakes::{BreakingUsers, FailingScopeUsers, FlakyStorage, SlowUsers, read_object};
 
 const HINT: &str = "tests need a Temporal dev server: run scripts/test-all.sh, which starts one and \
                     exports TEST_TEMPORAL_ADDRESS (e.g. 127.0.0.1:7233)";

@@ -8,7 +8,7 @@ use std::time::Duration;
 use adapters::memory::{MemoryExportRepository, MemoryUserRepository};
 use adapters::notify::LogNotifier;
 use adapters::storage::ObjectStorage;
-use adapters::temporal::testkit::{FlakyStorage, SlowUsers, read_object};
+use adapters::temporal::testkit::{BreakingUsers, FlakyStorage, SlowUsers, read_object};
 use adapters::temporal::{
     ExportActivities, ExportHeartbeat, ExportRef, ExportUserDataInput, FinishInput, FinishOutcome,
     PrepareInput, failure_type,
@@ -179,43 +179,6 @@ async fn an_attempt_reports_progress_as_heartbeats_and_returns_the_outcome() {
     assert_eq!((record.status(), record.attempt()), (ExportStatus::Completed, 1));
 }
 
-/// Users whose first stream breaks after `rows`, as a database that goes away would.
-struct BreakingOnce {
-    inner: MemoryUserRepository,
-    rows: Mutex<Option<usize>>,
-}
-
-#[async_trait::async_trait]
-impl UserRepository for BreakingOnce {
-    fn stream(
-        &self,
-        scope: &Scope,
-        filter: &domain::UserFilter,
-        after: Option<domain::UserId>,
-        limit: Option<u64>,
-    ) -> ports::UserStream {
-        use futures::StreamExt;
-        let users = self.inner.stream(scope, filter, after, limit);
-        match self.rows.lock().unwrap().take() {
-            None => users,
-            Some(n) => users
-                .take(n)
-                .chain(futures::stream::once(async {
-                    Err(ports::PortError::unavailable(anyhow::anyhow!("connection reset")))
-                }))
-                .boxed(),
-        }
-    }
-
-    async fn count(&self, scope: &Scope, filter: &domain::UserFilter) -> Result<u64, ports::PortError> {
-        self.inner.count(scope, filter).await
-    }
-
-    async fn ping(&self) -> Result<(), ports::PortError> {
-        Ok(())
-    }
-}
-
 /// Temporal's own way to resume: the next attempt reads the last heartbeat's details and goes on
 /// from their checkpoint (here the record's is removed first, so the heartbeat is the only
 /// source), and the file is the uninterrupted one's.
@@ -230,8 +193,7 @@ async fn a_retried_attempt_resumes_from_the_checkpoint_in_its_heartbeat_details(
     let env = whole.environment(|_| {});
     let uninterrupted = env.run(ExportActivities::export_user_data, attempt_input(&export)).await.unwrap();
 
-    let breaking: Arc<dyn UserRepository> =
-        Arc::new(BreakingOnce { inner: users, rows: Mutex::new(Some(2_000)) });
+    let breaking: Arc<dyn UserRepository> = Arc::new(BreakingUsers::new(users, [2_000]));
     let mut fixture = Fixture::new(breaking.clone(), storage.clone());
     let export = fixture.pending_export().await;
     let beats = Arc::new(Mutex::new(Vec::new()));
