@@ -21,8 +21,11 @@ pub struct WeakSecret {
     pub bits: u32,
 }
 
+/// Whether a character belongs to an alphabet.
+type Member = fn(char) -> bool;
+
 /// The alphabets a secret is measured against, smallest first, with their size.
-const ALPHABETS: [(fn(char) -> bool, u32); 4] = [
+const ALPHABETS: [(Member, u32); 4] = [
     (|c| c.is_ascii_digit(), 10),
     (|c| c.is_ascii_digit() || ('a'..='f').contains(&c), 16),
     (|c| c.is_ascii_digit() || ('A'..='F').contains(&c), 16),

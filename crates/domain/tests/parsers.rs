@@ -161,10 +161,10 @@ proptest! {
 
     #[test]
     fn tenant_settings_parse_or_fail_typed(body in arb_body(), entries in prop::collection::vec(arb_json(), 0..4)) {
-        if let Ok(text) = std::str::from_utf8(&body) {
-            if let Err(errors) = TenantDirectory::parse_json(text) {
-                check_bounded(&errors)?;
-            }
+        if let Ok(text) = std::str::from_utf8(&body)
+            && let Err(errors) = TenantDirectory::parse_json(text)
+        {
+            check_bounded(&errors)?;
         }
         let list = Value::Array(entries).to_string();
         if let Err(errors) = TenantDirectory::parse_json(&list) {
