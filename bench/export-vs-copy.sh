@@ -17,7 +17,7 @@ ADMIN_URL=${BENCH_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 DB=userexport_bench
 DB_URL="${ADMIN_URL%/*}/$DB"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/userexport-bench.XXXXXX")
-KEY=bench-$(date +%s)
+KEY=$(openssl rand -base64 32)
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT INT TERM

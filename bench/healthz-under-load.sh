@@ -18,7 +18,7 @@ REQUESTS=${2:-500}
 CONCURRENT=${3:-4}
 TARGET_P99_MS=50
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/userexport-hbench.XXXXXX")
-KEY=bench-key
+KEY=$(openssl rand -base64 32)
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT INT TERM

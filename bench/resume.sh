@@ -20,7 +20,7 @@ ADMIN_URL=${BENCH_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 DB=userexport_bench_resume
 export DATABASE_URL="${ADMIN_URL%/*}/$DB"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/userexport-resume.XXXXXX")
-KEY=bench-key
+KEY=$(openssl rand -base64 32)
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT INT TERM

@@ -45,7 +45,10 @@ async fn deploy(bucket: &str) -> Deployment {
             .env("AWS_REGION", "us-east-1")
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("USEREXPORT_API_KEYS", "key-a=acme/prod,key-b=globex/prod")
+            .env(
+                "USEREXPORT_API_KEYS",
+                "key-a-0123456789abcdefghijklmn=acme/prod,key-b-0123456789abcdefghijklmn=globex/prod",
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null());
     };
@@ -75,7 +78,7 @@ async fn exports_stream_from_postgres_to_s3_and_download_through_presigned_urls(
 
     let export: serde_json::Value = http
         .post(format!("{}/v1/exports/sync?timeout_s=60", d.api))
-        .bearer_auth("key-a")
+        .bearer_auth("key-a-0123456789abcdefghijklmn")
         .json(&serde_json::json!({"format": "csv", "user_filters": {"status": ["active", "inactive"]}}))
         .send()
         .await
@@ -99,8 +102,12 @@ async fn exports_stream_from_postgres_to_s3_and_download_through_presigned_urls(
     assert_eq!(String::from_utf8_lossy(&stored.stdout).trim(), "completed|54000");
 
     // Download: a 307 to a presigned URL that serves exactly the recorded bytes.
-    let redirect =
-        http.get(format!("{}/v1/exports/{id}/download", d.api)).bearer_auth("key-a").send().await.unwrap();
+    let redirect = http
+        .get(format!("{}/v1/exports/{id}/download", d.api))
+        .bearer_auth("key-a-0123456789abcdefghijklmn")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(redirect.status(), 307);
     let location = redirect.headers()["location"].to_str().unwrap().to_owned();
     assert!(location.starts_with(&s3_endpoint()) && location.contains("X-Amz-Signature"), "{location}");
@@ -111,12 +118,17 @@ async fn exports_stream_from_postgres_to_s3_and_download_through_presigned_urls(
 
     // Tenant B: the export and its object do not exist for it.
     for path in [format!("/v1/exports/{id}"), format!("/v1/exports/{id}/download")] {
-        let other = http.get(format!("{}{path}", d.api)).bearer_auth("key-b").send().await.unwrap();
+        let other = http
+            .get(format!("{}{path}", d.api))
+            .bearer_auth("key-b-0123456789abcdefghijklmn")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(other.status(), 404, "{path}");
     }
     let theirs: serde_json::Value = http
         .get(format!("{}/v1/exports", d.api))
-        .bearer_auth("key-b")
+        .bearer_auth("key-b-0123456789abcdefghijklmn")
         .send()
         .await
         .unwrap()

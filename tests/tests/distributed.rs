@@ -61,7 +61,7 @@ impl Deployment {
         let mut api = Command::new(&bin);
         shared_env(&mut api, &db, &bucket, &task_queue, &temporal);
         api.env("USEREXPORT_ORCHESTRATOR", "temporal")
-            .env("USEREXPORT_API_KEYS", "key-a=acme/prod")
+            .env("USEREXPORT_API_KEYS", "key-a-0123456789abcdefghijklmn=acme/prod")
             .env("USEREXPORT_LISTEN", format!("127.0.0.1:{port}"));
         let mut process = Running(api.spawn().unwrap());
         let api = format!("http://127.0.0.1:{port}");
@@ -76,8 +76,10 @@ impl Deployment {
     }
 
     async fn post(&self, path: &str, body: Value, key: Option<&str>) -> (u16, Value) {
-        let mut request =
-            reqwest::Client::new().post(format!("{}{path}", self.api)).bearer_auth("key-a").json(&body);
+        let mut request = reqwest::Client::new()
+            .post(format!("{}{path}", self.api))
+            .bearer_auth("key-a-0123456789abcdefghijklmn")
+            .json(&body);
         if let Some(key) = key {
             request = request.header("Idempotency-Key", key);
         }
@@ -87,7 +89,15 @@ impl Deployment {
 
     async fn get(&self, id: &str) -> Value {
         let url = format!("{}/v1/exports/{id}", self.api);
-        reqwest::Client::new().get(url).bearer_auth("key-a").send().await.unwrap().json().await.unwrap()
+        reqwest::Client::new()
+            .get(url)
+            .bearer_auth("key-a-0123456789abcdefghijklmn")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     async fn until(&self, id: &str, done: impl Fn(&Value) -> bool, within: Duration) -> Value {
@@ -106,7 +116,7 @@ impl Deployment {
     async fn assert_object_matches(&self, export: &Value) {
         let url = format!("{}/v1/exports/{}/download", self.api, export["id"].as_str().unwrap());
         let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-        let redirect = client.get(url).bearer_auth("key-a").send().await.unwrap();
+        let redirect = client.get(url).bearer_auth("key-a-0123456789abcdefghijklmn").send().await.unwrap();
         assert_eq!(redirect.status(), 307);
         let location = redirect.headers()["location"].to_str().unwrap().to_owned();
         let body = reqwest::get(location).await.unwrap().bytes().await.unwrap();

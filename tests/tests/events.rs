@@ -75,7 +75,7 @@ async fn an_event_from_nats_and_the_webhook_runs_once_on_a_temporal_worker() {
     let mut api = Command::new(userexport_binary());
     env(&mut api);
     api.env("USEREXPORT_ORCHESTRATOR", "temporal")
-        .env("USEREXPORT_API_KEYS", "key-a=acme/prod")
+        .env("USEREXPORT_API_KEYS", "key-a-0123456789abcdefghijklmn=acme/prod")
         .env("USEREXPORT_TENANTS", format!(r#"[{{"scope":"acme/prod","webhook_secret":"{SECRET}"}}]"#))
         .env("USEREXPORT_NATS_URL", format!("nats://{}", nats_address()))
         .env("USEREXPORT_NATS_STREAM", format!("SYS_EVENTS_{}", tag.replace('-', "_")))
@@ -103,7 +103,7 @@ async fn an_event_from_nats_and_the_webhook_runs_once_on_a_temporal_worker() {
     let export = loop {
         let list: Value = http
             .get(format!("{base}/v1/exports"))
-            .bearer_auth("key-a")
+            .bearer_auth("key-a-0123456789abcdefghijklmn")
             .send()
             .await
             .unwrap()
@@ -146,7 +146,7 @@ async fn an_event_from_nats_and_the_webhook_runs_once_on_a_temporal_worker() {
 
     let list: Value = http
         .get(format!("{base}/v1/exports"))
-        .bearer_auth("key-a")
+        .bearer_auth("key-a-0123456789abcdefghijklmn")
         .send()
         .await
         .unwrap()

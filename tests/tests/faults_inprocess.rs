@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use sha2::Digest;
 
 const SCOPE: &str = "acme/prod";
-const API_KEY: &str = "key-a";
+const API_KEY: &str = "key-a-0123456789abcdefghijklmn";
 /// Users behind the outage tests: the debug binary exports them in several seconds, so a fault
 /// lands well inside the export.
 const FAULT_USERS: u64 = 600_000;

@@ -260,7 +260,7 @@ impl Deployment {
         let mut api = Command::new(&binaries().api);
         d.env(&mut api, &d.db.url(), &api_temporal, "api.log");
         api.env("USEREXPORT_ORCHESTRATOR", "temporal")
-            .env("USEREXPORT_API_KEYS", "key-a=acme/prod")
+            .env("USEREXPORT_API_KEYS", "key-a-0123456789abcdefghijklmn=acme/prod")
             .env("USEREXPORT_LISTEN", format!("127.0.0.1:{port}"));
         let mut process = Running(api.spawn().unwrap());
         d.api = format!("http://127.0.0.1:{port}");
@@ -311,7 +311,7 @@ impl Deployment {
     async fn post(&self, path: &str, body: Value) -> reqwest::Response {
         reqwest::Client::new()
             .post(format!("{}{path}", self.api))
-            .bearer_auth("key-a")
+            .bearer_auth("key-a-0123456789abcdefghijklmn")
             .json(&body)
             .send()
             .await
@@ -334,7 +334,15 @@ impl Deployment {
 
     async fn get(&self, id: &str) -> Value {
         let url = format!("{}/v1/exports/{id}", self.api);
-        reqwest::Client::new().get(url).bearer_auth("key-a").send().await.unwrap().json().await.unwrap()
+        reqwest::Client::new()
+            .get(url)
+            .bearer_auth("key-a-0123456789abcdefghijklmn")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     async fn until(&self, id: &str, done: impl Fn(&Value) -> bool, within: Duration) -> Value {
@@ -459,7 +467,7 @@ impl Deployment {
 
         let url = format!("{}/v1/exports/{id}/download", self.api);
         let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-        let redirect = client.get(url).bearer_auth("key-a").send().await.unwrap();
+        let redirect = client.get(url).bearer_auth("key-a-0123456789abcdefghijklmn").send().await.unwrap();
         assert_eq!(redirect.status(), 307);
         let location = redirect.headers()["location"].to_str().unwrap().to_owned();
         let body = reqwest::get(location).await.unwrap().bytes().await.unwrap();
@@ -671,7 +679,7 @@ async fn an_export_whose_workflow_start_failed_is_started_by_the_reconciler() {
 
     let listed = reqwest::Client::new()
         .get(format!("{}/v1/exports", d.api))
-        .bearer_auth("key-a")
+        .bearer_auth("key-a-0123456789abcdefghijklmn")
         .send()
         .await
         .unwrap()
@@ -902,7 +910,7 @@ async fn a_worker_killed_at_70_percent_resumes_near_its_checkpoint_and_writes_th
     // A valid multi-member gzip stream of every user, as gzip itself and flate2 read it.
     let url = format!("{}/v1/exports/{id}/download", d.api);
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let redirect = client.get(url).bearer_auth("key-a").send().await.unwrap();
+    let redirect = client.get(url).bearer_auth("key-a-0123456789abcdefghijklmn").send().await.unwrap();
     let location = redirect.headers()["location"].to_str().unwrap().to_owned();
     let body = reqwest::get(location).await.unwrap().bytes().await.unwrap();
     assert_eq!(hex::encode(sha2::Sha256::digest(&body)), done["sha256"].as_str().unwrap());

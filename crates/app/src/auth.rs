@@ -33,6 +33,8 @@ pub enum ApiKeysError {
     BadScope { index: usize, scope: String, reason: domain::IdParseError },
     #[error("entry {index}: the same key is configured twice")]
     Duplicate { index: usize },
+    #[error("entry {index}: the key {reason}")]
+    Weak { index: usize, reason: domain::WeakSecret },
 }
 
 /// The configured keys, as digests, each with its scope.
@@ -52,7 +54,8 @@ fn digest(key: &str) -> KeyDigest {
 }
 
 impl ApiKeys {
-    /// Parses `key1=acme/prod,key2=globex/prod` (entries are 1-based in errors).
+    /// Parses `key1=acme/prod,key2=globex/prod` (entries are 1-based in errors). Every key must
+    /// carry at least 128 bits ([`domain::secrets`]): configured keys are the non-demo mode.
     pub fn parse(raw: &str) -> Result<Self, ApiKeysError> {
         let mut entries: Vec<(KeyDigest, Scope)> = Vec::new();
         for (i, entry) in raw.split(',').map(str::trim).enumerate().filter(|(_, e)| !e.is_empty()) {
@@ -62,6 +65,7 @@ impl ApiKeys {
             if key.is_empty() || !key.chars().all(|c| c.is_ascii_graphic()) {
                 return Err(ApiKeysError::BadKey { index });
             }
+            domain::secrets::check_strength(key).map_err(|reason| ApiKeysError::Weak { index, reason })?;
             let scope = Scope::parse(scope.trim()).map_err(|reason| ApiKeysError::BadScope {
                 index,
                 scope: scope.to_owned(),
@@ -154,11 +158,15 @@ mod tests {
         Scope::parse(raw).unwrap_or_else(|e| panic!("{raw}: {e}"))
     }
 
+    const KEY1: &str = "key1-0123456789abcdefghijklmn";
+    const KEY2: &str = "key2-0123456789abcdefghijklmn";
+
     #[test]
     fn keys_map_to_their_scope() {
-        let keys = ApiKeys::parse(" key1=acme/prod, key2=globex/prod ,").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(keys.authenticate("key1"), Some(scope("acme/prod")));
-        assert_eq!(keys.authenticate("key2"), Some(scope("globex/prod")));
+        let raw = format!(" {KEY1}=acme/prod, {KEY2}=globex/prod ,");
+        let keys = ApiKeys::parse(&raw).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(keys.authenticate(KEY1), Some(scope("acme/prod")));
+        assert_eq!(keys.authenticate(KEY2), Some(scope("globex/prod")));
         assert_eq!(keys.authenticate("key3"), None);
         assert_eq!(keys.authenticate(""), None);
         assert_eq!(keys.scopes(), vec![scope("acme/prod"), scope("globex/prod")]);
@@ -166,18 +174,48 @@ mod tests {
 
     #[test]
     fn keys_may_contain_equals_signs() {
-        let keys = ApiKeys::parse("abc==acme/prod").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(keys.authenticate("abc="), Some(scope("acme/prod")));
+        let keys = ApiKeys::parse(&format!("{KEY1}==acme/prod")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(keys.authenticate(&format!("{KEY1}=")), Some(scope("acme/prod")));
     }
 
     #[test]
     fn bad_configuration_is_rejected_without_echoing_keys() {
         assert_eq!(ApiKeys::parse("").err(), Some(ApiKeysError::Empty));
         assert_eq!(ApiKeys::parse(" , ").err(), Some(ApiKeysError::Empty));
-        assert_eq!(ApiKeys::parse("k=acme/prod,nokey").err(), Some(ApiKeysError::Malformed { index: 2 }));
+        assert_eq!(
+            ApiKeys::parse(&format!("{KEY1}=acme/prod,nokey")).err(),
+            Some(ApiKeysError::Malformed { index: 2 })
+        );
         assert_eq!(ApiKeys::parse("=acme/prod").err(), Some(ApiKeysError::BadKey { index: 1 }));
-        assert_eq!(ApiKeys::parse("k=a/b,k=c/d").err(), Some(ApiKeysError::Duplicate { index: 2 }));
-        let err = ApiKeys::parse("s3cret=Acme/prod").err().map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(
+            ApiKeys::parse(&format!("{KEY1}=a/b,{KEY1}=c/d")).err(),
+            Some(ApiKeysError::Duplicate { index: 2 })
+        );
+        let err = ApiKeys::parse(&format!("s3cret{KEY1}=Acme/prod")).err().map(|e| e.to_string());
+        let err = err.unwrap_or_default();
         assert!(err.contains("Acme/prod") && !err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn short_keys_are_refused_without_echoing_them() {
+        for weak in ["k1", "key-a", "0123456789abcdef", "0123456789abcdef0123456789abcde"] {
+            let err = ApiKeys::parse(&format!("{KEY1}=a/b,{weak}=acme/prod")).err();
+            assert!(matches!(err, Some(ApiKeysError::Weak { index: 2, .. })), "{weak}: {err:?}");
+            let text = err.map(|e| e.to_string()).unwrap_or_default();
+            assert!(text.contains("128 bits") && !text.contains(weak), "{text}");
+        }
+        assert!(ApiKeys::parse("0123456789abcdef0123456789abcdef=acme/prod").is_ok());
+    }
+
+    proptest::proptest! {
+        /// Any setting: keys or a typed error, never a panic, and no error text repeats a key.
+        #[test]
+        fn any_setting_gets_a_typed_answer(raw in ".{0,120}", key in "[ -~]{20,40}") {
+            let _ = ApiKeys::parse(&raw).map(|keys| keys.scopes());
+            let with_key = format!("{key}=acme/prod,{raw}");
+            if let Err(err) = ApiKeys::parse(&with_key) {
+                proptest::prop_assert!(!err.to_string().contains(&key), "{}", err);
+            }
+        }
     }
 }

@@ -11,7 +11,9 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::{Parser, Subcommand, ValueEnum};
 use domain::ExecutionPolicy;
-pub use wiring::{BackendArgs, LogFormat, NotifyArgs, PolicyArgs, StorageKind, TemporalArgs, TenantArgs};
+pub use wiring::{
+    BackendArgs, LogFormat, NotifyArgs, PolicyArgs, ScheduleArgs, StorageKind, TemporalArgs, TenantArgs,
+};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_MAX_CONCURRENT_EXPORTS: usize = 4;
@@ -111,6 +113,10 @@ pub struct Config {
     #[command(flatten)]
     pub policy: PolicyArgs,
 
+    /// Limits on export schedules.
+    #[command(flatten)]
+    pub schedules: ScheduleArgs,
+
     /// Which orchestrator runs exports.
     #[arg(long, env = "USEREXPORT_ORCHESTRATOR", value_enum, default_value_t = OrchestratorKind::Inprocess)]
     pub orchestrator: OrchestratorKind,
@@ -166,6 +172,7 @@ impl Config {
             sync_timeout_default_s: DEFAULT_SYNC_TIMEOUT_S,
             shutdown_grace_s: DEFAULT_SHUTDOWN_GRACE_S,
             policy: PolicyArgs::default(),
+            schedules: ScheduleArgs::default(),
             orchestrator: OrchestratorKind::Inprocess,
             temporal: TemporalArgs {
                 temporal_address: "127.0.0.1:7233".to_owned(),

@@ -397,8 +397,11 @@ fn invalid_signature_problem(reason: &SignatureError) -> Problem {
         ))
 }
 
-fn validation_problem(errors: &ValidationErrors) -> Problem {
-    let errors: Vec<FieldErrorBody> = errors
+/// The `errors` entry that stands for those not listed (`ValidationErrors` keeps the first 20).
+pub const MORE_ERRORS_CODE: &str = "more_errors";
+
+fn validation_problem(invalid: &ValidationErrors) -> Problem {
+    let mut errors: Vec<FieldErrorBody> = invalid
         .errors()
         .iter()
         .map(|e| FieldErrorBody {
@@ -410,11 +413,27 @@ fn validation_problem(errors: &ValidationErrors) -> Problem {
     let detail = match errors.as_slice() {
         [one] if one.field.is_empty() => one.message.clone(),
         [one] => format!("{} is invalid: {}", one.field, one.message),
+        _ if invalid.omitted() > 0 => {
+            format!("{} errors; the first {} are listed in errors.", invalid.len(), errors.len())
+        }
         many => format!("{} fields are invalid; see errors.", many.len()),
     };
-    Problem {
+    if invalid.omitted() > 0 {
+        // One last entry says how many more, so the answer stays small whatever the body held.
+        errors.push(FieldErrorBody {
+            field: String::new(),
+            code: MORE_ERRORS_CODE.to_owned(),
+            message: format!("and {} more errors, not listed", invalid.omitted()),
+        });
+    }
+    let problem = Problem {
         errors: Some(errors),
         ..Problem::new("validation", "Invalid request", StatusCode::UNPROCESSABLE_ENTITY, detail)
+    };
+    if invalid.omitted() > 0 {
+        problem.with_hint("Fix the listed fields and resend; any errors left are listed then.")
+    } else {
+        problem
     }
 }
 
@@ -537,6 +556,7 @@ impl From<DownloadError> for ApiError {
 impl From<CreateScheduleError> for ApiError {
     fn from(err: CreateScheduleError) -> Self {
         match err {
+            CreateScheduleError::Invalid(errors) => Self::Validation(errors),
             CreateScheduleError::IdempotencyMismatch { existing, .. } => {
                 Self::ScheduleIdempotencyKeyReused { existing }
             }
@@ -570,6 +590,7 @@ impl From<UpdateScheduleError> for ApiError {
         match err {
             UpdateScheduleError::NotFound => Self::ScheduleNotFound,
             UpdateScheduleError::Conflict => Self::ScheduleConflict,
+            UpdateScheduleError::Invalid(errors) => Self::Validation(errors),
             UpdateScheduleError::Port(err) => err.into(),
             UpdateScheduleError::Unknown(err) => Self::Internal(err),
         }
@@ -639,6 +660,24 @@ mod tests {
         assert_eq!(problem.kind, "https://userexport.dev/problems/validation");
         assert_eq!(problem.status, 422);
         assert_eq!(problem.errors.map(|e| e.len()), Some(2));
+    }
+
+    #[test]
+    fn validation_problems_list_a_bounded_number_of_errors() {
+        let mut errors = ValidationErrors::new();
+        for i in 0..32_000 {
+            errors.add(format!("fields[{i}]"), "unknown_field", "unknown field; expected one of id, email");
+        }
+        let problem = ApiError::Validation(errors).problem();
+        let listed = problem.errors.clone().unwrap_or_default();
+        assert_eq!(listed.len(), domain::validation::MAX_LISTED_ERRORS + 1);
+        let last = listed.last().cloned().unwrap_or_else(|| panic!("no entries"));
+        assert_eq!(
+            (last.code.as_str(), last.message.as_str()),
+            (MORE_ERRORS_CODE, "and 31980 more errors, not listed")
+        );
+        assert!(problem.detail.starts_with("32000 errors"), "{}", problem.detail);
+        assert!(problem.hint.is_some());
     }
 
     #[test]

@@ -234,8 +234,10 @@ impl Application {
             ),
         };
         let dyn_orchestrator = orchestrator.port();
+        let tenants = Arc::new(tenants);
         let (schedules, scheduler) =
             build_schedules(&orchestrator, &adapters, Arc::clone(&dyn_orchestrator), policy).await?;
+        let schedules = schedules.with_rules(config.schedules.rules()).with_tenants(Arc::clone(&tenants));
         let service = ExportService::new(
             Arc::clone(&adapters.exports),
             Arc::clone(&adapters.storage),
@@ -243,8 +245,8 @@ impl Application {
             runner,
             config.backends.download_url_ttl(),
         )
-        .with_retention(config.policy.retention_policy()?);
-        let tenants = Arc::new(tenants);
+        .with_retention(config.policy.retention_policy()?)
+        .with_tenants(Arc::clone(&tenants));
         let batches = BatchService::new(
             Arc::clone(&adapters.batches),
             Arc::clone(&adapters.exports),

@@ -127,14 +127,7 @@ impl BatchRequest {
             Some(export) => match ExportSpec::from_json(export) {
                 Ok(spec) => Some(spec),
                 Err(invalid) => {
-                    for e in invalid.errors() {
-                        let field = if e.field.is_empty() {
-                            "export".to_owned()
-                        } else {
-                            format!("export.{}", e.field)
-                        };
-                        errors.add(field, e.code, e.message.clone());
-                    }
+                    errors.extend_nested("export", invalid);
                     None
                 }
             },
@@ -199,7 +192,7 @@ fn parse_targets(value: Option<&Value>, errors: &mut ValidationErrors) -> Option
     };
     let mut seen = BTreeSet::new();
     let mut scopes = Vec::with_capacity(items.len());
-    let before = errors.errors().len();
+    let before = errors.len();
     for (i, item) in items.iter().enumerate() {
         let path = format!("targets[{i}]");
         let parsed = match item {
@@ -222,7 +215,7 @@ fn parse_targets(value: Option<&Value>, errors: &mut ValidationErrors) -> Option
             ),
         }
     }
-    (errors.errors().len() == before).then_some(TargetSelection::Scopes(scopes))
+    (errors.len() == before).then_some(TargetSelection::Scopes(scopes))
 }
 
 /// Timestamps at microsecond precision, as databases store them.

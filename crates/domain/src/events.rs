@@ -124,14 +124,7 @@ impl ExportRequested {
             Some(request) => match ExportSpec::from_json(request) {
                 Ok(spec) => Some(spec),
                 Err(invalid) => {
-                    for e in invalid.errors() {
-                        let field = if e.field.is_empty() {
-                            "request".to_owned()
-                        } else {
-                            format!("request.{}", e.field)
-                        };
-                        errors.add(field, e.code, e.message.clone());
-                    }
+                    errors.extend_nested("request", invalid);
                     None
                 }
             },

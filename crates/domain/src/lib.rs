@@ -5,6 +5,7 @@ pub mod batch;
 pub mod callback;
 pub mod checkpoint;
 pub mod cursor;
+pub mod email;
 pub mod encode;
 pub mod events;
 pub mod export;
@@ -12,6 +13,8 @@ pub mod ids;
 pub mod policy;
 pub mod request;
 pub mod schedule;
+pub mod schedule_rules;
+pub mod secrets;
 pub mod signature;
 pub mod synthetic;
 pub mod tenants;
@@ -28,6 +31,7 @@ pub use checkpoint::{
     UploadLocation,
 };
 pub use cursor::{BadCursor, ListCursor};
+pub use email::EmailError;
 pub use events::{EventError, ExportRequested};
 pub use export::{
     Export, ExportFailure, ExportOutcome, ExportParts, ExportStatus, FailureKind, IllegalTransition,
@@ -42,6 +46,8 @@ pub use schedule::{
     CronError, CronExpr, CronField, CronFieldError, ExportSchedule, NewSchedule, ScheduleId, SchedulePatch,
     ScheduleTimezone, UnknownTimezone,
 };
+pub use schedule_rules::ScheduleRules;
+pub use secrets::{MIN_SECRET_BITS, WeakSecret};
 pub use tenants::{Secret, TenantDirectory, TenantSettings};
 pub use user::{User, UserField, UserStatus};
 pub use validation::{FieldError, ValidationErrors};

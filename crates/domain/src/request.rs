@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
-use validator::ValidateEmail;
 
+use crate::email::check_notify_email;
 use crate::user::{User, UserField, UserStatus};
 use crate::validation::ValidationErrors;
 
@@ -236,9 +236,19 @@ impl ExportSpec {
         };
         let notify_email = match obj.get("notify_email") {
             None | Some(Value::Null) => None,
-            Some(Value::String(s)) if s.len() <= 254 && s.validate_email() => Some(s.clone()),
+            Some(Value::String(s)) => match check_notify_email(s) {
+                Ok(_) => Some(s.clone()),
+                Err(e) => {
+                    errors.add("notify_email", e.code(), format!("notify_email {e}"));
+                    None
+                }
+            },
             Some(_) => {
-                errors.add("notify_email", "invalid_value", "notify_email must be an email address");
+                errors.add(
+                    "notify_email",
+                    "invalid_type",
+                    "notify_email must be a string such as \"ops@acme.com\"",
+                );
                 None
             }
         };

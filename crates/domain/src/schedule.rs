@@ -202,6 +202,10 @@ pub struct CronExpr {
     text: String,
     #[serde(skip)]
     cron: CronMatcher,
+    /// Whether some month holds one of its days of month (`0 0 30 2 *` never fires): known
+    /// without a search, because croner searches up to the year 5000 before giving up.
+    #[serde(skip)]
+    can_fire: bool,
 }
 
 /// croner's parsed form; compared and hashed through the text only.
@@ -243,7 +247,18 @@ impl CronExpr {
                 reason: format!("not a valid cron expression ({e:?})"),
             }])
         })?;
-        Ok(Self { text, cron: CronMatcher(Some(cron)) })
+        let days = field_values(CronField::DayOfMonth, parts[2]);
+        let months = field_values(CronField::Month, parts[3]);
+        let can_fire =
+            (1..=12).any(|m| months & (1 << m) != 0 && days & ((1 << (MONTH_DAYS[m - 1] + 1)) - 2) != 0);
+        Ok(Self { text, cron: CronMatcher(Some(cron)), can_fire })
+    }
+
+    /// Whether the expression can ever fire: some selected month has one of its selected days.
+    /// Every such date falls on each day of the week within a few decades, so an expression
+    /// that can fire is found by croner without walking far.
+    pub fn can_fire(&self) -> bool {
+        self.can_fire
     }
 
     pub fn as_str(&self) -> &str {
@@ -254,6 +269,9 @@ impl CronExpr {
     /// `Europe/Paris` fires at 03:00 Paris time, across DST changes). `None` if it never fires
     /// again (e.g. `0 0 30 2 *`).
     pub fn next_after(&self, timezone: &ScheduleTimezone, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        if !self.can_fire {
+            return None;
+        }
         let cron = self.cron.0.as_ref()?;
         let local = after.with_timezone(&timezone.0);
         cron.find_next_occurrence(&local, false).ok().map(|t| t.with_timezone(&Utc))
@@ -298,6 +316,34 @@ fn check_field(field: CronField, raw: &str) -> Result<(), CronFieldError> {
         }
     }
     Ok(())
+}
+
+/// Days in each month, February's in a leap year.
+const MONTH_DAYS: [usize; 12] = [31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+
+/// The values a field accepted by [`check_field`] selects, as bits (`1 << value`).
+fn field_values(field: CronField, raw: &str) -> u64 {
+    let (min, max) = field.range();
+    let mut bits = 0_u64;
+    for item in raw.split(',') {
+        let (base, step) = match item.split_once('/') {
+            Some((base, step)) => (base, step.parse::<u32>().unwrap_or(1).max(1)),
+            None => (item, 1),
+        };
+        let (from, to) = match base.split_once('-') {
+            _ if base == "*" => (min, max),
+            Some((a, b)) => (field.value(a).unwrap_or(min), field.value(b).unwrap_or(max)),
+            // `5/10` runs from 5 to the end; a single value is itself.
+            None => {
+                let v = field.value(base).unwrap_or(min);
+                (v, if step > 1 { max } else { v })
+            }
+        };
+        for v in (from..=to.min(max)).step_by(step as usize) {
+            bits |= 1 << v;
+        }
+    }
+    bits
 }
 
 fn name_hint(field: CronField) -> &'static str {
@@ -618,11 +664,7 @@ fn parse_request(value: &Value, errors: &mut ValidationErrors) -> Option<ExportS
     match ExportSpec::from_json(value) {
         Ok(spec) => Some(spec),
         Err(inner) => {
-            for e in inner.errors() {
-                let field =
-                    if e.field.is_empty() { "request".to_owned() } else { format!("request.{}", e.field) };
-                errors.add(field, e.code, e.message.clone());
-            }
+            errors.extend_nested("request", inner);
             None
         }
     }

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use domain::{
-    Export, ExportId, ExportSpec, ExportStatus, IdempotencyKey, RetentionPolicy, Scope, ValidationErrors,
+    Export, ExportId, ExportSpec, ExportStatus, IdempotencyKey, RetentionPolicy, Scope, TenantDirectory,
+    ValidationErrors,
 };
 use ports::{
     CreateOutcome, ExportPage, ExportQuery, ExportRepository, ExportStorage, ObjectReader, Orchestrator,
@@ -108,6 +109,8 @@ pub struct ExportService {
     runner: Arc<ExportRunner>,
     signed_url_ttl: Duration,
     retention: RetentionPolicy,
+    /// Per-tenant rules on requests (the domains `notify_email` may use).
+    tenants: Arc<TenantDirectory>,
 }
 
 impl std::fmt::Debug for ExportService {
@@ -124,7 +127,22 @@ impl ExportService {
         runner: Arc<ExportRunner>,
         signed_url_ttl: Duration,
     ) -> Self {
-        Self { exports, storage, orchestrator, runner, signed_url_ttl, retention: RetentionPolicy::default() }
+        Self {
+            exports,
+            storage,
+            orchestrator,
+            runner,
+            signed_url_ttl,
+            retention: RetentionPolicy::default(),
+            tenants: Arc::default(),
+        }
+    }
+
+    /// Applies the tenants' request rules (`notify_domains`); without, only the address rules.
+    #[must_use]
+    pub fn with_tenants(mut self, tenants: Arc<TenantDirectory>) -> Self {
+        self.tenants = tenants;
+        self
     }
 
     /// Caps requested retention (`retention_days`) at `retention.max_days`.
@@ -143,7 +161,10 @@ impl ExportService {
         spec: ExportSpec,
         idempotency_key: Option<IdempotencyKey>,
     ) -> Result<Requested, RequestError> {
-        self.retention.check(&spec).map_err(RequestError::Invalid)?;
+        let mut invalid = ValidationErrors::new();
+        invalid.absorb(self.retention.check(&spec));
+        invalid.absorb(self.tenants.check_notify_email(scope, &spec));
+        invalid.into_result(()).map_err(RequestError::Invalid)?;
         let id = match &idempotency_key {
             Some(key) => ExportId::for_idempotency_key(scope, key),
             // v7: time-ordered, so IDs sort like creation and index well.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use chrono::{DateTime, SubsecRound, Utc};
 use domain::{
     Export, ExportId, ExportSchedule, ExportStatus, IdempotencyKey, NewSchedule, ScheduleId, SchedulePatch,
-    Scope,
+    ScheduleRules, Scope, TenantDirectory, ValidationErrors,
 };
 use ports::{
     CreateOutcome, ExportRepository, Orchestrator, PortError, Presence, ScheduleCreateOutcome, SchedulePage,
@@ -23,6 +23,10 @@ use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CreateScheduleError {
+    /// The schedule breaks the service's rules (`cron` never fires or fires too often, a
+    /// `notify_email` outside the tenant's domains).
+    #[error(transparent)]
+    Invalid(ValidationErrors),
     /// The idempotency key was used before with a different schedule.
     #[error("idempotency key {key:?} was already used for a different schedule ({existing})")]
     IdempotencyMismatch { key: String, existing: ScheduleId },
@@ -54,6 +58,9 @@ pub enum ListSchedulesError {
 pub enum UpdateScheduleError {
     #[error("schedule not found")]
     NotFound,
+    /// The changed schedule would break the service's rules (as for create).
+    #[error(transparent)]
+    Invalid(ValidationErrors),
     /// Another update changed the schedule meanwhile (after a few retries).
     #[error("the schedule was changed concurrently; retry")]
     Conflict,
@@ -169,6 +176,8 @@ pub struct ScheduleService {
     schedules: Arc<dyn ScheduleRepository>,
     scheduler: Arc<dyn Scheduler>,
     fires: Arc<ScheduledExports>,
+    rules: ScheduleRules,
+    tenants: Arc<TenantDirectory>,
 }
 
 impl std::fmt::Debug for ScheduleService {
@@ -186,7 +195,31 @@ impl ScheduleService {
         scheduler: Arc<dyn Scheduler>,
         fires: Arc<ScheduledExports>,
     ) -> Self {
-        Self { schedules, scheduler, fires }
+        Self { schedules, scheduler, fires, rules: ScheduleRules::default(), tenants: Arc::default() }
+    }
+
+    /// The limits every created or changed schedule must keep (minimum interval).
+    #[must_use]
+    pub fn with_rules(mut self, rules: ScheduleRules) -> Self {
+        self.rules = rules;
+        self
+    }
+
+    /// Applies the tenants' request rules to each schedule's request (`notify_domains`).
+    #[must_use]
+    pub fn with_tenants(mut self, tenants: Arc<TenantDirectory>) -> Self {
+        self.tenants = tenants;
+        self
+    }
+
+    /// The rules a schedule must keep from `now` on, every error on its field.
+    fn check(&self, schedule: &ExportSchedule, now: DateTime<Utc>) -> Result<(), ValidationErrors> {
+        let mut errors = ValidationErrors::new();
+        errors.absorb(self.rules.check(&schedule.cron, &schedule.timezone, now));
+        if let Err(invalid) = self.tenants.check_notify_email(&schedule.scope, &schedule.spec) {
+            errors.extend_nested("request", invalid);
+        }
+        errors.into_result(())
     }
 
     /// Stores the schedule, then creates its timer; if the timer cannot be created the record
@@ -202,7 +235,9 @@ impl ScheduleService {
             Some(key) => ScheduleId::for_idempotency_key(scope, key),
             None => ScheduleId::from_uuid(Uuid::now_v7()),
         };
-        let schedule = ExportSchedule::new(id, scope.clone(), new, Utc::now());
+        let now = Utc::now();
+        let schedule = ExportSchedule::new(id, scope.clone(), new, now);
+        self.check(&schedule, now).map_err(CreateScheduleError::Invalid)?;
         match self.schedules.create_if_absent(&schedule).await? {
             ScheduleCreateOutcome::Created => {}
             ScheduleCreateOutcome::Existing(existing) => {
@@ -256,7 +291,13 @@ impl ScheduleService {
     ) -> Result<ExportSchedule, UpdateScheduleError> {
         for _ in 0..UPDATE_ATTEMPTS {
             let current = self.schedules.get(scope, id).await?.ok_or(UpdateScheduleError::NotFound)?;
-            let next = current.patched(patch.clone(), Utc::now());
+            let now = Utc::now();
+            let next = current.patched(patch.clone(), now);
+            // Only what the patch changes is judged: a stored schedule admitted under older
+            // rules can still be paused, resumed or renamed.
+            if patch.cron.is_some() || patch.timezone.is_some() || patch.spec.is_some() {
+                self.check(&next, now).map_err(UpdateScheduleError::Invalid)?;
+            }
             match self.schedules.update_if_revision(&next, current.revision).await? {
                 ScheduleUpdateOutcome::Updated => {}
                 ScheduleUpdateOutcome::NotFound => return Err(UpdateScheduleError::NotFound),

@@ -487,7 +487,7 @@ impl ports::ObjectWriter for HangingFinish {
 
 fn notifying_spec() -> ExportSpec {
     ExportSpec::from_json(
-        &serde_json::json!({"format": "csv", "email_notify": true, "notify_email": "ops@acme.test"}),
+        &serde_json::json!({"format": "csv", "email_notify": true, "notify_email": "ops@acme.com"}),
     )
     .unwrap()
 }

@@ -23,8 +23,10 @@ use ports::{
 };
 use tracing::info;
 
+mod schedule_settings;
 mod settings;
 
+pub use schedule_settings::ScheduleArgs;
 pub use settings::{
     CallbackArgs, LogFormat, NotifyArgs, PolicyArgs, TemporalArgs, TenantArgs, init_logging, shutdown_signal,
 };

@@ -252,7 +252,7 @@ mod tests {
 
     fn tenants_with(url: &str, allow_private: bool) -> TenantArgs {
         let json = format!(
-            r#"[{{"scope":"acme/prod","webhook_secret":"0123456789abcdef","callback_url":"{url}"}}]"#
+            r#"[{{"scope":"acme/prod","webhook_secret":"0123456789abcdef0123456789abcdef","callback_url":"{url}"}}]"#
         );
         TenantArgs {
             tenants: Some(json),
@@ -309,7 +309,8 @@ mod tests {
 pub struct TenantArgs {
     /// Tenants as a JSON array, or `@path` to a JSON file:
     /// `[{"scope":"acme/prod","notify_email":"ops@acme.test","webhook_secret":"…",
-    /// "callback_url":"https://…"}]`.
+    /// "callback_url":"https://…","notify_domains":["acme.com"]}]`; webhook secrets carry at
+    /// least 128 bits (e.g. `openssl rand -base64 32`).
     #[arg(long, env = "USEREXPORT_TENANTS", hide_env_values = true)]
     pub tenants: Option<String>,
 

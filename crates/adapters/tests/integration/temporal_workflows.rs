@@ -430,7 +430,7 @@ async fn the_notification_step_runs_after_the_export_as_a_local_activity() {
     let h = Harness::new("notify", Setup::default()).await;
     h.with_worker(async {
         let export =
-            h.request(json!({"format": "csv", "email_notify": true, "notify_email": "ops@acme.test"})).await;
+            h.request(json!({"format": "csv", "email_notify": true, "notify_email": "ops@acme.com"})).await;
         h.workflow_result(&export.workflow_id()).await.unwrap();
 
         let record = h.record(export.id).await;

@@ -45,6 +45,8 @@ pub enum OperatorKeysError {
     Duplicate { index: usize },
     #[error("entry {index}: this key is also a tenant key (USEREXPORT_API_KEYS); use separate keys")]
     AlsoTenantKey { index: usize },
+    #[error("entry {index}: the key {reason}")]
+    Weak { index: usize, reason: domain::WeakSecret },
 }
 
 /// The configured operator keys, as digests, each with its permissions.
@@ -78,6 +80,9 @@ impl OperatorKeys {
                     })?;
                 granted.insert(permission);
             }
+            // Operator keys are never generated (no demo mode): always at least 128 bits.
+            domain::secrets::check_strength(key)
+                .map_err(|reason| OperatorKeysError::Weak { index, reason })?;
             let key = digest(key);
             if entries.iter().any(|(known, _)| known == &key) {
                 return Err(OperatorKeysError::Duplicate { index });
@@ -138,11 +143,14 @@ impl FromRequestParts<AppState> for BatchOperator {
 mod tests {
     use super::*;
 
+    const OP1: &str = "op1-0123456789abcdefghijklmn";
+    const OP2: &str = "op2-0123456789abcdefghijklmn";
+
     #[test]
     fn operator_keys_carry_their_permissions() {
-        let keys = OperatorKeys::parse(" op1=batch , op2==batch+batch,").unwrap_or_default();
-        assert_eq!(keys.authenticate("op1").map(|p| p.contains(&Permission::Batch)), Some(true));
-        assert_eq!(keys.authenticate("op2=").map(|p| p.len()), Some(1));
+        let keys = OperatorKeys::parse(&format!(" {OP1}=batch , {OP2}==batch+batch,")).unwrap_or_default();
+        assert_eq!(keys.authenticate(OP1).map(|p| p.contains(&Permission::Batch)), Some(true));
+        assert_eq!(keys.authenticate(&format!("{OP2}=")).map(|p| p.len()), Some(1));
         assert!(keys.authenticate("op3").is_none());
         assert!(OperatorKeys::parse("").is_ok_and(|k| k.is_empty()));
     }
@@ -150,23 +158,29 @@ mod tests {
     #[test]
     fn bad_configuration_is_rejected_without_echoing_keys() {
         assert_eq!(
-            OperatorKeys::parse("k=batch,nope").err(),
+            OperatorKeys::parse(&format!("{OP1}=batch,nope")).err(),
             Some(OperatorKeysError::Malformed { index: 2 })
         );
         assert_eq!(OperatorKeys::parse("=batch").err(), Some(OperatorKeysError::BadKey { index: 1 }));
         assert_eq!(
-            OperatorKeys::parse("k=batch,k=batch").err(),
+            OperatorKeys::parse(&format!("{OP1}=batch,{OP1}=batch")).err(),
             Some(OperatorKeysError::Duplicate { index: 2 })
         );
         let err = OperatorKeys::parse("s3cret=admin").err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("\"admin\"") && !err.contains("s3cret"), "{err}");
+        let err = OperatorKeys::parse("s3cret=batch").err();
+        assert!(matches!(err, Some(OperatorKeysError::Weak { index: 1, .. })), "{err:?}");
+        assert!(!err.map(|e| e.to_string()).unwrap_or_default().contains("s3cret"));
     }
 
     #[test]
     fn a_tenant_key_cannot_also_be_an_operator_key() {
-        let tenants = ApiKeys::parse("shared=acme/prod").unwrap_or_else(|e| panic!("{e}"));
-        let operators = OperatorKeys::parse("other=batch,shared=batch").unwrap_or_default();
+        let shared = "shared-0123456789abcdefghijklmn";
+        let tenants = ApiKeys::parse(&format!("{shared}=acme/prod")).unwrap_or_else(|e| panic!("{e}"));
+        let operators = OperatorKeys::parse(&format!("{OP1}=batch,{shared}=batch")).unwrap_or_default();
         assert_eq!(operators.check_disjoint(&tenants), Err(OperatorKeysError::AlsoTenantKey { index: 2 }));
-        assert!(OperatorKeys::parse("other=batch").unwrap_or_default().check_disjoint(&tenants).is_ok());
+        assert!(
+            OperatorKeys::parse(&format!("{OP1}=batch")).unwrap_or_default().check_disjoint(&tenants).is_ok()
+        );
     }
 }

@@ -25,9 +25,9 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 use url::Url;
 
-pub const ACME_KEY: &str = "acme-test-key-4f1c9a";
+pub const ACME_KEY: &str = "acme-test-key-4f1c9a7d20b3e8";
 pub const GLOBEX_KEY: &str = "globex-test-key-77b2e0";
-pub const API_KEYS: &str = "acme-test-key-4f1c9a=acme/prod,globex-test-key-77b2e0=globex/prod";
+pub const API_KEYS: &str = "acme-test-key-4f1c9a7d20b3e8=acme/prod,globex-test-key-77b2e0=globex/prod";
 /// Users seeded per scope unless a test asks for another number.
 pub const USERS: u64 = 100;
 pub const PROBLEM_BASE: &str = "https://userexport.dev/problems/";

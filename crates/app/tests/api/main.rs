@@ -12,6 +12,7 @@ mod errors;
 mod events;
 mod health;
 mod helpers;
+mod hostile_input;
 mod lifecycle;
 mod openapi;
 mod read;

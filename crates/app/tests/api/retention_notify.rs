@@ -23,12 +23,12 @@ async fn an_email_with_the_download_link_arrives_and_the_export_records_it() {
         })
         .spawn()
         .await;
-    let body = json!({"format": "csv", "email_notify": true, "notify_email": "ops@acme.test"});
+    let body = json!({"format": "csv", "email_notify": true, "notify_email": "ops@acme.com"});
     let export = app.create_completed(&body).await;
     let id = export["id"].as_str().unwrap();
 
     let mail = sink.wait_for(1, Duration::from_secs(10)).await.remove(0);
-    assert_eq!(mail.rcpt_to, ["ops@acme.test"]);
+    assert_eq!(mail.rcpt_to, ["ops@acme.com"]);
     assert!(mail.header("Subject").unwrap().contains(id));
     let link = format!("https://exports.example.test/v1/exports/{id}/download");
     assert!(mail.text().contains(&link), "{}", mail.text());
@@ -43,7 +43,7 @@ async fn an_unreachable_mail_server_is_retried_recorded_and_never_fails_the_expo
     sink.fail_next(10);
     let url = sink.url();
     let app = TestApp::builder().config(move |c| c.notify.smtp_url = Some(url)).spawn().await;
-    let body = json!({"format": "csv", "email_notify": true, "notify_email": "ops@acme.test"});
+    let body = json!({"format": "csv", "email_notify": true, "notify_email": "ops@acme.com"});
     let export = app.create_completed(&body).await;
     let id = export["id"].as_str().unwrap();
 

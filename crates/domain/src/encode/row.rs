@@ -11,6 +11,11 @@ use crate::user::{User, UserField};
 /// "CSV injection").
 const FORMULA_TRIGGERS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
 
+/// Whether `b` is one of [`FORMULA_TRIGGERS`] (all ASCII, so a byte test is exact in UTF-8).
+fn is_trigger(b: u8) -> bool {
+    matches!(b, b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r')
+}
+
 /// Writes the CSV header row: the selected field names.
 pub(super) fn csv_header(fields: &[UserField], out: &mut Vec<u8>) -> io::Result<()> {
     for (i, field) in fields.iter().enumerate() {
@@ -65,22 +70,52 @@ pub(super) fn csv_record(
 }
 
 /// One CSV field: neutralised against formulas, quoted only when it must be (RFC 4180).
+///
+/// Spreadsheets in locales whose list separator is `;` (German, French) split a comma-separated
+/// file at every `;`, quotes or not, so each `;` starts a cell too, and so does a line break
+/// (that reading does not see the commas' quotes, so a quoted line break ends the row): a
+/// trigger after one (after any `"`, which that split reads as a quote) gets the same `'` as one
+/// at the start.
 fn csv_field(out: &mut Vec<u8>, value: &str) {
     let prefix: &[u8] = if value.starts_with(FORMULA_TRIGGERS) { b"'" } else { b"" };
-    if !value.bytes().any(|b| matches!(b, b'"' | b',' | b'\r' | b'\n')) {
+    let (mut quoted, mut semicolon) = (false, false);
+    for b in value.bytes() {
+        match b {
+            b'"' | b',' | b'\r' | b'\n' => quoted = true,
+            b';' => semicolon = true,
+            _ => {}
+        }
+    }
+    // The common clean cell is copied whole in one pass.
+    if !quoted && !semicolon {
         out.extend_from_slice(prefix);
         out.extend_from_slice(value.as_bytes());
         return;
     }
-    out.push(b'"');
-    out.extend_from_slice(prefix);
-    for (i, part) in value.split('"').enumerate() {
-        if i > 0 {
-            out.extend_from_slice(b"\"\"");
-        }
-        out.extend_from_slice(part.as_bytes());
+    if quoted {
+        out.push(b'"');
     }
-    out.push(b'"');
+    out.extend_from_slice(prefix);
+    let bytes = value.as_bytes();
+    let mut copied = 0;
+    let mut cell_start = false;
+    for (i, &b) in bytes.iter().enumerate() {
+        if cell_start && is_trigger(b) {
+            out.extend_from_slice(&bytes[copied..i]);
+            out.push(b'\'');
+            copied = i;
+        }
+        cell_start = matches!(b, b';' | b'\n' | b'\r') || (cell_start && b == b'"');
+        if quoted && b == b'"' {
+            out.extend_from_slice(&bytes[copied..=i]);
+            out.push(b'"');
+            copied = i + 1;
+        }
+    }
+    out.extend_from_slice(&bytes[copied..]);
+    if quoted {
+        out.push(b'"');
+    }
 }
 
 /// Writes one user as a JSON object with the selected keys in the selected order.
@@ -120,10 +155,22 @@ pub(super) fn json_object(user: &User, fields: &[UserField], out: &mut Vec<u8>) 
     Ok(())
 }
 
-/// Prefixes a cell that a spreadsheet would run as a formula with `'`, which makes it text.
+/// The text a spreadsheet shows for `cell`, with the rule of [`csv_field`] restated on chars:
+/// a `'` before a trigger at the start, or after a `;` or line break (and any `"`).
 #[cfg(test)]
 pub(super) fn neutralise_formula(cell: std::borrow::Cow<'_, str>) -> std::borrow::Cow<'_, str> {
-    if cell.starts_with(FORMULA_TRIGGERS) { std::borrow::Cow::Owned(format!("'{cell}")) } else { cell }
+    let mut out = String::new();
+    let mut at_cell_start = true;
+    let mut changed = false;
+    for c in cell.chars() {
+        if at_cell_start && FORMULA_TRIGGERS.contains(&c) {
+            out.push('\'');
+            changed = true;
+        }
+        at_cell_start = matches!(c, ';' | '\n' | '\r') || (at_cell_start && c == '"' && !out.is_empty());
+        out.push(c);
+    }
+    if changed { std::borrow::Cow::Owned(out) } else { cell }
 }
 
 fn write_uuid(out: &mut Vec<u8>, user: &User) {

@@ -205,7 +205,17 @@ fn expected(format: ExportFormat, fields: &FieldSelection, users: &[User]) -> Ve
                             UserField::CreatedAt => rfc3339(u.created_at),
                             UserField::UpdatedAt => rfc3339(u.updated_at),
                             UserField::Metadata => {
-                                return (field.as_str().to_owned(), Value::Object(u.metadata.clone()));
+                                let metadata = Value::Object(u.metadata.clone());
+                                // In CSV the JSON text is a cell like any other: a trigger after
+                                // a `;` inside a string gets its `'` (still valid JSON).
+                                let metadata = match format {
+                                    ExportFormat::Csv => {
+                                        serde_json::from_str(&neutralised(&metadata.to_string()))
+                                            .expect("neutralised metadata is JSON")
+                                    }
+                                    ExportFormat::Json | ExportFormat::Ndjson => metadata,
+                                };
+                                return (field.as_str().to_owned(), metadata);
                             }
                         };
                         let text = match format {
@@ -220,12 +230,20 @@ fn expected(format: ExportFormat, fields: &FieldSelection, users: &[User]) -> Ve
         .collect()
 }
 
-/// The formula rule restated independently of the implementation.
+const TRIGGERS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
+/// The formula rule restated independently of the implementation: the text is cut after every
+/// `;` and line break (where a `;`-locale spreadsheet starts a cell); a piece that starts with a
+/// trigger (the first piece) or with quotes and then a trigger (the others) gets a `'` before it.
 fn neutralised(text: &str) -> String {
-    match text.chars().next() {
-        Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{text}"),
-        _ => text.to_owned(),
-    }
+    text.split_inclusive([';', '\n', '\r'])
+        .enumerate()
+        .map(|(i, piece)| {
+            let body = if i == 0 { piece } else { piece.trim_start_matches('"') };
+            let quotes = &piece[..piece.len() - body.len()];
+            if body.starts_with(TRIGGERS) { format!("{quotes}'{body}") } else { piece.to_owned() }
+        })
+        .collect()
 }
 
 fn assert_round_trip(fields: &FieldSelection, users: &[User]) {
@@ -326,6 +344,18 @@ fn formula_cells_are_neutralised_in_csv_only() {
         ("x-", "x-"),
         (" =x", " =x"),
         ("", ""),
+        ("x;=cmd|' /C calc'!A0;", "x;'=cmd|' /C calc'!A0;"),
+        ("a;+1", "a;'+1"),
+        ("a;-1", "a;'-1"),
+        ("a;@SUM(1)", "a;'@SUM(1)"),
+        ("a;\t=1", "a;'\t=1"),
+        ("a;\"=1", "a;\"'=1"),
+        ("a;;=1", "a;;'=1"),
+        ("=a;=b", "'=a;'=b"),
+        ("a\n=1", "a\n'=1"),
+        ("a;b", "a;b"),
+        ("a; =1", "a; =1"),
+        ("\"=1", "\"=1"),
     ];
     let fields = selection(&[UserField::Name, UserField::Email]);
     let users: Vec<User> = (0..).zip(cases).map(|(n, (name, _))| user(n, name, name, json!({}))).collect();
@@ -348,8 +378,98 @@ fn formula_cells_are_neutralised_in_csv_only() {
 
 #[test]
 fn neutralise_formula_leaves_safe_cells_borrowed() {
-    assert!(matches!(neutralise_formula(Cow::Borrowed("safe")), Cow::Borrowed("safe")));
+    assert!(matches!(neutralise_formula(Cow::Borrowed("safe;x")), Cow::Borrowed("safe;x")));
     assert_eq!(neutralise_formula(Cow::Borrowed("-1")), "'-1");
+    assert_eq!(neutralise_formula(Cow::Borrowed("a;\"@1")), "a;\"'@1");
+}
+
+#[test]
+fn semicolon_cells_bytes_are_exact() {
+    let fields = selection(&[UserField::Name, UserField::Status]);
+    let users = [
+        user(1, "a@example.com", "x;=cmd|' /C calc'!A0;", json!({})),
+        user(2, "b@example.com", "q\";=1,", json!({})),
+    ];
+    let file = encode(ExportFormat::Csv, Compression::None, &fields, &users);
+    assert_eq!(
+        String::from_utf8(file).expect("UTF-8"),
+        "name,status\r\nx;'=cmd|' /C calc'!A0;,active\r\n\"q\"\";'=1,\",active\r\n"
+    );
+}
+
+/// Names that would run as formulas in a spreadsheet that splits at `;`.
+const SEMICOLON_ATTACKS: [&str; 9] = [
+    "x;=cmd|' /C calc'!A0;",
+    "a;+1",
+    "a;-1",
+    "a;@SUM(1)",
+    "a;\t=1",
+    "a;\r=1",
+    "a;\"=1",
+    "a\n=HYPERLINK(\"http://x\")",
+    "=1;\"\"@2",
+];
+
+/// Python's csv module reads the export with `;` as the delimiter, as a spreadsheet in a
+/// `;`-locale does, and no cell may start with a formula trigger. Needs `python3` on PATH.
+#[test]
+fn python_reading_with_semicolons_finds_no_formula_cell() {
+    let fields = FieldSelection::all();
+    let mut users: Vec<User> = (0..)
+        .zip(SEMICOLON_ATTACKS)
+        .map(|(n, name)| user(n, &format!("{name}@example.com"), name, json!({"note": name})))
+        .collect();
+    users.extend(sample_users());
+    let file = encode(ExportFormat::Csv, Compression::None, &fields, &users);
+    let path = std::env::temp_dir().join(format!("userexport-semicolon-{}.csv", std::process::id()));
+    std::fs::write(&path, &file).expect("write the export");
+    let script = r#"
+import csv, sys
+triggers = ("=", "+", "-", "@", "\t", "\r")
+cells = bad = 0
+with open(sys.argv[1], newline="", encoding="utf-8") as f:
+    for row in csv.reader(f, delimiter=";"):
+        for cell in row:
+            cells += 1
+            if cell.startswith(triggers):
+                bad += 1
+                print("formula cell:", repr(cell))
+print("cells", cells)
+sys.exit(1 if bad else 0)
+"#;
+    let output = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&path)
+        .output()
+        .expect("python3 must be installed to run this test");
+    let _ = std::fs::remove_file(&path);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    // The reading did split cells: more than one per row.
+    let cells: usize = stdout.trim().trim_start_matches("cells ").parse().expect("a cell count");
+    assert!(cells > users.len() * 2, "{stdout}");
+
+    // Without the rule the same reading finds formulas: the check is not vacuous.
+    let mut unsafe_csv = b"name\r\n".to_vec();
+    unsafe_csv.extend_from_slice(b"a;=1\r\n");
+    std::fs::write(&path, &unsafe_csv).expect("write");
+    let output = std::process::Command::new("python3").arg("-c").arg(script).arg(&path).output();
+    let _ = std::fs::remove_file(&path);
+    assert!(!output.expect("python3").status.success());
+}
+
+/// Cells as a spreadsheet in a `;`-locale reads them: a new cell after every `;` and line
+/// break, quotes at a cell's start skipped (a simplification of quote handling that can only
+/// find more cell starts than a real reader).
+fn semicolon_cell_starts(file: &str) -> Vec<&str> {
+    let mut starts = vec![file];
+    for (i, c) in file.char_indices() {
+        if matches!(c, ';' | '\n' | '\r') {
+            starts.push(file[i + c.len_utf8()..].trim_start_matches('"'));
+        }
+    }
+    starts
 }
 
 #[test]
@@ -458,7 +578,8 @@ fn memory_stays_bounded_while_draining() {
 
 fn arb_string() -> impl Strategy<Value = String> {
     // Arbitrary text, sometimes led by a character that matters to CSV or to the formula rule.
-    let lead = prop::sample::select(vec!["", "", "=", "+", "-", "@", "\t", "\r", "'", "\"", ",", "\n"]);
+    let lead =
+        prop::sample::select(vec!["", "", "=", "+", "-", "@", "\t", "\r", "'", "\"", ",", "\n", ";=", ";\""]);
     (lead, any::<String>()).prop_map(|(lead, rest)| format!("{lead}{rest}"))
 }
 
@@ -507,6 +628,30 @@ fn arb_fields() -> impl Strategy<Value = FieldSelection> {
     prop::sample::subsequence(UserField::ALL.to_vec(), 1..=UserField::ALL.len())
         .prop_shuffle()
         .prop_map(|fields| selection(&fields))
+}
+
+proptest! {
+    /// Whatever the users hold, no cell of the CSV starts with a formula trigger, however a
+    /// spreadsheet cuts it: at commas (checked by the round trip) or at `;` and line breaks.
+    #[test]
+    fn no_cell_starts_with_a_trigger_when_split_at_semicolons(
+        users in prop::collection::vec(arb_user(), 0..5),
+        attack in prop::sample::select(SEMICOLON_ATTACKS.to_vec()),
+    ) {
+        let mut users = users;
+        if let Some(first) = users.first_mut() {
+            first.name = format!("{}{attack}", first.name);
+        }
+        let file = encode(ExportFormat::Csv, Compression::None, &FieldSelection::all(), &users);
+        let text = String::from_utf8(file).expect("UTF-8");
+        for cell in semicolon_cell_starts(&text) {
+            // The record terminator's `\r` is where a row ends, not a cell's content.
+            if cell.starts_with("\r\n") || cell.is_empty() {
+                continue;
+            }
+            prop_assert!(!cell.starts_with(TRIGGERS), "cell {:?}", &cell[..cell.len().min(20)]);
+        }
+    }
 }
 
 proptest! {
