@@ -32,7 +32,12 @@ pub struct ServeSettings {
 
 /// Serves `router` on `listener` until `stopping` is cancelled, then stops accepting and waits
 /// for open connections to finish their requests (the caller bounds that wait).
-pub async fn serve(listener: TcpListener, router: Router, settings: ServeSettings, stopping: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    settings: ServeSettings,
+    stopping: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();

@@ -335,8 +335,9 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Self { listener, local_addr, router, orchestrator, scheduler, events, shutdown_grace, serve, .. } =
-            self;
+        let Self {
+            listener, local_addr, router, orchestrator, scheduler, events, shutdown_grace, serve, ..
+        } = self;
         info!(%local_addr, "listening");
         let stopping = CancellationToken::new();
         let signal = {

@@ -130,7 +130,9 @@ impl FromRequestParts<AppState> for BatchOperator {
         let permitted = match state.operators.authenticate(token) {
             Some(granted) => granted.contains(&Permission::Batch),
             None if state.keys.authenticate(token).is_some() => false,
-            None => return Err(limits.failed(&parts.extensions, ApiError::Unauthenticated { presented: true })),
+            None => {
+                return Err(limits.failed(&parts.extensions, ApiError::Unauthenticated { presented: true }));
+            }
         };
         limits.per_key(&parts.extensions, &digest(token))?;
         if permitted { Ok(Self) } else { Err(ApiError::Forbidden { needs: Permission::Batch.as_str() }) }

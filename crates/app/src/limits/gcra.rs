@@ -138,12 +138,8 @@ fn gcra(quota: Quota, tat: Option<Instant>, now: Instant) -> (Decision, Option<I
     let next = tat + quota.interval;
     let horizon = now + quota.refill();
     if next > horizon {
-        let decision = Decision {
-            allowed: false,
-            remaining: 0,
-            reset: tat - now,
-            retry_after: next - horizon,
-        };
+        let decision =
+            Decision { allowed: false, remaining: 0, reset: tat - now, retry_after: next - horizon };
         return (decision, None);
     }
     let left = (horizon - next).as_nanos() / quota.interval.as_nanos().max(1);

@@ -58,7 +58,8 @@ impl Limits {
             return Ok(());
         }
         ReportSlot::record(extensions, Policy::AuthFailures, self.failures.quota(), decision);
-        tracing::warn!(%client, "authentication failures throttled");
+        // Debug only: under a guessing attack this would be one line per request.
+        tracing::debug!(%client, "authentication failures throttled");
         Err(ApiError::AuthThrottled { retry_after: decision.retry_after })
     }
 
@@ -88,6 +89,10 @@ impl Limits {
         let quota: Quota = limiter.quota();
         let decision = limiter.check(key, Instant::now());
         ReportSlot::record(extensions, policy, quota, decision);
-        if decision.allowed { Ok(()) } else { Err(ApiError::RateLimited { retry_after: decision.retry_after }) }
+        if decision.allowed {
+            Ok(())
+        } else {
+            Err(ApiError::RateLimited { retry_after: decision.retry_after })
+        }
     }
 }

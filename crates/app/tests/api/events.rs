@@ -255,10 +255,12 @@ async fn an_event_over_nats_and_the_same_event_over_the_webhook_give_one_export(
 /// A body that records whether anyone ever polled it, and never yields a byte.
 fn untouchable_body(polled: &Arc<AtomicBool>) -> Body {
     let polled = Arc::clone(polled);
-    Body::from_stream(futures::stream::poll_fn(move |_| -> Poll<Option<Result<bytes::Bytes, std::io::Error>>> {
-        polled.store(true, Ordering::SeqCst);
-        Poll::Pending
-    }))
+    Body::from_stream(futures::stream::poll_fn(
+        move |_| -> Poll<Option<Result<bytes::Bytes, std::io::Error>>> {
+            polled.store(true, Ordering::SeqCst);
+            Poll::Pending
+        },
+    ))
 }
 
 #[tokio::test]
@@ -302,7 +304,9 @@ async fn a_body_larger_than_the_limit_is_413_once_the_headers_authenticate() {
         .header(TIMESTAMP_HEADER, now.to_string())
         .header(SIGNATURE_HEADER, sign(ACME_SECRET.as_bytes(), now, &body))
         .body(Body::from_stream(futures::stream::iter(
-            body.chunks(1024).map(|c| Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(c))).collect::<Vec<_>>(),
+            body.chunks(1024)
+                .map(|c| Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(c)))
+                .collect::<Vec<_>>(),
         )))
         .unwrap();
     app.send(request).await.assert_problem(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large");

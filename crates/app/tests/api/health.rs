@@ -80,7 +80,13 @@ struct CountedPings {
 
 #[async_trait]
 impl UserRepository for CountedPings {
-    fn stream(&self, scope: &Scope, filter: &UserFilter, after: Option<UserId>, limit: Option<u64>) -> UserStream {
+    fn stream(
+        &self,
+        scope: &Scope,
+        filter: &UserFilter,
+        after: Option<UserId>,
+        limit: Option<u64>,
+    ) -> UserStream {
         self.inner.stream(scope, filter, after, limit)
     }
     async fn count(&self, scope: &Scope, filter: &UserFilter) -> Result<u64, PortError> {

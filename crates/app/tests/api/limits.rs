@@ -58,7 +58,11 @@ async fn a_key_past_its_burst_gets_429_with_retry_after_and_the_ratelimit_header
     assert!(health.header("ratelimit").is_none());
 
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(app.get(Some(ACME_KEY), "/v1/exports").await.status, StatusCode::OK, "one more a second later");
+    assert_eq!(
+        app.get(Some(ACME_KEY), "/v1/exports").await.status,
+        StatusCode::OK,
+        "one more a second later"
+    );
 }
 
 #[tokio::test]
@@ -104,13 +108,14 @@ async fn failed_authentications_are_throttled_per_client_address() {
 
 #[tokio::test]
 async fn a_full_in_flight_limit_sheds_load_with_503_while_the_probes_answer() {
-    let app = Arc::new(
-        TestApp::builder().gated_after(1).config(|c| c.limits.max_in_flight = 1).spawn().await,
-    );
+    let app =
+        Arc::new(TestApp::builder().gated_after(1).config(|c| c.limits.max_in_flight = 1).spawn().await);
     // A synchronous export waiting on the gate holds the one slot.
     let waiting = {
         let app = Arc::clone(&app);
-        tokio::spawn(async move { app.post_json(Some(ACME_KEY), "/v1/exports/sync?timeout_s=30", &csv_body()).await })
+        tokio::spawn(async move {
+            app.post_json(Some(ACME_KEY), "/v1/exports/sync?timeout_s=30", &csv_body()).await
+        })
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let shed = loop {
@@ -129,7 +134,11 @@ async fn a_full_in_flight_limit_sheds_load_with_503_while_the_probes_answer() {
     app.open_gate();
     let done = waiting.await.unwrap();
     assert_eq!(done.status, StatusCode::OK, "{}", done.text());
-    assert_eq!(app.get(Some(GLOBEX_KEY), "/v1/exports").await.status, StatusCode::OK, "the slot is free again");
+    assert_eq!(
+        app.get(Some(GLOBEX_KEY), "/v1/exports").await.status,
+        StatusCode::OK,
+        "the slot is free again"
+    );
 }
 
 #[tokio::test]
