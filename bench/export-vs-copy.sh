@@ -42,6 +42,7 @@ start_api() {
   local port; port=$(free_port)
   USEREXPORT_LISTEN=127.0.0.1:$port USEREXPORT_API_KEYS="$KEY=acme/prod" USEREXPORT_USERS=postgres \
     USEREXPORT_EXPORTS=postgres USEREXPORT_STORAGE=$1 USEREXPORT_DATA_DIR=$WORK/data \
+    USEREXPORT_RATE_LIMIT_PER_S=100000 USEREXPORT_RATE_LIMIT_BURST=100000 \
     USEREXPORT_LOG_FORMAT=json RUST_LOG=warn $BIN >"$WORK/api-$port.log" 2>&1 &
   API_PID=$!; PIDS+=("$API_PID"); API=http://127.0.0.1:$port
   for _ in $(seq 100); do curl -sf "$API/readyz" >/dev/null && return; sleep 0.1; done

@@ -64,6 +64,7 @@ start_worker() { # [extra env...]
 start_api() {
   local port; port=$(free_port)
   USEREXPORT_ORCHESTRATOR=temporal USEREXPORT_API_KEYS="$KEY=acme/prod" USEREXPORT_LISTEN=127.0.0.1:$port \
+    USEREXPORT_RATE_LIMIT_PER_S=100000 USEREXPORT_RATE_LIMIT_BURST=100000 \
     target/release/userexport >>"$WORK/api.log" 2>&1 &
   API_PID=$!; PIDS+=("$API_PID"); API=http://127.0.0.1:$port
   for _ in $(seq 100); do curl -sf "$API/readyz" >/dev/null && return; sleep 0.1; done

@@ -39,6 +39,7 @@ USEREXPORT_MAX_CONCURRENT_EXPORTS=$((C * 2)) target/release/userexport-worker >"
 PIDS+=($!)
 API_PORT=$(free_port)
 USEREXPORT_ORCHESTRATOR=temporal USEREXPORT_API_KEYS="$KEY=acme/prod" USEREXPORT_LISTEN=127.0.0.1:$API_PORT \
+  USEREXPORT_RATE_LIMIT_PER_S=100000 USEREXPORT_RATE_LIMIT_BURST=100000 \
   target/release/userexport >"$WORK/api.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$API_PORT/readyz" >/dev/null && break; sleep 0.1; done

@@ -126,6 +126,7 @@ async fn an_event_from_nats_and_the_webhook_runs_once_on_a_temporal_worker() {
     let replay = http
         .post(&url)
         .header("content-type", "application/json")
+        .header("X-Userexport-Tenant", "acme/prod")
         .header("X-Userexport-Timestamp", &timestamp)
         .header("X-Userexport-Signature", &signature)
         .body(body.clone())
@@ -136,6 +137,7 @@ async fn an_event_from_nats_and_the_webhook_runs_once_on_a_temporal_worker() {
     assert_eq!(replay.json::<Value>().await.unwrap()["id"], export["id"]);
     let refused = http
         .post(&url)
+        .header("X-Userexport-Tenant", "acme/prod")
         .header("X-Userexport-Timestamp", &timestamp)
         .header("X-Userexport-Signature", format!("v1={}", "0".repeat(64)))
         .body(body)

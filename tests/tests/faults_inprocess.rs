@@ -124,6 +124,9 @@ impl Deployment {
             .env("USEREXPORT_USERS", "postgres")
             .env("USEREXPORT_EXPORTS", "postgres")
             .env("USEREXPORT_API_KEYS", format!("{API_KEY}={SCOPE}"))
+            // Polls every 20-50 ms: above the default rate limit of one key.
+            .env("USEREXPORT_RATE_LIMIT_PER_S", "1000")
+            .env("USEREXPORT_RATE_LIMIT_BURST", "1000")
             .env("USEREXPORT_RECONCILE_INTERVAL_S", "5")
             .env("USEREXPORT_RETRY_INITIAL_INTERVAL_MS", "200")
             .env("USEREXPORT_RETRY_MAX_INTERVAL_S", "2")

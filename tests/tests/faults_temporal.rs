@@ -261,6 +261,9 @@ impl Deployment {
         d.env(&mut api, &d.db.url(), &api_temporal, "api.log");
         api.env("USEREXPORT_ORCHESTRATOR", "temporal")
             .env("USEREXPORT_API_KEYS", "key-a-0123456789abcdefghijklmn=acme/prod")
+            // Polls every 20-50 ms: above the default rate limit of one key.
+            .env("USEREXPORT_RATE_LIMIT_PER_S", "1000")
+            .env("USEREXPORT_RATE_LIMIT_BURST", "1000")
             .env("USEREXPORT_LISTEN", format!("127.0.0.1:{port}"));
         let mut process = Running(api.spawn().unwrap());
         d.api = format!("http://127.0.0.1:{port}");

@@ -18,7 +18,7 @@ use crate::problem::ApiError;
 use crate::state::AppState;
 use domain::Scope;
 
-type KeyDigest = [u8; 32];
+pub(crate) type KeyDigest = [u8; 32];
 
 /// Why `USEREXPORT_API_KEYS` was rejected. Messages never contain a key.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -49,7 +49,7 @@ impl std::fmt::Debug for ApiKeys {
     }
 }
 
-fn digest(key: &str) -> KeyDigest {
+pub(crate) fn digest(key: &str) -> KeyDigest {
     Sha256::digest(key.as_bytes()).into()
 }
 
@@ -133,7 +133,8 @@ pub(crate) fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
 }
 
 /// The scope of an authenticated request. Extracting it rejects requests without a valid key
-/// with `401` and records the tenant on the request's span.
+/// with `401` (counted against the client's address, `429` once it failed too often), applies
+/// the key's rate limit (`429`), and records the tenant on the request's span.
 #[derive(Debug, Clone)]
 pub struct Authenticated(pub Scope);
 
@@ -141,8 +142,14 @@ impl FromRequestParts<AppState> for Authenticated {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = bearer_token(parts)?;
-        let scope = state.keys.authenticate(token).ok_or(ApiError::Unauthenticated { presented: true })?;
+        let limits = &state.limits;
+        limits.admit(&parts.extensions)?;
+        let token = bearer_token(parts).map_err(|err| limits.failed(&parts.extensions, err))?;
+        let scope = state
+            .keys
+            .authenticate(token)
+            .ok_or_else(|| limits.failed(&parts.extensions, ApiError::Unauthenticated { presented: true }))?;
+        limits.per_key(&parts.extensions, &digest(token))?;
         let span = tracing::Span::current();
         span.record("tenant", tracing::field::display(&scope.tenant));
         span.record("environment", tracing::field::display(&scope.environment));

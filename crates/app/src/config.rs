@@ -117,6 +117,10 @@ pub struct Config {
     #[command(flatten)]
     pub schedules: ScheduleArgs,
 
+    /// Rate limits, timeouts, connection and in-flight bounds, the readiness cache.
+    #[command(flatten)]
+    pub limits: crate::limits::LimitArgs,
+
     /// Which orchestrator runs exports.
     #[arg(long, env = "USEREXPORT_ORCHESTRATOR", value_enum, default_value_t = OrchestratorKind::Inprocess)]
     pub orchestrator: OrchestratorKind,
@@ -154,7 +158,10 @@ pub enum Command {
 
 impl Config {
     /// The defaults with the given API keys, listening on a free loopback port with in-memory
-    /// storage and 100 users per scope. Reads no environment variable.
+    /// storage and 100 users per scope, and limits relaxed ([`LimitArgs::relaxed`]). Reads no
+    /// environment variable.
+    ///
+    /// [`LimitArgs::relaxed`]: crate::limits::LimitArgs::relaxed
     pub fn for_tests(api_keys: &str) -> Self {
         Self {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
@@ -173,6 +180,9 @@ impl Config {
             shutdown_grace_s: DEFAULT_SHUTDOWN_GRACE_S,
             policy: PolicyArgs::default(),
             schedules: ScheduleArgs::default(),
+            // Tests fire many requests from one (unspecified) address; the limits' own tests
+            // lower them again.
+            limits: crate::limits::LimitArgs::relaxed(),
             orchestrator: OrchestratorKind::Inprocess,
             temporal: TemporalArgs {
                 temporal_address: "127.0.0.1:7233".to_owned(),
@@ -202,6 +212,7 @@ impl Config {
         }
         self.execution_policy()?;
         self.events.check()?;
+        self.limits.check()?;
         self.policy.retention_policy()?;
         self.policy.retention_sweep_interval()?;
         Ok(())

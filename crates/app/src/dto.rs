@@ -304,8 +304,10 @@ pub enum CheckStatus {
 pub struct Readiness {
     #[schema(example = "ready")]
     pub status: String,
-    /// `users`, `exports`, `storage`, `orchestrator`.
-    pub checks: BTreeMap<String, CheckStatus>,
+    /// `users`, `exports`, `storage`, `orchestrator` (and `events` when a NATS consumer runs);
+    /// only for an operator key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checks: Option<BTreeMap<String, CheckStatus>>,
 }
 
 /// `GET /readyz` when a dependency does not answer: a problem document with the checks.
@@ -313,5 +315,7 @@ pub struct Readiness {
 pub struct NotReadyProblem {
     #[serde(flatten)]
     pub problem: crate::problem::Problem,
-    pub checks: BTreeMap<String, CheckStatus>,
+    /// As for `Readiness`: only for an operator key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checks: Option<BTreeMap<String, CheckStatus>>,
 }

@@ -7,10 +7,13 @@ pub mod config;
 pub mod dto;
 pub mod dto_schedules;
 pub mod events;
+pub mod limits;
 pub mod openapi;
 pub mod ops;
 pub mod problem;
+mod readiness;
 mod routes;
+mod serve;
 pub mod startup;
 mod state;
 

@@ -2,6 +2,7 @@
 //! error is mapped to HTTP here and nowhere else.
 
 use std::any::Any;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
@@ -23,6 +24,8 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 const TYPE_BASE: &str = "https://userexport.dev/problems/";
 /// Seconds a client should wait before retrying after a `503`.
 const UNAVAILABLE_RETRY_AFTER_S: &str = "5";
+/// Seconds a client should wait before retrying after load shedding: slots free up fast.
+const OVERLOADED_RETRY_AFTER_S: &str = "1";
 
 /// An RFC 9457 problem document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -247,6 +250,18 @@ pub enum ApiError {
     /// Anything else: logged in full, answered with an opaque 500.
     #[error(transparent)]
     Internal(anyhow::Error),
+    /// The API key (or the webhook's tenant) used up its request rate.
+    #[error("rate limited")]
+    RateLimited { retry_after: Duration },
+    /// The client's address failed authentication too often; its credentials are not checked.
+    #[error("authentication failures throttled")]
+    AuthThrottled { retry_after: Duration },
+    /// Every in-flight slot is taken.
+    #[error("overloaded")]
+    Overloaded,
+    /// No response within the request timeout.
+    #[error("request timed out after {after:?}")]
+    TimedOut { after: Duration },
 }
 
 impl ApiError {
@@ -375,8 +390,46 @@ impl ApiError {
             .with_hint("Request a new export; `retention_days` in the request keeps a file longer."),
             Self::Unavailable(_) => unavailable_problem(),
             Self::Internal(_) => internal_problem(),
+            Self::RateLimited { retry_after } => Problem::new(
+                "rate-limited",
+                "Too many requests",
+                StatusCode::TOO_MANY_REQUESTS,
+                "This API key (or, on the webhook, this tenant) sent more requests than its rate limit.",
+            )
+            .with_hint(format!(
+                "Retry after {} s; the RateLimit and RateLimit-Policy headers tell the quota and what is left.",
+                retry_after_secs(*retry_after)
+            )),
+            Self::AuthThrottled { retry_after } => Problem::new(
+                "auth-throttled",
+                "Too many failed authentications",
+                StatusCode::TOO_MANY_REQUESTS,
+                "Requests from this address failed authentication too often; credentials are not checked for now.",
+            )
+            .with_hint(format!("Fix the API key or signature, then retry after {} s.", retry_after_secs(*retry_after))),
+            Self::Overloaded => Problem::new(
+                "overloaded",
+                "Overloaded",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The server is handling as many requests as it takes at once.",
+            )
+            .with_hint(format!("Retry after {OVERLOADED_RETRY_AFTER_S} s, with the same Idempotency-Key.")),
+            Self::TimedOut { after } => Problem::new(
+                "timeout",
+                "Request timed out",
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("The request was not answered within {} s.", after.as_secs()),
+            )
+            .with_hint(format!(
+                "Retry after {UNAVAILABLE_RETRY_AFTER_S} s with the same Idempotency-Key: work the request started goes on."
+            )),
         }
     }
+}
+
+/// `Retry-After` in whole seconds, rounded up and at least 1.
+fn retry_after_secs(wait: Duration) -> u64 {
+    crate::limits::headers::ceil_secs(wait).max(1)
 }
 
 fn invalid_signature_problem(reason: &SignatureError) -> Problem {
@@ -461,8 +514,14 @@ impl IntoResponse for ApiError {
                     HeaderValue::from_static(r#"Userexport-Signature realm="userexport""#),
                 );
             }
-            Self::Unavailable(_) => {
+            Self::Unavailable(_) | Self::TimedOut { .. } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static(UNAVAILABLE_RETRY_AFTER_S));
+            }
+            Self::Overloaded => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static(OVERLOADED_RETRY_AFTER_S));
+            }
+            Self::RateLimited { retry_after } | Self::AuthThrottled { retry_after } => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(retry_after)));
             }
             _ => {}
         }

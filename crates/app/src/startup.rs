@@ -2,7 +2,7 @@
 //! wired, listener bound.
 
 use std::fmt;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +30,10 @@ pub use wiring::Adapters;
 
 use crate::auth::{ApiKeys, OperatorKeys};
 use crate::config::{Config, OrchestratorKind};
+use crate::limits::Limits;
+use crate::readiness::ReadinessCache;
 use crate::routes;
+use crate::serve::{self, ServeSettings};
 use crate::state::{AppState, Dependencies, SyncLimits};
 
 /// The `demo/dev` tenant created when no API key is configured.
@@ -135,6 +138,7 @@ pub struct Application {
     /// The NATS consumer of `ExportRequested` events, when `USEREXPORT_NATS_URL` is set.
     events: Option<EventConsumer>,
     shutdown_grace: Duration,
+    serve: ServeSettings,
     demo: Option<DemoTenant>,
 }
 
@@ -286,6 +290,8 @@ impl Application {
                 max_wait: config.sync_timeout_max(),
             },
             webhook_replay_window: config.events.replay_window(),
+            limits: Arc::new(Limits::new(&config.limits)),
+            readiness: Arc::new(ReadinessCache::new(config.limits.readyz_cache())),
         };
         Ok(Self {
             listener,
@@ -295,6 +301,10 @@ impl Application {
             scheduler,
             events,
             shutdown_grace: config.shutdown_grace(),
+            serve: ServeSettings {
+                header_read_timeout: config.limits.header_read_timeout(),
+                max_connections: config.limits.max_connections,
+            },
             demo,
         })
     }
@@ -322,12 +332,14 @@ impl Application {
     /// to finish before interrupting them (they are resumed at the next start).
     ///
     /// # Errors
-    /// When the HTTP server fails.
+    /// None today; kept for servers that can fail.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Self { listener, local_addr, router, orchestrator, scheduler, events, shutdown_grace, .. } = self;
+        let Self {
+            listener, local_addr, router, orchestrator, scheduler, events, shutdown_grace, serve, ..
+        } = self;
         info!(%local_addr, "listening");
         let stopping = CancellationToken::new();
         let signal = {
@@ -338,13 +350,14 @@ impl Application {
                 stopping.cancel();
             }
         };
-        let server = axum::serve(listener, router).with_graceful_shutdown(signal).into_future();
+        let _signal = AbortOnDropHandle::new(tokio::spawn(signal));
+        let server = serve::serve(listener, router, serve, stopping.clone());
         let drain_deadline = async {
             stopping.cancelled().await;
             tokio::time::sleep(shutdown_grace).await;
         };
         tokio::select! {
-            served = server => served.context("HTTP server failed")?,
+            () = server => {}
             () = drain_deadline => warn!(grace_s = shutdown_grace.as_secs(), "open requests did not finish within the grace period; closing them"),
         }
         // No new exports from schedules or events once HTTP stopped taking them.

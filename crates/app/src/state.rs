@@ -8,6 +8,8 @@ use ports::{ExportRepository, ExportStorage, Orchestrator, UserRepository};
 use service::{BatchService, ExportService, ScheduleService};
 
 use crate::auth::{ApiKeys, OperatorKeys};
+use crate::limits::Limits;
+use crate::readiness::ReadinessCache;
 
 /// The dependencies `/readyz` checks.
 #[derive(Clone)]
@@ -41,6 +43,10 @@ pub struct AppState {
     pub sync: SyncLimits,
     /// How far a webhook's signed timestamp may be from now, either way.
     pub webhook_replay_window: Duration,
+    /// Rate limits, the in-flight bound and the request timeout.
+    pub limits: Arc<Limits>,
+    /// `/readyz`'s last dependency checks.
+    pub readiness: Arc<ReadinessCache>,
 }
 
 impl std::fmt::Debug for AppState {

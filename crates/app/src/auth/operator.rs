@@ -118,8 +118,9 @@ impl OperatorKeys {
     }
 }
 
-/// A request made with an operator key holding the `batch` permission. No key: `401`; a tenant
-/// key, or an operator key without `batch`: `403` with a hint.
+/// A request made with an operator key holding the `batch` permission. No key: `401` (throttled
+/// per address as for tenant keys); a tenant key, or an operator key without `batch`: `403`
+/// with a hint. Either key's rate limit applies.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchOperator;
 
@@ -127,15 +128,19 @@ impl FromRequestParts<AppState> for BatchOperator {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = super::bearer_token(parts)?;
-        match state.operators.authenticate(token) {
-            Some(granted) if granted.contains(&Permission::Batch) => Ok(Self),
-            Some(_) => Err(ApiError::Forbidden { needs: Permission::Batch.as_str() }),
-            None if state.keys.authenticate(token).is_some() => {
-                Err(ApiError::Forbidden { needs: Permission::Batch.as_str() })
+        let limits = &state.limits;
+        limits.admit(&parts.extensions)?;
+        let token = super::bearer_token(parts).map_err(|err| limits.failed(&parts.extensions, err))?;
+        // A tenant key is a valid key without the permission: 403, not an authentication failure.
+        let permitted = match state.operators.authenticate(token) {
+            Some(granted) => granted.contains(&Permission::Batch),
+            None if state.keys.authenticate(token).is_some() => false,
+            None => {
+                return Err(limits.failed(&parts.extensions, ApiError::Unauthenticated { presented: true }));
             }
-            None => Err(ApiError::Unauthenticated { presented: true }),
-        }
+        };
+        limits.per_key(&parts.extensions, &digest(token))?;
+        if permitted { Ok(Self) } else { Err(ApiError::Forbidden { needs: Permission::Batch.as_str() }) }
     }
 }
 

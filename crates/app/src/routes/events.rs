@@ -1,27 +1,33 @@
 //! `POST /v1/events/export-requested`: the `ExportRequested` event over HTTP, for producers that
 //! cannot reach NATS. No API key: the HMAC signature with the tenant's webhook secret is the
-//! authentication, checked before anything is parsed beyond the tenant or started.
+//! authentication. The headers (tenant, timestamp window, signature format) are checked before
+//! the body is read, so an unauthenticated sender cannot make the server read 64 KiB; then the
+//! body (at most 64 KiB), then its signature, before anything is parsed or started.
+//!
+//! Refusing an unknown tenant before reading the body shows, by timing, which tenants exist;
+//! tenant IDs are not secrets, and failed attempts are throttled per address like every 401.
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
 use axum::response::Response;
 use chrono::Utc;
-use domain::events::{claimed_event_id, claimed_scope};
-use domain::signature::{self, SIGNATURE_HEADER, SignatureError, TIMESTAMP_HEADER};
-use domain::{EventError, ExportRequested};
+use domain::events::claimed_event_id;
+use domain::signature::{SIGNATURE_HEADER, SignatureError, SignedHeaders, TIMESTAMP_HEADER};
+use domain::{EventError, ExportRequested, Scope, ValidationErrors};
 use http::{HeaderMap, StatusCode};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tracing::{Span, info, warn};
 use utoipa::ToSchema;
 
 use crate::dto::{CreateExportRequest, ExportResource};
 use crate::problem::{ApiError, Problem};
+use crate::routes::BODY_LIMIT_BYTES;
 use crate::routes::exports::{export_response, record_export_id};
 use crate::state::AppState;
 
-/// Stands in for the secret of a tenant that has none, so that an unknown tenant costs the same
-/// work and gets the same answer as a wrong signature. Never accepted (see below).
-const NO_SECRET: &[u8] = b"userexport: no webhook secret for this tenant";
+/// The scope the request claims to come from, `tenant/environment`: its webhook secret is the
+/// key of the signature, so it is known before the body is read.
+pub const TENANT_HEADER: &str = "X-Userexport-Tenant";
 
 /// An `ExportRequested` event (the same document as on NATS).
 /// Only documents the API: the handler validates the raw body with `ExportRequested`.
@@ -43,7 +49,8 @@ pub struct ExportRequestedEvent {
 
 /// Request an export with a signed `ExportRequested` event.
 ///
-/// Sign the raw body: `X-Userexport-Timestamp: <unix seconds>` and
+/// Name the tenant in `X-Userexport-Tenant: <tenant>/<environment>` (the body must name the same)
+/// and sign the raw body: `X-Userexport-Timestamp: <unix seconds>` and
 /// `X-Userexport-Signature: v1=<hex HMAC-SHA256(tenant webhook secret, "{timestamp}.{body}")>`
 /// (several comma-separated `v1=` values are accepted while a secret is rotated). Timestamps more
 /// than the replay window (default 300 s) from the server's clock are refused. The same event ID
@@ -52,6 +59,7 @@ pub struct ExportRequestedEvent {
 #[utoipa::path(
     post, path = "/v1/events/export-requested", tag = "events", security(()),
     params(
+        ("X-Userexport-Tenant" = String, Header, description = "`tenant/environment` of the event, as in its body."),
         ("X-Userexport-Timestamp" = i64, Header, description = "Unix seconds when the request was signed."),
         ("X-Userexport-Signature" = String, Header, description = "`v1=<hex>`, comma-separated for rotation."),
     ),
@@ -61,37 +69,66 @@ pub struct ExportRequestedEvent {
          body = ExportResource, headers(("Location" = String, description = "The export's URL"))),
         (status = 200, description = "Replay: this event ID already requested this export.",
          body = ExportResource, headers(("Location" = String), ("Idempotent-Replayed" = String))),
-        (status = 401, description = "Signature headers missing or malformed, timestamp outside the replay window, \
-         or no matching signature (also for unknown tenants and malformed bodies). Nothing was started.",
+        (status = 401, description = "Tenant or signature headers missing or malformed, timestamp outside the replay \
+         window, or no matching signature (also for unknown tenants). Nothing was started.",
          body = Problem, content_type = "application/problem+json", headers(("WWW-Authenticate" = String))),
         (status = 413, description = "Request body larger than 64 KiB.", body = Problem,
          content_type = "application/problem+json"),
         (status = 422, description = "Invalid event fields or export request (all listed in `errors`, the request's \
-         as `request.…`), or an event ID already used for a different request (`idempotency-key-reused`).",
+         as `request.…`), a body naming another scope than `X-Userexport-Tenant`, or an event ID already used for a different request (`idempotency-key-reused`).",
          body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "This tenant's webhook rate limit (`rate-limited`), or too many failed \
+         authentications from this address (`auth-throttled`).", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u32), ("RateLimit" = String), ("RateLimit-Policy" = String))),
         (status = 500, description = "Unexpected failure; details are logged, not returned.", body = Problem,
          content_type = "application/problem+json"),
         (status = 503, description = "A dependency is temporarily unavailable; redeliver the same event.",
          body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u32))),
     )
 )]
-pub async fn export_requested(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge
-        } else {
-            ApiError::UnreadableBody(rejection.body_text())
-        }
+pub async fn export_requested(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let limits = &state.limits;
+    limits.admit(&parts.extensions)?;
+    let refuse = |reason: SignatureError, scope: Option<&Scope>| {
+        warn!(scope = %scope.map(Scope::to_string).unwrap_or_default(), reason = %reason,
+              "ExportRequested webhook refused");
+        limits.failed(&parts.extensions, ApiError::InvalidSignature(reason))
+    };
+    // Everything the headers can prove wrong is refused before a byte of the body is read.
+    let scope = claimed_tenant(&parts.headers).map_err(|reason| refuse(reason, None))?;
+    record_scope(&scope);
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    let signed = SignedHeaders::parse(
+        header(TIMESTAMP_HEADER),
+        header(SIGNATURE_HEADER),
+        Utc::now().timestamp(),
+        state.webhook_replay_window,
+    )
+    .map_err(|reason| refuse(reason, Some(&scope)))?;
+    // An unknown tenant, or one without a secret, is answered as a wrong signature is.
+    let secret = state.tenants.get(&scope).and_then(|t| t.webhook_secret.as_ref());
+    let secret = secret.ok_or_else(|| refuse(SignatureError::Mismatch, Some(&scope)))?;
+    let body = read_body(body).await?;
+    signed.verify(secret.expose(), &body).map_err(|reason| {
+        let event_id = claimed_event_id(&body).unwrap_or_default();
+        warn!(event_id, "ExportRequested webhook signature does not match");
+        refuse(reason, Some(&scope))
     })?;
-    authenticate(&state, &headers, &body)?;
+    limits.per_tenant(&parts.extensions, &scope)?;
     let event = ExportRequested::from_slice(&body).map_err(|err| match err {
         EventError::InvalidJson(detail) => ApiError::MalformedJson(detail),
         EventError::InvalidEvent(errors) | EventError::InvalidRequest(errors) => ApiError::Validation(errors),
     })?;
+    if event.scope != scope {
+        let mut errors = ValidationErrors::new();
+        errors.add(
+            "tenant_id",
+            "invalid_value",
+            format!("tenant_id and environment_id must name the {TENANT_HEADER} header's scope, {scope}"),
+        );
+        return Err(ApiError::Validation(errors));
+    }
     let key = event.idempotency_key();
     let requested = state.service.request(&event.scope, event.spec, Some(key)).await?;
     record_export_id(requested.export.id);
@@ -101,34 +138,32 @@ pub async fn export_requested(
     Ok(export_response(status, &requested.export, !requested.created))
 }
 
-/// Verifies the signature with the secret of the tenant the body names. Every failure, including
-/// a body naming no tenant or an unknown one, is a `401` that tells nothing about which tenants exist.
-fn authenticate(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
-    let scope = claimed_scope(body);
-    if let Some(scope) = &scope {
-        let span = Span::current();
-        span.record("tenant", tracing::field::display(&scope.tenant));
-        span.record("environment", tracing::field::display(&scope.environment));
+/// The scope of `X-Userexport-Tenant: tenant/environment`.
+fn claimed_tenant(headers: &HeaderMap) -> Result<Scope, SignatureError> {
+    let value = headers.get(TENANT_HEADER).ok_or(SignatureError::MissingHeader(TENANT_HEADER))?;
+    value
+        .to_str()
+        .ok()
+        .and_then(|raw| Scope::parse(raw.trim()).ok())
+        .ok_or(SignatureError::Malformed(TENANT_HEADER))
+}
+
+fn record_scope(scope: &Scope) {
+    let span = Span::current();
+    span.record("tenant", tracing::field::display(&scope.tenant));
+    span.record("environment", tracing::field::display(&scope.environment));
+}
+
+/// The body, up to [`BODY_LIMIT_BYTES`] (`413` beyond, before reading it when `Content-Length`
+/// says so already).
+async fn read_body(body: Body) -> Result<Bytes, ApiError> {
+    use axum::body::HttpBody as _;
+    if body.size_hint().lower() > BODY_LIMIT_BYTES as u64 {
+        return Err(ApiError::PayloadTooLarge);
     }
-    let secret = scope.as_ref().and_then(|s| state.tenants.get(s)).and_then(|t| t.webhook_secret.as_ref());
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let verified = signature::verify(
-        secret.map_or(NO_SECRET, |s| s.expose()),
-        header(TIMESTAMP_HEADER),
-        header(SIGNATURE_HEADER),
-        body,
-        Utc::now().timestamp(),
-        state.webhook_replay_window,
-    );
-    let verified = match verified {
-        // Anyone can sign with NO_SECRET: it proves nothing.
-        Ok(()) if secret.is_none() => Err(SignatureError::Mismatch),
-        other => other,
-    };
-    verified.map_err(|reason| {
-        let scope = scope.map(|s| s.to_string()).unwrap_or_default();
-        let event_id = claimed_event_id(body).unwrap_or_default();
-        warn!(%scope, event_id, known_secret = secret.is_some(), reason = %reason, "ExportRequested webhook refused");
-        ApiError::InvalidSignature(reason)
-    })
+    match Limited::new(body, BODY_LIMIT_BYTES).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<LengthLimitError>() => Err(ApiError::PayloadTooLarge),
+        Err(err) => Err(ApiError::UnreadableBody(err.to_string())),
+    }
 }

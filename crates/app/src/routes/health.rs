@@ -1,23 +1,17 @@
-//! Liveness and readiness probes. Neither needs an API key.
-
-use std::collections::BTreeMap;
-use std::future::Future;
-use std::time::Duration;
+//! Liveness and readiness probes. Neither needs an API key, and neither is subject to load
+//! shedding or the request timeout.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use http::request::Parts;
 use http::{HeaderValue, StatusCode};
-use ports::PortError;
-use tracing::warn;
 
+use crate::auth::bearer_token;
 use crate::dto::{CheckStatus, Health, NotReadyProblem, Readiness};
-use crate::problem::{PROBLEM_JSON, Problem};
+use crate::problem::{ApiError, PROBLEM_JSON, Problem};
 use crate::state::AppState;
-
-/// Bound on each dependency's answer to a readiness ping.
-const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Liveness: the process is up and serving HTTP.
 #[utoipa::path(
@@ -29,37 +23,38 @@ pub async fn healthz() -> Json<Health> {
 }
 
 /// Readiness: every dependency answers (user store, export store, file storage, orchestrator, and
-/// the NATS connection of the event consumer when one runs).
+/// the NATS connection of the event consumer when one runs), as of the last check (at most
+/// `USEREXPORT_READYZ_CACHE_S` old). Anyone gets the status; the per-dependency `checks` only
+/// come with an operator key (`Authorization: Bearer <operator key>`).
 #[utoipa::path(
-    get, path = "/readyz", tag = "health", security(()),
+    get, path = "/readyz", tag = "health", security((), ("bearer" = [])),
     responses(
-        (status = 200, description = "Ready to serve.", body = Readiness),
-        (status = 503, description = "A dependency does not answer; `checks` says which.",
+        (status = 200, description = "Ready to serve; `checks` with an operator key only.", body = Readiness),
+        (status = 401, description = "An `Authorization` header with a key that is neither an operator nor a tenant key.",
+         body = Problem, content_type = "application/problem+json", headers(("WWW-Authenticate" = String))),
+        (status = 429, description = "This address failed authentication too often (`auth-throttled`).",
+         body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u32))),
+        (status = 503, description = "A dependency does not answer; `checks` (operator key only) says which.",
          body = NotReadyProblem, content_type = "application/problem+json", headers(("Retry-After" = u32))),
     )
 )]
-pub async fn readyz(State(state): State<AppState>) -> Response {
-    let deps = &state.dependencies;
-    let (users, exports, storage, orchestrator) = tokio::join!(
-        check("users", deps.users.ping()),
-        check("exports", deps.exports.ping()),
-        check("storage", deps.storage.ping()),
-        check("orchestrator", deps.orchestrator.ping()),
-    );
-    let mut checks: BTreeMap<String, CheckStatus> =
-        [users, exports, storage, orchestrator].into_iter().map(|(name, s)| (name.to_owned(), s)).collect();
-    if let Some(events) = &deps.events {
-        let (name, status) = check("events", events.ping()).await;
-        checks.insert(name.to_owned(), status);
-    }
-    if checks.values().all(|s| *s == CheckStatus::Ok) {
+pub async fn readyz(State(state): State<AppState>, request: Request) -> Response {
+    let (parts, _) = request.into_parts();
+    let details = match operator_asks(&state, &parts) {
+        Ok(details) => details,
+        Err(err) => return err.into_response(),
+    };
+    let checks = state.readiness.checks(&state.dependencies).await;
+    let ready = checks.values().all(|s| *s == CheckStatus::Ok);
+    let checks = details.then_some(checks);
+    if ready {
         return Json(Readiness { status: "ready".to_owned(), checks }).into_response();
     }
     let problem = Problem::new(
         "not-ready",
         "Not ready",
         StatusCode::SERVICE_UNAVAILABLE,
-        "A dependency of the service does not answer; see checks.",
+        "A dependency of the service does not answer.",
     );
     let mut response =
         (StatusCode::SERVICE_UNAVAILABLE, Json(NotReadyProblem { problem, checks })).into_response();
@@ -68,24 +63,20 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     response
 }
 
-/// Pings one dependency; failures are logged here, never returned to the (unauthenticated) caller.
-async fn check(
-    name: &'static str,
-    ping: impl Future<Output = Result<(), PortError>>,
-) -> (&'static str, CheckStatus) {
-    match tokio::time::timeout(PING_TIMEOUT, ping).await {
-        Ok(Ok(())) => (name, CheckStatus::Ok),
-        Ok(Err(err)) => {
-            warn!(dependency = name, error = %format!("{err:#}"), "readiness check failed");
-            (name, CheckStatus::Unavailable)
-        }
-        Err(_) => {
-            warn!(
-                dependency = name,
-                timeout_ms = PING_TIMEOUT.as_millis() as u64,
-                "readiness check timed out"
-            );
-            (name, CheckStatus::Unavailable)
-        }
+/// Whether the caller may see the checks: an operator key, yes; no key or a tenant key, no; any
+/// other key is a failed authentication (throttled per address like every other).
+fn operator_asks(state: &AppState, parts: &Parts) -> Result<bool, ApiError> {
+    if !parts.headers.contains_key(AUTHORIZATION) {
+        return Ok(false);
+    }
+    let limits = &state.limits;
+    limits.admit(&parts.extensions)?;
+    let token = bearer_token(parts).map_err(|err| limits.failed(&parts.extensions, err))?;
+    if state.operators.authenticate(token).is_some() {
+        Ok(true)
+    } else if state.keys.authenticate(token).is_some() {
+        Ok(false)
+    } else {
+        Err(limits.failed(&parts.extensions, ApiError::Unauthenticated { presented: true }))
     }
 }

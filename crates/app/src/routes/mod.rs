@@ -6,9 +6,12 @@ pub(crate) mod exports;
 pub(crate) mod health;
 pub(crate) mod schedules;
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
+use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use http::{Method, Request, Uri};
 use tower::ServiceBuilder;
@@ -17,6 +20,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::{Level, Span};
 
+use crate::limits::{headers, load};
 use crate::openapi;
 use crate::problem::{self, ApiError};
 use crate::state::AppState;
@@ -28,13 +32,13 @@ pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
 const MAX_ECHOED_PATH: usize = 200;
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let limits = &state.limits;
+    // Everything but the two routes below must answer within the request timeout.
+    let bounded = Router::new()
         .route("/v1/exports", post(exports::create_export).get(exports::list_exports))
-        .route("/v1/exports/sync", post(exports::create_export_sync))
         .route("/v1/exports/batch", post(batches::create_batch))
         .route("/v1/exports/batch/{id}", get(batches::get_batch))
         .route("/v1/exports/{id}", get(exports::get_export))
-        .route("/v1/exports/{id}/download", get(exports::download_export))
         .route("/v1/exports/{id}/cancel", post(exports::cancel_export))
         .route("/v1/export-schedules", post(schedules::create_schedule).get(schedules::list_schedules))
         .route(
@@ -43,11 +47,23 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/export-schedules/{id}/trigger", post(schedules::trigger_schedule))
         .route("/v1/events/export-requested", post(events::export_requested))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi::openapi_json))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(from_fn_with_state(limits.request_timeout, load::time_limit));
+    // The synchronous export waits up to its own bound (`?timeout_s`), then answers like any
+    // request; a download answers once its stream or redirect is ready and streams untimed.
+    let sync = Router::new()
+        .route("/v1/exports/sync", post(exports::create_export_sync))
+        .layer(from_fn_with_state(limits.request_timeout + state.sync.max_wait, load::time_limit));
+    let download = Router::new().route("/v1/exports/{id}/download", get(exports::download_export));
+    // Probes skip the in-flight bound: they must answer while the API sheds load.
+    let probes = Router::new().route("/healthz", get(health::healthz)).route("/readyz", get(health::readyz));
+    bounded
+        .merge(sync)
+        .merge(download)
+        .layer(from_fn_with_state(Arc::clone(&limits.in_flight), load::shed_load))
+        .merge(probes)
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .with_state(state)
         .layer(
@@ -60,7 +76,8 @@ pub fn router(state: AppState) -> Router {
                 )
                 .layer(PropagateRequestIdLayer::x_request_id())
                 .layer(CatchPanicLayer::custom(problem::panic_response))
-                .layer(axum::middleware::map_response(problem::problem_for_bare_errors)),
+                .layer(axum::middleware::map_response(problem::problem_for_bare_errors))
+                .layer(axum::middleware::from_fn(headers::rate_limit_headers)),
         )
 }
 

@@ -1,5 +1,8 @@
 //! `POST /v1/events/export-requested`: signed webhook events, and the same event over NATS.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -12,6 +15,8 @@ use crate::helpers::{ACME_KEY, TestApp, TestResponse};
 
 const URI: &str = "/v1/events/export-requested";
 const ACME_SECRET: &str = "acme-webhook-secret-0123456789";
+const OPERATOR_KEY: &str = "operator-events-key-3c9d";
+const TENANT_HEADER: &str = "X-Userexport-Tenant";
 
 /// acme/prod has a webhook secret; globex/prod (an API key's scope) has none.
 async fn spawn() -> TestApp {
@@ -33,7 +38,8 @@ fn event(event_id: &str, tenant: &str) -> Value {
     json!({"event_id": event_id, "tenant_id": tenant, "environment_id": "prod", "request": {"format": "csv"}})
 }
 
-/// Sends `body` with the given timestamp and signature headers (either may be left out).
+/// Sends `body` with the given timestamp and signature headers (either may be left out), and
+/// `X-Userexport-Tenant` naming the scope the body names, if it names one.
 async fn post_raw(
     app: &TestApp,
     body: &[u8],
@@ -41,6 +47,9 @@ async fn post_raw(
     signature: Option<&str>,
 ) -> TestResponse {
     let mut request = Request::post(URI).header("content-type", "application/json");
+    if let Some(scope) = domain::events::claimed_scope(body) {
+        request = request.header(TENANT_HEADER, scope.to_string());
+    }
     if let Some(timestamp) = timestamp {
         request = request.header(TIMESTAMP_HEADER, timestamp.to_string());
     }
@@ -154,10 +163,10 @@ async fn unknown_tenants_and_tenants_without_a_secret_look_like_a_bad_signature(
     // A known tenant with no webhook secret: even a signature with the empty key is refused.
     let refused = assert_refused(&post_signed(&app, &event("evt-x", "globex"), "", now).await);
     assert_eq!(refused, bad_signature);
-    // A body that names no tenant at all.
+    // A request that names no tenant at all.
     let refused =
         assert_refused(&post_raw(&app, b"not json", Some(now), Some(&sign(b"k", now, b"not json"))).await);
-    assert_eq!(refused, bad_signature);
+    assert!(refused["detail"].as_str().unwrap().contains(TENANT_HEADER), "{refused}");
 
     assert!(acme_exports(&app).await.is_empty());
     let globex = app.get(Some(crate::helpers::GLOBEX_KEY), "/v1/exports").await.json();
@@ -215,10 +224,11 @@ async fn an_event_over_nats_and_the_same_event_over_the_webhook_give_one_export(
         c.events.nats_subject = subject.clone();
         c.events.nats_consumer = format!("ue-api-{id}");
         c.events.nats_dlq_subject = format!("ue-api.{id}.dlq");
+        c.operator_keys = Some(format!("{OPERATOR_KEY}=batch").as_str().into());
     })
     .await;
 
-    let ready = app.get(None, "/readyz").await;
+    let ready = app.get(Some(OPERATOR_KEY), "/readyz").await;
     assert_eq!(ready.json()["checks"]["events"], "ok", "{}", ready.text());
 
     let jetstream = async_nats::jetstream::new(async_nats::connect(url.as_str()).await.unwrap());
@@ -240,4 +250,99 @@ async fn an_event_over_nats_and_the_same_event_over_the_webhook_give_one_export(
     app.wait_for_status(from_nats["id"].as_str().unwrap(), "completed").await;
     assert_eq!(acme_exports(&app).await.len(), 1);
     let _ = jetstream.delete_stream(&stream).await;
+}
+
+/// A body that records whether anyone ever polled it, and never yields a byte.
+fn untouchable_body(polled: &Arc<AtomicBool>) -> Body {
+    let polled = Arc::clone(polled);
+    Body::from_stream(futures::stream::poll_fn(
+        move |_| -> Poll<Option<Result<bytes::Bytes, std::io::Error>>> {
+            polled.store(true, Ordering::SeqCst);
+            Poll::Pending
+        },
+    ))
+}
+
+#[tokio::test]
+async fn headers_that_cannot_authenticate_are_refused_before_the_body_is_read() {
+    let app = spawn().await;
+    let now = Utc::now().timestamp();
+    let well_formed = sign(b"any-secret", now, b"whatever");
+    let cases: [(&str, Option<&str>, i64, &str); 6] = [
+        ("no tenant", None, now, well_formed.as_str()),
+        ("malformed tenant", Some("acme"), now, well_formed.as_str()),
+        ("unknown tenant", Some("stranger/prod"), now, well_formed.as_str()),
+        ("tenant without a secret", Some("globex/prod"), now, well_formed.as_str()),
+        ("stale timestamp", Some("acme/prod"), now - 3600, well_formed.as_str()),
+        ("malformed signature", Some("acme/prod"), now, "v1=zz"),
+    ];
+    for (case, tenant, timestamp, signature) in cases {
+        let polled = Arc::new(AtomicBool::new(false));
+        let mut request = Request::post(URI)
+            .header("content-type", "application/json")
+            .header(TIMESTAMP_HEADER, timestamp.to_string())
+            .header(SIGNATURE_HEADER, signature);
+        if let Some(tenant) = tenant {
+            request = request.header(TENANT_HEADER, tenant);
+        }
+        let request = request.body(untouchable_body(&polled)).unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(2), app.send(request))
+            .await
+            .unwrap_or_else(|_| panic!("{case}: waited for the body"));
+        assert_refused(&response);
+        assert!(!polled.load(Ordering::SeqCst), "{case}: the body was read");
+    }
+}
+
+#[tokio::test]
+async fn a_body_larger_than_the_limit_is_413_once_the_headers_authenticate() {
+    let app = spawn().await;
+    let now = Utc::now().timestamp();
+    let body = vec![b' '; 64 * 1024 + 1];
+    let request = Request::post(URI)
+        .header(TENANT_HEADER, "acme/prod")
+        .header(TIMESTAMP_HEADER, now.to_string())
+        .header(SIGNATURE_HEADER, sign(ACME_SECRET.as_bytes(), now, &body))
+        .body(Body::from_stream(futures::stream::iter(
+            body.chunks(1024)
+                .map(|c| Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(c)))
+                .collect::<Vec<_>>(),
+        )))
+        .unwrap();
+    app.send(request).await.assert_problem(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large");
+}
+
+#[tokio::test]
+async fn an_event_for_another_scope_than_its_tenant_header_is_422() {
+    let app = spawn().await;
+    let now = Utc::now().timestamp();
+    let body = serde_json::to_vec(&event("evt-other", "globex")).unwrap();
+    let request = Request::post(URI)
+        .header(TENANT_HEADER, "acme/prod")
+        .header(TIMESTAMP_HEADER, now.to_string())
+        .header(SIGNATURE_HEADER, sign(ACME_SECRET.as_bytes(), now, &body))
+        .body(Body::from(body))
+        .unwrap();
+    assert_eq!(app.send(request).await.error_fields(), ["tenant_id"]);
+    assert!(acme_exports(&app).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_tenant_past_its_webhook_rate_gets_429_with_the_ratelimit_headers() {
+    let app = spawn_with(|c| {
+        c.limits.rate_limit_per_s = 1;
+        c.limits.rate_limit_burst = 2;
+    })
+    .await;
+    let now = Utc::now().timestamp();
+    for (i, remaining) in [1, 0].into_iter().enumerate() {
+        let response = post_signed(&app, &event(&format!("evt-rate-{i}"), "acme"), ACME_SECRET, now).await;
+        assert_eq!(response.status, StatusCode::ACCEPTED, "{}", response.text());
+        assert!(response.header("ratelimit").unwrap().starts_with(&format!("\"webhook\";r={remaining};")));
+    }
+    let limited = post_signed(&app, &event("evt-rate-2", "acme"), ACME_SECRET, now).await;
+    limited.assert_problem(StatusCode::TOO_MANY_REQUESTS, "rate-limited");
+    assert_eq!(limited.header("retry-after"), Some("1"));
+    assert_eq!(limited.header("ratelimit-policy"), Some("\"webhook\";q=2;w=2"));
+    assert_eq!(acme_exports(&app).await.len(), 2, "the limited event started nothing");
 }
