@@ -9,12 +9,10 @@ use serde_json::{Value, json};
 
 use crate::helpers::{ACME_KEY, API_KEYS, TestApp};
 
-fn start_up_error(config: Config) -> impl std::future::Future<Output = String> {
-    async move {
-        match Application::build(config).await {
-            Ok(_) => panic!("start-up should have failed"),
-            Err(err) => format!("{err:#}"),
-        }
+async fn start_up_error(config: Config) -> String {
+    match Application::build(config).await {
+        Ok(_) => panic!("start-up should have failed"),
+        Err(err) => format!("{err:#}"),
     }
 }
 
