@@ -32,10 +32,14 @@ const NO_SECRET: &[u8] = b"userexport: no webhook secret for this tenant";
 pub struct ExportRequestedEvent {
     /// The producer's unique ID of the event (1 to 200 printable ASCII characters, no spaces);
     /// the export's idempotency key is `event:{event_id}`.
+    #[schema(pattern = "^[!-~]{1,200}$")]
     pub event_id: String,
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
     pub tenant_id: String,
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
     pub environment_id: String,
     /// When the producer emitted the event (RFC 3339); informational.
+    #[schema(format = DateTime)]
     pub occurred_at: Option<String>,
     /// The export request, as for `POST /v1/exports`.
     pub request: CreateExportRequest,
@@ -53,26 +57,27 @@ pub struct ExportRequestedEvent {
     post, path = "/v1/events/export-requested", tag = "events", security(()),
     params(
         ("X-Userexport-Timestamp" = i64, Header, description = "Unix seconds when the request was signed."),
-        ("X-Userexport-Signature" = String, Header, description = "`v1=<hex>`, comma-separated for rotation."),
+        ("X-Userexport-Signature" = String, Header,
+         description = "`v1=<hex>`, comma-separated for rotation."),
     ),
     request_body(content = ExportRequestedEvent, content_type = "application/json"),
     responses(
         (status = 202, description = "Accepted: the export runs in the background; poll `Location` with an API key.",
-         body = ExportResource, headers(("Location" = String, description = "The export's URL"))),
+         body = ExportResource, headers(
+            ("Location" = String, description = "The export's URL."),
+            ("Retry-After" = u32, description = "Present while the export is unfinished: seconds before polling."))),
         (status = 200, description = "Replay: this event ID already requested this export.",
-         body = ExportResource, headers(("Location" = String), ("Idempotent-Replayed" = String))),
+         body = ExportResource, headers(
+            ("Location" = String, description = "The export's URL."),
+            ("Idempotent-Replayed" = String, description = "`true`."),
+            ("Retry-After" = u32, description = "Present while the export is unfinished: seconds before polling."))),
         (status = 401, description = "Signature headers missing or malformed, timestamp outside the replay window, \
          or no matching signature (also for unknown tenants and malformed bodies). Nothing was started.",
-         body = Problem, content_type = "application/problem+json", headers(("WWW-Authenticate" = String))),
-        (status = 413, description = "Request body larger than 64 KiB.", body = Problem,
-         content_type = "application/problem+json"),
+         body = Problem, content_type = "application/problem+json",
+         headers(("WWW-Authenticate" = String, description = "The `Userexport-Signature` challenge."))),
         (status = 422, description = "Invalid event fields or export request (all listed in `errors`, the request's \
          as `request.…`), or an event ID already used for a different request (`idempotency-key-reused`).",
          body = Problem, content_type = "application/problem+json"),
-        (status = 500, description = "Unexpected failure; details are logged, not returned.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 503, description = "A dependency is temporarily unavailable; redeliver the same event.",
-         body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u32))),
     )
 )]
 pub async fn export_requested(
