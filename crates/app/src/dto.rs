@@ -128,7 +128,8 @@ pub struct CreateExportRequest {
     /// Address for that notification; default the tenant's.
     #[schema(format = Email, max_length = 254)]
     pub notify_email: Option<String>,
-    /// Days the file is kept after completion; default the service's (which also caps it).
+    /// Days the file is kept after completion; default the service's. `maximum` is this
+    /// server's limit (`USEREXPORT_RETENTION_MAX_DAYS`).
     #[schema(minimum = 1, maximum = 3650)]
     pub retention_days: Option<u32>,
 }
@@ -159,8 +160,11 @@ pub struct UserFiltersRequest {
     #[schema(nullable = false)]
     pub created_before: Option<DateTime<Utc>>,
     /// A domain such as `example.com`, without `@` (any case).
-    #[schema(nullable = false, max_length = 253,
-             pattern = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")]
+    #[schema(
+        nullable = false,
+        max_length = 253,
+        pattern = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+    )]
     pub email_domain: Option<String>,
 }
 

@@ -34,7 +34,8 @@ pub struct CreateScheduleRequest {
 /// one). `{"paused": true}` pauses, `{"paused": false}` resumes. Only `timezone` and `note` may
 /// be `null`.
 #[derive(Debug, Clone, ToSchema)]
-#[schema(example = json!({"paused": true}), min_properties = 1)]
+// `minProperties: 1` is set by `openapi::finish`: utoipa 5.5 writes `min_properties` as `maxProperties`.
+#[schema(example = json!({"paused": true}))]
 pub struct PatchScheduleRequest {
     /// As for creation.
     #[schema(nullable = false, pattern = r"^\s*\S+(\s+\S+){4}\s*$")]

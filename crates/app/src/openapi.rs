@@ -116,9 +116,19 @@ fn add_common_responses(operation: &mut Operation) {
         .is_none_or(|requirements| requirements.iter().any(|r| *r != SecurityRequirement::default()));
     let mut common = Vec::new();
     if operation.request_body.is_some() {
-        common.push(("400", problem_response("Malformed JSON, or not `Content-Type: application/json` \
-            (`bad-request`, `malformed-json`, `unsupported-media-type`)."), None));
-        common.push(("413", problem_response("Request body larger than 64 KiB (`payload-too-large`)."), None));
+        common.push((
+            "400",
+            problem_response(
+                "Malformed JSON, or not `Content-Type: application/json` \
+            (`bad-request`, `malformed-json`, `unsupported-media-type`).",
+            ),
+            None,
+        ));
+        common.push((
+            "413",
+            problem_response("Request body larger than 64 KiB (`payload-too-large`)."),
+            None,
+        ));
     }
     if secured {
         common.push((
@@ -128,7 +138,11 @@ fn add_common_responses(operation: &mut Operation) {
         ));
     }
     common.extend([
-        ("408", problem_response("The request took longer than the server allows (`request-timeout`)."), None),
+        (
+            "408",
+            problem_response("The request took longer than the server allows (`request-timeout`)."),
+            None,
+        ),
         (
             "429",
             problem_response(
@@ -154,13 +168,19 @@ fn add_common_responses(operation: &mut Operation) {
         if status == "429" {
             response.headers.insert(
                 "RateLimit".to_owned(),
-                header_of(Type::String, "Present for `rate-limited`: the limit's remaining quota and reset \
-                    (IETF `RateLimit` header, e.g. `\"default\";r=0;t=1`)."),
+                header_of(
+                    Type::String,
+                    "Present for `rate-limited`: the limit's remaining quota and reset \
+                    (IETF `RateLimit` header, e.g. `\"default\";r=0;t=1`).",
+                ),
             );
             response.headers.insert(
                 "RateLimit-Policy".to_owned(),
-                header_of(Type::String, "Present for `rate-limited`: the policy applied \
-                    (IETF `RateLimit-Policy` header, e.g. `\"default\";q=50;w=1`)."),
+                header_of(
+                    Type::String,
+                    "Present for `rate-limited`: the policy applied \
+                    (IETF `RateLimit-Policy` header, e.g. `\"default\";q=50;w=1`).",
+                ),
             );
         }
         operation.responses.responses.entry(status.to_owned()).or_insert(RefOr::T(response));
@@ -169,7 +189,10 @@ fn add_common_responses(operation: &mut Operation) {
         if let RefOr::T(response) = response {
             response.headers.insert(
                 "X-Request-Id".to_owned(),
-                header_of(Type::String, "This request's ID, as sent in `X-Request-Id` or made up; it is in the logs."),
+                header_of(
+                    Type::String,
+                    "This request's ID, as sent in `X-Request-Id` or made up; it is in the logs.",
+                ),
             );
         }
     }
@@ -199,9 +222,14 @@ static DOCUMENT: LazyLock<Value> = LazyLock::new(|| {
     document
 });
 
-/// The document for a server whose `POST /v1/exports/sync` waits at most `sync_max_wait_s`.
-pub fn document(sync_max_wait_s: u64) -> Value {
+/// The document for a server whose `POST /v1/exports/sync` waits at most `sync_max_wait_s` and
+/// that keeps files at most `retention_max_days`.
+pub fn document(sync_max_wait_s: u64, retention_max_days: u32) -> Value {
     let mut document = DOCUMENT.clone();
+    let retention = "/components/schemas/CreateExportRequest/properties/retention_days/maximum";
+    if let Some(maximum) = document.pointer_mut(retention) {
+        *maximum = retention_max_days.into();
+    }
     let parameters = document.pointer_mut("/paths/~1v1~1exports~1sync/post/parameters");
     for parameter in parameters.and_then(Value::as_array_mut).into_iter().flatten() {
         if parameter["name"] == "timeout_s" {
@@ -225,14 +253,17 @@ fn finish(document: &mut Value) {
             for response in responses.into_iter().flat_map(|responses| responses.values_mut()) {
                 let headers = response.get_mut("headers").and_then(Value::as_object_mut);
                 for header in headers.into_iter().flat_map(|headers| headers.values_mut()) {
-                    let optional =
-                        header["description"].as_str().is_some_and(|d| d.starts_with("Present "));
+                    let optional = header["description"].as_str().is_some_and(|d| d.starts_with("Present "));
                     header["required"] = Value::Bool(!optional);
                 }
             }
         }
     }
     let Some(schemas) = document.pointer_mut("/components/schemas") else { return };
+    // A PATCH must change something (utoipa 5.5 writes a `min_properties` attribute as `maxProperties`).
+    if let Some(patch) = schemas.get_mut("PatchScheduleRequest").and_then(Value::as_object_mut) {
+        patch.insert("minProperties".to_owned(), Value::from(1));
+    }
     let mut seen = BTreeSet::new();
     while let Some(reference) = request_schemas.pop() {
         let Some(name) = reference.strip_prefix("#/components/schemas/") else { continue };
@@ -271,5 +302,5 @@ fn close_objects(schema: &mut Value, references: &mut Vec<String>) {
     responses((status = 200, description = "The OpenAPI 3.1 description of this API.", content_type = "application/json"))
 )]
 pub async fn openapi_json(State(state): State<AppState>) -> Json<Value> {
-    Json(document(state.sync.max_wait.as_secs()))
+    Json(document(state.sync.max_wait.as_secs(), state.retention_max_days))
 }

@@ -15,7 +15,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::exports::{idempotency_key, json_body, valid};
+use super::exports::{check_retention, idempotency_key, json_body, valid};
 use crate::auth::BatchOperator;
 use crate::dto::{CreateExportRequest, ExportErrorBody, ExportStatusBody};
 use crate::problem::{ApiError, Problem};
@@ -48,7 +48,9 @@ const SLUG_PATTERN: &str = "^[a-z0-9][a-z0-9_-]{0,62}$";
 
 /// `targets`: `"all"`, or 1 to 10 000 distinct scopes, each `"tenant/environment"` or an object.
 fn targets_schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
-    use utoipa::openapi::schema::{AdditionalProperties, ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
+    use utoipa::openapi::schema::{
+        AdditionalProperties, ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type,
+    };
     let slug = || ObjectBuilder::new().schema_type(Type::String).pattern(Some(SLUG_PATTERN));
     let scope_string = ObjectBuilder::new()
         .schema_type(Type::String)
@@ -204,6 +206,9 @@ pub async fn create_batch(
     let mut errors = ValidationErrors::new();
     let key = idempotency_key(&headers, &mut errors);
     let request = errors.absorb(BatchRequest::from_json(&body));
+    if let Some(request) = &request {
+        check_retention(&request.spec, state.retention_max_days, "export.retention_days", &mut errors);
+    }
     let request = valid(request, errors)?;
     let requested = state.batches.request(request, key, &state.tenants).await?;
     let (status, resource) = if requested.created {

@@ -11,12 +11,13 @@ use domain::events::{claimed_event_id, claimed_scope};
 use domain::signature::{self, SIGNATURE_HEADER, SignatureError, TIMESTAMP_HEADER};
 use domain::{EventError, ExportRequested};
 use http::{HeaderMap, StatusCode};
+use service::RequestError;
 use tracing::{Span, info, warn};
 use utoipa::ToSchema;
 
 use crate::dto::{CreateExportRequest, ExportResource};
 use crate::problem::{ApiError, Problem};
-use crate::routes::exports::{export_response, record_export_id};
+use crate::routes::exports::{export_response, nested, record_export_id};
 use crate::state::AppState;
 
 /// Stands in for the secret of a tenant that has none, so that an unknown tenant costs the same
@@ -98,7 +99,12 @@ pub async fn export_requested(
         EventError::InvalidEvent(errors) | EventError::InvalidRequest(errors) => ApiError::Validation(errors),
     })?;
     let key = event.idempotency_key();
-    let requested = state.service.request(&event.scope, event.spec, Some(key)).await?;
+    let requested =
+        state.service.request(&event.scope, event.spec, Some(key)).await.map_err(|err| match err {
+            // The service's limits (retention) name fields of the export request: here `request.…`.
+            RequestError::Invalid(errors) => ApiError::Validation(nested("request", &errors)),
+            other => other.into(),
+        })?;
     record_export_id(requested.export.id);
     info!(event_id = %event.event_id, export_id = %requested.export.id, created = requested.created,
           "ExportRequested webhook accepted");

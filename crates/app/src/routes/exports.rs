@@ -354,6 +354,25 @@ pub(crate) fn idempotency_key(headers: &HeaderMap, errors: &mut ValidationErrors
     }
 }
 
+/// Adds an error when `spec` keeps its file longer than this server allows: checked where a
+/// request is stored to run later (a schedule, a batch), as `POST /v1/exports` checks it at once.
+pub(crate) fn check_retention(spec: &ExportSpec, max_days: u32, field: &str, errors: &mut ValidationErrors) {
+    if spec.retention_days.is_some_and(|days| days > max_days) {
+        errors.add(field, "too_long", format!("retention_days may be at most {max_days} on this service"));
+    }
+}
+
+/// `errors` about an export request, renamed for a request nested under `prefix` (an event's
+/// `request`), so that a problem names the field where the client sent it.
+pub(crate) fn nested(prefix: &str, errors: &ValidationErrors) -> ValidationErrors {
+    let mut nested = ValidationErrors::new();
+    for e in errors.errors() {
+        let field = if e.field.is_empty() { prefix.to_owned() } else { format!("{prefix}.{}", e.field) };
+        nested.add(field, e.code, e.message.clone());
+    }
+    nested
+}
+
 /// The last value of query parameter `name`, decoded.
 pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())

@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use ports::ScheduleQuery;
 use tracing::Span;
 
-use super::exports::{idempotency_key, json_body, page_params, valid};
+use super::exports::{check_retention, idempotency_key, json_body, page_params, valid};
 use crate::auth::Authenticated;
 use crate::dto::{ExportResource, export_path};
 use crate::dto_schedules::{
@@ -53,6 +53,9 @@ pub async fn create_schedule(
     let mut errors = ValidationErrors::new();
     let key = idempotency_key(&headers, &mut errors);
     let new = errors.absorb(NewSchedule::from_json(&body));
+    if let Some(new) = &new {
+        check_retention(&new.spec, state.retention_max_days, "request.retention_days", &mut errors);
+    }
     let new = valid(new, errors)?;
     let created = state.schedules.create(&scope, new, key).await?;
     record_schedule_id(created.schedule.id);
@@ -142,6 +145,11 @@ pub async fn patch_schedule(
     let id = schedule_id(id)?;
     let body = json_body(&headers, body)?;
     let patch = SchedulePatch::from_json(&body).map_err(ApiError::Validation)?;
+    let mut errors = ValidationErrors::new();
+    if let Some(spec) = &patch.spec {
+        check_retention(spec, state.retention_max_days, "request.retention_days", &mut errors);
+    }
+    let patch = valid(Some(patch), errors)?;
     let schedule = state.schedules.update(&scope, id, patch).await?;
     Ok(Json(ScheduleResource::new(&schedule, Utc::now())))
 }

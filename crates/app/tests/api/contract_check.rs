@@ -24,8 +24,13 @@ impl Contract {
     /// The path template and operation that `method path` (no query) is, preferring templates
     /// with more literal segments (`/v1/exports/batch` over `/v1/exports/{id}`).
     pub fn operation(&self, method: &Method, path: &str) -> Option<(&str, &Value)> {
+        let (template, item) = self.path_item(path)?;
+        Some((template, item.get(method.as_str().to_ascii_lowercase())?))
+    }
+
+    /// The path template `path` is an instance of, and its path item.
+    fn path_item(&self, path: &str) -> Option<(&str, &Value)> {
         let segments: Vec<&str> = path.split('/').collect();
-        let method = method.as_str().to_ascii_lowercase();
         self.doc["paths"]
             .as_object()?
             .iter()
@@ -46,10 +51,10 @@ impl Contract {
                         return None;
                     }
                 }
-                Some((literal, template.as_str(), item.get(&method)?))
+                Some((literal, template.as_str(), item))
             })
             .max_by_key(|(literal, ..)| *literal)
-            .map(|(_, template, operation)| (template, operation))
+            .map(|(_, template, item)| (template, item))
     }
 
     /// `schema` (which may refer to `#/components/...`) compiled once.
@@ -87,13 +92,19 @@ impl Contract {
     pub fn check(&self, method: &Method, path: &str, status: StatusCode, headers: &HeaderMap, body: &[u8]) {
         let text = || String::from_utf8_lossy(body).chars().take(2000).collect::<String>();
         let Some((template, operation)) = self.operation(method, path) else {
-            // Not an operation of the API: the router's own 404 or 405, as a problem.
+            // Not an operation of the API: the router's own 404, or 405 for a path it has.
+            let expected = if self.path_item(path).is_some() { 405 } else { 404 };
             assert!(
-                matches!(status.as_u16(), 404 | 405),
+                status.as_u16() == expected,
                 "{method} {path} is not in the document, yet answered {status}: {}",
                 text()
             );
-            self.check_json(&json!({"$ref": "#/components/schemas/Problem"}), body, "router fallback", &text());
+            self.check_json(
+                &json!({"$ref": "#/components/schemas/Problem"}),
+                body,
+                "router fallback",
+                &text(),
+            );
             return;
         };
         let what = format!("{method} {template} answered {status}");
@@ -106,7 +117,9 @@ impl Contract {
             .and_then(|v| v.split(';').next())
             .map(|v| v.trim().to_ascii_lowercase());
         match (response.get("content").and_then(Value::as_object), content_type) {
-            (None, _) => assert!(body.is_empty(), "{what} with a body the document does not describe: {}", text()),
+            (None, _) => {
+                assert!(body.is_empty(), "{what} with a body the document does not describe: {}", text())
+            }
             (Some(_), None) => panic!("{what} without Content-Type: {}", text()),
             (Some(content), Some(content_type)) => {
                 let Some(media) = content.get(&content_type) else {
@@ -119,25 +132,36 @@ impl Contract {
             }
         }
         for (name, header) in response.get("headers").and_then(Value::as_object).into_iter().flatten() {
-            let value = headers.get(name.as_str()).map(|v| v.to_str().unwrap_or_else(|_| panic!("{what}: {name} is not text")));
+            let value = headers
+                .get(name.as_str())
+                .map(|v| v.to_str().unwrap_or_else(|_| panic!("{what}: {name} is not text")));
             let Some(value) = value else {
                 assert!(header["required"] != true, "{what} without its required header {name}: {}", text());
                 continue;
             };
             let typed = match header["schema"]["type"].as_str() {
-                Some("integer") => value.parse::<i64>().map(Value::from).unwrap_or_else(|_| Value::from(value)),
+                Some("integer") => {
+                    value.parse::<i64>().map(Value::from).unwrap_or_else(|_| Value::from(value))
+                }
                 _ => Value::from(value),
             };
             let violations = self.violations(&header["schema"], &typed);
-            assert!(violations.is_empty(), "{what}: header {name}: {value:?} breaks its schema: {violations:?}");
+            assert!(
+                violations.is_empty(),
+                "{what}: header {name}: {value:?} breaks its schema: {violations:?}"
+            );
         }
     }
 
     #[track_caller]
     fn check_json(&self, schema: &Value, body: &[u8], what: &str, text: &str) {
-        let instance: Value =
-            serde_json::from_slice(body).unwrap_or_else(|e| panic!("{what} with a body that is not JSON ({e}): {text}"));
+        let instance: Value = serde_json::from_slice(body)
+            .unwrap_or_else(|e| panic!("{what} with a body that is not JSON ({e}): {text}"));
         let violations = self.violations(schema, &instance);
-        assert!(violations.is_empty(), "{what} with a body that breaks its schema:\n{}\nbody: {text}", violations.join("\n"));
+        assert!(
+            violations.is_empty(),
+            "{what} with a body that breaks its schema:\n{}\nbody: {text}",
+            violations.join("\n")
+        );
     }
 }

@@ -235,7 +235,10 @@ impl TestAppBuilder {
         TestApp {
             router: app.router(),
             contract: tokio::sync::OnceCell::new(),
-            data_dir: self.data_dir, storage, gate: self.gate.map(|(_, tx)| tx) }
+            data_dir: self.data_dir,
+            storage,
+            gate: self.gate.map(|(_, tx)| tx),
+        }
     }
 }
 
