@@ -40,7 +40,7 @@ WHERE="tenant_id = 'acme' AND environment_id = 'prod'"
 # start_api STORAGE: starts the API on postgres with the given storage; sets API and API_PID.
 start_api() {
   local port; port=$(free_port)
-  USEREXPORT_LISTEN=127.0.0.1:$port USEREXPORT_API_KEYS="$KEY=acme/prod" USEREXPORT_USERS=postgres \
+  USEREXPORT_LISTEN=127.0.0.1:$port USEREXPORT_API_KEYS="$KEY=acme/prod" USEREXPORT_SYNC_TIMEOUT_MAX_S=600 USEREXPORT_USERS=postgres \
     USEREXPORT_EXPORTS=postgres USEREXPORT_STORAGE=$1 USEREXPORT_DATA_DIR=$WORK/data \
     USEREXPORT_RATE_LIMIT_PER_S=100000 USEREXPORT_RATE_LIMIT_BURST=100000 \
     USEREXPORT_LOG_FORMAT=json RUST_LOG=warn $BIN >"$WORK/api-$port.log" 2>&1 &

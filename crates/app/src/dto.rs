@@ -9,7 +9,7 @@ use domain::{
     UserStatus,
 };
 use serde::Serialize;
-use utoipa::ToSchema;
+use utoipa::{PartialSchema, ToSchema};
 use uuid::Uuid;
 
 /// Declares a wire enum mirroring a domain enum variant for variant.
@@ -106,7 +106,8 @@ impl From<&UserFilter> for UserFiltersBody {
 }
 
 /// The body of `POST /v1/exports` and `POST /v1/exports/sync`. Unknown fields are rejected, and
-/// so are `tenant_id`/`environment_id`: the scope comes from the API key.
+/// so are `tenant_id`/`environment_id`: the scope comes from the API key. `null` means "absent"
+/// for every optional field.
 #[derive(Debug, Clone, ToSchema)]
 #[schema(example = json!({"format": "csv", "compression": "gzip", "fields": ["id", "email"],
     "user_filters": {"status": ["active"], "created_after": "2024-01-01T00:00:00Z"}}))]
@@ -115,6 +116,7 @@ pub struct CreateExportRequest {
     /// Default `none`.
     pub compression: Option<CompressionBody>,
     /// Columns in order, without repeats; default all.
+    #[schema(schema_with = field_selection_schema)]
     pub fields: Option<Vec<UserFieldBody>>,
     /// Default: every user.
     pub user_filters: Option<UserFiltersRequest>,
@@ -124,20 +126,57 @@ pub struct CreateExportRequest {
     /// Send a notification when the export finishes. Default false.
     pub email_notify: Option<bool>,
     /// Address for that notification; default the tenant's.
-    #[schema(format = Email)]
+    #[schema(format = Email, max_length = 254)]
     pub notify_email: Option<String>,
+    /// Days the file is kept after completion; default the service's. `maximum` is this
+    /// server's limit (`USEREXPORT_RETENTION_MAX_DAYS`).
+    #[schema(minimum = 1, maximum = 3650)]
+    pub retention_days: Option<u32>,
 }
 
-/// User filters of a request.
+/// `fields`: a non-empty list of distinct columns, or `null`.
+fn field_selection_schema() -> utoipa::openapi::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, SchemaType, Type};
+    ArrayBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+        .items(UserFieldBody::schema())
+        .min_items(Some(1))
+        .unique_items(true)
+        .description(Some("Columns in order, without repeats; default all."))
+        .build()
+}
+
+/// User filters of a request. Unlike the fields of the request, a filter present must not be
+/// `null`; leave it out instead.
 #[derive(Debug, Clone, ToSchema)]
 pub struct UserFiltersRequest {
     /// One status or a non-empty array of them.
+    #[schema(schema_with = status_filter_schema)]
     pub status: Option<Vec<UserStatusBody>>,
+    /// Only users created strictly after this instant.
+    #[schema(nullable = false)]
     pub created_after: Option<DateTime<Utc>>,
     /// Must be later than `created_after`.
+    #[schema(nullable = false)]
     pub created_before: Option<DateTime<Utc>>,
-    /// A domain such as `example.com`, without `@`.
+    /// A domain such as `example.com`, without `@` (any case).
+    #[schema(
+        nullable = false,
+        max_length = 253,
+        pattern = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+    )]
     pub email_domain: Option<String>,
+}
+
+/// `user_filters.status`: one status, or a non-empty array of them.
+fn status_filter_schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+    use utoipa::openapi::schema::{ArrayBuilder, OneOfBuilder, Schema};
+    let status = OneOfBuilder::new()
+        .item(UserStatusBody::schema())
+        .item(ArrayBuilder::new().items(UserStatusBody::schema()).min_items(Some(1)))
+        .description(Some("One status or a non-empty array of them."))
+        .build();
+    Schema::OneOf(status).into()
 }
 
 /// How far the current attempt got.

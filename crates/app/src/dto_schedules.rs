@@ -9,36 +9,47 @@ use uuid::Uuid;
 use crate::dto::{CompressionBody, CreateExportRequest, ExportFormatBody, UserFieldBody, UserFiltersBody};
 
 /// The body of `POST /v1/export-schedules`. Unknown fields are rejected; the scope comes from
-/// the API key.
+/// the API key. `null` means "absent" for every optional field.
 #[derive(Debug, Clone, ToSchema)]
 #[schema(example = json!({"cron": "0 3 * * *", "timezone": "Europe/Paris",
     "request": {"format": "csv", "compression": "gzip"}, "note": "nightly backup"}))]
 pub struct CreateScheduleRequest {
     /// Five fields: `minute hour day_of_month month day_of_week`, with `*`, lists (`1,15`),
     /// ranges (`9-17`), steps (`*/15`) and names (`JAN`, `MON-FRI`).
+    #[schema(pattern = r"^\s*\S+(\s+\S+){4}\s*$", example = "0 3 * * *")]
     pub cron: String,
-    /// IANA time zone the cron is read in; default `UTC`.
+    /// IANA time zone the cron is read in (`Europe/Paris`, exact case); default `UTC`.
+    #[schema(min_length = 1)]
     pub timezone: Option<String>,
     /// The export each fire runs, as for `POST /v1/exports`.
     pub request: CreateExportRequest,
     /// Create it paused; default false.
     pub paused: Option<bool>,
-    /// Free text, at most 256 characters.
+    /// Free text, at most 256 characters, no control characters.
+    #[schema(max_length = 256, pattern = r"^[^\x00-\x1F\x7F-\x9F]*$")]
     pub note: Option<String>,
 }
 
 /// The body of `PATCH /v1/export-schedules/{id}`: only the fields present change (at least
-/// one). `{"paused": true}` pauses, `{"paused": false}` resumes.
+/// one). `{"paused": true}` pauses, `{"paused": false}` resumes. Only `timezone` and `note` may
+/// be `null`.
 #[derive(Debug, Clone, ToSchema)]
+// `minProperties: 1` is set by `openapi::finish`: utoipa 5.5 writes `min_properties` as `maxProperties`.
 #[schema(example = json!({"paused": true}))]
 pub struct PatchScheduleRequest {
+    /// As for creation.
+    #[schema(nullable = false, pattern = r"^\s*\S+(\s+\S+){4}\s*$")]
     pub cron: Option<String>,
     /// `null` resets it to UTC.
+    #[schema(min_length = 1)]
     pub timezone: Option<String>,
     /// Replaces the whole request.
+    #[schema(nullable = false)]
     pub request: Option<CreateExportRequest>,
+    #[schema(nullable = false)]
     pub paused: Option<bool>,
     /// `null` clears it.
+    #[schema(max_length = 256, pattern = r"^[^\x00-\x1F\x7F-\x9F]*$")]
     pub note: Option<String>,
 }
 

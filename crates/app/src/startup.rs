@@ -289,6 +289,7 @@ impl Application {
                 default_wait: config.sync_timeout_default(),
                 max_wait: config.sync_timeout_max(),
             },
+            retention_max_days: config.policy.retention_policy()?.max_days,
             webhook_replay_window: config.events.replay_window(),
             limits: Arc::new(Limits::new(&config.limits)),
             readiness: Arc::new(ReadinessCache::new(config.limits.readyz_cache())),

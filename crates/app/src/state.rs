@@ -22,6 +22,12 @@ pub struct Dependencies {
     pub events: Option<adapters::nats::NatsHealth>,
 }
 
+impl std::fmt::Debug for Dependencies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dependencies").field("events", &self.events.is_some()).finish_non_exhaustive()
+    }
+}
+
 /// Bounds of `POST /v1/exports/sync?timeout_s=`.
 #[derive(Debug, Clone, Copy)]
 pub struct SyncLimits {
@@ -41,6 +47,8 @@ pub struct AppState {
     pub tenants: Arc<TenantDirectory>,
     pub dependencies: Dependencies,
     pub sync: SyncLimits,
+    /// The longest `retention_days` a request may ask for here.
+    pub retention_max_days: u32,
     /// How far a webhook's signed timestamp may be from now, either way.
     pub webhook_replay_window: Duration,
     /// Rate limits, the in-flight bound and the request timeout.

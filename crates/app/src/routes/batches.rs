@@ -15,10 +15,9 @@ use serde_json::Value;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::exports::{idempotency_key, json_body, valid};
+use super::exports::{check_retention, idempotency_key, json_body, valid};
 use crate::auth::BatchOperator;
 use crate::dto::{CreateExportRequest, ExportErrorBody, ExportStatusBody};
-use crate::openapi::CommonErrors;
 use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
 
@@ -34,13 +33,45 @@ const POLL_AFTER_S: &str = "2";
 pub struct CreateBatchRequest {
     /// `"all"` (every tenant scope the service knows), or a non-empty list (at most 10 000, no
     /// repeats) of `"tenant/environment"` or `{"tenant_id": "...", "environment_id": "..."}`.
-    #[schema(value_type = Object)]
+    /// Unknown tenants, and one scope named twice in two spellings, are refused too.
+    #[schema(schema_with = targets_schema)]
     pub targets: Value,
     /// The export every target runs, as for `POST /v1/exports`.
     pub export: CreateExportRequest,
     /// Exports of this batch running at the same time, 1..=100; default 10.
     #[schema(minimum = 1, maximum = 100)]
     pub concurrency: Option<u32>,
+}
+
+/// A tenant or environment ID.
+const SLUG_PATTERN: &str = "^[a-z0-9][a-z0-9_-]{0,62}$";
+
+/// `targets`: `"all"`, or 1 to 10 000 distinct scopes, each `"tenant/environment"` or an object.
+fn targets_schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+    use utoipa::openapi::schema::{
+        AdditionalProperties, ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type,
+    };
+    let slug = || ObjectBuilder::new().schema_type(Type::String).pattern(Some(SLUG_PATTERN));
+    let scope_string = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some("^[a-z0-9][a-z0-9_-]{0,62}/[a-z0-9][a-z0-9_-]{0,62}$"))
+        .examples(["acme/prod"]);
+    let scope_object = ObjectBuilder::new()
+        .property("tenant_id", slug())
+        .property("environment_id", slug())
+        .required("tenant_id")
+        .required("environment_id")
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+    let scope = OneOfBuilder::new().item(scope_string).item(scope_object);
+    let targets = OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::String).enum_values(Some(["all"])))
+        .item(ArrayBuilder::new().items(scope).min_items(Some(1)).max_items(Some(10_000)).unique_items(true))
+        .description(Some(
+            "`\"all\"` (every tenant scope the service knows), or a non-empty list (at most 10 000, no \
+             repeats) of `\"tenant/environment\"` or `{\"tenant_id\": \"...\", \"environment_id\": \"...\"}`.",
+        ))
+        .build();
+    Schema::OneOf(targets).into()
 }
 
 /// One tenant scope of a batch and its export.
@@ -145,21 +176,24 @@ impl BatchResource {
 /// returns the same batch (`200`, `Idempotent-Replayed: true`).
 #[utoipa::path(
     post, path = "/v1/exports/batch", tag = "batches",
-    params(("Idempotency-Key" = Option<String>, Header, max_length = 255,
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$",
             description = "Operator-chosen key (printable ASCII) that makes retries safe.")),
     request_body(content = CreateBatchRequest, content_type = "application/json"),
     responses(
         (status = 202, description = "Accepted: the batch runs in the background; poll `Location`.",
-         body = BatchResource, headers(("Location" = String, description = "The batch's URL"))),
+         body = BatchResource, headers(
+            ("Location" = String, description = "The batch's URL."),
+            ("Retry-After" = u32, description = "Present while the batch runs: seconds before polling."))),
         (status = 200, description = "Replay of an earlier request with the same Idempotency-Key.",
-         body = BatchResource, headers(("Location" = String), ("Idempotent-Replayed" = String))),
-        (status = 400, description = "Malformed JSON, or not `Content-Type: application/json`.",
-         body = Problem, content_type = "application/problem+json"),
+         body = BatchResource, headers(
+            ("Location" = String, description = "The batch's URL."),
+            ("Idempotent-Replayed" = String, description = "`true`."),
+            ("Retry-After" = u32, description = "Present while the batch runs: seconds before polling."))),
         (status = 403, description = "Not an operator key with the `batch` permission (`forbidden`).",
          body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields or unknown tenants (all listed in `errors`), or an \
-         Idempotency-Key reused for a different batch.", body = Problem, content_type = "application/problem+json"),
-        CommonErrors,
+        (status = 422, description = "Invalid fields or unknown tenants (`validation`, all listed in `errors`), \
+         or an Idempotency-Key reused for a different batch (`idempotency-key-reused`).", body = Problem,
+         content_type = "application/problem+json"),
     )
 )]
 pub async fn create_batch(
@@ -172,6 +206,9 @@ pub async fn create_batch(
     let mut errors = ValidationErrors::new();
     let key = idempotency_key(&headers, &mut errors);
     let request = errors.absorb(BatchRequest::from_json(&body));
+    if let Some(request) = &request {
+        check_retention(&request.spec, state.retention_max_days, "export.retention_days", &mut errors);
+    }
     let request = valid(request, errors)?;
     let requested = state.batches.request(request, key, &state.tenants).await?;
     let (status, resource) = if requested.created {
@@ -205,11 +242,10 @@ pub async fn create_batch(
     params(("id" = Uuid, Path, description = "Batch ID")),
     responses(
         (status = 200, description = "The batch.", body = BatchResource,
-         headers(("Retry-After" = u32, description = "Present while the batch runs"))),
+         headers(("Retry-After" = u32, description = "Present while the batch runs: seconds before polling."))),
         (status = 403, description = "Not an operator key with the `batch` permission (`forbidden`).",
          body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such batch.", body = Problem, content_type = "application/problem+json"),
-        CommonErrors,
     )
 )]
 pub async fn get_batch(

@@ -16,13 +16,14 @@ use domain::signature::{SIGNATURE_HEADER, SignatureError, SignedHeaders, TIMESTA
 use domain::{EventError, ExportRequested, Scope, ValidationErrors};
 use http::{HeaderMap, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use service::RequestError;
 use tracing::{Span, info, warn};
 use utoipa::ToSchema;
 
 use crate::dto::{CreateExportRequest, ExportResource};
 use crate::problem::{ApiError, Problem};
 use crate::routes::BODY_LIMIT_BYTES;
-use crate::routes::exports::{export_response, record_export_id};
+use crate::routes::exports::{export_response, nested, record_export_id};
 use crate::state::AppState;
 
 /// The scope the request claims to come from, `tenant/environment`: its webhook secret is the
@@ -38,10 +39,14 @@ pub const TENANT_HEADER: &str = "X-Userexport-Tenant";
 pub struct ExportRequestedEvent {
     /// The producer's unique ID of the event (1 to 200 printable ASCII characters, no spaces);
     /// the export's idempotency key is `event:{event_id}`.
+    #[schema(pattern = "^[!-~]{1,200}$")]
     pub event_id: String,
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
     pub tenant_id: String,
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
     pub environment_id: String,
     /// When the producer emitted the event (RFC 3339); informational.
+    #[schema(format = DateTime)]
     pub occurred_at: Option<String>,
     /// The export request, as for `POST /v1/exports`.
     pub request: CreateExportRequest,
@@ -61,29 +66,27 @@ pub struct ExportRequestedEvent {
     params(
         ("X-Userexport-Tenant" = String, Header, description = "`tenant/environment` of the event, as in its body."),
         ("X-Userexport-Timestamp" = i64, Header, description = "Unix seconds when the request was signed."),
-        ("X-Userexport-Signature" = String, Header, description = "`v1=<hex>`, comma-separated for rotation."),
+        ("X-Userexport-Signature" = String, Header,
+         description = "`v1=<hex>`, comma-separated for rotation."),
     ),
     request_body(content = ExportRequestedEvent, content_type = "application/json"),
     responses(
         (status = 202, description = "Accepted: the export runs in the background; poll `Location` with an API key.",
-         body = ExportResource, headers(("Location" = String, description = "The export's URL"))),
+         body = ExportResource, headers(
+            ("Location" = String, description = "The export's URL."),
+            ("Retry-After" = u32, description = "Present while the export is unfinished: seconds before polling."))),
         (status = 200, description = "Replay: this event ID already requested this export.",
-         body = ExportResource, headers(("Location" = String), ("Idempotent-Replayed" = String))),
-        (status = 401, description = "Tenant or signature headers missing or malformed, timestamp outside the replay \
-         window, or no matching signature (also for unknown tenants). Nothing was started.",
-         body = Problem, content_type = "application/problem+json", headers(("WWW-Authenticate" = String))),
-        (status = 413, description = "Request body larger than 64 KiB.", body = Problem,
-         content_type = "application/problem+json"),
+         body = ExportResource, headers(
+            ("Location" = String, description = "The export's URL."),
+            ("Idempotent-Replayed" = String, description = "`true`."),
+            ("Retry-After" = u32, description = "Present while the export is unfinished: seconds before polling."))),
+        (status = 401, description = "Tenant or signature headers missing or malformed, timestamp outside the replay window, \
+         or no matching signature (also for unknown tenants and malformed bodies). Nothing was started.",
+         body = Problem, content_type = "application/problem+json",
+         headers(("WWW-Authenticate" = String, description = "The `Userexport-Signature` challenge."))),
         (status = 422, description = "Invalid event fields or export request (all listed in `errors`, the request's \
          as `request.…`), a body naming another scope than `X-Userexport-Tenant`, or an event ID already used for a different request (`idempotency-key-reused`).",
          body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "This tenant's webhook rate limit (`rate-limited`), or too many failed \
-         authentications from this address (`auth-throttled`).", body = Problem, content_type = "application/problem+json",
-         headers(("Retry-After" = u32), ("RateLimit" = String), ("RateLimit-Policy" = String))),
-        (status = 500, description = "Unexpected failure; details are logged, not returned.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 503, description = "A dependency is temporarily unavailable; redeliver the same event.",
-         body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u32))),
     )
 )]
 pub async fn export_requested(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
@@ -130,7 +133,12 @@ pub async fn export_requested(State(state): State<AppState>, request: Request) -
         return Err(ApiError::Validation(errors));
     }
     let key = event.idempotency_key();
-    let requested = state.service.request(&event.scope, event.spec, Some(key)).await?;
+    let requested =
+        state.service.request(&event.scope, event.spec, Some(key)).await.map_err(|err| match err {
+            // The service's limits (retention) name fields of the export request: here `request.…`.
+            RequestError::Invalid(errors) => ApiError::Validation(nested("request", &errors)),
+            other => other.into(),
+        })?;
     record_export_id(requested.export.id);
     info!(event_id = %event.event_id, export_id = %requested.export.id, created = requested.created,
           "ExportRequested webhook accepted");

@@ -24,7 +24,6 @@ use tracing::{Span, warn};
 
 use crate::auth::Authenticated;
 use crate::dto::{CreateExportRequest, ExportList, ExportResource, export_path};
-use crate::openapi::CommonErrors;
 use crate::problem::{ApiError, Problem};
 use crate::state::{AppState, SyncLimits};
 
@@ -43,22 +42,22 @@ const LIST_LIMIT_MAX: usize = 100;
 /// request is rejected.
 #[utoipa::path(
     post, path = "/v1/exports", tag = "exports",
-    params(("Idempotency-Key" = Option<String>, Header, max_length = 255,
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$",
             description = "Client-chosen key (printable ASCII, at most 255 characters) that makes retries safe.")),
     request_body(content = CreateExportRequest, content_type = "application/json"),
     responses(
         (status = 202, description = "Accepted: the export runs in the background; poll `Location`.",
-         body = ExportResource, headers(("Location" = String, description = "The export's URL"))),
+         body = ExportResource, headers(
+            ("Location" = String, description = "The export's URL."),
+            ("Retry-After" = u32, description = "Present while the export is unfinished: seconds before polling."))),
         (status = 200, description = "Replay: an earlier request with the same Idempotency-Key and body.",
-         body = ExportResource, headers(("Location" = String), ("Idempotent-Replayed" = String))),
-        (status = 400, description = "Malformed JSON, or not `Content-Type: application/json`.",
-         body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Request body larger than 64 KiB.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields (all listed in `errors`), an invalid Idempotency-Key, \
+         body = ExportResource, headers(
+            ("Location" = String, description = "The export's URL."),
+            ("Idempotent-Replayed" = String, description = "`true`."),
+            ("Retry-After" = u32, description = "Present while the export is unfinished: seconds before polling."))),
+        (status = 422, description = "Invalid fields or Idempotency-Key (`validation`, all listed in `errors`), \
          or an Idempotency-Key reused for a different request (`idempotency-key-reused`).",
          body = Problem, content_type = "application/problem+json"),
-        CommonErrors,
     )
 )]
 pub async fn create_export(
@@ -81,30 +80,31 @@ pub async fn create_export(
 /// Request an export and wait for it, at most `timeout_s` seconds.
 ///
 /// Answers `200` with the finished export (completed, failed or cancelled: check `status`), or
-/// `202` with `Location` when it is still running at the deadline. Never waits longer than the
-/// server's maximum.
+/// `202` with `Location` when it is still running at the deadline. A `timeout_s` above the
+/// server's maximum is refused rather than silently shortened.
 #[utoipa::path(
     post, path = "/v1/exports/sync", tag = "exports",
     params(
-        ("timeout_s" = Option<u64>, Query, minimum = 0,
-         description = "Seconds to wait (default 30); values above the server maximum (default 60) are capped."),
-        ("Idempotency-Key" = Option<String>, Header, max_length = 255,
+        ("timeout_s" = Option<u64>, Query, minimum = 0, maximum = 60,
+         description = "Seconds to wait (default 30); `maximum` is this server's limit \
+                        (`USEREXPORT_SYNC_TIMEOUT_MAX_S`), above it the answer is a `422`."),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$",
          description = "As for `POST /v1/exports`."),
     ),
     request_body(content = CreateExportRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "The export finished within the wait (any terminal status).",
-         body = ExportResource, headers(("Location" = String))),
+         body = ExportResource, headers(
+            ("Location" = String, description = "The export's URL."),
+            ("Idempotent-Replayed" = String, description = "Present on a replay of an earlier request: `true`."))),
         (status = 202, description = "Still running at the deadline; poll `Location`.", body = ExportResource,
-         headers(("Location" = String), ("Retry-After" = u32))),
-        (status = 400, description = "Malformed JSON, or not `Content-Type: application/json`.",
+         headers(
+            ("Location" = String, description = "The export's URL."),
+            ("Retry-After" = u32, description = "Seconds before polling."),
+            ("Idempotent-Replayed" = String, description = "Present on a replay of an earlier request: `true`."))),
+        (status = 422, description = "Invalid fields, `timeout_s` or Idempotency-Key (`validation`, all listed \
+         in `errors`), or an Idempotency-Key reused for a different request (`idempotency-key-reused`).",
          body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Request body larger than 64 KiB.", body = Problem,
-         content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields, `timeout_s` or Idempotency-Key (all listed in `errors`), \
-         or an Idempotency-Key reused for a different request.", body = Problem,
-         content_type = "application/problem+json"),
-        CommonErrors,
     )
 )]
 pub async fn create_export_sync(
@@ -136,10 +136,9 @@ pub async fn create_export_sync(
     params(("id" = Uuid, Path, description = "Export ID")),
     responses(
         (status = 200, description = "The export.", body = ExportResource,
-         headers(("Retry-After" = u32, description = "Present while the export is unfinished"))),
+         headers(("Retry-After" = u32, description = "Present while the export is unfinished: seconds before polling."))),
         (status = 404, description = "No such export for this API key (including malformed IDs and other \
          tenants' exports).", body = Problem, content_type = "application/problem+json"),
-        CommonErrors,
     )
 )]
 pub async fn get_export(
@@ -162,13 +161,13 @@ pub async fn get_export(
     params(
         ("status" = Option<crate::dto::ExportStatusBody>, Query, description = "Only exports in this status."),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Page size, default 20."),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page."),
+        ("cursor" = Option<String>, Query, min_length = 1, pattern = "^[A-Za-z0-9_-]+$",
+         description = "`next_cursor` of the previous page, unchanged (leave the parameter out for the first page)."),
     ),
     responses(
         (status = 200, description = "A page of exports.", body = ExportList),
-        (status = 422, description = "Invalid `status`, `limit` or `cursor` (all listed in `errors`).",
+        (status = 422, description = "Invalid `status`, `limit` or `cursor` (`validation`, all listed in `errors`).",
          body = Problem, content_type = "application/problem+json"),
-        CommonErrors,
     )
 )]
 pub async fn list_exports(
@@ -197,17 +196,19 @@ pub async fn list_exports(
             (String = "application/gzip")),
          headers(
             ("Content-Disposition" = String, description = "attachment; filename=\"export-{id}.{ext}\""),
-            ("Content-Length" = u64),
-            ("X-Checksum-Sha256" = String, description = "Lowercase hex SHA-256 of the file"))),
+            ("Content-Length" = u64, description = "Size of the file in bytes."),
+            ("Cache-Control" = String, description = "`private, no-store`."),
+            ("X-Checksum-Sha256" = String, description = "Lowercase hex SHA-256 of the file."))),
         (status = 307, description = "Download from the URL in `Location` (valid for a short time).",
-         headers(("Location" = String))),
+         headers(
+            ("Location" = String, description = "A short-lived signed URL of the file."),
+            ("Cache-Control" = String, description = "`no-store`."))),
         (status = 404, description = "No such export for this API key.", body = Problem,
          content_type = "application/problem+json"),
         (status = 409, description = "The export is not completed (`export-not-ready`).", body = Problem,
          content_type = "application/problem+json"),
         (status = 410, description = "The file is gone: retention deleted it (`export-expired`), or it vanished (`export-gone`).",
          body = Problem, content_type = "application/problem+json"),
-        CommonErrors,
     )
 )]
 pub async fn download_export(
@@ -263,7 +264,6 @@ pub async fn download_export(
          content_type = "application/problem+json"),
         (status = 409, description = "The export already finished (`export-already-finished`).",
          body = Problem, content_type = "application/problem+json"),
-        CommonErrors,
     )
 )]
 pub async fn cancel_export(
@@ -354,6 +354,25 @@ pub(crate) fn idempotency_key(headers: &HeaderMap, errors: &mut ValidationErrors
     }
 }
 
+/// Adds an error when `spec` keeps its file longer than this server allows: checked where a
+/// request is stored to run later (a schedule, a batch), as `POST /v1/exports` checks it at once.
+pub(crate) fn check_retention(spec: &ExportSpec, max_days: u32, field: &str, errors: &mut ValidationErrors) {
+    if spec.retention_days.is_some_and(|days| days > max_days) {
+        errors.add(field, "too_long", format!("retention_days may be at most {max_days} on this service"));
+    }
+}
+
+/// `errors` about an export request, renamed for a request nested under `prefix` (an event's
+/// `request`), so that a problem names the field where the client sent it.
+pub(crate) fn nested(prefix: &str, errors: &ValidationErrors) -> ValidationErrors {
+    let mut nested = ValidationErrors::new();
+    for e in errors.errors() {
+        let field = if e.field.is_empty() { prefix.to_owned() } else { format!("{prefix}.{}", e.field) };
+        nested.add(field, e.code, e.message.clone());
+    }
+    nested
+}
+
 /// The last value of query parameter `name`, decoded.
 pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
@@ -364,16 +383,14 @@ pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 
 fn sync_wait(query: Option<&str>, limits: SyncLimits, errors: &mut ValidationErrors) -> Duration {
     let Some(raw) = query_param(query, "timeout_s") else { return limits.default_wait };
+    let max = limits.max_wait.as_secs();
     match raw.parse::<u64>() {
-        Ok(secs) => Duration::from_secs(secs).min(limits.max_wait),
-        Err(_) => {
+        Ok(secs) if secs <= max => Duration::from_secs(secs),
+        _ => {
             errors.add(
                 "timeout_s",
                 "invalid_value",
-                format!(
-                    "timeout_s must be a whole number of seconds from 0; values above {} are capped",
-                    limits.max_wait.as_secs()
-                ),
+                format!("timeout_s must be a whole number of seconds from 0 to {max}"),
             );
             limits.default_wait
         }
@@ -451,14 +468,14 @@ mod tests {
     }
 
     #[test]
-    fn sync_wait_is_capped_and_validated() {
+    fn sync_wait_is_bounded_and_validated() {
         let limits = SyncLimits { default_wait: Duration::from_secs(30), max_wait: Duration::from_secs(60) };
         let mut errors = ValidationErrors::new();
         assert_eq!(sync_wait(None, limits, &mut errors), Duration::from_secs(30));
         assert_eq!(sync_wait(Some("timeout_s=5"), limits, &mut errors), Duration::from_secs(5));
-        assert_eq!(sync_wait(Some("timeout_s=3600"), limits, &mut errors), Duration::from_secs(60));
+        assert_eq!(sync_wait(Some("timeout_s=60"), limits, &mut errors), Duration::from_secs(60));
         assert!(errors.is_empty());
-        for bad in ["timeout_s=-1", "timeout_s=abc", "timeout_s=1.5", "timeout_s="] {
+        for bad in ["timeout_s=-1", "timeout_s=abc", "timeout_s=1.5", "timeout_s=", "timeout_s=61"] {
             let mut errors = ValidationErrors::new();
             sync_wait(Some(bad), limits, &mut errors);
             assert_eq!(errors.errors().len(), 1, "{bad}");

@@ -13,13 +13,12 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use ports::ScheduleQuery;
 use tracing::Span;
 
-use super::exports::{idempotency_key, json_body, page_params, valid};
+use super::exports::{check_retention, idempotency_key, json_body, page_params, valid};
 use crate::auth::Authenticated;
 use crate::dto::{ExportResource, export_path};
 use crate::dto_schedules::{
     CreateScheduleRequest, PatchScheduleRequest, ScheduleList, ScheduleResource, schedule_path,
 };
-use crate::openapi::CommonErrors;
 use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
 
@@ -29,20 +28,19 @@ const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-repl
 /// `request`. A bad cron is a `422` whose `errors` point at `cron` and name the cron field.
 #[utoipa::path(
     post, path = "/v1/export-schedules", tag = "schedules",
-    params(("Idempotency-Key" = Option<String>, Header, max_length = 255,
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$",
             description = "Makes retries safe: the same key and body return the same schedule.")),
     request_body(content = CreateScheduleRequest, content_type = "application/json"),
     responses(
         (status = 201, description = "Created.", body = ScheduleResource,
-         headers(("Location" = String, description = "The schedule's URL"))),
+         headers(("Location" = String, description = "The schedule's URL."))),
         (status = 200, description = "Replay of an earlier create with the same Idempotency-Key.",
-         body = ScheduleResource, headers(("Location" = String), ("Idempotent-Replayed" = String))),
-        (status = 400, description = "Malformed JSON, or not `Content-Type: application/json`.",
+         body = ScheduleResource, headers(
+            ("Location" = String, description = "The schedule's URL."),
+            ("Idempotent-Replayed" = String, description = "`true`."))),
+        (status = 422, description = "Invalid fields (`validation`, all listed in `errors`; cron errors name \
+         the cron field), or an Idempotency-Key reused for a different schedule (`idempotency-key-reused`).",
          body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields (all listed in `errors`; cron errors name the cron \
-         field), or an Idempotency-Key reused for a different schedule.", body = Problem,
-         content_type = "application/problem+json"),
-        CommonErrors,
     )
 )]
 pub async fn create_schedule(
@@ -55,6 +53,9 @@ pub async fn create_schedule(
     let mut errors = ValidationErrors::new();
     let key = idempotency_key(&headers, &mut errors);
     let new = errors.absorb(NewSchedule::from_json(&body));
+    if let Some(new) = &new {
+        check_retention(&new.spec, state.retention_max_days, "request.retention_days", &mut errors);
+    }
     let new = valid(new, errors)?;
     let created = state.schedules.create(&scope, new, key).await?;
     record_schedule_id(created.schedule.id);
@@ -75,13 +76,13 @@ pub async fn create_schedule(
     get, path = "/v1/export-schedules", tag = "schedules",
     params(
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Page size, default 20."),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page."),
+        ("cursor" = Option<Uuid>, Query,
+         description = "`next_cursor` of the previous page (leave the parameter out for the first page)."),
     ),
     responses(
         (status = 200, description = "A page of schedules.", body = ScheduleList),
-        (status = 422, description = "Invalid `limit` or `cursor`.", body = Problem,
+        (status = 422, description = "Invalid `limit` or `cursor` (`validation`).", body = Problem,
          content_type = "application/problem+json"),
-        CommonErrors,
     )
 )]
 pub async fn list_schedules(
@@ -106,7 +107,6 @@ pub async fn list_schedules(
         (status = 200, description = "The schedule.", body = ScheduleResource),
         (status = 404, description = "No such schedule for this API key (including other tenants').",
          body = Problem, content_type = "application/problem+json"),
-        CommonErrors,
     )
 )]
 pub async fn get_schedule(
@@ -127,15 +127,12 @@ pub async fn get_schedule(
     request_body(content = PatchScheduleRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "The changed schedule.", body = ScheduleResource),
-        (status = 400, description = "Malformed JSON, or not `Content-Type: application/json`.",
-         body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such schedule for this API key.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 409, description = "Changed concurrently by another request; retry.", body = Problem,
+        (status = 409, description = "Changed concurrently by another request; retry (`schedule-conflict`).",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid or no fields (`validation`, all listed in `errors`).", body = Problem,
          content_type = "application/problem+json"),
-        (status = 422, description = "Invalid or no fields (all listed in `errors`).", body = Problem,
-         content_type = "application/problem+json"),
-        CommonErrors,
     )
 )]
 pub async fn patch_schedule(
@@ -148,6 +145,11 @@ pub async fn patch_schedule(
     let id = schedule_id(id)?;
     let body = json_body(&headers, body)?;
     let patch = SchedulePatch::from_json(&body).map_err(ApiError::Validation)?;
+    let mut errors = ValidationErrors::new();
+    if let Some(spec) = &patch.spec {
+        check_retention(spec, state.retention_max_days, "request.retention_days", &mut errors);
+    }
+    let patch = valid(Some(patch), errors)?;
     let schedule = state.schedules.update(&scope, id, patch).await?;
     Ok(Json(ScheduleResource::new(&schedule, Utc::now())))
 }
@@ -160,7 +162,6 @@ pub async fn patch_schedule(
         (status = 204, description = "Deleted."),
         (status = 404, description = "No such schedule for this API key.", body = Problem,
          content_type = "application/problem+json"),
-        CommonErrors,
     )
 )]
 pub async fn delete_schedule(
@@ -179,10 +180,13 @@ pub async fn delete_schedule(
     params(("id" = Uuid, Path, description = "Schedule ID")),
     responses(
         (status = 202, description = "The fire's export; poll `Location`.", body = ExportResource,
-         headers(("Location" = String, description = "The export's URL"))),
+         headers(
+            ("Location" = String, description = "The export's URL."),
+            ("Retry-After" = u32, description = "Present while the export is unfinished: seconds before polling."))),
         (status = 404, description = "No such schedule for this API key.", body = Problem,
          content_type = "application/problem+json"),
-        CommonErrors,
+        (status = 409, description = "The schedule's previous fire is still unfinished (overlap rule).",
+         body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn trigger_schedule(

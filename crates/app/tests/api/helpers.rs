@@ -25,6 +25,8 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 use url::Url;
 
+use crate::contract_check::Contract;
+
 pub const ACME_KEY: &str = "acme-test-key-4f1c9a7d20b3e8";
 pub const GLOBEX_KEY: &str = "globex-test-key-77b2e0";
 pub const API_KEYS: &str = "acme-test-key-4f1c9a7d20b3e8=acme/prod,globex-test-key-77b2e0=globex/prod";
@@ -40,6 +42,9 @@ type Customize = Box<dyn FnOnce(Adapters) -> Adapters>;
 
 pub struct TestApp {
     router: Router,
+    /// The served `/openapi.json`, fetched at the first request; every response is checked
+    /// against it.
+    contract: tokio::sync::OnceCell<Contract>,
     /// The temporary data directory, when storage is local.
     pub data_dir: Option<TempDir>,
     /// The storage the application writes to (to remove objects behind its back).
@@ -76,12 +81,34 @@ impl TestApp {
         }
     }
 
+    /// Sends `request` and checks the response against the served OpenAPI document: a status,
+    /// body or header it does not describe fails the test.
     pub async fn send(&self, request: Request<Body>) -> TestResponse {
+        let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+        let response = self.send_unchecked(request).await;
+        self.contract().await.check(&method, &path, response.status, &response.headers, &response.body);
+        response
+    }
+
+    /// Sends `request` without checking the response.
+    pub async fn send_unchecked(&self, request: Request<Body>) -> TestResponse {
         let response = self.router.clone().oneshot(request).await.unwrap();
         let status = response.status();
         let headers = response.headers().clone();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         TestResponse { status, headers, body }
+    }
+
+    /// The served OpenAPI document, with its schemas compiled as needed.
+    pub async fn contract(&self) -> &Contract {
+        self.contract
+            .get_or_init(|| async {
+                let request = Request::get("/openapi.json").body(Body::empty()).unwrap();
+                let response = self.send_unchecked(request).await;
+                assert_eq!(response.status, StatusCode::OK, "{}", response.text());
+                Contract::new(response.json())
+            })
+            .await
     }
 
     pub async fn get(&self, key: Option<&str>, uri: &str) -> TestResponse {
@@ -205,7 +232,13 @@ impl TestAppBuilder {
         .await
         .unwrap();
         let storage = storage.lock().unwrap().take().unwrap();
-        TestApp { router: app.router(), data_dir: self.data_dir, storage, gate: self.gate.map(|(_, tx)| tx) }
+        TestApp {
+            router: app.router(),
+            contract: tokio::sync::OnceCell::new(),
+            data_dir: self.data_dir,
+            storage,
+            gate: self.gate.map(|(_, tx)| tx),
+        }
     }
 }
 

@@ -6,6 +6,8 @@
 mod auth;
 mod batches;
 mod cancel;
+mod contract;
+mod contract_check;
 mod create;
 mod download;
 mod errors;

@@ -44,15 +44,21 @@ async fn a_sync_export_still_running_at_the_deadline_answers_202_with_its_locati
 }
 
 #[tokio::test]
-async fn a_sync_wait_above_the_maximum_is_capped() {
+async fn a_sync_wait_up_to_the_maximum_is_kept_and_above_it_is_a_422() {
     let app = TestApp::builder().gated_after(0).config(|c| c.sync_timeout_max_s = 1).spawn().await;
     let started = Instant::now();
 
-    let response = app.post_json(Some(ACME_KEY), "/v1/exports/sync?timeout_s=3600", &csv_body()).await;
+    let response = app.post_json(Some(ACME_KEY), "/v1/exports/sync?timeout_s=1", &csv_body()).await;
 
     assert_eq!(response.status, StatusCode::ACCEPTED, "{}", response.text());
     let waited = started.elapsed();
     assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(10), "waited {waited:?}");
+    let above = app.post_json(Some(ACME_KEY), "/v1/exports/sync?timeout_s=2", &csv_body()).await;
+    assert_eq!(above.error_fields(), ["timeout_s"]);
+    let doc = app.get(None, "/openapi.json").await.json();
+    let parameters = doc["paths"]["/v1/exports/sync"]["post"]["parameters"].as_array().unwrap();
+    let timeout = parameters.iter().find(|p| p["name"] == "timeout_s").unwrap();
+    assert_eq!(timeout["schema"]["maximum"], 1, "the document states this server's maximum");
 }
 
 #[tokio::test]
