@@ -11,7 +11,9 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::{Parser, Subcommand, ValueEnum};
 use domain::ExecutionPolicy;
-pub use wiring::{BackendArgs, LogFormat, NotifyArgs, PolicyArgs, StorageKind, TemporalArgs, TenantArgs};
+pub use wiring::{
+    BackendArgs, LogFormat, NotifyArgs, PolicyArgs, QuotaArgs, StorageKind, TemporalArgs, TenantArgs,
+};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_MAX_CONCURRENT_EXPORTS: usize = 4;
@@ -83,6 +85,10 @@ pub struct Config {
     /// Known tenants and their settings; the API keys' scopes are always known.
     #[command(flatten)]
     pub tenants: TenantArgs,
+
+    /// Per-tenant quotas (overridable per tenant in `USEREXPORT_TENANTS`).
+    #[command(flatten)]
+    pub quotas: QuotaArgs,
 
     /// `ExportRequested` events: the NATS consumer and the webhook.
     #[command(flatten)]
@@ -159,6 +165,7 @@ impl Config {
                 ..BackendArgs::embedded(PathBuf::from("./data"), 100)
             },
             tenants: TenantArgs::default(),
+            quotas: QuotaArgs::default(),
             events: crate::events::EventArgs::default(),
             notify: NotifyArgs::default(),
             max_concurrent_exports: DEFAULT_MAX_CONCURRENT_EXPORTS,

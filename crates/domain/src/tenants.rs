@@ -11,6 +11,7 @@ use validator::ValidateEmail;
 
 use crate::callback::CallbackUrl;
 use crate::ids::Scope;
+use crate::quotas::QuotaOverrides;
 use crate::validation::ValidationErrors;
 
 /// Shortest accepted webhook secret: HMAC keys shorter than this are guessable.
@@ -43,6 +44,8 @@ pub struct TenantSettings {
     /// Where finished exports are announced (`export.completed` / `export.failed`), signed with
     /// `webhook_secret`, which is then required.
     pub callback_url: Option<CallbackUrl>,
+    /// This scope's overrides of the global quotas (`"quotas": {"max_running": 4}`).
+    pub quotas: QuotaOverrides,
 }
 
 /// The known scopes, ordered (so "all tenants" always iterates the same way).
@@ -61,6 +64,8 @@ struct RawTenant {
     webhook_secret: Option<String>,
     #[serde(default)]
     callback_url: Option<String>,
+    #[serde(default)]
+    quotas: QuotaOverrides,
 }
 
 impl TenantDirectory {
@@ -123,10 +128,18 @@ impl TenantDirectory {
                     })
                     .ok()
             });
+            if let Some(quota) = raw.quotas.zero_limit() {
+                errors.add(
+                    format!("[{index}].quotas.{quota}"),
+                    "invalid_value",
+                    "a quota must be at least 1",
+                );
+            }
             let settings = TenantSettings {
                 notify_email: raw.notify_email,
                 webhook_secret: raw.webhook_secret.map(Secret),
                 callback_url,
+                quotas: raw.quotas,
             };
             if directory.tenants.insert(scope, settings).is_some() {
                 errors.add(format!("[{index}].scope"), "duplicate", "this scope is listed twice");
@@ -217,6 +230,18 @@ mod tests {
         let errors = TenantDirectory::parse_json_with(raw, true).unwrap_err();
         assert_eq!(errors.errors().len(), 1);
         assert_eq!(errors.errors()[0].field, "[0].webhook_secret");
+    }
+
+    #[test]
+    fn quota_overrides_are_read_and_checked() {
+        let raw = r#"[{"scope":"a/b","quotas":{"max_unfinished":7}}]"#;
+        let dir = TenantDirectory::parse_json(raw).unwrap();
+        assert_eq!(dir.get(&Scope::parse("a/b").unwrap()).unwrap().quotas.max_unfinished, Some(7));
+        let raw = r#"[{"scope":"a/b","quotas":{"max_running":0}},{"scope":"c/d","quotas":{"max_jobs":1}},
+                      {"scope":"e/f","quotas":{"max_schedules":-1}}]"#;
+        let errors = TenantDirectory::parse_json(raw).unwrap_err();
+        let fields: Vec<_> = errors.errors().iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["[0].quotas.max_running", "[1]", "[2]"]);
     }
 
     #[test]

@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use chrono::Utc;
 use domain::{
-    Export, ExportId, ExportSpec, ExportStatus, IdempotencyKey, RetentionPolicy, Scope, ValidationErrors,
+    Export, ExportId, ExportSpec, ExportStatus, IdempotencyKey, Quota, QuotaBook, RetentionPolicy, Scope,
+    ValidationErrors,
 };
 use ports::{
-    CreateOutcome, ExportPage, ExportQuery, ExportRepository, ExportStorage, ObjectReader, Orchestrator,
-    PortError, WaitOutcome,
+    ExportPage, ExportQuery, ExportRepository, ExportStorage, ObjectReader, Orchestrator, PortError,
+    QuotaCreateOutcome, WaitOutcome,
 };
 use tracing::{info, warn};
 use url::Url;
@@ -25,6 +26,9 @@ pub enum RequestError {
     /// The idempotency key was used before with a different request.
     #[error("idempotency key {key:?} was already used for a different request (export {existing})")]
     IdempotencyMismatch { key: String, existing: ExportId },
+    /// The tenant scope is at one of its quotas (`max_unfinished`): nothing was stored.
+    #[error("the tenant already has {limit} unfinished exports ({quota})")]
+    QuotaExceeded { quota: Quota, limit: u32 },
     #[error(transparent)]
     Port(#[from] PortError),
     #[error(transparent)]
@@ -108,6 +112,7 @@ pub struct ExportService {
     runner: Arc<ExportRunner>,
     signed_url_ttl: Duration,
     retention: RetentionPolicy,
+    quotas: Arc<QuotaBook>,
 }
 
 impl std::fmt::Debug for ExportService {
@@ -124,7 +129,22 @@ impl ExportService {
         runner: Arc<ExportRunner>,
         signed_url_ttl: Duration,
     ) -> Self {
-        Self { exports, storage, orchestrator, runner, signed_url_ttl, retention: RetentionPolicy::default() }
+        Self {
+            exports,
+            storage,
+            orchestrator,
+            runner,
+            signed_url_ttl,
+            retention: RetentionPolicy::default(),
+            quotas: Arc::default(),
+        }
+    }
+
+    /// Limits each tenant scope's unfinished exports to its `max_unfinished` (default 100).
+    #[must_use]
+    pub fn with_quotas(mut self, quotas: Arc<QuotaBook>) -> Self {
+        self.quotas = quotas;
+        self
     }
 
     /// Caps requested retention (`retention_days`) at `retention.max_days`.
@@ -136,7 +156,8 @@ impl ExportService {
 
     /// Accepts an export and starts it asynchronously (seed pattern 2). With an idempotency key,
     /// a repeat of the same request returns the existing export and a different request is an
-    /// error.
+    /// error. A scope at its `max_unfinished` quota gets `QuotaExceeded`, except for a repeat of
+    /// a request it already made.
     pub async fn request(
         &self,
         scope: &Scope,
@@ -150,14 +171,20 @@ impl ExportService {
             None => ExportId::from_uuid(Uuid::now_v7()),
         };
         let export = Export::new(id, scope.clone(), spec, idempotency_key, Utc::now());
-        match self.exports.create_if_absent(&export).await? {
-            CreateOutcome::Created => {
+        let limit = self.quotas.for_scope(scope).max_unfinished;
+        match self.exports.create_within_quota(&export, limit).await? {
+            QuotaCreateOutcome::QuotaExceeded { unfinished } => {
+                info!(tenant = %scope.tenant, environment = %scope.environment, unfinished, limit,
+                      "export refused: max_unfinished quota reached");
+                Err(RequestError::QuotaExceeded { quota: Quota::MaxUnfinished, limit })
+            }
+            QuotaCreateOutcome::Created => {
                 info!(export_id = %id, tenant = %scope.tenant, environment = %scope.environment,
                       workflow_id = %id.workflow_id(scope), format = export.spec.format.as_str(), "export accepted");
                 self.orchestrator.start(&export).await?;
                 Ok(Requested { export, created: true })
             }
-            CreateOutcome::Existing(existing) => {
+            QuotaCreateOutcome::Existing(existing) => {
                 if existing.request_fingerprint != export.request_fingerprint {
                     let key = export.idempotency_key.map(String::from).unwrap_or_default();
                     return Err(RequestError::IdempotencyMismatch { key, existing: existing.id });

@@ -23,8 +23,10 @@ use ports::{
 };
 use tracing::info;
 
+mod quotas;
 mod settings;
 
+pub use quotas::QuotaArgs;
 pub use settings::{
     CallbackArgs, LogFormat, NotifyArgs, PolicyArgs, TemporalArgs, TenantArgs, init_logging, shutdown_signal,
 };

@@ -58,6 +58,9 @@ const LIST_LIMIT_MAX: usize = 100;
         (status = 422, description = "Invalid fields (all listed in `errors`), an invalid Idempotency-Key, \
          or an Idempotency-Key reused for a different request (`idempotency-key-reused`).",
          body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant has `max_unfinished` exports pending or running \
+         (`quota-exceeded`, `quota` and `limit` in the body).", body = Problem,
+         content_type = "application/problem+json", headers(("Retry-After" = u32))),
         CommonErrors,
     )
 )]
@@ -104,6 +107,9 @@ pub async fn create_export(
         (status = 422, description = "Invalid fields, `timeout_s` or Idempotency-Key (all listed in `errors`), \
          or an Idempotency-Key reused for a different request.", body = Problem,
          content_type = "application/problem+json"),
+        (status = 429, description = "The tenant has `max_unfinished` exports pending or running \
+         (`quota-exceeded`).", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u32))),
         CommonErrors,
     )
 )]

@@ -14,6 +14,7 @@ mod health;
 mod helpers;
 mod lifecycle;
 mod openapi;
+mod quotas;
 mod read;
 mod retention_notify;
 mod schedules;
