@@ -18,7 +18,7 @@ use service::{ExportRunner, ExportService, RequestError, RunnerConfig};
 
 /// A's backlog and the size of its exports; B's export.
 const BACKLOG: usize = 40;
-const A_USERS: u64 = 5_000;
+const A_USERS: u64 = 20_000;
 const B_USERS: u64 = 1_000;
 
 fn tenant_a() -> Scope {
@@ -100,10 +100,11 @@ async fn measure(world: &World, service: &ExportService) -> (Duration, Duration,
     (alone, behind, a_left)
 }
 
-/// Within 3x of B alone (plus a little for timer noise at this small size), and never behind
-/// A's whole queue.
+/// Within 3x of B alone (plus a second: at this size B takes a few hundred milliseconds, and a
+/// loaded test machine's scheduling noise is of that order), and never behind A's whole queue
+/// (which takes several seconds).
 fn assert_fair(alone: Duration, behind: Duration, a_left: usize) {
-    let bound = alone * 3 + Duration::from_millis(500);
+    let bound = alone * 3 + Duration::from_secs(1);
     assert!(behind <= bound, "B took {behind:?} behind A's backlog, {alone:?} alone");
     assert!(a_left >= BACKLOG / 2, "B finished only after most of A's backlog ({a_left} left)");
 }

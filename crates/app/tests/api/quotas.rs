@@ -36,7 +36,10 @@ async fn past_max_unfinished_new_exports_are_a_429_but_retries_find_theirs() {
     assert_eq!(replay.status, StatusCode::OK, "{}", replay.text());
     assert_eq!(replay.json()["id"], first.json()["id"]);
     // Another tenant has its own quota.
-    assert_eq!(app.post_json(Some(GLOBEX_KEY), "/v1/exports", &csv_body()).await.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        app.post_json(Some(GLOBEX_KEY), "/v1/exports", &csv_body()).await.status,
+        StatusCode::ACCEPTED
+    );
     let listed = app.get(Some(ACME_KEY), "/v1/exports").await.json();
     assert_eq!(listed["items"].as_array().unwrap().len(), 2, "{listed}");
 }
@@ -52,7 +55,10 @@ async fn a_tenants_override_replaces_the_global_limit() {
         .spawn()
         .await;
     for _ in 0..3 {
-        assert_eq!(app.post_json(Some(GLOBEX_KEY), "/v1/exports", &csv_body()).await.status, StatusCode::ACCEPTED);
+        assert_eq!(
+            app.post_json(Some(GLOBEX_KEY), "/v1/exports", &csv_body()).await.status,
+            StatusCode::ACCEPTED
+        );
     }
     let refused = app.post_json(Some(GLOBEX_KEY), "/v1/exports", &csv_body()).await;
     assert_eq!(refused.assert_problem(StatusCode::TOO_MANY_REQUESTS, "quota-exceeded")["limit"], 3);
@@ -81,5 +87,8 @@ async fn past_max_schedules_a_new_schedule_is_a_409() {
             .unwrap(),
     );
     assert_eq!(deleted.await.status, StatusCode::NO_CONTENT);
-    assert_eq!(app.post_json(Some(ACME_KEY), "/v1/export-schedules", &body).await.status, StatusCode::CREATED);
+    assert_eq!(
+        app.post_json(Some(ACME_KEY), "/v1/export-schedules", &body).await.status,
+        StatusCode::CREATED
+    );
 }
