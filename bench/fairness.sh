@@ -8,6 +8,7 @@
 # USEREXPORT_TENANT_MAX_RUNNING of 2; A's max_unfinished is raised so its whole backlog is taken.
 # Needs PostgreSQL on 127.0.0.1:5432 and the temporal CLI.
 # Usage: bench/fairness.sh [backlog=200] [a_users=20000]
+# BENCH_PROFILE=debug runs debug builds instead of release ones (quicker to build, slower to run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,8 +29,11 @@ now() { date +%s.%N; }
 calc() { python3 -c "print($1)"; }
 field() { python3 -c "import json,sys; d=json.load(sys.stdin); print(eval('d' + sys.argv[1]))" "$1"; }
 
-echo "building release binaries"
-cargo build --release --locked -p app -p worker --quiet
+PROFILE=${BENCH_PROFILE:-release}
+BIN=${CARGO_TARGET_DIR:-target}/$PROFILE
+echo "building $PROFILE binaries"
+if [ "$PROFILE" = release ]; then cargo build --release --locked -p app -p worker --quiet
+else cargo build --locked -p app -p worker --quiet; fi
 
 # Fairness needs the new matcher with fairness on, and one partition so that the few pollers of
 # a test see every task (the flags scripts/test-all.sh uses).
@@ -44,10 +48,10 @@ export TEMPORAL_ADDRESS=127.0.0.1:$TEMPORAL_PORT
 for _ in $(seq 300); do temporal operator cluster health --address "$TEMPORAL_ADDRESS" 2>/dev/null | grep -q SERVING && break; sleep 0.2; done
 
 psql "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
-target/release/userexport migrate
+$BIN/userexport migrate
 echo "seeding $A_USERS users of tenant-a/prod and $B_USERS of tenant-b/prod"
-target/release/userexport seed --scope tenant-a/prod --count "$A_USERS" >/dev/null
-target/release/userexport seed --scope tenant-b/prod --count "$B_USERS" >/dev/null
+$BIN/userexport seed --scope tenant-a/prod --count "$A_USERS" >/dev/null
+$BIN/userexport seed --scope tenant-b/prod --count "$B_USERS" >/dev/null
 psql "$DATABASE_URL" -qc "VACUUM ANALYZE users"
 
 export USEREXPORT_USERS=postgres USEREXPORT_EXPORTS=postgres USEREXPORT_STORAGE=local
@@ -58,7 +62,7 @@ export USEREXPORT_SYNC_TIMEOUT_MAX_S=600
 
 start_api() { # orchestrator
   local port; port=$(free_port)
-  USEREXPORT_ORCHESTRATOR=$1 USEREXPORT_LISTEN=127.0.0.1:$port target/release/userexport >>"$WORK/api.log" 2>&1 &
+  USEREXPORT_ORCHESTRATOR=$1 USEREXPORT_LISTEN=127.0.0.1:$port $BIN/userexport >>"$WORK/api.log" 2>&1 &
   API_PID=$!; PIDS+=("$API_PID"); API=http://127.0.0.1:$port
   for _ in $(seq 100); do curl -sf "$API/readyz" >/dev/null && return; sleep 0.1; done
   echo "API did not start:"; tail -n 20 "$WORK/api.log"; exit 1
@@ -93,7 +97,7 @@ for mode in inprocess temporal; do
   psql "$DATABASE_URL" -qc "TRUNCATE exports"
   if [ "$mode" = temporal ]; then
     export USEREXPORT_TASK_QUEUE=bench-fairness-$RANDOM
-    target/release/userexport-worker >>"$WORK/worker.log" 2>&1 &
+    $BIN/userexport-worker >>"$WORK/worker.log" 2>&1 &
     WORKER_PID=$!; PIDS+=("$WORKER_PID")
   fi
   start_api "$mode"
