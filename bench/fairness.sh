@@ -108,6 +108,6 @@ for mode in inprocess temporal; do
   behind=$(b_sync)
   left=$(a_unfinished)
   printf '%-10s %10.3f %12.3f %7.2f %14s of %s\n' "$mode" "$alone" "$behind" "$(calc "$behind / $alone")" "$left" "$queued"
-  kill "$API_PID" 2>/dev/null || true; wait "$API_PID" 2>/dev/null || true
+  kill -9 "$API_PID" 2>/dev/null || true; wait "$API_PID" 2>/dev/null || true
   if [ "$mode" = temporal ]; then kill -9 "$WORKER_PID" 2>/dev/null || true; wait "$WORKER_PID" 2>/dev/null || true; fi
 done

@@ -96,7 +96,7 @@ async fn measure(world: &World, service: &ExportService) -> (Duration, Duration,
     }
     let behind = b_sync_export(service).await;
     let a_left = world.unfinished(&tenant_a()).await;
-    println!("B alone {alone:?}, behind A's {BACKLOG} exports {behind:?}; A had {a_left} unfinished");
+    eprintln!("B alone {alone:?}, behind A's {BACKLOG} exports {behind:?}; A had {a_left} unfinished");
     (alone, behind, a_left)
 }
 
