@@ -60,7 +60,12 @@ wait_for "moto_server" 30 curl -sf "$TEST_S3_ENDPOINT/"
 
 log "Temporal dev server"
 TEMPORAL_PORT=$(free_port)
+# Task-queue fairness (exports carry their tenant as fairness key): the new matcher with fairness
+# on, and one partition so that a test's few pollers see every task at once.
 temporal server start-dev --headless --ip 127.0.0.1 --port "$TEMPORAL_PORT" --ui-port "$(free_port)" \
+  --dynamic-config-value matching.useNewMatcher=true --dynamic-config-value matching.enableFairness=true \
+  --dynamic-config-value matching.numTaskqueueReadPartitions=1 \
+  --dynamic-config-value matching.numTaskqueueWritePartitions=1 \
   --log-level error >"$RUN_DIR/temporal.log" 2>&1 &
 PIDS+=($!)
 export TEST_TEMPORAL_ADDRESS="127.0.0.1:$TEMPORAL_PORT"

@@ -7,9 +7,10 @@
 //! before it is started, [`InProcessOrchestrator::recover`] resumes at start-up whatever a dead
 //! process left `pending` or `running`, and the reconciler (`service::Reconciler`, run on an
 //! interval by the API) starts any unfinished record this process has no run for. Batches: see
-//! [`batch`].
+//! [`batch`]. Slots are shared fairly between tenant scopes: see [`fair`].
 
 mod batch;
+mod fair;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,10 +18,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use domain::{Batch, BatchId, ExecutionPolicy, Export, ExportId, Scope};
+use domain::{Batch, BatchId, ExecutionPolicy, Export, ExportId, QuotaBook, Scope};
 use ports::{CancelOutcome, ExportRepository, Orchestrator, PortError, RunState, WaitOutcome};
 use service::{AttemptControl, ExportRunner, RunError};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
@@ -37,7 +38,7 @@ struct Inner {
     runner: Arc<ExportRunner>,
     exports: Arc<dyn ExportRepository>,
     policy: ExecutionPolicy,
-    slots: Arc<Semaphore>,
+    slots: Arc<fair::FairSlots>,
     runs: Mutex<HashMap<RunKey, Run>>,
     /// Batches whose driver runs in this process.
     batches: Mutex<HashSet<BatchId>>,
@@ -47,7 +48,7 @@ struct Inner {
     interrupt: CancellationToken,
 }
 
-/// Runs exports on tokio tasks with bounded concurrency.
+/// Runs exports on tokio tasks with bounded concurrency, shared fairly between tenant scopes.
 #[derive(Clone)]
 pub struct InProcessOrchestrator {
     inner: Arc<Inner>,
@@ -60,18 +61,31 @@ impl std::fmt::Debug for InProcessOrchestrator {
 }
 
 impl InProcessOrchestrator {
+    /// `max_concurrency` exports at once, at most the default `max_running` (2) of one scope.
     pub fn new(
         runner: Arc<ExportRunner>,
         exports: Arc<dyn ExportRepository>,
         policy: ExecutionPolicy,
         max_concurrency: usize,
     ) -> Self {
+        Self::with_quotas(runner, exports, policy, max_concurrency, Arc::default())
+    }
+
+    /// `max_concurrency` exports at once, at most `max_running` of one scope (from `quotas`),
+    /// the slots going round-robin between the scopes with exports waiting.
+    pub fn with_quotas(
+        runner: Arc<ExportRunner>,
+        exports: Arc<dyn ExportRepository>,
+        policy: ExecutionPolicy,
+        max_concurrency: usize,
+        quotas: Arc<QuotaBook>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 runner,
                 exports,
                 policy,
-                slots: Arc::new(Semaphore::new(max_concurrency.max(1))),
+                slots: fair::FairSlots::new(max_concurrency, quotas),
                 runs: Mutex::default(),
                 batches: Mutex::default(),
                 tasks: TaskTracker::new(),
@@ -217,10 +231,7 @@ impl InProcessOrchestrator {
     async fn drive(&self, (scope, id): &RunKey, first_attempt: u32, cancel: &CancellationToken) {
         let inner = &self.inner;
         let _slot = tokio::select! {
-            slot = Arc::clone(&inner.slots).acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => return,
-            },
+            slot = inner.slots.acquire(scope) => slot,
             () = cancel.cancelled() => return self.cancel_record(scope, *id).await,
             () = inner.interrupt.cancelled() => return,
         };

@@ -12,7 +12,8 @@ use anyhow::bail;
 use clap::{Parser, Subcommand, ValueEnum};
 use domain::ExecutionPolicy;
 pub use wiring::{
-    BackendArgs, LogFormat, NotifyArgs, PolicyArgs, ScheduleArgs, StorageKind, TemporalArgs, TenantArgs,
+    BackendArgs, LogFormat, NotifyArgs, PolicyArgs, QuotaArgs, ScheduleArgs, StorageKind, TemporalArgs,
+    TenantArgs,
 };
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -85,6 +86,10 @@ pub struct Config {
     /// Known tenants and their settings; the API keys' scopes are always known.
     #[command(flatten)]
     pub tenants: TenantArgs,
+
+    /// Per-tenant quotas (overridable per tenant in `USEREXPORT_TENANTS`).
+    #[command(flatten)]
+    pub quotas: QuotaArgs,
 
     /// `ExportRequested` events: the NATS consumer and the webhook.
     #[command(flatten)]
@@ -172,6 +177,7 @@ impl Config {
                 ..BackendArgs::embedded(PathBuf::from("./data"), 100)
             },
             tenants: TenantArgs::default(),
+            quotas: QuotaArgs::default(),
             events: crate::events::EventArgs::default(),
             notify: NotifyArgs::default(),
             max_concurrent_exports: DEFAULT_MAX_CONCURRENT_EXPORTS,

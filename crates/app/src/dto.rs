@@ -54,7 +54,7 @@ wire_enum!(
 );
 wire_enum!(
     /// Why an export failed.
-    FailureKindBody from FailureKind { Validation, Source, Storage, Timeout, Internal }
+    FailureKindBody from FailureKind { Validation, Source, Storage, Timeout, QuotaExceeded, Internal }
 );
 wire_enum!(
     /// How delivering the completion notification went.

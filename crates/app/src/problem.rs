@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use domain::signature::{SIGNATURE_HEADER, SignatureError, TIMESTAMP_HEADER};
-use domain::{BatchId, ExportId, ExportStatus, ScheduleId, ValidationErrors};
+use domain::{BatchId, ExportId, ExportStatus, Quota, ScheduleId, ValidationErrors};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use ports::PortError;
@@ -26,6 +26,9 @@ const TYPE_BASE: &str = "https://userexport.dev/problems/";
 const UNAVAILABLE_RETRY_AFTER_S: &str = "5";
 /// Seconds a client should wait before retrying after load shedding: slots free up fast.
 const OVERLOADED_RETRY_AFTER_S: &str = "1";
+/// Seconds a client should wait before retrying after a `429` of the `max_unfinished` quota:
+/// about as long as a few exports take to finish.
+const QUOTA_RETRY_AFTER_S: &str = "30";
 
 /// An RFC 9457 problem document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -52,6 +55,12 @@ pub struct Problem {
     /// For `validation`: every field that failed, not only the first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub errors: Option<Vec<FieldErrorBody>>,
+    /// For `quota-exceeded`: the quota reached (`max_unfinished`, `max_schedules`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<String>,
+    /// For `quota-exceeded`: the tenant's limit of that quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
 }
 
 /// One invalid field of a request.
@@ -73,6 +82,8 @@ impl Problem {
             detail: detail.into(),
             hint: None,
             errors: None,
+            quota: None,
+            limit: None,
         }
     }
 
@@ -105,6 +116,8 @@ impl Problem {
                 detail: s.canonical_reason().unwrap_or("The request failed.").to_owned(),
                 hint: None,
                 errors: None,
+                quota: None,
+                limit: None,
             },
         };
         // The body's status always matches the response's, whichever shared problem was used.
@@ -244,6 +257,10 @@ pub enum ApiError {
     /// Retention deleted the export's file.
     #[error("export expired")]
     ExportExpired,
+    /// The tenant is at one of its quotas: `429` for `max_unfinished` (it frees as exports
+    /// finish), `409` for `max_schedules` (it frees only when a schedule is deleted).
+    #[error("quota {quota} reached (limit {limit})")]
+    QuotaExceeded { quota: Quota, limit: u32 },
     /// A dependency failed in a way that may pass (`PortError::is_retryable`).
     #[error("dependency unavailable: {0:#}")]
     Unavailable(#[source] PortError),
@@ -388,6 +405,7 @@ impl ApiError {
                 "The export's retention ran out and its file was deleted.",
             )
             .with_hint("Request a new export; `retention_days` in the request keeps a file longer."),
+            Self::QuotaExceeded { quota, limit } => quota_problem(*quota, *limit),
             Self::Unavailable(_) => unavailable_problem(),
             Self::Internal(_) => internal_problem(),
             Self::RateLimited { retry_after } => Problem::new(
@@ -430,6 +448,29 @@ impl ApiError {
 /// `Retry-After` in whole seconds, rounded up and at least 1.
 fn retry_after_secs(wait: Duration) -> u64 {
     crate::limits::headers::ceil_secs(wait).max(1)
+}
+
+fn quota_problem(quota: Quota, limit: u32) -> Problem {
+    let (status, detail, hint) = match quota {
+        Quota::MaxSchedules => (
+            StatusCode::CONFLICT,
+            format!("Your tenant already has {limit} export schedules, the most it may keep."),
+            "Delete a schedule you no longer need, or ask the operator to raise max_schedules.".to_owned(),
+        ),
+        _ => (
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("Your tenant already has {limit} exports pending or running, the most it may have."),
+            format!(
+                "Retry after {QUOTA_RETRY_AFTER_S} seconds, when some have finished; the same Idempotency-Key \
+                 finds an export already accepted."
+            ),
+        ),
+    };
+    Problem {
+        quota: Some(quota.as_str().to_owned()),
+        limit: Some(limit),
+        ..Problem::new("quota-exceeded", "Quota exceeded", status, detail).with_hint(hint)
+    }
 }
 
 fn invalid_signature_problem(reason: &SignatureError) -> Problem {
@@ -523,6 +564,9 @@ impl IntoResponse for ApiError {
             Self::RateLimited { retry_after } | Self::AuthThrottled { retry_after } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(retry_after)));
             }
+            Self::QuotaExceeded { quota: Quota::MaxUnfinished, .. } => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static(QUOTA_RETRY_AFTER_S));
+            }
             _ => {}
         }
         response
@@ -540,6 +584,7 @@ impl From<RequestError> for ApiError {
         match err {
             RequestError::Invalid(errors) => Self::Validation(errors),
             RequestError::IdempotencyMismatch { existing, .. } => Self::IdempotencyKeyReused { existing },
+            RequestError::QuotaExceeded { quota, limit } => Self::QuotaExceeded { quota, limit },
             RequestError::Port(err) => err.into(),
             RequestError::Unknown(err) => Self::Internal(err),
         }
@@ -619,6 +664,7 @@ impl From<CreateScheduleError> for ApiError {
             CreateScheduleError::IdempotencyMismatch { existing, .. } => {
                 Self::ScheduleIdempotencyKeyReused { existing }
             }
+            CreateScheduleError::QuotaExceeded { quota, limit } => Self::QuotaExceeded { quota, limit },
             CreateScheduleError::Port(err) => err.into(),
             CreateScheduleError::Unknown(err) => Self::Internal(err),
         }

@@ -189,6 +189,7 @@ impl Application {
         }
         // Every known tenant gets demo users (memory users), so a batch over "all" exports some.
         let known: Vec<Scope> = tenants.scopes().cloned().collect();
+        let quotas = config.quotas.quota_book(&tenants)?;
         let mut adapters = customize(wiring::build_adapters(&config.backends, &known).await?);
         adapters.notifier = config.notify.notifier(&tenants)?;
         adapters.callbacks = config.tenants.callbacks.sender(&tenants)?;
@@ -204,11 +205,12 @@ impl Application {
         );
         let orchestrator = match config.orchestrator {
             OrchestratorKind::Inprocess => {
-                let orchestrator = InProcessOrchestrator::new(
+                let orchestrator = InProcessOrchestrator::with_quotas(
                     Arc::clone(&runner),
                     Arc::clone(&adapters.exports),
                     policy,
                     config.max_concurrent_exports,
+                    Arc::clone(&quotas),
                 );
                 let resumed = orchestrator.recover().await.context("resuming unfinished exports")?;
                 if resumed > 0 {
@@ -240,7 +242,7 @@ impl Application {
         let dyn_orchestrator = orchestrator.port();
         let tenants = Arc::new(tenants);
         let (schedules, scheduler) =
-            build_schedules(&orchestrator, &adapters, Arc::clone(&dyn_orchestrator), policy).await?;
+            build_schedules(&orchestrator, &adapters, Arc::clone(&dyn_orchestrator), policy, &quotas).await?;
         let schedules = schedules.with_rules(config.schedules.rules()).with_tenants(Arc::clone(&tenants));
         let service = ExportService::new(
             Arc::clone(&adapters.exports),
@@ -250,7 +252,8 @@ impl Application {
             config.backends.download_url_ttl(),
         )
         .with_retention(config.policy.retention_policy()?)
-        .with_tenants(Arc::clone(&tenants));
+        .with_tenants(Arc::clone(&tenants))
+        .with_quotas(quotas);
         let batches = BatchService::new(
             Arc::clone(&adapters.batches),
             Arc::clone(&adapters.exports),
@@ -384,8 +387,11 @@ async fn build_schedules(
     adapters: &Adapters,
     orchestrator: Arc<dyn Orchestrator>,
     policy: domain::ExecutionPolicy,
+    quotas: &Arc<domain::QuotaBook>,
 ) -> anyhow::Result<(ScheduleService, Option<InProcessScheduler>)> {
-    let fires = Arc::new(ScheduledExports::new(Arc::clone(&adapters.exports), orchestrator));
+    let fires = Arc::new(
+        ScheduledExports::new(Arc::clone(&adapters.exports), orchestrator).with_quotas(Arc::clone(quotas)),
+    );
     let (scheduler, in_process): (Arc<dyn Scheduler>, _) = match orchestration {
         Orchestration::InProcess(..) => {
             let scheduler = InProcessScheduler::new(Arc::clone(&fires));
@@ -395,7 +401,8 @@ async fn build_schedules(
             (Arc::new(TemporalScheduler::new(o.client().clone(), o.task_queue(), policy)), None)
         }
     };
-    let service = ScheduleService::new(Arc::clone(&adapters.schedules), scheduler, fires);
+    let service = ScheduleService::new(Arc::clone(&adapters.schedules), scheduler, fires)
+        .with_quotas(Arc::clone(quotas));
     let reconciled = service.reconcile().await.context("reconciling export schedules with the scheduler")?;
     if reconciled.upserted + reconciled.removed > 0 {
         info!(scheduled = reconciled.upserted, removed = reconciled.removed, "export schedules reconciled");

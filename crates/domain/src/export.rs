@@ -88,6 +88,9 @@ pub enum FailureKind {
     Storage,
     /// The export did not finish before its deadline.
     Timeout,
+    /// Its tenant already had as many unfinished exports as its quota allows (a schedule fire
+    /// is recorded failed with this rather than dropped).
+    QuotaExceeded,
     /// Anything else.
     Internal,
 }
@@ -99,6 +102,7 @@ impl FailureKind {
             Self::Source => "source",
             Self::Storage => "storage",
             Self::Timeout => "timeout",
+            Self::QuotaExceeded => "quota_exceeded",
             Self::Internal => "internal",
         }
     }

@@ -11,6 +11,7 @@ pub mod events;
 pub mod export;
 pub mod ids;
 pub mod policy;
+pub mod quotas;
 pub mod request;
 pub mod schedule;
 pub mod schedule_rules;
@@ -41,6 +42,7 @@ pub use ids::{EnvironmentId, ExportId, IdParseError, IdempotencyKey, ObjectKey, 
 pub use policy::{
     ExecutionPolicy, FailureClass, GiveUpReason, NextStep, PolicyError, RetentionPolicy, RetryPolicy,
 };
+pub use quotas::{Quota, QuotaBook, QuotaOverrides, TenantQuotas, fairness_key};
 pub use request::{Compression, ExportFormat, ExportSpec, FieldSelection, UserFilter};
 pub use schedule::{
     CronError, CronExpr, CronField, CronFieldError, ExportSchedule, NewSchedule, ScheduleId, SchedulePatch,

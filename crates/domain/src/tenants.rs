@@ -12,6 +12,7 @@ use serde_json::Value;
 use crate::callback::CallbackUrl;
 use crate::email::{check_configured_email, check_notify_email, domain_within, parse_domain};
 use crate::ids::Scope;
+use crate::quotas::QuotaOverrides;
 use crate::request::ExportSpec;
 use crate::secrets::check_strength;
 use crate::validation::ValidationErrors;
@@ -46,6 +47,8 @@ pub struct TenantSettings {
     /// Where finished exports are announced (`export.completed` / `export.failed`), signed with
     /// `webhook_secret`, which is then required.
     pub callback_url: Option<CallbackUrl>,
+    /// This scope's overrides of the global quotas (`"quotas": {"max_running": 4}`).
+    pub quotas: QuotaOverrides,
 }
 
 /// The known scopes, ordered (so "all tenants" always iterates the same way).
@@ -66,6 +69,8 @@ struct RawTenant {
     webhook_secret: Option<String>,
     #[serde(default)]
     callback_url: Option<String>,
+    #[serde(default)]
+    quotas: QuotaOverrides,
 }
 
 impl TenantDirectory {
@@ -151,11 +156,19 @@ impl TenantDirectory {
                     })
                     .ok()
             });
+            if let Some(quota) = raw.quotas.zero_limit() {
+                errors.add(
+                    format!("[{index}].quotas.{quota}"),
+                    "invalid_value",
+                    "a quota must be at least 1",
+                );
+            }
             let settings = TenantSettings {
                 notify_email: raw.notify_email,
                 notify_domains,
                 webhook_secret: raw.webhook_secret.map(Secret),
                 callback_url,
+                quotas: raw.quotas,
             };
             if directory.tenants.insert(scope, settings).is_some() {
                 errors.add(format!("[{index}].scope"), "duplicate", "this scope is listed twice");
@@ -321,6 +334,18 @@ mod tests {
                 ("[2].notify_email", "ip_literal")
             ]
         );
+    }
+
+    #[test]
+    fn quota_overrides_are_read_and_checked() {
+        let raw = r#"[{"scope":"a/b","quotas":{"max_unfinished":7}}]"#;
+        let dir = TenantDirectory::parse_json(raw).unwrap();
+        assert_eq!(dir.get(&Scope::parse("a/b").unwrap()).unwrap().quotas.max_unfinished, Some(7));
+        let raw = r#"[{"scope":"a/b","quotas":{"max_running":0}},{"scope":"c/d","quotas":{"max_jobs":1}},
+                      {"scope":"e/f","quotas":{"max_schedules":-1}}]"#;
+        let errors = TenantDirectory::parse_json(raw).unwrap_err();
+        let fields: Vec<_> = errors.errors().iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["[0].quotas.max_running", "[1]", "[2]"]);
     }
 
     #[test]

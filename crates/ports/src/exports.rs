@@ -12,6 +12,20 @@ pub enum CreateOutcome {
     Existing(Box<Export>),
 }
 
+/// Result of [`ExportRepository::create_within_quota`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum QuotaCreateOutcome {
+    Created,
+    /// An export with that ID already exists in the scope; here it is, unchanged (whatever the
+    /// quota: a retried request finds its export).
+    Existing(Box<Export>),
+    /// Nothing was stored: the scope already holds `unfinished` (at least the limit) exports
+    /// that are `pending` or `running`.
+    QuotaExceeded {
+        unfinished: u64,
+    },
+}
+
 /// Result of [`ExportRepository::update_if_status`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum UpdateOutcome {
@@ -45,6 +59,17 @@ pub trait ExportRepository: Send + Sync {
     /// Returns `Created`, or `Existing(stored)` (the stored record is left untouched, whatever
     /// `export` holds). Concurrent calls with the same ID create exactly one record.
     async fn create_if_absent(&self, export: &Export) -> Result<CreateOutcome, PortError>;
+
+    /// As [`ExportRepository::create_if_absent`], but stores `export` only while its scope has
+    /// fewer than `max_unfinished` exports `pending` or `running`. The count and the insert are
+    /// one atomic step where the records are (every API replica sees the same count), so
+    /// concurrent requests never take a scope past its limit. An existing export with the same
+    /// ID is returned as `Existing` even when the scope is at its limit.
+    async fn create_within_quota(
+        &self,
+        export: &Export,
+        max_unfinished: u32,
+    ) -> Result<QuotaCreateOutcome, PortError>;
 
     /// The export `id` of `scope`; `None` when missing or when it belongs to another scope.
     async fn get(&self, scope: &Scope, id: ExportId) -> Result<Option<Export>, PortError>;

@@ -15,12 +15,14 @@ mod users;
 pub use batches::{BatchCreateOutcome, BatchRepository};
 pub use callbacks::CallbackSender;
 pub use error::PortError;
-pub use exports::{CreateOutcome, ExportPage, ExportQuery, ExportRepository, UpdateOutcome};
+pub use exports::{
+    CreateOutcome, ExportPage, ExportQuery, ExportRepository, QuotaCreateOutcome, UpdateOutcome,
+};
 pub use notifier::Notifier;
 pub use orchestrator::{CancelOutcome, Orchestrator, RunClosure, RunState, WaitOutcome};
 pub use schedules::{
-    Presence, ScheduleCreateOutcome, SchedulePage, ScheduleQuery, ScheduleRepository, ScheduleUpdateOutcome,
-    Scheduler,
+    Presence, ScheduleCreateOutcome, SchedulePage, ScheduleQuery, ScheduleQuotaOutcome, ScheduleRepository,
+    ScheduleUpdateOutcome, Scheduler,
 };
 pub use storage::{ExportStorage, ObjectReader, ObjectWriter, StoredObject};
 pub use users::{UserRepository, UserStream};

@@ -12,6 +12,18 @@ pub enum ScheduleCreateOutcome {
     Existing(Box<ExportSchedule>),
 }
 
+/// Result of [`ScheduleRepository::create_within_quota`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum ScheduleQuotaOutcome {
+    Created,
+    /// A schedule with that ID already exists in the scope; here it is, unchanged.
+    Existing(Box<ExportSchedule>),
+    /// Nothing was stored: the scope already has `count` (at least the limit) schedules.
+    QuotaExceeded {
+        count: u64,
+    },
+}
+
 /// Result of [`ScheduleRepository::update_if_revision`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum ScheduleUpdateOutcome {
@@ -46,6 +58,16 @@ pub trait ScheduleRepository: Send + Sync {
     /// Returns `Created`, or `Existing(stored)` with the stored record untouched. Concurrent
     /// calls with the same ID create exactly one record.
     async fn create_if_absent(&self, schedule: &ExportSchedule) -> Result<ScheduleCreateOutcome, PortError>;
+
+    /// As [`ScheduleRepository::create_if_absent`], but stores `schedule` only while its scope
+    /// has fewer than `max_schedules` schedules; the count and the insert are one atomic step
+    /// where the records are. An existing schedule with the same ID is returned as `Existing`
+    /// even when the scope is at its limit.
+    async fn create_within_quota(
+        &self,
+        schedule: &ExportSchedule,
+        max_schedules: u32,
+    ) -> Result<ScheduleQuotaOutcome, PortError>;
 
     /// The schedule `id` of `scope`; `None` when missing or when it belongs to another scope.
     async fn get(&self, scope: &Scope, id: ScheduleId) -> Result<Option<ExportSchedule>, PortError>;

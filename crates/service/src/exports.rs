@@ -5,12 +5,13 @@ use std::time::Duration;
 
 use chrono::Utc;
 use domain::{
-    Export, ExportId, ExportSpec, ExportStatus, IdempotencyKey, RetentionPolicy, Scope, TenantDirectory,
+    Export, ExportId, ExportSpec, ExportStatus, IdempotencyKey, Quota, QuotaBook, RetentionPolicy, Scope,
+    TenantDirectory,
     ValidationErrors,
 };
 use ports::{
-    CreateOutcome, ExportPage, ExportQuery, ExportRepository, ExportStorage, ObjectReader, Orchestrator,
-    PortError, WaitOutcome,
+    ExportPage, ExportQuery, ExportRepository, ExportStorage, ObjectReader, Orchestrator, PortError,
+    QuotaCreateOutcome, WaitOutcome,
 };
 use tracing::{info, warn};
 use url::Url;
@@ -26,6 +27,9 @@ pub enum RequestError {
     /// The idempotency key was used before with a different request.
     #[error("idempotency key {key:?} was already used for a different request (export {existing})")]
     IdempotencyMismatch { key: String, existing: ExportId },
+    /// The tenant scope is at one of its quotas (`max_unfinished`): nothing was stored.
+    #[error("the tenant already has {limit} unfinished exports ({quota})")]
+    QuotaExceeded { quota: Quota, limit: u32 },
     #[error(transparent)]
     Port(#[from] PortError),
     #[error(transparent)]
@@ -111,6 +115,7 @@ pub struct ExportService {
     retention: RetentionPolicy,
     /// Per-tenant rules on requests (the domains `notify_email` may use).
     tenants: Arc<TenantDirectory>,
+    quotas: Arc<QuotaBook>,
 }
 
 impl std::fmt::Debug for ExportService {
@@ -135,6 +140,7 @@ impl ExportService {
             signed_url_ttl,
             retention: RetentionPolicy::default(),
             tenants: Arc::default(),
+            quotas: Arc::default(),
         }
     }
 
@@ -142,6 +148,13 @@ impl ExportService {
     #[must_use]
     pub fn with_tenants(mut self, tenants: Arc<TenantDirectory>) -> Self {
         self.tenants = tenants;
+        self
+    }
+
+    /// Limits each tenant scope's unfinished exports to its `max_unfinished` (default 100).
+    #[must_use]
+    pub fn with_quotas(mut self, quotas: Arc<QuotaBook>) -> Self {
+        self.quotas = quotas;
         self
     }
 
@@ -154,7 +167,8 @@ impl ExportService {
 
     /// Accepts an export and starts it asynchronously (seed pattern 2). With an idempotency key,
     /// a repeat of the same request returns the existing export and a different request is an
-    /// error.
+    /// error. A scope at its `max_unfinished` quota gets `QuotaExceeded`, except for a repeat of
+    /// a request it already made.
     pub async fn request(
         &self,
         scope: &Scope,
@@ -171,14 +185,20 @@ impl ExportService {
             None => ExportId::from_uuid(Uuid::now_v7()),
         };
         let export = Export::new(id, scope.clone(), spec, idempotency_key, Utc::now());
-        match self.exports.create_if_absent(&export).await? {
-            CreateOutcome::Created => {
+        let limit = self.quotas.for_scope(scope).max_unfinished;
+        match self.exports.create_within_quota(&export, limit).await? {
+            QuotaCreateOutcome::QuotaExceeded { unfinished } => {
+                info!(tenant = %scope.tenant, environment = %scope.environment, unfinished, limit,
+                      "export refused: max_unfinished quota reached");
+                Err(RequestError::QuotaExceeded { quota: Quota::MaxUnfinished, limit })
+            }
+            QuotaCreateOutcome::Created => {
                 info!(export_id = %id, tenant = %scope.tenant, environment = %scope.environment,
                       workflow_id = %id.workflow_id(scope), format = export.spec.format.as_str(), "export accepted");
                 self.orchestrator.start(&export).await?;
                 Ok(Requested { export, created: true })
             }
-            CreateOutcome::Existing(existing) => {
+            QuotaCreateOutcome::Existing(existing) => {
                 if existing.request_fingerprint != export.request_fingerprint {
                     let key = export.idempotency_key.map(String::from).unwrap_or_default();
                     return Err(RequestError::IdempotencyMismatch { key, existing: existing.id });

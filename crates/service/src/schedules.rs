@@ -11,12 +11,12 @@ use std::sync::Arc;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use domain::{
-    Export, ExportId, ExportSchedule, ExportStatus, IdempotencyKey, NewSchedule, ScheduleId, SchedulePatch,
-    ScheduleRules, Scope, TenantDirectory, ValidationErrors,
+    Export, ExportFailure, ExportId, ExportSchedule, ExportStatus, FailureKind, IdempotencyKey, NewSchedule,
+    Quota, QuotaBook, ScheduleId, SchedulePatch, ScheduleRules, Scope, TenantDirectory, ValidationErrors,
 };
 use ports::{
-    CreateOutcome, ExportRepository, Orchestrator, PortError, Presence, ScheduleCreateOutcome, SchedulePage,
-    ScheduleQuery, ScheduleRepository, ScheduleUpdateOutcome, Scheduler,
+    CreateOutcome, ExportRepository, Orchestrator, PortError, Presence, QuotaCreateOutcome, SchedulePage,
+    ScheduleQuery, ScheduleQuotaOutcome, ScheduleRepository, ScheduleUpdateOutcome, Scheduler,
 };
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -30,6 +30,9 @@ pub enum CreateScheduleError {
     /// The idempotency key was used before with a different schedule.
     #[error("idempotency key {key:?} was already used for a different schedule ({existing})")]
     IdempotencyMismatch { key: String, existing: ScheduleId },
+    /// The tenant scope already keeps as many schedules as its `max_schedules` quota allows.
+    #[error("the tenant already has {limit} schedules ({quota})")]
+    QuotaExceeded { quota: Quota, limit: u32 },
     #[error(transparent)]
     Port(#[from] PortError),
     #[error(transparent)]
@@ -122,6 +125,7 @@ pub struct Reconciled {
 pub struct ScheduledExports {
     exports: Arc<dyn ExportRepository>,
     orchestrator: Arc<dyn Orchestrator>,
+    quotas: Arc<QuotaBook>,
 }
 
 impl std::fmt::Debug for ScheduledExports {
@@ -132,11 +136,20 @@ impl std::fmt::Debug for ScheduledExports {
 
 impl ScheduledExports {
     pub fn new(exports: Arc<dyn ExportRepository>, orchestrator: Arc<dyn Orchestrator>) -> Self {
-        Self { exports, orchestrator }
+        Self { exports, orchestrator, quotas: Arc::default() }
+    }
+
+    /// Fires count against each scope's `max_unfinished` quota (default 100).
+    #[must_use]
+    pub fn with_quotas(mut self, quotas: Arc<QuotaBook>) -> Self {
+        self.quotas = quotas;
+        self
     }
 
     /// The fire of `schedule` at `scheduled_at`: stores its export `pending` unless it exists
     /// (so a duplicated fire finds the first one) and, when `start` is set, makes sure it runs.
+    /// A fire over the scope's `max_unfinished` quota is not dropped: its export is recorded
+    /// `failed` with the kind `quota_exceeded` (and notified as failures are).
     pub async fn fire(
         &self,
         schedule: &ExportSchedule,
@@ -145,13 +158,20 @@ impl ScheduledExports {
     ) -> Result<Export, FireError> {
         let id = ExportId::for_schedule_fire(&schedule.scope, schedule.id, scheduled_at);
         let export = Export::new(id, schedule.scope.clone(), schedule.spec.clone(), None, Utc::now());
-        let export = match self.exports.create_if_absent(&export).await? {
-            CreateOutcome::Created => {
+        let limit = self.quotas.for_scope(&schedule.scope).max_unfinished;
+        let export = match self.exports.create_within_quota(&export, limit).await? {
+            QuotaCreateOutcome::Created => {
                 info!(export_id = %id, schedule_id = %schedule.id, tenant = %schedule.scope.tenant,
                       environment = %schedule.scope.environment, %scheduled_at, "scheduled export accepted");
                 export
             }
-            CreateOutcome::Existing(existing) => {
+            QuotaCreateOutcome::QuotaExceeded { unfinished } => {
+                warn!(export_id = %id, schedule_id = %schedule.id, tenant = %schedule.scope.tenant,
+                      environment = %schedule.scope.environment, unfinished, limit,
+                      "scheduled export refused by the max_unfinished quota; recorded as failed");
+                return self.record_refused(export, limit).await;
+            }
+            QuotaCreateOutcome::Existing(existing) => {
                 if existing.request_fingerprint != export.request_fingerprint {
                     return Err(FireError::Mismatch(id));
                 }
@@ -163,6 +183,19 @@ impl ScheduledExports {
             self.orchestrator.start(&export).await?;
         }
         Ok(export)
+    }
+
+    /// Stores a fire refused by the quota as a `failed` export, so the tenant sees it.
+    async fn record_refused(&self, mut export: Export, limit: u32) -> Result<Export, FireError> {
+        let message =
+            format!("not run: the tenant already had {limit} unfinished exports (quota max_unfinished)");
+        export
+            .fail(ExportFailure::new(FailureKind::QuotaExceeded, message), Utc::now())
+            .map_err(|e| PortError::Other(anyhow::anyhow!("recording a refused fire: {e}")))?;
+        match self.exports.create_if_absent(&export).await? {
+            CreateOutcome::Created => Ok(export),
+            CreateOutcome::Existing(existing) => Ok(*existing),
+        }
     }
 
     /// Whether the export `id` of `scope` exists and has not finished (overlap policy skip).
@@ -178,6 +211,7 @@ pub struct ScheduleService {
     fires: Arc<ScheduledExports>,
     rules: ScheduleRules,
     tenants: Arc<TenantDirectory>,
+    quotas: Arc<QuotaBook>,
 }
 
 impl std::fmt::Debug for ScheduleService {
@@ -195,7 +229,7 @@ impl ScheduleService {
         scheduler: Arc<dyn Scheduler>,
         fires: Arc<ScheduledExports>,
     ) -> Self {
-        Self { schedules, scheduler, fires, rules: ScheduleRules::default(), tenants: Arc::default() }
+        Self { schedules, scheduler, fires, rules: ScheduleRules::default(), tenants: Arc::default(), quotas: Arc::default() }
     }
 
     /// The limits every created or changed schedule must keep (minimum interval).
@@ -209,6 +243,13 @@ impl ScheduleService {
     #[must_use]
     pub fn with_tenants(mut self, tenants: Arc<TenantDirectory>) -> Self {
         self.tenants = tenants;
+        self
+    }
+
+    /// Limits each tenant scope's schedules to its `max_schedules` (default 20).
+    #[must_use]
+    pub fn with_quotas(mut self, quotas: Arc<QuotaBook>) -> Self {
+        self.quotas = quotas;
         self
     }
 
@@ -238,9 +279,15 @@ impl ScheduleService {
         let now = Utc::now();
         let schedule = ExportSchedule::new(id, scope.clone(), new, now);
         self.check(&schedule, now).map_err(CreateScheduleError::Invalid)?;
-        match self.schedules.create_if_absent(&schedule).await? {
-            ScheduleCreateOutcome::Created => {}
-            ScheduleCreateOutcome::Existing(existing) => {
+        let limit = self.quotas.for_scope(scope).max_schedules;
+        match self.schedules.create_within_quota(&schedule, limit).await? {
+            ScheduleQuotaOutcome::Created => {}
+            ScheduleQuotaOutcome::QuotaExceeded { count } => {
+                info!(tenant = %scope.tenant, environment = %scope.environment, count, limit,
+                      "schedule refused: max_schedules quota reached");
+                return Err(CreateScheduleError::QuotaExceeded { quota: Quota::MaxSchedules, limit });
+            }
+            ScheduleQuotaOutcome::Existing(existing) => {
                 let same = existing.cron == schedule.cron
                     && existing.timezone == schedule.timezone
                     && existing.spec == schedule.spec

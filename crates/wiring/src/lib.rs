@@ -23,9 +23,11 @@ use ports::{
 };
 use tracing::info;
 
+mod quotas;
 mod schedule_settings;
 mod settings;
 
+pub use quotas::QuotaArgs;
 pub use schedule_settings::ScheduleArgs;
 pub use settings::{
     CallbackArgs, LogFormat, NotifyArgs, PolicyArgs, TemporalArgs, TenantArgs, init_logging, shutdown_signal,

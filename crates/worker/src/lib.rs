@@ -24,8 +24,8 @@ use tracing::{info, warn};
 /// Local activity slots: `NotifyExport` runs as one after every export.
 const LOCAL_ACTIVITY_SLOTS: usize = 8;
 pub use wiring::{
-    Adapters, BackendArgs, ExportsBackend, LogFormat, NotifyArgs, PolicyArgs, StorageKind, TemporalArgs,
-    TenantArgs, UsersBackend,
+    Adapters, BackendArgs, ExportsBackend, LogFormat, NotifyArgs, PolicyArgs, QuotaArgs, StorageKind,
+    TemporalArgs, TenantArgs, UsersBackend,
 };
 
 /// userexport's Temporal worker. Every flag falls back to the environment variable shown in
@@ -68,6 +68,10 @@ pub struct WorkerConfig {
     #[command(flatten)]
     pub tenants: TenantArgs,
 
+    /// Per-tenant quotas: the same settings as the API's (`max_running` is per worker here).
+    #[command(flatten)]
+    pub quotas: QuotaArgs,
+
     /// Completion notifications: the same settings as the API's.
     #[command(flatten)]
     pub notify: NotifyArgs,
@@ -101,7 +105,7 @@ impl WorkerConfig {
         self.execution_policy()?;
         self.policy.retention_policy()?;
         self.policy.retention_sweep_interval()?;
-        self.tenants.directory()?;
+        self.quotas.quota_book(&self.tenants.directory()?)?;
         Ok(())
     }
 
@@ -200,7 +204,9 @@ pub async fn run_with(
                 .build(),
         )
         .build();
+    let quotas = config.quotas.quota_book(&config.tenants.directory()?)?;
     let deps = WorkerDeps {
+        quotas,
         runner,
         exports: adapters.exports,
         storage: adapters.storage,

@@ -9,7 +9,7 @@ use domain::{
     Export, ExportFailure, ExportFormat, ExportId, ExportOutcome, ExportSpec, ExportStatus, FailureKind,
     NotificationRecord, NotificationStatus, Scope,
 };
-use ports::{CreateOutcome, ExportQuery, ExportRepository, UpdateOutcome};
+use ports::{CreateOutcome, ExportQuery, ExportRepository, QuotaCreateOutcome, UpdateOutcome};
 use uuid::Uuid;
 
 /// A fresh scope per run, so list checks see only their own exports.
@@ -40,7 +40,50 @@ pub async fn run_all(repo: Arc<dyn ExportRepository>) {
     expired_are_listed_soonest_first_until_marked(repo.as_ref()).await;
     notifications_round_trip(repo.as_ref()).await;
     notify_due_are_listed_oldest_first_until_done(repo.as_ref()).await;
+    // Last: it leaves unfinished exports behind.
+    the_unfinished_quota_holds_under_concurrent_creates(repo.clone()).await;
     repo.ping().await.unwrap();
+}
+
+async fn the_unfinished_quota_holds_under_concurrent_creates(repo: Arc<dyn ExportRepository>) {
+    const LIMIT: u32 = 5;
+    let scope = fresh_scope();
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let (repo, export) = (repo.clone(), new_export(&scope, 0));
+            tokio::spawn(async move { repo.create_within_quota(&export, LIMIT).await.unwrap() })
+        })
+        .collect();
+    let mut created = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            QuotaCreateOutcome::Created => created += 1,
+            QuotaCreateOutcome::QuotaExceeded { unfinished } => assert!(unfinished >= u64::from(LIMIT)),
+            other => panic!("fresh IDs cannot exist: {other:?}"),
+        }
+    }
+    assert_eq!(created, LIMIT, "concurrent creates took the scope past its quota");
+
+    // At the limit: an existing ID is still found; another scope is not affected.
+    let mut first = repo.list_unfinished().await.unwrap().into_iter().find(|e| e.scope == scope).unwrap();
+    match repo.create_within_quota(&first, LIMIT).await.unwrap() {
+        QuotaCreateOutcome::Existing(stored) => assert_eq!(stored.id, first.id),
+        other => panic!("expected Existing, got {other:?}"),
+    }
+    let elsewhere = new_export(&fresh_scope(), 0);
+    assert_eq!(repo.create_within_quota(&elsewhere, LIMIT).await.unwrap(), QuotaCreateOutcome::Created);
+
+    // A finished export frees its place.
+    let failure = ExportFailure::new(FailureKind::Internal, "done");
+    first.fail(failure, Utc::now()).unwrap();
+    assert_eq!(repo.update_if_status(&first, ExportStatus::Pending).await.unwrap(), UpdateOutcome::Updated);
+    let next = new_export(&scope, 0);
+    assert_eq!(repo.create_within_quota(&next, LIMIT).await.unwrap(), QuotaCreateOutcome::Created);
+    let over = new_export(&scope, 0);
+    assert!(matches!(
+        repo.create_within_quota(&over, LIMIT).await.unwrap(),
+        QuotaCreateOutcome::QuotaExceeded { .. }
+    ));
 }
 
 /// A completed export of `scope` whose file expires at `expires_at`.

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use domain::{CronExpr, ExportSchedule, NewSchedule, ScheduleId, SchedulePatch, Scope};
-use ports::{ScheduleCreateOutcome, ScheduleQuery, ScheduleRepository, ScheduleUpdateOutcome};
+use ports::{
+    ScheduleCreateOutcome, ScheduleQuery, ScheduleQuotaOutcome, ScheduleRepository, ScheduleUpdateOutcome,
+};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -31,7 +33,39 @@ pub async fn run_all(repo: Arc<dyn ScheduleRepository>) {
     updates_are_compare_and_set_on_the_revision(repo.as_ref()).await;
     list_pages_in_id_order_within_the_scope(repo.as_ref()).await;
     list_all_sees_every_scope(repo.as_ref()).await;
+    the_schedule_quota_holds_under_concurrent_creates(repo.clone()).await;
     repo.ping().await.unwrap();
+}
+
+async fn the_schedule_quota_holds_under_concurrent_creates(repo: Arc<dyn ScheduleRepository>) {
+    const LIMIT: u32 = 3;
+    let scope = fresh_scope();
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let (repo, schedule) = (repo.clone(), new_schedule(&scope));
+            tokio::spawn(async move { repo.create_within_quota(&schedule, LIMIT).await.unwrap() })
+        })
+        .collect();
+    let mut kept = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            ScheduleQuotaOutcome::Created => kept += 1,
+            ScheduleQuotaOutcome::QuotaExceeded { count } => assert!(count >= u64::from(LIMIT)),
+            other => panic!("fresh IDs cannot exist: {other:?}"),
+        }
+    }
+    assert_eq!(kept, LIMIT, "concurrent creates took the scope past its quota");
+    let page = repo.list(&scope, &ScheduleQuery { limit: 100, after: None }).await.unwrap();
+    let first = page.items[0].clone();
+    assert!(matches!(
+        repo.create_within_quota(&first, LIMIT).await.unwrap(),
+        ScheduleQuotaOutcome::Existing(_)
+    ));
+    assert!(repo.delete(&scope, first.id).await.unwrap());
+    assert_eq!(
+        repo.create_within_quota(&new_schedule(&scope), LIMIT).await.unwrap(),
+        ScheduleQuotaOutcome::Created
+    );
 }
 
 async fn create_is_idempotent_and_keeps_the_first(repo: &dyn ScheduleRepository) {

@@ -4,7 +4,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use domain::{Export, ExportId, ExportStatus, ListCursor, Scope};
-use ports::{CreateOutcome, ExportPage, ExportQuery, ExportRepository, PortError, UpdateOutcome};
+use ports::{
+    CreateOutcome, ExportPage, ExportQuery, ExportRepository, PortError, QuotaCreateOutcome, UpdateOutcome,
+};
 
 /// Export records held in memory. One mutex makes every operation atomic, which is what the
 /// compare-and-set contract needs.
@@ -33,6 +35,26 @@ impl ExportRepository for MemoryExportRepository {
         }
         records.insert(key, export.clone());
         Ok(CreateOutcome::Created)
+    }
+
+    async fn create_within_quota(
+        &self,
+        export: &Export,
+        max_unfinished: u32,
+    ) -> Result<QuotaCreateOutcome, PortError> {
+        // Under the one lock, so the count cannot change before the insert.
+        let mut records = self.lock();
+        let key = (export.scope.clone(), export.id);
+        if let Some(existing) = records.get(&key) {
+            return Ok(QuotaCreateOutcome::Existing(Box::new(existing.clone())));
+        }
+        let unfinished =
+            records.values().filter(|e| e.scope == export.scope && !e.status().is_terminal()).count() as u64;
+        if !export.status().is_terminal() && unfinished >= u64::from(max_unfinished) {
+            return Ok(QuotaCreateOutcome::QuotaExceeded { unfinished });
+        }
+        records.insert(key, export.clone());
+        Ok(QuotaCreateOutcome::Created)
     }
 
     async fn get(&self, scope: &Scope, id: ExportId) -> Result<Option<Export>, PortError> {

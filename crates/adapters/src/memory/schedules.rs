@@ -4,7 +4,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use async_trait::async_trait;
 use domain::{ExportSchedule, ScheduleId, Scope};
 use ports::{
-    PortError, ScheduleCreateOutcome, SchedulePage, ScheduleQuery, ScheduleRepository, ScheduleUpdateOutcome,
+    PortError, ScheduleCreateOutcome, SchedulePage, ScheduleQuery, ScheduleQuotaOutcome, ScheduleRepository,
+    ScheduleUpdateOutcome,
 };
 
 /// Schedule records held in memory. One mutex makes every operation atomic, as the
@@ -34,6 +35,24 @@ impl ScheduleRepository for MemoryScheduleRepository {
         }
         records.insert(key, schedule.clone());
         Ok(ScheduleCreateOutcome::Created)
+    }
+
+    async fn create_within_quota(
+        &self,
+        schedule: &ExportSchedule,
+        max_schedules: u32,
+    ) -> Result<ScheduleQuotaOutcome, PortError> {
+        let mut records = self.lock();
+        let key = (schedule.scope.clone(), schedule.id);
+        if let Some(existing) = records.get(&key) {
+            return Ok(ScheduleQuotaOutcome::Existing(Box::new(existing.clone())));
+        }
+        let count = records.keys().filter(|(scope, _)| *scope == schedule.scope).count() as u64;
+        if count >= u64::from(max_schedules) {
+            return Ok(ScheduleQuotaOutcome::QuotaExceeded { count });
+        }
+        records.insert(key, schedule.clone());
+        Ok(ScheduleQuotaOutcome::Created)
     }
 
     async fn get(&self, scope: &Scope, id: ScheduleId) -> Result<Option<ExportSchedule>, PortError> {

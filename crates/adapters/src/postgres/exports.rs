@@ -4,12 +4,14 @@ use domain::{
     Export, ExportFailure, ExportId, ExportOutcome, ExportParts, ExportSpec, ExportStatus, IdempotencyKey,
     NotificationRecord, ObjectKey, Progress, Scope,
 };
-use ports::{CreateOutcome, ExportPage, ExportQuery, ExportRepository, PortError, UpdateOutcome};
+use ports::{
+    CreateOutcome, ExportPage, ExportQuery, ExportRepository, PortError, QuotaCreateOutcome, UpdateOutcome,
+};
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::types::Json;
 use sqlx::{Postgres, QueryBuilder, Row};
 
-use super::{to_i64, to_u64, translate};
+use super::{lock_scope, to_i64, to_u64, translate};
 
 const COLUMNS: &str = "tenant_id, environment_id, id, idempotency_key, request_fingerprint, spec, object_key, \
     status, attempt, rows_written, total_rows, record_count, bytes, sha256, error_kind, error_message, \
@@ -173,6 +175,61 @@ impl ExportRepository for PgExportRepository {
         }
         match self.fetch(&export.scope, export.id).await? {
             Some(existing) => Ok(CreateOutcome::Existing(Box::new(existing))),
+            None => {
+                Err(PortError::Other(anyhow::anyhow!("export {} conflicted but cannot be read", export.id)))
+            }
+        }
+    }
+
+    async fn create_within_quota(
+        &self,
+        export: &Export,
+        max_unfinished: u32,
+    ) -> Result<QuotaCreateOutcome, PortError> {
+        let scope = &export.scope;
+        // One transaction holding the scope's advisory lock: every replica's count-then-insert
+        // for the scope runs one at a time, so none sees a count another is about to raise.
+        let mut tx = self.pool.begin().await.map_err(translate)?;
+        lock_scope(&mut tx, "exports", scope).await?;
+        let existing = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM exports WHERE tenant_id = $1 AND environment_id = $2 AND id = $3"
+        ))
+        .bind(scope.tenant.as_str())
+        .bind(scope.environment.as_str())
+        .bind(export.id.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(translate)?;
+        if let Some(row) = existing {
+            return Ok(QuotaCreateOutcome::Existing(Box::new(decode(&row)?)));
+        }
+        if !export.status().is_terminal() {
+            // Counting stops at the limit: the answer is the same and the cost bounded.
+            let unfinished: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM (SELECT 1 FROM exports WHERE tenant_id = $1 AND environment_id = $2 \
+                 AND status IN ('pending', 'running') LIMIT $3) AS unfinished",
+            )
+            .bind(scope.tenant.as_str())
+            .bind(scope.environment.as_str())
+            .bind(i64::from(max_unfinished))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(translate)?;
+            if unfinished >= i64::from(max_unfinished) {
+                return Ok(QuotaCreateOutcome::QuotaExceeded { unfinished: to_u64(unfinished, "count")? });
+            }
+        }
+        let mut q = QueryBuilder::new(format!("INSERT INTO exports ({COLUMNS}) VALUES "));
+        push_values(&mut q, export)?;
+        q.push(" ON CONFLICT DO NOTHING");
+        let inserted = q.build().execute(&mut *tx).await.map_err(translate)?.rows_affected();
+        tx.commit().await.map_err(translate)?;
+        if inserted == 1 {
+            return Ok(QuotaCreateOutcome::Created);
+        }
+        // Created meanwhile by a way in that takes no quota (a batch, a workflow's own record).
+        match self.fetch(scope, export.id).await? {
+            Some(existing) => Ok(QuotaCreateOutcome::Existing(Box::new(existing))),
             None => {
                 Err(PortError::Other(anyhow::anyhow!("export {} conflicted but cannot be read", export.id)))
             }

@@ -64,6 +64,21 @@ fn is_transient(code: Option<&str>) -> bool {
     })
 }
 
+/// Takes the transaction-scoped advisory lock of `scope`'s `what` (exports, schedules): quota
+/// checks of one scope queue behind it, on every replica, until the transaction ends.
+pub(crate) async fn lock_scope(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    what: &str,
+    scope: &domain::Scope,
+) -> Result<(), PortError> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("userexport.quota.{what}:{scope}"))
+        .execute(&mut **tx)
+        .await
+        .map_err(translate)?;
+    Ok(())
+}
+
 pub(crate) fn to_i64(n: u64, what: &str) -> Result<i64, PortError> {
     i64::try_from(n).map_err(|_| PortError::Other(anyhow::anyhow!("{what} {n} does not fit a bigint")))
 }

@@ -1,13 +1,14 @@
 use async_trait::async_trait;
 use domain::{CronExpr, ExportSchedule, ExportSpec, ScheduleId, ScheduleTimezone, Scope};
 use ports::{
-    PortError, ScheduleCreateOutcome, SchedulePage, ScheduleQuery, ScheduleRepository, ScheduleUpdateOutcome,
+    PortError, ScheduleCreateOutcome, SchedulePage, ScheduleQuery, ScheduleQuotaOutcome, ScheduleRepository,
+    ScheduleUpdateOutcome,
 };
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::types::Json;
 use sqlx::{Postgres, QueryBuilder, Row};
 
-use super::{to_i64, to_u64, translate};
+use super::{lock_scope, to_i64, to_u64, translate};
 
 const COLUMNS: &str =
     "tenant_id, environment_id, id, cron, timezone, spec, paused, note, revision, created_at, updated_at";
@@ -80,6 +81,57 @@ impl ScheduleRepository for PgScheduleRepository {
         }
         match self.get(&schedule.scope, schedule.id).await? {
             Some(existing) => Ok(ScheduleCreateOutcome::Existing(Box::new(existing))),
+            None => Err(PortError::Other(anyhow::anyhow!(
+                "schedule {} conflicted but cannot be read (deleted meanwhile)",
+                schedule.id
+            ))),
+        }
+    }
+
+    async fn create_within_quota(
+        &self,
+        schedule: &ExportSchedule,
+        max_schedules: u32,
+    ) -> Result<ScheduleQuotaOutcome, PortError> {
+        let scope = &schedule.scope;
+        // As exports: the scope's advisory lock makes count-then-insert atomic across replicas.
+        let mut tx = self.pool.begin().await.map_err(translate)?;
+        lock_scope(&mut tx, "schedules", scope).await?;
+        let existing = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM export_schedules WHERE tenant_id = $1 AND environment_id = $2 AND id = $3"
+        ))
+        .bind(scope.tenant.as_str())
+        .bind(scope.environment.as_str())
+        .bind(schedule.id.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(translate)?;
+        if let Some(row) = existing {
+            return Ok(ScheduleQuotaOutcome::Existing(Box::new(decode(&row)?)));
+        }
+        let count: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT 1 FROM export_schedules WHERE tenant_id = $1 \
+             AND environment_id = $2 LIMIT $3) AS kept",
+        )
+        .bind(scope.tenant.as_str())
+        .bind(scope.environment.as_str())
+        .bind(i64::from(max_schedules))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(translate)?;
+        if count >= i64::from(max_schedules) {
+            return Ok(ScheduleQuotaOutcome::QuotaExceeded { count: to_u64(count, "count")? });
+        }
+        let mut q = QueryBuilder::new(format!("INSERT INTO export_schedules ({COLUMNS}) VALUES "));
+        push_values(&mut q, schedule)?;
+        q.push(" ON CONFLICT DO NOTHING");
+        let inserted = q.build().execute(&mut *tx).await.map_err(translate)?.rows_affected();
+        tx.commit().await.map_err(translate)?;
+        if inserted == 1 {
+            return Ok(ScheduleQuotaOutcome::Created);
+        }
+        match self.get(scope, schedule.id).await? {
+            Some(existing) => Ok(ScheduleQuotaOutcome::Existing(Box::new(existing))),
             None => Err(PortError::Other(anyhow::anyhow!(
                 "schedule {} conflicted but cannot be read (deleted meanwhile)",
                 schedule.id

@@ -11,9 +11,9 @@ use std::time::Duration;
 use chrono::Utc;
 use domain::{
     Checkpoint, EnvironmentId, ExecutionPolicy, Export, ExportFailure, ExportId, ExportSpec, ExportStatus,
-    FailureClass, FailureKind, Scope, TenantId,
+    FailureClass, FailureKind, QuotaBook, Scope, TenantId,
 };
-use ports::{CreateOutcome, ExportRepository, PortError, UpdateOutcome};
+use ports::{CreateOutcome, ExportRepository, PortError, QuotaCreateOutcome, UpdateOutcome};
 use serde_json::Value;
 use service::{AttemptControl, ExportRunner, RunError};
 use temporalio_macros::activities;
@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::tenant_slots::{TenantSlots, busy_delay};
 use super::types::{
     ExportHeartbeat, ExportRef, ExportUserDataInput, ExportUserDataOutput, FinishInput, FinishOutcome,
     FinishOutput, PrepareInput, PrepareOutput, failure_type,
@@ -42,6 +43,9 @@ pub struct ExportActivities {
     exports: Arc<dyn ExportRepository>,
     default_policy: ExecutionPolicy,
     shutdown: CancellationToken,
+    quotas: Arc<QuotaBook>,
+    /// This worker's running attempts per tenant scope (`max_running`).
+    tenant_slots: Arc<TenantSlots>,
 }
 
 impl std::fmt::Debug for ExportActivities {
@@ -63,7 +67,18 @@ impl ExportActivities {
         default_policy: ExecutionPolicy,
         shutdown: CancellationToken,
     ) -> Self {
-        Self { runner, exports, default_policy, shutdown }
+        let quotas = Arc::<QuotaBook>::default();
+        let tenant_slots = TenantSlots::new(Arc::clone(&quotas));
+        Self { runner, exports, default_policy, shutdown, quotas, tenant_slots }
+    }
+
+    /// Tenant quotas: `max_running` attempts of one scope at once in this worker, and
+    /// `max_unfinished` for records this worker creates (schedule fires, CLI starts).
+    #[must_use]
+    pub fn with_quotas(mut self, quotas: Arc<QuotaBook>) -> Self {
+        self.tenant_slots = TenantSlots::new(Arc::clone(&quotas));
+        self.quotas = quotas;
+        self
     }
 
     pub fn from_deps(deps: &super::WorkerDeps) -> Self {
@@ -73,14 +88,17 @@ impl ExportActivities {
             deps.default_policy,
             deps.shutdown.clone(),
         )
+        .with_quotas(Arc::clone(&deps.quotas))
     }
 }
 
 #[activities]
 impl ExportActivities {
     /// Validates the request and makes sure a record exists: an export started through the API
-    /// already has one; one started with the seed's fields only gets a `pending` record here.
-    /// Returns the record's status (a finished export is not run again) and the policy.
+    /// already has one; one started with the seed's fields only (a schedule fire, the CLI) gets
+    /// a `pending` record here, or a `failed` one (`quota_exceeded`) when its scope is at its
+    /// `max_unfinished` quota. Returns the record's status (a finished export is not run again)
+    /// and the policy.
     #[activity(name = "PrepareExport")]
     pub async fn prepare(
         self: Arc<Self>,
@@ -99,13 +117,19 @@ impl ExportActivities {
                 if let Some(workflow_id) = input.workflow_id {
                     export.set_workflow_id(workflow_id);
                 }
-                match self.exports.create_if_absent(&export).await.map_err(port_failure)? {
-                    CreateOutcome::Created => {
+                let limit = self.quotas.for_scope(&scope).max_unfinished;
+                match self.exports.create_within_quota(&export, limit).await.map_err(port_failure)? {
+                    QuotaCreateOutcome::Created => {
                         info!(export_id = %id, tenant = %scope.tenant, environment = %scope.environment,
                               "export record created for a workflow started without one");
                         export
                     }
-                    CreateOutcome::Existing(existing) => *existing,
+                    QuotaCreateOutcome::Existing(existing) => *existing,
+                    QuotaCreateOutcome::QuotaExceeded { unfinished } => {
+                        warn!(export_id = %id, tenant = %scope.tenant, environment = %scope.environment,
+                              unfinished, limit, "export refused by the max_unfinished quota; recorded as failed");
+                        self.record_refused(export, limit).await?
+                    }
                 }
             }
         };
@@ -136,6 +160,11 @@ impl ExportActivities {
     ) -> Result<ExportUserDataOutput, ActivityError> {
         let (scope, id) = parse_ref(&input.export)?;
         let info = ctx.info();
+        // Checked before anything else: a busy attempt touches neither record nor storage.
+        let Some(_tenant_slot) = self.tenant_slots.try_acquire(&scope) else {
+            debug!(export_id = %id, tenant = %scope.tenant, "tenant at max_running in this worker; retrying later");
+            return Err(tenant_busy(info.attempt, id));
+        };
         let attempt = input.attempt_offset.saturating_add(info.attempt);
         let span = info_span!("export_attempt", export_id = %id, tenant = %scope.tenant,
                               environment = %scope.environment, attempt,
@@ -227,6 +256,19 @@ impl ExportActivities {
 }
 
 impl ExportActivities {
+    /// Stores an export refused by the quota as `failed`, so its tenant sees it.
+    async fn record_refused(&self, mut export: Export, limit: u32) -> Result<Export, ActivityError> {
+        let message =
+            format!("not run: the tenant already had {limit} unfinished exports (quota max_unfinished)");
+        export
+            .fail(ExportFailure::new(FailureKind::QuotaExceeded, message), Utc::now())
+            .map_err(|e| non_retryable(failure_type::EXPORT_FAILED, e.to_string()))?;
+        match self.exports.create_if_absent(&export).await.map_err(port_failure)? {
+            CreateOutcome::Created => Ok(export),
+            CreateOutcome::Existing(existing) => Ok(*existing),
+        }
+    }
+
     /// Stores the workflow running `export` on its record when it is not the derived one.
     async fn record_workflow_id(
         &self,
@@ -346,6 +388,16 @@ fn failure(
         .type_name(type_name.to_owned())
         .non_retryable(!retryable)
         .maybe_details(details)
+        .build()
+        .into()
+}
+
+/// The tenant is at `max_running` in this worker: retryable, after [`busy_delay`].
+fn tenant_busy(activity_attempt: u32, id: ExportId) -> ActivityError {
+    ApplicationFailure::builder("the tenant already runs its max_running exports on this worker")
+        .type_name(failure_type::TENANT_BUSY.to_owned())
+        .non_retryable(false)
+        .next_retry_delay(busy_delay(activity_attempt, id.as_uuid().as_u128()))
         .build()
         .into()
 }

@@ -25,6 +25,7 @@ mod orchestrator;
 mod reconcile;
 mod retention;
 mod schedules;
+mod tenant_slots;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod types;
@@ -34,7 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use domain::ExecutionPolicy;
+use domain::{ExecutionPolicy, QuotaBook};
 use ports::{ExportRepository, ExportStorage};
 use service::ExportRunner;
 use temporalio_client::{Client, ClientOptions, Connection, ConnectionOptions, Url};
@@ -78,6 +79,9 @@ pub struct WorkerDeps {
     pub shutdown: CancellationToken,
     /// Runs `ExportReconcileWorkflow`; without one, that workflow is not registered here.
     pub reconciler: Option<Arc<service::Reconciler>>,
+    /// Tenant quotas: `max_running` exports of one scope at once in this worker, and
+    /// `max_unfinished` for the records the worker creates (schedule fires).
+    pub quotas: Arc<QuotaBook>,
 }
 
 impl std::fmt::Debug for WorkerDeps {

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use async_trait::async_trait;
-use domain::{Batch, ExecutionPolicy, Export, ExportId, Scope};
+use domain::{Batch, ExecutionPolicy, Export, ExportId, Scope, fairness_key};
 use ports::{CancelOutcome, Orchestrator, PortError, RunClosure, RunState, WaitOutcome};
 use temporalio_client::errors::{WorkflowGetResultError, WorkflowInteractionError, WorkflowStartError};
 use temporalio_client::tonic::{Code, IntoRequest, Status};
 use temporalio_client::{
-    Client, RetryOptions, RpcOptions, WorkflowCancelOptions, WorkflowDescribeOptions,
+    Client, Priority, RetryOptions, RpcOptions, WorkflowCancelOptions, WorkflowDescribeOptions,
     WorkflowExecutionStatus, WorkflowGetResultOptions, WorkflowIdConflictPolicy, WorkflowIdReusePolicy,
     WorkflowStartOptions,
 };
@@ -102,6 +102,9 @@ impl Orchestrator for TemporalOrchestrator {
             .id_reuse_policy(WorkflowIdReusePolicy::AllowDuplicateFailedOnly)
             // The export's deadline bounds the run; the reconciler settles a run that timed out.
             .execution_timeout(self.policy.deadline + EXECUTION_TIMEOUT_MARGIN)
+            // The tenant scope is the fairness key of the workflow's tasks (its activities set
+            // theirs too): one tenant's backlog gets its share of dispatch, not all of it.
+            .priority(Priority::builder().fairness_key(fairness_key(&export.scope)).build())
             .rpc_options(rpc_options())
             .build();
         let started = bounded(

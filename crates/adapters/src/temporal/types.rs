@@ -40,6 +40,9 @@ pub mod failure_type {
     pub const ATTEMPT_FAILED: &str = "ExportAttemptFailed";
     /// The worker stopped during the attempt; it is retried elsewhere.
     pub const INTERRUPTED: &str = "ExportInterrupted";
+    /// The worker already runs `max_running` exports of the tenant: the attempt did nothing
+    /// and is offered again after a short delay (retryable, using up no attempt of the export).
+    pub const TENANT_BUSY: &str = "TenantBusy";
 
     /// Types that must never be retried.
     pub const NON_RETRYABLE: [&str; 5] =

@@ -9,10 +9,12 @@
 
 use std::time::Duration;
 
-use domain::{ExecutionPolicy, ExportFailure, ExportStatus, FailureKind};
+use domain::{
+    EnvironmentId, ExecutionPolicy, ExportFailure, ExportStatus, FailureKind, Scope, TenantId, fairness_key,
+};
 use serde_json::Value;
-use temporalio_common::RetryPolicy;
 use temporalio_common::error::IncomingError;
+use temporalio_common::{Priority, RetryPolicy};
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{
     ActivityCancellationType, ActivityExecutionError, ActivityOptions, ApplicationFailure,
@@ -129,7 +131,8 @@ impl UserDataExportWorkflow {
             attempt_offset: prepared.attempt,
             policy: Some(prepared.policy),
         };
-        let options = export_options(&prepared.policy);
+        let mut options = export_options(&prepared.policy);
+        options.priority = export_priority(&export);
         match ctx.execute_activity(ExportActivities::export_user_data, attempt, options).await {
             Ok(output) => {
                 if !ctx.is_replaying() {
@@ -306,6 +309,17 @@ fn prepare_options() -> ActivityOptions {
     ActivityOptions::with_start_to_close_timeout(BOOKKEEPING_TIMEOUT)
         .retry_policy(bookkeeping_retry(PREPARE_ATTEMPTS))
         .build()
+}
+
+/// The attempt's place on the task queue: its tenant scope is its fairness key, so the server
+/// dispatches each tenant's attempts in turn (with `matching.enableFairness`) rather than a
+/// tenant's whole backlog first. `None` for a reference that is no scope (its attempt fails
+/// validation anyway).
+fn export_priority(export: &ExportRef) -> Option<Priority> {
+    let tenant = TenantId::parse(&export.tenant_id).ok()?;
+    let environment = EnvironmentId::parse(&export.environment_id).ok()?;
+    let key = fairness_key(&Scope::new(tenant, environment));
+    Some(Priority::builder().fairness_key(key).build())
 }
 
 /// `ExportUserData`'s options: the export's deadline as schedule-to-close and no start-to-close

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod callback;
+mod fairness;
 mod faults;
 mod inprocess;
 mod inprocess_batch;

@@ -364,6 +364,7 @@ async fn with_temporal_an_event_published_twice_gives_one_completed_export() {
 
     let mut options = WorkerOptions::new(task_queue).build();
     let deps = WorkerDeps {
+        quotas: Default::default(),
         runner,
         exports: exports.clone(),
         storage,

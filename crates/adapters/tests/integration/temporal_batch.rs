@@ -75,6 +75,7 @@ impl Harness {
             },
         ));
         let deps = WorkerDeps {
+            quotas: Default::default(),
             runner,
             exports: exports.clone(),
             storage,

@@ -66,6 +66,7 @@ async fn the_retention_workflow_expires_due_exports_in_batches_and_keeps_the_res
         RunnerConfig::default(),
     ));
     let deps = WorkerDeps {
+        quotas: Default::default(),
         runner,
         exports: exports.clone(),
         storage: storage.clone(),

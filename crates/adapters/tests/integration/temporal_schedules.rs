@@ -73,6 +73,7 @@ impl Harness {
     fn worker_options(&self) -> WorkerOptions {
         let mut options = WorkerOptions::new(self.task_queue.clone()).build();
         let deps = WorkerDeps {
+            quotas: Default::default(),
             runner: self.runner.clone(),
             exports: self.exports.clone(),
             storage: self.storage.clone(),

@@ -41,6 +41,9 @@ const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-repl
         (status = 422, description = "Invalid fields (`validation`, all listed in `errors`; cron errors name \
          the cron field), or an Idempotency-Key reused for a different schedule (`idempotency-key-reused`).",
          body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The tenant already keeps `max_schedules` schedules \
+         (`quota-exceeded`, `quota` and `limit` in the body); delete one first.", body = Problem,
+         content_type = "application/problem+json"),
     )
 )]
 pub async fn create_schedule(

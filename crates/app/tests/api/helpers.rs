@@ -370,6 +370,13 @@ impl ExportRepository for FailingExports {
     async fn create_if_absent(&self, export: &Export) -> Result<CreateOutcome, PortError> {
         self.inner.create_if_absent(export).await
     }
+    async fn create_within_quota(
+        &self,
+        export: &Export,
+        max_unfinished: u32,
+    ) -> Result<ports::QuotaCreateOutcome, PortError> {
+        self.inner.create_within_quota(export, max_unfinished).await
+    }
     async fn get(&self, scope: &Scope, id: ExportId) -> Result<Option<Export>, PortError> {
         self.check()?;
         self.inner.get(scope, id).await
