@@ -144,6 +144,25 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// The structural check agrees with the calendar: an expression can fire exactly when
+        /// some chosen month has a chosen day, and then croner finds a fire within five years.
+        #[test]
+        fn can_fire_matches_the_calendar(
+            days in proptest::collection::vec(1_u32..=31, 1..4),
+            months in proptest::collection::vec(1_u32..=12, 1..4),
+        ) {
+            let list = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+            let cron = CronExpr::parse(&format!("0 0 {} {} *", list(&days), list(&months))).unwrap();
+            let month_len = |m: u32| match m { 2 => 29, 4 | 6 | 9 | 11 => 30, _ => 31 };
+            let exists = months.iter().any(|&m| days.iter().any(|&d| d <= month_len(m)));
+            proptest::prop_assert_eq!(cron.can_fire(), exists);
+            if exists {
+                proptest::prop_assert_eq!(ScheduleRules::default().check(&cron, &ScheduleTimezone::UTC, now()), Ok(()));
+            }
+        }
+    }
+
     #[test]
     fn a_seconds_field_is_refused() {
         assert!(CronExpr::parse("* * * * * *").is_err());
