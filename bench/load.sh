@@ -46,7 +46,7 @@ import json, secrets, sys
 n, quota, work = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 tenants = [{"scope": f"t{i:02d}/prod", "key": secrets.token_urlsafe(24), "secret": secrets.token_urlsafe(24)} for i in range(n)]
 json.dump(tenants, open(f"{work}/tenants.json", "w"))
-directory = [{"scope": t["scope"], "webhook_secret": t["secret"], **({"max_unfinished": quota} if i < 5 else {})}
+directory = [{"scope": t["scope"], "webhook_secret": t["secret"], **({"quotas": {"max_unfinished": quota}} if i < 5 else {})}
              for i, t in enumerate(tenants)]
 open(f"{work}/directory.json", "w").write(json.dumps(directory))
 open(f"{work}/keys", "w").write(",".join(f"{t['key']}={t['scope']}" for t in tenants))

@@ -143,7 +143,7 @@ fn add_common_responses(operation: &mut Operation) {
             problem_response(
                 "Too many requests for this API key or, on the webhook, this tenant (`rate-limited`); \
                  too many failed authentications from this address (`auth-throttled`); or a tenant \
-                 quota is full (`quota-exceeded`: unfinished exports or schedules).",
+                 quota is full (`quota-exceeded`: the tenant's unfinished exports).",
             ),
             Some(("Retry-After", "Seconds to wait before trying again.", Type::Integer)),
         ),

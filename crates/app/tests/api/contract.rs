@@ -259,6 +259,7 @@ impl Fixture {
         if operation.template == "/v1/events/export-requested" {
             let timestamp = Utc::now().timestamp();
             request = request
+                .header("X-Userexport-Tenant", "acme/prod")
                 .header(TIMESTAMP_HEADER, timestamp.to_string())
                 .header(SIGNATURE_HEADER, sign(ACME_SECRET.as_bytes(), timestamp, &bytes));
         } else if operation.template.starts_with("/v1/exports/batch") {
