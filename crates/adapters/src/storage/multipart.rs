@@ -463,7 +463,10 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(millis)).await;
             self.now.fetch_sub(1, Ordering::SeqCst);
             if self.fail == Some(part_idx) && !self.failed.swap(true, Ordering::SeqCst) {
-                return Err(object_store::Error::Generic { store: "SlowParts", source: "part refused".into() });
+                return Err(object_store::Error::Generic {
+                    store: "SlowParts",
+                    source: "part refused".into(),
+                });
             }
             self.inner.put_part(path, id, part_idx, data).await?;
             self.stored.lock().unwrap().push(part_idx);
@@ -569,7 +572,8 @@ mod tests {
         assert_only_stored_parts(&last, &parts.stored());
 
         // The upload goes on from that checkpoint, to the bytes of an upload that never failed.
-        let mut writer = uploads.resume(&last, StorePath::from("slow.csv")).await.unwrap().expect("resumable");
+        let mut writer =
+            uploads.resume(&last, StorePath::from("slow.csv")).await.unwrap().expect("resumable");
         let from = usize::try_from(last.bytes).unwrap();
         for chunk in data[from..].chunks(100 * KIB) {
             writer.write(Bytes::copy_from_slice(chunk)).await.unwrap();
