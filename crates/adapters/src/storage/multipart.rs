@@ -459,7 +459,7 @@ mod tests {
         ) -> object_store::Result<PartId> {
             let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
             self.most.fetch_max(now, Ordering::SeqCst);
-            let millis = if part_idx % 2 == 0 { 60 } else { 30 };
+            let millis = if part_idx.is_multiple_of(2) { 60 } else { 30 };
             tokio::time::sleep(Duration::from_millis(millis)).await;
             self.now.fetch_sub(1, Ordering::SeqCst);
             if self.fail == Some(part_idx) && !self.failed.swap(true, Ordering::SeqCst) {
