@@ -32,9 +32,9 @@ impl std::fmt::Debug for ObjectReader {
 /// succeeds: a write that is aborted, fails, or is dropped leaves no object behind.
 ///
 /// Uploads can be resumed. [`ObjectWriter::checkpoint`] makes what was written durable and
-/// describes it; a writer dropped without `finish` or `abort` (a crash, a retry) leaves its
-/// upload as its last checkpoint left it, for [`ExportStorage::resume`]. `abort` and
-/// [`ExportStorage::discard`] remove such an upload.
+/// describes it; [`ObjectWriter::cut`] does the same without waiting for it. A writer dropped
+/// without `finish` or `abort` (a crash, a retry) leaves its upload as its last durable cut left
+/// it, for [`ExportStorage::resume`]. `abort` and [`ExportStorage::discard`] remove such an upload.
 #[cfg_attr(feature = "mocks", mockall::automock)]
 #[async_trait]
 pub trait ObjectWriter: Send {
@@ -51,9 +51,23 @@ pub trait ObjectWriter: Send {
     /// Makes every byte written so far durable (local: flushed and fsynced; S3: uploaded as a
     /// part) and returns how to go on from exactly here, with the SHA-256 state of those bytes.
     /// `None` when the upload cannot be cut here yet (an S3 part must hold at least 5 MiB): the
-    /// caller writes on and asks again later. Bytes written after the last checkpoint are lost
-    /// if the writer is dropped.
+    /// caller writes on and asks again later. Waits for the cuts [`cut`](Self::cut) made before,
+    /// and returns the newest of them when this call cannot cut. Bytes written after the last
+    /// durable cut are lost if the writer is dropped.
     async fn checkpoint(&mut self) -> Result<Option<UploadCheckpoint>, PortError>;
+
+    /// [`checkpoint`](Self::checkpoint) without the wait: cuts the upload after every byte
+    /// written so far (when it can be cut here, as `checkpoint` would) and lets those bytes
+    /// become durable in the background while the caller writes on. Returns the newest cut
+    /// whose bytes are all durable that no call returned before: this call's own, or an earlier
+    /// call's while its bytes are still on their way (S3 parts going up). A checkpoint's `bytes`
+    /// says which cut it is: the bytes written when that call was made. `None` when no new cut is
+    /// durable yet. A writer whose failure loses bytes of a cut fails every later call, so a
+    /// returned checkpoint only ever names durable bytes. Storage that makes bytes durable at
+    /// once (local files) returns this call's cut, as `checkpoint` does.
+    async fn cut(&mut self) -> Result<Option<UploadCheckpoint>, PortError> {
+        self.checkpoint().await
+    }
 
     /// Discards everything written so far, checkpointed parts included.
     async fn abort(self: Box<Self>) -> Result<(), PortError>;

@@ -131,11 +131,13 @@ struct Start {
     after: Option<UserId>,
     encoder: EncoderState,
     segment_bytes: u64,
+    /// Bytes already in the upload.
+    upload_bytes: u64,
 }
 
 impl Start {
     fn fresh(key: ObjectKey, segment_bytes: u64) -> Self {
-        Self { key, after: None, encoder: EncoderState::default(), segment_bytes }
+        Self { key, after: None, encoder: EncoderState::default(), segment_bytes, upload_bytes: 0 }
     }
 
     fn after(checkpoint: &Checkpoint) -> Self {
@@ -144,6 +146,7 @@ impl Start {
             after: Some(checkpoint.after),
             encoder: checkpoint.encoder,
             segment_bytes: checkpoint.segment_bytes,
+            upload_bytes: checkpoint.upload.bytes,
         }
     }
 }
@@ -321,6 +324,7 @@ impl ExportRunner {
             start.segment_bytes,
             self.config.checkpoints,
             self.config.compress_parallelism,
+            start.upload_bytes,
         );
         let mut total_rows = None;
         let mut last_saved = Instant::now();

@@ -1,6 +1,8 @@
 //! The file's segments on their way to storage: compressed on every core (one gzip member
-//! each, as pigz does) and written strictly in order, with a checkpoint after each segment the
-//! storage can make durable.
+//! each, as pigz does) and written strictly in order, with a cut asked for after each segment.
+//! The storage makes cuts durable in the background (S3 parts go up while encoding goes on) and
+//! reports each once its bytes are stored, by byte offset: the pipeline remembers where each
+//! segment ended, so a reported cut becomes the checkpoint of the segment that ended there.
 
 use std::collections::VecDeque;
 
@@ -9,6 +11,11 @@ use domain::encode::gzip_member;
 use domain::{CHECKPOINT_VERSION, Checkpoint, Compression, EncoderState, UserId};
 use ports::{ObjectWriter, PortError};
 use tokio::task::JoinHandle;
+use tracing::warn;
+
+/// Segment ends remembered while their cuts are on their way. A storage reports cuts a few
+/// parts behind, a few dozen segments at most; this only bounds a storage that never reports.
+const MAX_UNREPORTED_CUTS: usize = 4096;
 
 /// Where a segment ends: what a checkpoint taken right after it must record.
 #[derive(Debug, Clone, Copy)]
@@ -37,18 +44,32 @@ pub(crate) struct SegmentPipeline {
     checkpoints: bool,
     max_in_flight: usize,
     queue: VecDeque<(Pending, Option<Boundary>)>,
+    /// Bytes of the upload so far (a resumed upload starts at its checkpoint's).
+    written: u64,
+    /// Where segments ended whose cuts the storage has not reported, oldest first.
+    unreported: VecDeque<(u64, Boundary)>,
 }
 
 impl SegmentPipeline {
+    /// A pipeline writing on after the first `written` bytes of the upload.
     pub fn new(
         compression: Compression,
         segment_bytes: u64,
         checkpoints: bool,
         max_in_flight: usize,
+        written: u64,
     ) -> Self {
         // Plain segments have nothing to wait for: they are written at once.
         let max_in_flight = if compression == Compression::None { 0 } else { max_in_flight.max(1) };
-        Self { compression, segment_bytes, checkpoints, max_in_flight, queue: VecDeque::new() }
+        Self {
+            compression,
+            segment_bytes,
+            checkpoints,
+            max_in_flight,
+            queue: VecDeque::new(),
+            written,
+            unreported: VecDeque::new(),
+        }
     }
 
     /// Queues one segment (`boundary` is `None` for the file's last one, after which no
@@ -95,11 +116,24 @@ impl SegmentPipeline {
                 .map_err(|e| SegmentError::Compress(std::io::Error::other(e)))?
                 .map_err(SegmentError::Compress)?,
         };
+        self.written += bytes.len() as u64;
         if !bytes.is_empty() {
             writer.write(Bytes::from(bytes)).await.map_err(SegmentError::Storage)?;
         }
         let Some(boundary) = boundary.filter(|_| self.checkpoints) else { return Ok(None) };
-        let Some(upload) = writer.checkpoint().await.map_err(SegmentError::Storage)? else { return Ok(None) };
+        if self.unreported.len() == MAX_UNREPORTED_CUTS {
+            self.unreported.pop_front();
+        }
+        self.unreported.push_back((self.written, boundary));
+        let Some(upload) = writer.cut().await.map_err(SegmentError::Storage)? else { return Ok(None) };
+        // Older ends will never be reported: the storage reports only its newest durable cut.
+        while self.unreported.front().is_some_and(|(end, _)| *end < upload.bytes) {
+            self.unreported.pop_front();
+        }
+        let Some((_, boundary)) = self.unreported.pop_front().filter(|(end, _)| *end == upload.bytes) else {
+            warn!(bytes = upload.bytes, "the storage reported a cut where no segment ended; not kept");
+            return Ok(None);
+        };
         Ok(Some(Checkpoint {
             version: CHECKPOINT_VERSION,
             after: boundary.after,

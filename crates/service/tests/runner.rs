@@ -164,7 +164,7 @@ async fn filters_and_limit_select_the_users() {
 /// aborted; after a retryable one it is left for the next attempt to resume.
 fn writer_failing_on_third_chunk(aborted: Arc<AtomicUsize>, retryable: bool) -> MockObjectWriter {
     let mut writer = MockObjectWriter::new();
-    writer.expect_checkpoint().returning(|| Ok(None));
+    writer.expect_cut().returning(|| Ok(None));
     let mut calls = 0;
     writer.expect_write().returning(move |_| {
         calls += 1;
@@ -399,7 +399,7 @@ async fn storage_refusing_to_open_or_finish_an_upload_fails_the_record_instead_o
             return Err(PortError::Other(anyhow::anyhow!("bucket does not exist")));
         }
         let mut writer = MockObjectWriter::new();
-        writer.expect_checkpoint().returning(|| Ok(None));
+        writer.expect_cut().returning(|| Ok(None));
         writer.expect_write().returning(|_| Ok(()));
         writer
             .expect_finish()
@@ -450,7 +450,7 @@ async fn the_deadline_also_bounds_completing_the_upload() {
     let mut storage = MockExportStorage::new();
     storage.expect_writer().times(1).returning(|_| {
         let mut writer = MockObjectWriter::new();
-        writer.expect_checkpoint().returning(|| Ok(None));
+        writer.expect_cut().returning(|| Ok(None));
         writer.expect_write().returning(|_| Ok(()));
         Ok(Box::new(HangingFinish(writer)))
     });
@@ -564,7 +564,7 @@ async fn a_cancel_while_the_upload_is_being_completed_stops_the_attempt_too() {
     let mut storage = MockExportStorage::new();
     storage.expect_writer().times(1).returning(|_| {
         let mut writer = MockObjectWriter::new();
-        writer.expect_checkpoint().returning(|| Ok(None));
+        writer.expect_cut().returning(|| Ok(None));
         writer.expect_write().returning(|_| Ok(()));
         Ok(Box::new(HangingFinish(writer)))
     });

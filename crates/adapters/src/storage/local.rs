@@ -4,7 +4,9 @@
 //! lists no such name, and no key maps to one: it percent-encodes `#`). A checkpoint fsyncs the
 //! file (and, the first time, its directory entry); `finish` fsyncs it, renames it into place and
 //! fsyncs the directory. Resuming truncates the file to the checkpoint's length and appends.
-//! File I/O runs on tokio's blocking pool.
+//! File I/O runs on tokio's blocking pool. A cut ([`ObjectWriter::cut`]) fsyncs in the background
+//! while writes go on (one fsync at a time; writes stay in order, one after the other), and is
+//! reported once that fsync returned.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
@@ -17,6 +19,7 @@ use domain::{ObjectKey, ResumableSha256, UploadCheckpoint, UploadLocation};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
 use ports::{ObjectWriter, PortError, StoredObject};
+use tokio::task::JoinHandle;
 
 /// Bytes buffered before they are written to the staging file.
 const BUFFER_BYTES: usize = 1024 * 1024;
@@ -156,8 +159,20 @@ pub(super) struct LocalWriter {
     /// Whether the staging file's directory entry is fsynced (it must be before a checkpoint
     /// names the file).
     entry_durable: bool,
+    /// The fsync of the last cut, running in the background.
+    syncing: Option<Syncing>,
+    /// The newest cut whose fsync returned, not reported yet.
+    ready: Option<UploadCheckpoint>,
     /// A write to the file failed: what it holds past the checkpoint is unknown.
     failed: bool,
+}
+
+/// A cut whose fsync is running on the blocking pool.
+struct Syncing {
+    task: JoinHandle<io::Result<()>>,
+    cut: UploadCheckpoint,
+    /// Whether it fsyncs the directory entry too.
+    entry: bool,
 }
 
 impl LocalWriter {
@@ -179,7 +194,37 @@ impl LocalWriter {
             checkpointed_bytes: hasher.len(),
             hasher,
             entry_durable,
+            syncing: None,
+            ready: None,
             failed: false,
+        }
+    }
+
+    /// A checkpoint of every byte written so far (once they are durable).
+    fn describe(&self) -> UploadCheckpoint {
+        UploadCheckpoint {
+            key: self.key.clone(),
+            bytes: self.bytes,
+            sha256: self.hasher.state(),
+            location: UploadLocation::Staging { file: self.staging.name.clone() },
+        }
+    }
+
+    /// Takes in the background fsync once it returned (or, with `wait`, once it returns).
+    async fn collect_sync(&mut self, wait: bool) -> Result<(), PortError> {
+        let Some(syncing) = self.syncing.take_if(|s| wait || s.task.is_finished()) else {
+            return Ok(());
+        };
+        match syncing.task.await.map_err(io::Error::other).and_then(|synced| synced) {
+            Ok(()) => {
+                self.entry_durable |= syncing.entry;
+                self.ready = Some(syncing.cut);
+                Ok(())
+            }
+            Err(err) => {
+                self.failed = true;
+                Err(io_error(err))
+            }
         }
     }
 
@@ -237,21 +282,39 @@ impl ObjectWriter for LocalWriter {
 
     async fn checkpoint(&mut self) -> Result<Option<UploadCheckpoint>, PortError> {
         self.usable()?;
+        self.collect_sync(true).await?;
         if self.bytes - self.checkpointed_bytes < self.checkpoint_bytes as u64 {
-            return Ok(None);
+            return Ok(self.ready.take());
         }
         self.flush(true).await?;
         self.checkpointed_bytes = self.bytes;
-        Ok(Some(UploadCheckpoint {
-            key: self.key.clone(),
-            bytes: self.bytes,
-            sha256: self.hasher.state(),
-            location: UploadLocation::Staging { file: self.staging.name.clone() },
-        }))
+        self.ready = None;
+        Ok(Some(self.describe()))
+    }
+
+    async fn cut(&mut self) -> Result<Option<UploadCheckpoint>, PortError> {
+        self.usable()?;
+        self.collect_sync(false).await?;
+        // One fsync at a time: while one runs, the cut waits for a later call.
+        if self.syncing.is_none() && self.bytes - self.checkpointed_bytes >= self.checkpoint_bytes as u64 {
+            // The write is awaited, so the fsync that follows covers the cut's bytes.
+            self.flush(false).await?;
+            self.checkpointed_bytes = self.bytes;
+            let file = Arc::clone(&self.file);
+            let entry = !self.entry_durable;
+            let dir = self.staging.file.parent().filter(|_| entry).map(Path::to_path_buf);
+            let task = tokio::task::spawn_blocking(move || {
+                file.sync_data()?;
+                dir.map_or(Ok(()), |dir| fsync_dir(&dir))
+            });
+            self.syncing = Some(Syncing { task, cut: self.describe(), entry });
+        }
+        Ok(self.ready.take())
     }
 
     async fn finish(mut self: Box<Self>) -> Result<StoredObject, PortError> {
         self.usable()?;
+        self.collect_sync(true).await?;
         self.flush(false).await?;
         let Staging { file: staging, target, .. } = self.staging.clone();
         let file = Arc::clone(&self.file);

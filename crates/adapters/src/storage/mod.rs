@@ -36,9 +36,11 @@ use self::multipart::MultipartUploads;
 pub use self::s3::S3Settings;
 
 /// In-memory uploads put a part up every MiB, so small tests cover the multipart path, and
-/// checkpoint on every call, so unit tests get checkpoints wherever they ask for one.
+/// checkpoint on every call, so unit tests get checkpoints wherever they ask for one. Two parts go
+/// up at once, so the tests of the runner see cuts reported after later writes, as on S3.
 const MEMORY_PART_BYTES: usize = 1024 * 1024;
 const MEMORY_CHECKPOINT_BYTES: usize = 0;
+const MEMORY_PARTS_IN_FLIGHT: usize = 2;
 
 /// Storage for export files backed by an [`ObjectStore`].
 #[derive(Clone)]
@@ -92,9 +94,14 @@ impl ObjectStorage {
     /// Objects in process memory, lost on exit.
     pub fn in_memory() -> Self {
         let store = Arc::new(InMemory::new());
-        let uploads =
-            MultipartUploads::new(Arc::clone(&store) as _, Arc::clone(&store) as _, MEMORY_PART_BYTES, 0)
-                .with_checkpoint_bytes(MEMORY_CHECKPOINT_BYTES);
+        let uploads = MultipartUploads::new(
+            Arc::clone(&store) as _,
+            Arc::clone(&store) as _,
+            MEMORY_PART_BYTES,
+            0,
+            MEMORY_PARTS_IN_FLIGHT,
+        )
+        .with_checkpoint_bytes(MEMORY_CHECKPOINT_BYTES);
         Self::unsigned(store, Uploads::Multipart(uploads), "memory")
     }
 

@@ -14,6 +14,11 @@ use super::{ObjectStorage, Uploads};
 const S3_PART_BYTES: usize = 8 * 1024 * 1024;
 /// S3's minimum size of a part other than the last: a checkpoint uploads one, so none is smaller.
 const S3_MIN_CHECKPOINT_BYTES: usize = 5 * 1024 * 1024;
+/// Parts going up at once. Each holds its bytes (5 to 8 MiB) until stored, so an upload holds at
+/// most this many parts plus its buffer: 3 x 8 + 8 = 32 MiB at the very worst, about 20 MiB with
+/// the 5 MiB parts that checkpoints cut. More would go faster only on a fast link, and every part
+/// in flight is work a crash makes the next attempt redo.
+const S3_PARTS_IN_FLIGHT: usize = 3;
 
 /// Where and how to reach an S3 bucket. Credentials, region and the rest come from the standard
 /// `AWS_*` variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
@@ -81,6 +86,7 @@ impl ObjectStorage {
             Arc::clone(&store) as _,
             S3_PART_BYTES,
             S3_MIN_CHECKPOINT_BYTES,
+            S3_PARTS_IN_FLIGHT,
         );
         Ok(Self {
             store: Arc::clone(&store) as _,

@@ -11,8 +11,8 @@ use ports::ExportStorage;
 use sha2::{Digest, Sha256};
 
 use crate::uploads::{
-    MIB, assert_resumed_upload_is_identical, through_json, upload_with_interruptions, varied_bytes,
-    write_and_checkpoint,
+    MIB, assert_resumed_upload_is_identical, through_json, upload_with_background_cuts,
+    upload_with_interruptions, varied_bytes, write_and_checkpoint,
 };
 
 fn key(scope: &str) -> ObjectKey {
@@ -202,6 +202,16 @@ async fn s3_checkpoints_wait_for_5_mib_so_every_part_but_the_last_is_large_enoug
     let stored = writer.finish().await.unwrap();
     assert_eq!(stored.sha256, hex::encode(Sha256::digest(&data)));
     assert_eq!(storage.open(&key).await.unwrap().unwrap().size, data.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_parts_go_up_in_the_background_and_a_resumed_upload_stores_the_same_bytes() {
+    let settings = s3::fresh_bucket().await;
+    let storage = ObjectStorage::s3(&settings).unwrap();
+    let data = varied_bytes(40 * MIB + 17, 13);
+    let late = upload_with_background_cuts(&storage, &key("acme/prod"), &data).await;
+    assert!(late > 0, "no cut was reported after a later write: parts did not go up in the background");
+    assert_eq!(s3::open_multipart_uploads(&settings).await, 0);
 }
 
 #[tokio::test]

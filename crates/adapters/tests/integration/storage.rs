@@ -11,8 +11,8 @@ use ports::ExportStorage;
 use sha2::{Digest, Sha256};
 
 use crate::uploads::{
-    MIB, assert_invisible, assert_resumed_upload_is_identical, through_json, varied_bytes,
-    write_and_checkpoint,
+    MIB, assert_invisible, assert_resumed_upload_is_identical, through_json, upload_with_background_cuts,
+    varied_bytes, write_and_checkpoint,
 };
 
 fn key(ext: &str) -> ObjectKey {
@@ -268,6 +268,16 @@ async fn a_checkpoint_of_the_other_kind_of_upload_is_not_resumed() {
     assert!(local.resume(&multipart).await.unwrap().is_none());
     memory.discard(&staging).await.unwrap();
     local.discard(&multipart).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cuts_made_in_the_background_resume_to_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = varied_bytes(12 * MIB + 333, 5);
+    for storage in [local(dir.path()), local(dir.path()).with_checkpoint_bytes(1), ObjectStorage::in_memory()]
+    {
+        upload_with_background_cuts(&storage, &key("csv"), &data).await;
+    }
 }
 
 #[tokio::test]

@@ -143,3 +143,50 @@ pub async fn write_and_checkpoint(writer: &mut dyn ObjectWriter, len: usize) -> 
     }
     last.expect("a checkpoint")
 }
+
+/// Uploads `data` to `key` in 512 KiB chunks, asking for a cut ([`ObjectWriter::cut`], which
+/// does not wait) after each. Every reported checkpoint is of a cut asked for earlier. Halfway
+/// the writer is dropped and the upload resumed from the newest reported checkpoint; the stored
+/// object must be `data`, whole. Returns how many checkpoints were reported after a later write.
+pub async fn upload_with_background_cuts(storage: &dyn ExportStorage, key: &ObjectKey, data: &[u8]) -> usize {
+    let mut writer = storage.writer(key).await.unwrap();
+    let (mut asked, mut last, mut late) = (Vec::new(), None::<UploadCheckpoint>, 0);
+    let (mut pos, mut interrupted) = (0, false);
+    while pos < data.len() {
+        let end = (pos + 512 * 1024).min(data.len());
+        writer.write(Bytes::copy_from_slice(&data[pos..end])).await.unwrap();
+        pos = end;
+        asked.push(pos as u64);
+        if let Some(checkpoint) = writer.cut().await.unwrap() {
+            assert!(asked.contains(&checkpoint.bytes), "{} is not where a cut was asked", checkpoint.bytes);
+            assert!(last.as_ref().is_none_or(|l| l.bytes < checkpoint.bytes), "reported in order, once");
+            late += usize::from((checkpoint.bytes as usize) < pos);
+            last = Some(checkpoint);
+        }
+        if !interrupted && pos >= data.len() / 2 {
+            // Give a cut still on its way (a slow fsync, a part) the time to arrive.
+            for _ in 0..500 {
+                if last.is_some() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                last = writer.cut().await.unwrap();
+            }
+            let checkpoint = last.clone().expect("a checkpoint reported within 10 s");
+            assert!(asked.contains(&checkpoint.bytes), "{} is not where a cut was asked", checkpoint.bytes);
+            interrupted = true;
+            drop(writer);
+            assert_invisible(storage, key).await;
+            writer =
+                storage.resume(&through_json(&checkpoint)).await.unwrap().expect("the upload is still there");
+            pos = usize::try_from(checkpoint.bytes).unwrap();
+            asked.retain(|&a| a <= checkpoint.bytes);
+        }
+    }
+    let stored = writer.finish().await.unwrap();
+    assert_eq!(stored.bytes, data.len() as u64);
+    assert_eq!(stored.sha256, hex::encode(Sha256::digest(data)));
+    let body = read_object(storage, key).await.unwrap();
+    assert!(body == data, "{key}: the stored bytes differ ({} vs {} bytes)", body.len(), data.len());
+    late
+}
