@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use anyhow::anyhow;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use domain::{ExecutionPolicy, ExportSchedule, ScheduleId, Scope};
+use domain::{ExecutionPolicy, ExportId, ExportSchedule, ScheduleId, Scope};
 use futures::StreamExt;
 use ports::{PortError, Presence, Scheduler};
 use serde_json::{Map, Value};
@@ -24,7 +24,7 @@ use temporalio_client::{Client, NamespacedClient};
 use temporalio_common::protos::temporal::api::enums::v1::ScheduleOverlapPolicy as ProtoOverlapPolicy;
 use temporalio_common::protos::temporal::api::schedule::v1::{SchedulePatch, TriggerImmediatelyRequest};
 use temporalio_common::protos::temporal::api::workflowservice::v1::{
-    GetSystemInfoRequest, PatchScheduleRequest,
+    DescribeScheduleRequest, GetSystemInfoRequest, PatchScheduleRequest,
 };
 use tracing::info;
 
@@ -204,6 +204,25 @@ impl Scheduler for TemporalScheduler {
             Err(status) if status.code() == Code::NotFound => Ok(Presence::Missing),
             Err(status) => Err(status_error(status, "triggering the schedule")),
         }
+    }
+
+    async fn running_fire(&self, scope: &Scope, id: ScheduleId) -> Result<Option<ExportId>, PortError> {
+        let mut request = DescribeScheduleRequest {
+            namespace: self.client.namespace(),
+            schedule_id: id.temporal_schedule_id(scope),
+        }
+        .into_request();
+        request.set_timeout(RPC_TIMEOUT);
+        let mut service = self.client.connection().workflow_service();
+        let described = match bounded("describing the schedule", service.describe_schedule(request)).await? {
+            Ok(described) => described.into_inner(),
+            Err(status) if status.code() == Code::NotFound => return Ok(None),
+            Err(status) => return Err(status_error(status, "describing the schedule")),
+        };
+        // Temporal tracks the runs it started (fires and triggers) until they close; each run's
+        // workflow ID names its export, as for every fire.
+        let running = described.info.map(|info| info.running_workflows).unwrap_or_default();
+        Ok(running.first().map(|run| ExportId::for_workflow_id(&run.workflow_id)))
     }
 
     async fn list(&self) -> Result<Vec<(Scope, ScheduleId)>, PortError> {
