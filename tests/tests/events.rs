@@ -107,14 +107,14 @@ async fn an_event_from_nats_and_the_webhook_runs_once_on_a_temporal_worker() {
                                           "request": {"format": "csv"}}))
         .unwrap();
     // An unsigned event naming the tenant is dead-lettered and starts nothing.
-    let forged =
-        serde_json::to_vec(&json!({"event_id": format!("evt-forged-{tag}"), "tenant_id": "acme",
+    let forged = serde_json::to_vec(&json!({"event_id": format!("evt-forged-{tag}"), "tenant_id": "acme",
                                    "environment_id": "prod", "request": {"format": "csv"}}))
-        .unwrap();
+    .unwrap();
     nats_publish(&subject, &[], &forged);
     for _ in 0..2 {
         let (timestamp, signature) = signed(&body);
-        let headers = [("X-Userexport-Timestamp", timestamp.as_str()), ("X-Userexport-Signature", signature.as_str())];
+        let headers =
+            [("X-Userexport-Timestamp", timestamp.as_str()), ("X-Userexport-Signature", signature.as_str())];
         nats_publish(&subject, &headers, &body);
     }
 

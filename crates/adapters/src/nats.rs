@@ -428,7 +428,7 @@ fn header<'m>(message: &'m Message, name: &str) -> Option<&'m str> {
     let headers = message.headers.as_ref()?;
     headers
         .iter()
-        .find(|(key, _)| key.as_str().eq_ignore_ascii_case(name))
+        .find(|(key, _)| AsRef::<str>::as_ref(key).eq_ignore_ascii_case(name))
         .and_then(|(_, values)| values.first())
         .map(|value| value.as_str())
 }

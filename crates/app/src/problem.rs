@@ -378,7 +378,9 @@ impl ApiError {
                      its overlap rule skips a new fire until it finishes."
                 ),
             )
-            .with_hint(format!("Wait until GET /v1/exports/{running} shows it finished, then trigger again.")),
+            .with_hint(format!(
+                "Wait until GET /v1/exports/{running} shows it finished, then trigger again."
+            )),
             Self::ExportExpired => Problem::new(
                 "export-expired",
                 "Export expired",

@@ -375,7 +375,8 @@ mod tests {
         let dir = directory();
         let raw = event("acme");
         let ts = T.to_string();
-        let check = |sig: Option<&str>, raw: &[u8], now: i64| verify_signed(&dir, Some(&ts), sig, raw, now, W);
+        let check =
+            |sig: Option<&str>, raw: &[u8], now: i64| verify_signed(&dir, Some(&ts), sig, raw, now, W);
         assert_eq!(check(None, &raw, T), Err(SignatureError::MissingHeader(signature::SIGNATURE_HEADER)));
         let wrong = signature::sign(b"not-the-secret-at-all-0000", T, &raw);
         assert_eq!(check(Some(&wrong), &raw, T), Err(SignatureError::Mismatch));

@@ -188,7 +188,9 @@ impl ExportRunner {
         let mut export = match self.exports.get(scope, id).await {
             Ok(Some(export)) => export,
             Ok(None) => return Err(RunError::NotFound),
-            Err(err) => return Err(unrecorded_retry(&control.policy, control.attempt, store_failure(id, &err))),
+            Err(err) => {
+                return Err(unrecorded_retry(&control.policy, control.attempt, store_failure(id, &err)));
+            }
         };
         if export.status().is_terminal() {
             return Ok(export);
@@ -213,7 +215,9 @@ impl ExportRunner {
             Ok(UpdateOutcome::Conflict(stored)) => {
                 return Err(RunError::Superseded { current: stored.attempt() });
             }
-            Err(err) => return Err(unrecorded_retry(&control.policy, control.attempt, store_failure(id, &err))),
+            Err(err) => {
+                return Err(unrecorded_retry(&control.policy, control.attempt, store_failure(id, &err)));
+            }
         }
         info!(export_id = %id, tenant = %scope.tenant, environment = %scope.environment,
               attempt = control.attempt, consumed = export.consumed_attempts(), "export attempt started");
@@ -404,7 +408,10 @@ impl ExportRunner {
             }
             finished = writer.finish() => match finished {
                 Ok(stored) => stored,
-                Err(err) => return self.handle_stop(export, None, storage_stop(export.id, &err), control).await,
+                Err(err) => {
+                    let stop = storage_stop(export.id, &err);
+                    return self.handle_stop(export, None, stop, control).await;
+                }
             },
         };
         let outcome = ExportOutcome { record_count: rows, bytes: stored.bytes, sha256: stored.sha256 };
@@ -782,7 +789,11 @@ fn store_failure(id: ExportId, err: &PortError) -> ExportFailure {
     public_failure(id, FailureKind::Internal, err)
 }
 
-fn public_failure(id: ExportId, kind: FailureKind, cause: &(dyn std::error::Error + 'static)) -> ExportFailure {
+fn public_failure(
+    id: ExportId,
+    kind: FailureKind,
+    cause: &(dyn std::error::Error + 'static),
+) -> ExportFailure {
     let mut chain = cause.to_string();
     let mut source = cause.source();
     while let Some(next) = source {

@@ -12,7 +12,10 @@ use adapters::memory::MemoryExportRepository;
 use adapters::storage::ObjectStorage;
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
-use domain::{Export, ExportFormat, ExportId, ExportOutcome, ExportSpec, ExportStatus, ObjectKey, Scope, UploadCheckpoint};
+use domain::{
+    Export, ExportFormat, ExportId, ExportOutcome, ExportSpec, ExportStatus, ObjectKey, Scope,
+    UploadCheckpoint,
+};
 use ports::{ExportRepository, ExportStorage, ObjectReader, ObjectWriter, PortError};
 use service::{DELETE_RETRY_INITIAL, DELETE_RETRY_MAX, RetentionSweeper, delete_retry_after};
 use url::Url;
@@ -28,7 +31,10 @@ impl ExportStorage for FailingDeletes {
     async fn writer(&self, key: &ObjectKey) -> Result<Box<dyn ObjectWriter>, PortError> {
         self.inner.writer(key).await
     }
-    async fn resume(&self, checkpoint: &UploadCheckpoint) -> Result<Option<Box<dyn ObjectWriter>>, PortError> {
+    async fn resume(
+        &self,
+        checkpoint: &UploadCheckpoint,
+    ) -> Result<Option<Box<dyn ObjectWriter>>, PortError> {
         self.inner.resume(checkpoint).await
     }
     async fn discard(&self, checkpoint: &UploadCheckpoint) -> Result<(), PortError> {

@@ -88,7 +88,8 @@ impl ExportRepository for MemoryExportRepository {
     }
 
     async fn list_expired(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Export>, PortError> {
-        let mut items: Vec<Export> = self.lock().values().filter(|e| e.is_deletion_due(now)).cloned().collect();
+        let mut items: Vec<Export> =
+            self.lock().values().filter(|e| e.is_deletion_due(now)).cloned().collect();
         items.sort_by(|a, b| {
             (a.deletion_due_at(), &a.scope, a.id).cmp(&(b.deletion_due_at(), &b.scope, b.id))
         });

@@ -502,8 +502,10 @@ async fn unsigned_wrongly_signed_other_tenants_and_stale_events_start_nothing_an
 
     // Each claims the event ID the tenant's real event uses, with a request of its own.
     let forged = |n: u32| {
-        serde_json::to_vec(&json!({"event_id": "evt-contested", "tenant_id": "acme", "environment_id": "prod",
-                                   "request": {"format": "json", "limit": n}}))
+        serde_json::to_vec(
+            &json!({"event_id": "evt-contested", "tenant_id": "acme", "environment_id": "prod",
+                                   "request": {"format": "json", "limit": n}}),
+        )
         .unwrap()
     };
     h.publish_unsigned(forged(1)).await;
@@ -519,7 +521,11 @@ async fn unsigned_wrongly_signed_other_tenants_and_stale_events_start_nothing_an
 
     let letters = dead_letters(&mut dlq, 5).await;
     for (reason, event_id) in &letters {
-        assert_eq!((reason.as_str(), event_id.as_str()), ("invalid_signature", "evt-contested"), "{letters:?}");
+        assert_eq!(
+            (reason.as_str(), event_id.as_str()),
+            ("invalid_signature", "evt-contested"),
+            "{letters:?}"
+        );
     }
     h.settled().await;
     assert!(h.all_exports().await.is_empty(), "nothing unproven started an export");
@@ -550,7 +556,8 @@ async fn trusting_unsigned_events_accepts_them_but_still_refuses_a_bad_signature
     // Without a signature, what the payload says is checked as before.
     h.publish_unsigned(b"{not json".to_vec()).await;
     h.publish_unsigned(event_json("evt-stranger", "stranger")).await;
-    let reasons: Vec<String> = dead_letters(&mut dlq, 3).await.into_iter().map(|(reason, _)| reason).collect();
+    let reasons: Vec<String> =
+        dead_letters(&mut dlq, 3).await.into_iter().map(|(reason, _)| reason).collect();
     assert_eq!(reasons, ["invalid_signature", "invalid_json", "unknown_tenant"]);
     h.settled().await;
     let ids: Vec<ExportId> = h.all_exports().await.iter().map(|e| e.id).collect();

@@ -201,7 +201,10 @@ async fn a_retried_attempt_resumes_from_the_checkpoint_in_its_heartbeat_details(
     let env = fixture.environment_after(None, move |beat| seen.lock().unwrap().push(beat.clone()));
     let err = env.run(ExportActivities::export_user_data, attempt_input(&export)).await.unwrap_err();
     let err = format!("{err:?}");
-    assert!(err.contains(domain::FailureKind::Source.public_message()) && !err.contains("connection reset"), "{err}");
+    assert!(
+        err.contains(domain::FailureKind::Source.public_message()) && !err.contains("connection reset"),
+        "{err}"
+    );
     let last = beats.lock().unwrap().last().cloned().expect("heartbeats");
     let checkpoint = last.checkpoint.clone().expect("a checkpoint in the heartbeat");
     assert!(checkpoint.rows > 1_000 && checkpoint.rows <= 2_000, "{checkpoint:?}");
