@@ -113,9 +113,10 @@ pub trait Scheduler: Send + Sync {
         scheduled_at: DateTime<Utc>,
     ) -> Result<Presence, PortError>;
 
-    /// The export of a fire of this schedule that the scheduler still runs, if any: what the
-    /// overlap rule (skip) waits for. In-process: the last fire's export while unfinished;
-    /// Temporal: a running workflow of the schedule. `None` also when there is no timer.
+    /// The export of the fire of this schedule that may still run, if any: what the overlap
+    /// rule (skip) waits for; the caller checks the export's record. In-process: the last fire's
+    /// export while unfinished; Temporal: a running workflow of the schedule, else its latest
+    /// action's. `None` also when there is no timer.
     async fn running_fire(&self, scope: &Scope, id: ScheduleId) -> Result<Option<ExportId>, PortError>;
 
     /// The schedules the scheduler has timers for, in any scope.

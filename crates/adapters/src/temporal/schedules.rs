@@ -219,10 +219,21 @@ impl Scheduler for TemporalScheduler {
             Err(status) if status.code() == Code::NotFound => return Ok(None),
             Err(status) => return Err(status_error(status, "describing the schedule")),
         };
-        // Temporal tracks the runs it started (fires and triggers) until they close; each run's
-        // workflow ID names its export, as for every fire.
-        let running = described.info.map(|info| info.running_workflows).unwrap_or_default();
-        Ok(running.first().map(|run| ExportId::for_workflow_id(&run.workflow_id)))
+        // Temporal tracks running runs only where its overlap policy needs them (not the
+        // triggers, which allow all), so the latest action counts too; the caller decides on the
+        // export's record. Each run's workflow ID names its export, as for every fire.
+        let info = described.info.unwrap_or_default();
+        let latest = info
+            .recent_actions
+            .iter()
+            .filter_map(|action| {
+                let at = action.actual_time.as_ref().map(|t| (t.seconds, t.nanos));
+                Some((at, action.start_workflow_result.as_ref()?))
+            })
+            .max_by_key(|(at, _)| *at)
+            .map(|(_, run)| run);
+        let run = info.running_workflows.first().or(latest);
+        Ok(run.map(|run| ExportId::for_workflow_id(&run.workflow_id)))
     }
 
     async fn list(&self) -> Result<Vec<(Scope, ScheduleId)>, PortError> {
