@@ -23,12 +23,22 @@ fn nats_address() -> String {
     url.trim_start_matches("nats://").to_owned()
 }
 
-/// Publishes `payload` on `subject` with the plain NATS protocol and waits for the server's PONG.
-fn nats_publish(subject: &str, payload: &[u8]) {
+/// Publishes `payload` on `subject` with the plain NATS protocol (`HPUB`, with `headers`) and
+/// waits for the server's PONG.
+fn nats_publish(subject: &str, headers: &[(&str, &str)], payload: &[u8]) {
     let mut stream = TcpStream::connect(nats_address()).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut frame =
-        format!("CONNECT {{\"verbose\":false}}\r\nPUB {subject} {}\r\n", payload.len()).into_bytes();
+    let mut header_block = String::from("NATS/1.0\r\n");
+    for (name, value) in headers {
+        header_block.push_str(&format!("{name}: {value}\r\n"));
+    }
+    header_block.push_str("\r\n");
+    let total = header_block.len() + payload.len();
+    let mut frame = format!(
+        "CONNECT {{\"verbose\":false,\"headers\":true}}\r\nHPUB {subject} {} {total}\r\n{header_block}",
+        header_block.len()
+    )
+    .into_bytes();
     frame.extend_from_slice(payload);
     frame.extend_from_slice(b"\r\nPING\r\n");
     stream.write_all(&frame).unwrap();
@@ -96,8 +106,17 @@ async fn an_event_from_nats_and_the_webhook_runs_once_on_a_temporal_worker() {
         serde_json::to_vec(&json!({"event_id": event_id, "tenant_id": "acme", "environment_id": "prod",
                                           "request": {"format": "csv"}}))
         .unwrap();
-    nats_publish(&subject, &body);
-    nats_publish(&subject, &body);
+    // An unsigned event naming the tenant is dead-lettered and starts nothing.
+    let forged = serde_json::to_vec(&json!({"event_id": format!("evt-forged-{tag}"), "tenant_id": "acme",
+                                   "environment_id": "prod", "request": {"format": "csv"}}))
+    .unwrap();
+    nats_publish(&subject, &[], &forged);
+    for _ in 0..2 {
+        let (timestamp, signature) = signed(&body);
+        let headers =
+            [("X-Userexport-Timestamp", timestamp.as_str()), ("X-Userexport-Signature", signature.as_str())];
+        nats_publish(&subject, &headers, &body);
+    }
 
     let started = Instant::now();
     let export = loop {

@@ -8,8 +8,16 @@
 //!   the same event through the webhook) finds the same export instead of creating one.
 //! - Transient failures are nak'ed with a delay that grows with the delivery count; the last
 //!   allowed delivery that still fails goes to the dead-letter subject, so nothing is lost.
-//! - Poison messages (not JSON, invalid event or request, unknown tenant, an event ID reused for
-//!   another request) go to the dead-letter subject with the reason, then are terminated.
+//! - Every event must prove its tenant before anything in it is trusted: the webhook's HMAC
+//!   scheme ([`domain::signature`]) over the payload, with the tenant's webhook secret, carried in
+//!   the `X-Userexport-Timestamp` and `X-Userexport-Signature` message headers. An unsigned,
+//!   badly signed or stale event is dead-lettered as `invalid_signature`: it starts nothing and
+//!   never claims its `event:{id}` idempotency key. [`NatsSettings::trust_unsigned`] accepts
+//!   unsigned events (signed ones are still checked), for subjects whose every publisher the
+//!   operator controls.
+//! - Poison messages (bad signature, not JSON, invalid event or request, unknown tenant, an
+//!   event ID reused for another request) go to the dead-letter subject with the reason, then are
+//!   terminated.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +26,10 @@ use anyhow::Context as _;
 use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::{self, AckKind, Message, stream};
-use domain::events::claimed_event_id;
-use domain::{ExportRequested, TenantDirectory};
+use chrono::Utc;
+use domain::events::{claimed_event_id, verify_signed};
+use domain::signature::{DEFAULT_REPLAY_WINDOW, SIGNATURE_HEADER, SignatureError, TIMESTAMP_HEADER};
+use domain::{ExportRequested, Scope, TenantDirectory};
 use futures::StreamExt;
 use ports::PortError;
 use service::{ExportService, RequestError};
@@ -59,6 +69,12 @@ pub struct NatsSettings {
     /// Nak delay after the first failed delivery; doubles per delivery up to `retry_max`.
     pub retry_initial: Duration,
     pub retry_max: Duration,
+    /// Accept events without signature headers (signed ones are still verified). Only for a
+    /// subject whose every publisher the operator controls: anyone who can publish on it can
+    /// then run exports for any known tenant.
+    pub trust_unsigned: bool,
+    /// How far a signed event's timestamp may be from this process's clock, either way.
+    pub replay_window: Duration,
 }
 
 impl NatsSettings {
@@ -74,6 +90,8 @@ impl NatsSettings {
             ack_wait: Duration::from_secs(30),
             retry_initial: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
+            trust_unsigned: false,
+            replay_window: DEFAULT_REPLAY_WINDOW,
         }
     }
 
@@ -257,7 +275,7 @@ impl Worker {
             }
         };
         let event_id = claimed_event_id(&message.payload).unwrap_or_default();
-        match self.process(&message.payload).await {
+        match self.process(&message).await {
             Outcome::Started { export_id, created } => {
                 info!(
                     event_id,
@@ -298,11 +316,24 @@ impl Worker {
         }
     }
 
-    async fn process(&self, payload: &[u8]) -> Outcome {
+    async fn process(&self, message: &Message) -> Outcome {
+        let payload = &message.payload;
+        // Before the payload is parsed or its tenant believed: nothing unproven starts an export
+        // or claims an event ID.
+        let proven = match self.authenticate(message) {
+            Ok(proven) => proven,
+            Err(err) => return Outcome::Poison { reason: "invalid_signature", error: err.to_string() },
+        };
         let event = match ExportRequested::from_slice(payload) {
             Ok(event) => event,
             Err(err) => return Outcome::Poison { reason: err.code(), error: err.to_string() },
         };
+        if proven.as_ref().is_some_and(|scope| *scope != event.scope) {
+            return Outcome::Poison {
+                reason: "invalid_signature",
+                error: "the signature proves another tenant than the event names".to_owned(),
+            };
+        }
         if !self.tenants.contains(&event.scope) {
             return Outcome::Poison {
                 reason: "unknown_tenant",
@@ -318,9 +349,27 @@ impl Worker {
                 Outcome::Poison { reason: "idempotency_conflict", error: err.to_string() }
             }
             // A non-retryable port error may still pass (a restarted database...); max_deliver
-            // bounds how often it is tried.
-            Err(err) => Outcome::Transient(format!("{:#}", anyhow::Error::from(err))),
+            // bounds how often it is tried. The cause is logged here; dead letters, which
+            // publishers may read, carry only the public text.
+            Err(err) => {
+                let cause = format!("{:#}", anyhow::Error::from(err));
+                warn!(event_id = %event.event_id, error = %cause, "ExportRequested: the export could not be requested");
+                Outcome::Transient(TRANSIENT_PUBLIC.to_owned())
+            }
         }
+    }
+
+    /// The scope the message's signature proves, or `None` for an unsigned message on a
+    /// trusted subject.
+    fn authenticate(&self, message: &Message) -> Result<Option<Scope>, SignatureError> {
+        let timestamp = header(message, TIMESTAMP_HEADER);
+        let signature = header(message, SIGNATURE_HEADER);
+        if self.settings.trust_unsigned && timestamp.is_none() && signature.is_none() {
+            return Ok(None);
+        }
+        let now = Utc::now().timestamp();
+        verify_signed(&self.tenants, timestamp, signature, &message.payload, now, self.settings.replay_window)
+            .map(Some)
     }
 
     /// Publishes the message to the dead-letter subject (awaiting JetStream's ack), then
@@ -368,6 +417,20 @@ impl Worker {
             warn!(event_id, error = %err, "acknowledging a message failed");
         }
     }
+}
+
+/// What a dead letter says when the export could not be requested for a while (the cause is in
+/// the logs, with the event ID).
+const TRANSIENT_PUBLIC: &str = "the export could not be requested: a dependency was unavailable";
+
+/// A message header's first value, its name matched without regard to case (publishers differ).
+fn header<'m>(message: &'m Message, name: &str) -> Option<&'m str> {
+    let headers = message.headers.as_ref()?;
+    headers
+        .iter()
+        .find(|(key, _)| AsRef::<str>::as_ref(key).eq_ignore_ascii_case(name))
+        .and_then(|(_, values)| values.first())
+        .map(|value| value.as_str())
 }
 
 /// Whether a NATS subject pattern (`*` one token, `>` the rest) covers `subject`.

@@ -216,6 +216,14 @@ impl Scheduler for InProcessScheduler {
         }
     }
 
+    async fn running_fire(&self, scope: &Scope, id: ScheduleId) -> Result<Option<ExportId>, PortError> {
+        let last = self.lock().get(&(scope.clone(), id)).and_then(|entry| entry.last_export);
+        match last {
+            Some(previous) if self.inner.fires.is_unfinished(scope, previous).await? => Ok(Some(previous)),
+            _ => Ok(None),
+        }
+    }
+
     async fn list(&self) -> Result<Vec<(Scope, ScheduleId)>, PortError> {
         Ok(self.lock().keys().cloned().collect())
     }

@@ -36,7 +36,14 @@ pub struct EventArgs {
     #[arg(long, env = "USEREXPORT_NATS_MAX_DELIVER", default_value_t = DEFAULT_NATS_MAX_DELIVER)]
     pub nats_max_deliver: i64,
 
-    /// How far a webhook's `X-Userexport-Timestamp` may be from this server's clock, either way.
+    /// Accept NATS events that carry no signature headers (signed ones are still verified).
+    /// Only when you control every publisher on the subject: anyone who can publish there can
+    /// then run exports for any known tenant.
+    #[arg(long, env = "USEREXPORT_NATS_TRUST_UNSIGNED", default_value_t = false, action = clap::ArgAction::Set)]
+    pub nats_trust_unsigned: bool,
+
+    /// How far a webhook's or NATS event's `X-Userexport-Timestamp` may be from this server's
+    /// clock, either way.
     #[arg(long, env = "USEREXPORT_WEBHOOK_REPLAY_WINDOW_S", default_value_t = DEFAULT_REPLAY_WINDOW_S)]
     pub webhook_replay_window_s: u64,
 }
@@ -51,6 +58,7 @@ impl Default for EventArgs {
             nats_consumer: defaults.consumer,
             nats_dlq_subject: defaults.dlq_subject,
             nats_max_deliver: DEFAULT_NATS_MAX_DELIVER,
+            nats_trust_unsigned: false,
             webhook_replay_window_s: DEFAULT_REPLAY_WINDOW_S,
         }
     }
@@ -66,6 +74,8 @@ impl EventArgs {
             consumer: self.nats_consumer.clone(),
             dlq_subject: self.nats_dlq_subject.clone(),
             max_deliver: self.nats_max_deliver,
+            trust_unsigned: self.nats_trust_unsigned,
+            replay_window: self.replay_window(),
             ..NatsSettings::new(url)
         })
     }
@@ -108,8 +118,12 @@ mod tests {
             nats_max_deliver: 3,
             ..EventArgs::default()
         };
-        let settings = args.nats_settings().map(|s| (s.url, s.stream, s.max_deliver));
-        assert_eq!(settings, Some(("nats://127.0.0.1:4222".to_owned(), "USEREXPORT_EVENTS".to_owned(), 3)));
+        let settings = args.nats_settings().map(|s| (s.url, s.stream, s.max_deliver, s.trust_unsigned));
+        assert_eq!(
+            settings,
+            Some(("nats://127.0.0.1:4222".to_owned(), "USEREXPORT_EVENTS".to_owned(), 3, false)),
+            "events must be signed unless trusting unsigned ones is asked for"
+        );
         assert_eq!(args.replay_window(), Duration::from_secs(300));
     }
 

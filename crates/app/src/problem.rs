@@ -254,6 +254,9 @@ pub enum ApiError {
     ScheduleConflict,
     #[error("idempotency key reused for a different schedule ({existing})")]
     ScheduleIdempotencyKeyReused { existing: ScheduleId },
+    /// `/trigger` while the schedule's previous fire is unfinished (overlap rule: skip).
+    #[error("the schedule's previous fire is unfinished (export {running})")]
+    ScheduleFireRunning { running: ExportId },
     /// Retention deleted the export's file.
     #[error("export expired")]
     ExportExpired,
@@ -398,6 +401,18 @@ impl ApiError {
                 format!("This Idempotency-Key was already used for a different schedule ({existing})."),
             )
             .with_hint("Resend the original request unchanged, or use a new Idempotency-Key."),
+            Self::ScheduleFireRunning { running } => Problem::new(
+                "schedule-fire-running",
+                "Previous fire still running",
+                StatusCode::CONFLICT,
+                format!(
+                    "The schedule's previous fire (export {running}) is still pending or running; \
+                     its overlap rule skips a new fire until it finishes."
+                ),
+            )
+            .with_hint(format!(
+                "Wait until GET /v1/exports/{running} shows it finished, then trigger again."
+            )),
             Self::ExportExpired => Problem::new(
                 "export-expired",
                 "Export expired",
@@ -716,6 +731,7 @@ impl From<TriggerScheduleError> for ApiError {
     fn from(err: TriggerScheduleError) -> Self {
         match err {
             TriggerScheduleError::NotFound => Self::ScheduleNotFound,
+            TriggerScheduleError::Overlap { running } => Self::ScheduleFireRunning { running },
             TriggerScheduleError::Port(err) => err.into(),
             TriggerScheduleError::Unknown(err) => Self::Internal(err),
         }

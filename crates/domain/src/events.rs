@@ -14,6 +14,8 @@ use serde_json::{Map, Value};
 
 use crate::ids::{EnvironmentId, IdempotencyKey, Scope, TenantId};
 use crate::request::ExportSpec;
+use crate::signature::{self, SignatureError};
+use crate::tenants::TenantDirectory;
 use crate::validation::ValidationErrors;
 
 /// Longest accepted `event_id` (the idempotency key adds a prefix and is capped at 255).
@@ -153,6 +155,35 @@ pub fn claimed_scope(raw: &[u8]) -> Option<Scope> {
     let tenant = TenantId::parse(value.get("tenant_id")?.as_str()?).ok()?;
     let environment = EnvironmentId::parse(value.get("environment_id")?.as_str()?).ok()?;
     Some(Scope::new(tenant, environment))
+}
+
+/// Stands in for the secret of a tenant that has none, so that an unknown tenant costs the same
+/// work and gets the same answer as a wrong signature. Never accepted (see [`verify_signed`]).
+const NO_SECRET: &[u8] = b"userexport: no webhook secret for this tenant";
+
+/// Checks that a raw event is signed ([`crate::signature`]) with the webhook secret of the
+/// tenant it names, before anything else in it is trusted. A payload naming no tenant, an
+/// unknown one or one without a secret fails like a wrong signature (`Mismatch`), after the
+/// same work, so the answer tells nothing about which tenants exist. Returns the proven scope.
+///
+/// # Errors
+/// [`SignatureError`]: missing or malformed headers, a stale timestamp, or no matching signature.
+pub fn verify_signed(
+    tenants: &TenantDirectory,
+    timestamp: Option<&str>,
+    signature: Option<&str>,
+    raw: &[u8],
+    now: i64,
+    window: std::time::Duration,
+) -> Result<Scope, SignatureError> {
+    let scope = claimed_scope(raw);
+    let secret = scope.as_ref().and_then(|s| tenants.get(s)).and_then(|t| t.webhook_secret.as_ref());
+    signature::verify(secret.map_or(NO_SECRET, |s| s.expose()), timestamp, signature, raw, now, window)?;
+    match (scope, secret) {
+        (Some(scope), Some(_)) => Ok(scope),
+        // Anyone can sign with NO_SECRET: it proves nothing.
+        _ => Err(SignatureError::Mismatch),
+    }
 }
 
 /// The event ID from a payload that may be invalid otherwise (for logging a rejected event).
@@ -304,5 +335,151 @@ mod tests {
         assert_eq!(claimed_event_id(raw).as_deref(), Some("e1"));
         assert_eq!(claimed_scope(br#"{"tenant_id":"acme"}"#), None);
         assert_eq!(claimed_scope(b"nope"), None);
+    }
+
+    const SECRET: &str = "acme-webhook-secret-0123456789";
+    const T: i64 = 1_700_000_000;
+    const W: std::time::Duration = signature::DEFAULT_REPLAY_WINDOW;
+
+    fn directory() -> TenantDirectory {
+        TenantDirectory::parse_json(&format!(
+            r#"[{{"scope":"acme/prod","webhook_secret":"{SECRET}"}},
+               {{"scope":"globex/prod","webhook_secret":"globex-webhook-secret-0123"}},
+               {{"scope":"initech/prod"}}]"#
+        ))
+        .unwrap()
+    }
+
+    fn event(tenant: &str) -> Vec<u8> {
+        format!(r#"{{"event_id":"e1","tenant_id":"{tenant}","environment_id":"prod","request":{{"format":"csv"}}}}"#)
+            .into_bytes()
+    }
+
+    #[test]
+    fn a_signed_event_proves_its_tenant() {
+        let raw = event("acme");
+        let sig = signature::sign(SECRET.as_bytes(), T, &raw);
+        let scope = verify_signed(&directory(), Some(&T.to_string()), Some(&sig), &raw, T, W).unwrap();
+        assert_eq!(scope, Scope::parse("acme/prod").unwrap());
+    }
+
+    #[test]
+    fn unsigned_wrongly_signed_stale_and_unprovable_events_are_refused() {
+        let dir = directory();
+        let raw = event("acme");
+        let ts = T.to_string();
+        let check =
+            |sig: Option<&str>, raw: &[u8], now: i64| verify_signed(&dir, Some(&ts), sig, raw, now, W);
+        assert_eq!(check(None, &raw, T), Err(SignatureError::MissingHeader(signature::SIGNATURE_HEADER)));
+        let wrong = signature::sign(b"not-the-secret-at-all-0000", T, &raw);
+        assert_eq!(check(Some(&wrong), &raw, T), Err(SignatureError::Mismatch));
+        // Another tenant's valid secret proves nothing about acme.
+        let other = signature::sign(b"globex-webhook-secret-0123", T, &raw);
+        assert_eq!(check(Some(&other), &raw, T), Err(SignatureError::Mismatch));
+        let good = signature::sign(SECRET.as_bytes(), T, &raw);
+        assert_eq!(check(Some(&good), &raw, T + 301), Err(SignatureError::Stale { age_s: 301 }));
+        // No secret (initech) or no such tenant: signing with the stand-in is refused too.
+        for tenant in ["initech", "stranger"] {
+            let raw = event(tenant);
+            let sig = signature::sign(NO_SECRET, T, &raw);
+            assert_eq!(check(Some(&sig), &raw, T), Err(SignatureError::Mismatch), "{tenant}");
+        }
+        let sig = signature::sign(NO_SECRET, T, b"{not json");
+        assert_eq!(check(Some(&sig), b"{not json", T), Err(SignatureError::Mismatch));
+    }
+}
+
+/// Untrusted bytes and structure-aware near-misses: parsing never panics and always answers
+/// with an event or a typed error whose code is one of the documented three.
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            ".{0,40}".prop_map(Value::String),
+            Just(json!("acme")),
+            Just(json!("prod")),
+            Just(json!("csv")),
+            Just(json!("2026-11-25T10:00:00Z")),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("event_id".to_owned()),
+                        Just("tenant_id".to_owned()),
+                        Just("environment_id".to_owned()),
+                        Just("occurred_at".to_owned()),
+                        Just("request".to_owned()),
+                        Just("format".to_owned()),
+                        ".{0,8}",
+                    ],
+                    inner,
+                    0..6,
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn codes_are_documented(result: &Result<ExportRequested, EventError>) {
+        if let Err(err) = result {
+            assert!(matches!(err.code(), "invalid_json" | "invalid_event" | "invalid_request"));
+            if let Some(errors) = err.validation_errors() {
+                assert!(!errors.is_empty(), "a rejection lists at least one field");
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_are_an_event_or_a_typed_error(raw in prop::collection::vec(any::<u8>(), 0..512)) {
+            codes_are_documented(&ExportRequested::from_slice(&raw));
+            let _ = claimed_scope(&raw);
+            let _ = claimed_event_id(&raw);
+        }
+
+        #[test]
+        fn arbitrary_json_is_an_event_or_a_typed_error(value in arb_json()) {
+            codes_are_documented(&ExportRequested::from_json(&value));
+            let raw = serde_json::to_vec(&value).unwrap_or_default();
+            let _ = claimed_scope(&raw);
+        }
+
+        #[test]
+        fn near_valid_events_are_an_event_or_a_typed_error(
+            event_id in prop_oneof![".{0,210}".prop_map(Value::String), arb_json()],
+            tenant in prop_oneof![".{0,70}".prop_map(Value::String), Just(json!("acme"))],
+            occurred_at in prop_oneof![Just(Value::Null), ".{0,30}".prop_map(Value::String)],
+            request in arb_json(),
+        ) {
+            let value = json!({"event_id": event_id, "tenant_id": tenant, "environment_id": "prod",
+                               "occurred_at": occurred_at, "request": request});
+            codes_are_documented(&ExportRequested::from_json(&value));
+        }
+
+        #[test]
+        fn verifying_arbitrary_headers_never_panics(
+            timestamp in prop::option::of(".{0,24}"),
+            signature in prop::option::of(".{0,200}"),
+            raw in prop::collection::vec(any::<u8>(), 0..200),
+            now in any::<i64>(),
+        ) {
+            let tenants = TenantDirectory::parse_json(
+                r#"[{"scope":"acme/prod","webhook_secret":"acme-webhook-secret-0123456789"}]"#,
+            ).unwrap_or_default();
+            let result = verify_signed(&tenants, timestamp.as_deref(), signature.as_deref(), &raw, now,
+                                       signature::DEFAULT_REPLAY_WINDOW);
+            prop_assert!(result.is_err(), "nothing arbitrary is signed with acme's secret");
+        }
     }
 }

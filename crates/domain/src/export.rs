@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
@@ -106,6 +107,19 @@ impl FailureKind {
             Self::Internal => "internal",
         }
     }
+
+    /// What tenants are told for a failure of this kind when the cause is infrastructure: a
+    /// fixed text per stable code. The cause (database, storage or SMTP text) stays in the logs,
+    /// with the export ID.
+    pub fn public_message(self) -> &'static str {
+        match self {
+            Self::Validation => "the request is invalid",
+            Self::Source => "reading the users failed",
+            Self::Storage => "writing the export file failed",
+            Self::Timeout => "the export did not finish before its deadline",
+            Self::Internal => "an internal error stopped the export",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,8 +129,15 @@ pub struct ExportFailure {
 }
 
 impl ExportFailure {
+    /// A failure with a message of our own words. Never pass infrastructure error text: tenants
+    /// read this message; use [`ExportFailure::public`] and log the cause instead.
     pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
         Self { kind, message: message.into() }
+    }
+
+    /// A failure with the kind's public message ([`FailureKind::public_message`]).
+    pub fn public(kind: FailureKind) -> Self {
+        Self::new(kind, kind.public_message())
     }
 }
 
@@ -209,6 +230,8 @@ pub struct ExportParts {
     pub workflow_id: Option<String>,
     pub checkpoint: Option<Checkpoint>,
     pub resumed_from_row: Option<u64>,
+    pub delete_attempts: u32,
+    pub next_delete_at: Option<DateTime<Utc>>,
 }
 
 /// The record of one export. Identity and request are public; everything the state machine
@@ -254,6 +277,12 @@ pub struct Export {
     /// The row the current attempt resumed from (0: it started over); `None` before any attempt.
     #[serde(default)]
     resumed_from_row: Option<u64>,
+    /// Failed attempts of retention to delete the file.
+    #[serde(default)]
+    delete_attempts: u32,
+    /// When retention tries to delete the file again after a failure; `None`: at `expires_at`.
+    #[serde(default)]
+    next_delete_at: Option<DateTime<Utc>>,
 }
 
 impl Export {
@@ -290,6 +319,8 @@ impl Export {
             workflow_id: None,
             checkpoint: None,
             resumed_from_row: None,
+            delete_attempts: 0,
+            next_delete_at: None,
         }
     }
 
@@ -319,6 +350,8 @@ impl Export {
             workflow_id: p.workflow_id,
             checkpoint: p.checkpoint,
             resumed_from_row: p.resumed_from_row,
+            delete_attempts: p.delete_attempts,
+            next_delete_at: p.next_delete_at,
         }
     }
 
@@ -348,6 +381,8 @@ impl Export {
             workflow_id: self.workflow_id.clone(),
             checkpoint: self.checkpoint.clone(),
             resumed_from_row: self.resumed_from_row,
+            delete_attempts: self.delete_attempts,
+            next_delete_at: self.next_delete_at,
         }
     }
 
@@ -538,6 +573,38 @@ impl Export {
         self.status == ExportStatus::Completed && self.expires_at.is_some_and(|at| at <= now)
     }
 
+    /// When retention should (next) delete the file: `expires_at`, or after a failed delete the
+    /// retry time. `None` unless the export is completed with an expiry.
+    pub fn deletion_due_at(&self) -> Option<DateTime<Utc>> {
+        if self.status != ExportStatus::Completed {
+            return None;
+        }
+        let expires_at = self.expires_at?;
+        Some(self.next_delete_at.map_or(expires_at, |retry| retry.max(expires_at)))
+    }
+
+    /// Whether retention should try to delete the file at `now` (expired, and any retry due).
+    pub fn is_deletion_due(&self, now: DateTime<Utc>) -> bool {
+        self.deletion_due_at().is_some_and(|at| at <= now)
+    }
+
+    /// Failed attempts of retention to delete the file.
+    pub fn delete_attempts(&self) -> u32 {
+        self.delete_attempts
+    }
+
+    /// Records that deleting the file failed at `now`: the next try waits `backoff` for this
+    /// many failures, so a file that keeps failing goes behind the others instead of before them.
+    /// Returns when it is tried again.
+    pub fn defer_deletion(&mut self, now: DateTime<Utc>, backoff: impl Fn(u32) -> Duration) -> DateTime<Utc> {
+        self.delete_attempts = self.delete_attempts.saturating_add(1);
+        let wait = TimeDelta::from_std(backoff(self.delete_attempts)).unwrap_or(TimeDelta::days(1));
+        let next = micros(now.checked_add_signed(wait).unwrap_or(now));
+        self.next_delete_at = Some(next);
+        self.updated_at = micros(now);
+        next
+    }
+
     /// Marks a completed export whose file retention deleted. Its outcome stays for the record.
     pub fn expire(&mut self, now: DateTime<Utc>) -> Result<(), IllegalTransition> {
         self.move_to(ExportStatus::Expired, now)
@@ -582,6 +649,27 @@ mod tests {
 
     fn outcome() -> ExportOutcome {
         ExportOutcome { record_count: 3, bytes: 10, sha256: "ab".into() }
+    }
+
+    #[test]
+    fn a_failed_deletion_is_retried_later_with_backoff() {
+        let mut e = export();
+        assert_eq!(e.deletion_due_at(), None, "only completed exports are deleted");
+        e.start_attempt(1, t(1)).unwrap();
+        e.complete(outcome(), e.attempt_key(1), TimeDelta::seconds(10), t(2)).unwrap();
+        assert_eq!(e.deletion_due_at(), Some(t(12)));
+        assert!(!e.is_deletion_due(t(11)) && e.is_deletion_due(t(12)));
+        let backoff = |n: u32| Duration::from_secs(60 * u64::from(n));
+        assert_eq!(e.defer_deletion(t(20), backoff), t(80));
+        assert_eq!((e.delete_attempts(), e.deletion_due_at()), (1, Some(t(80))));
+        assert!(!e.is_deletion_due(t(79)) && e.is_deletion_due(t(80)));
+        assert_eq!(e.defer_deletion(t(80), backoff), t(200));
+        assert_eq!(e.delete_attempts(), 2);
+        assert!(e.is_expired_at(t(100)), "still expired, only not due");
+        let restored = Export::restore(e.to_parts());
+        assert_eq!(restored, e, "the retry state is stored");
+        e.expire(t(200)).unwrap();
+        assert_eq!(e.deletion_due_at(), None);
     }
 
     #[test]

@@ -226,3 +226,51 @@ mod tests {
         assert_eq!(stale, Err(SignatureError::Stale { age_s: 301 }));
     }
 }
+
+/// Signature headers are untrusted input: any text is a typed answer, never a panic.
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn arb_signature_header() -> impl Strategy<Value = String> {
+        let part = prop_oneof![
+            ".{0,80}",
+            "[0-9a-f]{0,70}".prop_map(|hex| format!("v1={hex}")),
+            "[0-9a-fA-Fg]{64}".prop_map(|hex| format!("v1={hex}")),
+            Just(String::new()),
+        ];
+        prop::collection::vec(part, 0..12).prop_map(|parts| parts.join(","))
+    }
+
+    proptest! {
+        #[test]
+        fn any_header_text_is_ok_or_a_typed_error(
+            timestamp in prop_oneof![".{0,30}", any::<i64>().prop_map(|t| t.to_string())],
+            header in arb_signature_header(),
+            body in prop::collection::vec(any::<u8>(), 0..100),
+            now in any::<i64>(),
+            window_s in any::<u64>(),
+        ) {
+            let window = Duration::from_secs(window_s);
+            match verify(b"secret-0123456789abcdef", Some(&timestamp), Some(&header), &body, now, window) {
+                Ok(()) => prop_assert!(false, "an arbitrary header matched"),
+                Err(SignatureError::MissingHeader(_)) => prop_assert!(false, "both headers were given"),
+                Err(SignatureError::Malformed(_) | SignatureError::Stale { .. } | SignatureError::Mismatch) => {}
+            }
+        }
+
+        #[test]
+        fn what_sign_makes_verify_accepts(
+            secret in prop::collection::vec(any::<u8>(), 0..80),
+            timestamp in 0i64..i64::MAX / 2,
+            body in prop::collection::vec(any::<u8>(), 0..100),
+        ) {
+            let header = sign(&secret, timestamp, &body);
+            let ok = verify(&secret, Some(&timestamp.to_string()), Some(&header), &body, timestamp,
+                            DEFAULT_REPLAY_WINDOW);
+            prop_assert_eq!(ok, Ok(()));
+        }
+    }
+}

@@ -98,8 +98,9 @@ pub trait ExportRepository: Send + Sync {
     /// what the reconciler notifies when the step that should have did not.
     async fn list_notify_due(&self, before: DateTime<Utc>, limit: usize) -> Result<Vec<Export>, PortError>;
 
-    /// At most `limit` exports in any scope that are `completed` with `expires_at <= now`,
-    /// soonest expiry first: what the retention sweep deletes next.
+    /// At most `limit` exports in any scope that are `completed` and due for deletion at `now`
+    /// ([`domain::Export::deletion_due_at`]: `expires_at`, or the retry time after a failed
+    /// delete), soonest due first: what the retention sweep deletes next.
     async fn list_expired(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Export>, PortError>;
 
     /// Checks that the store is reachable (for readiness).

@@ -1,6 +1,6 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use domain::{ExportSchedule, ScheduleId, Scope};
+use domain::{ExportId, ExportSchedule, ScheduleId, Scope};
 
 use crate::PortError;
 
@@ -134,6 +134,12 @@ pub trait Scheduler: Send + Sync {
         schedule: &ExportSchedule,
         scheduled_at: DateTime<Utc>,
     ) -> Result<Presence, PortError>;
+
+    /// The export of the fire of this schedule that may still run, if any: what the overlap
+    /// rule (skip) waits for; the caller checks the export's record. In-process: the last fire's
+    /// export while unfinished; Temporal: a running workflow of the schedule, else its latest
+    /// action's. `None` also when there is no timer.
+    async fn running_fire(&self, scope: &Scope, id: ScheduleId) -> Result<Option<ExportId>, PortError>;
 
     /// The schedules the scheduler has timers for, in any scope.
     async fn list(&self) -> Result<Vec<(Scope, ScheduleId)>, PortError>;

@@ -24,7 +24,9 @@ pub use exports::{
 };
 pub use notify::{Notified, NotifyRetry};
 pub use reconcile::{ReconcileReport, ReconcileSettings, Reconciler};
-pub use retention::{RetentionSweeper, SweepError, SweepReport};
+pub use retention::{
+    DELETE_RETRY_INITIAL, DELETE_RETRY_MAX, RetentionSweeper, SweepError, SweepReport, delete_retry_after,
+};
 pub use runner::{AttemptControl, ExportRunner, ProgressFn, RunError, RunnerConfig};
 pub use schedules::{
     CreateScheduleError, CreatedSchedule, DeleteScheduleError, FireError, GetScheduleError,

@@ -96,6 +96,16 @@ impl ExportRunner {
     }
 }
 
+/// What the record says of a failed delivery: a fixed text per channel and kind, never the
+/// mail server's or receiver's own words.
+fn public_delivery_error(channel: &str, transient: bool) -> String {
+    let why = if transient { "unreachable or busy; retries ran out" } else { "refused it" };
+    match channel {
+        "email" => format!("the email could not be delivered: the mail server was {why}"),
+        _ => format!("the {channel} could not be delivered: the receiver was {why}"),
+    }
+}
+
 /// Sends through one channel, retrying transient failures, and says how it went.
 async fn deliver<F, Fut>(channel: &str, export: &Export, retry: NotifyRetry, send: F) -> NotificationRecord
 where
@@ -117,7 +127,8 @@ where
                 warn!(export_id = %export.id, channel, attempt, transient, error = %err,
                       "notification failed; the export is unaffected");
                 if !transient || attempt >= attempts {
-                    break (NotificationStatus::Failed, Some(err.to_string()));
+                    // Tenants read this; the cause (SMTP or HTTP text) is in the log line above.
+                    break (NotificationStatus::Failed, Some(public_delivery_error(channel, transient)));
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = backoff.saturating_mul(2);

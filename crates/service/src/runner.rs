@@ -191,7 +191,9 @@ impl ExportRunner {
         let mut export = match self.exports.get(scope, id).await {
             Ok(Some(export)) => export,
             Ok(None) => return Err(RunError::NotFound),
-            Err(err) => return Err(unrecorded_retry(&control.policy, control.attempt, store_failure(&err))),
+            Err(err) => {
+                return Err(unrecorded_retry(&control.policy, control.attempt, store_failure(id, &err)));
+            }
         };
         if export.status().is_terminal() {
             return Ok(export);
@@ -216,7 +218,9 @@ impl ExportRunner {
             Ok(UpdateOutcome::Conflict(stored)) => {
                 return Err(RunError::Superseded { current: stored.attempt() });
             }
-            Err(err) => return Err(unrecorded_retry(&control.policy, control.attempt, store_failure(&err))),
+            Err(err) => {
+                return Err(unrecorded_retry(&control.policy, control.attempt, store_failure(id, &err)));
+            }
         }
         info!(export_id = %id, tenant = %scope.tenant, environment = %scope.environment,
               attempt = control.attempt, consumed = export.consumed_attempts(), "export attempt started");
@@ -224,7 +228,7 @@ impl ExportRunner {
         let deadline = Instant::now() + remaining(&control.policy, &export);
         let (mut writer, start) = match self.open_upload(&mut export, control, progress).await {
             Ok(opened) => opened,
-            Err(err) => return self.handle_stop(export, None, storage_stop(&err), control).await,
+            Err(err) => return self.handle_stop(export, None, storage_stop(id, &err), control).await,
         };
         let streamed = tokio::select! {
             biased;
@@ -308,6 +312,7 @@ impl ExportRunner {
         /// Rows between two looks at the clock for a progress write.
         const CLOCK_EVERY_ROWS: u64 = 16;
         let spec = export.spec.clone();
+        let id = export.id;
         let mut encoder = ExportEncoder::resume(spec.format, spec.fields.clone(), start.encoder);
         let limit = spec.limit.map(|limit| limit.saturating_sub(start.encoder.rows_written));
         let mut users = self.users.stream(&export.scope, &spec.user_filters, start.after, limit);
@@ -329,12 +334,12 @@ impl ExportRunner {
         let mut total_rows = None;
         let mut last_saved = Instant::now();
         while let Some(user) = next_user(&mut users, &mut total, &mut total_rows).await {
-            let user = user.map_err(|e| Stop::Failed(source_failure(&e), class_of(&e)))?;
-            encoder.write_user(&user).map_err(encode_failure)?;
+            let user = user.map_err(|e| Stop::Failed(source_failure(id, &e), class_of(&e)))?;
+            encoder.write_user(&user).map_err(|e| encode_failure(id, &e))?;
             if encoder.segment_full(start.segment_bytes) {
                 let boundary = Boundary { after: user.id, encoder: encoder.state() };
                 let made = segments.push(encoder.take_output(), Some(boundary), writer).await;
-                if let Some(checkpoint) = made.map_err(segment_stop)? {
+                if let Some(checkpoint) = made.map_err(|e| segment_stop(id, e))? {
                     export.record_checkpoint(checkpoint, Utc::now());
                     export.record_progress(encoder.rows_written(), total_rows, Utc::now());
                     // Saved at once: the next attempt re-reads at most one segment's rows.
@@ -354,8 +359,9 @@ impl ExportRunner {
             tokio::task::consume_budget().await;
         }
         let rows = encoder.rows_written();
-        segments.push(encoder.finish().map_err(encode_failure)?, None, writer).await.map_err(segment_stop)?;
-        segments.flush(writer).await.map_err(segment_stop)?;
+        let last = encoder.finish().map_err(|e| encode_failure(id, &e))?;
+        segments.push(last, None, writer).await.map_err(|e| segment_stop(id, e))?;
+        segments.flush(writer).await.map_err(|e| segment_stop(id, e))?;
         progress(rows, None);
         Ok(rows)
     }
@@ -406,7 +412,10 @@ impl ExportRunner {
             }
             finished = writer.finish() => match finished {
                 Ok(stored) => stored,
-                Err(err) => return self.handle_stop(export, None, storage_stop(&err), control).await,
+                Err(err) => {
+                    let stop = storage_stop(export.id, &err);
+                    return self.handle_stop(export, None, stop, control).await;
+                }
             },
         };
         let outcome = ExportOutcome { record_count: rows, bytes: stored.bytes, sha256: stored.sha256 };
@@ -454,7 +463,7 @@ impl ExportRunner {
                 }
                 Err(err) => {
                     self.delete_object(&export, &key).await;
-                    let stop = Stop::Failed(store_failure(&err), class_of(&err));
+                    let stop = Stop::Failed(store_failure(export.id, &err), class_of(&err));
                     return self.handle_stop(export, None, stop, control).await;
                 }
             }
@@ -605,6 +614,7 @@ impl ExportRunner {
         control: &AttemptControl,
     ) -> Result<Export, RunError> {
         let run = export.attempt();
+        let failure_id = export.id;
         let fail = |e: &mut Export| {
             e.fail(failure.clone(), Utc::now())?;
             self.skip_unwanted_notifications(e);
@@ -617,7 +627,9 @@ impl ExportRunner {
                 Err(RunError::Failed { failure })
             }
             Ok(None) => Err(RunError::Failed { failure }),
-            Err(RunError::Store(err)) => Err(unrecorded_retry(&control.policy, run, store_failure(&err))),
+            Err(RunError::Store(err)) => {
+                Err(unrecorded_retry(&control.policy, run, store_failure(failure_id, &err)))
+            }
             Err(err) => Err(err),
         }
     }
@@ -746,10 +758,10 @@ async fn next_user(
     }
 }
 
-fn segment_stop(err: SegmentError) -> Stop {
+fn segment_stop(id: ExportId, err: SegmentError) -> Stop {
     match err {
-        SegmentError::Compress(err) => encode_failure(err),
-        SegmentError::Storage(err) => storage_stop(&err),
+        SegmentError::Compress(err) => encode_failure(id, &err),
+        SegmentError::Storage(err) => storage_stop(id, &err),
     }
 }
 
@@ -758,22 +770,41 @@ fn class_of(err: &PortError) -> FailureClass {
     if err.is_retryable() { FailureClass::Infrastructure } else { FailureClass::Defect }
 }
 
-fn storage_stop(err: &PortError) -> Stop {
+// Infrastructure errors become a failure with the kind's public message (what tenants read on
+// the record, in mails, callbacks and batch results); the cause chain is logged here, with the
+// export ID that the API's request log also carries.
+
+fn storage_stop(id: ExportId, err: &PortError) -> Stop {
     match err {
         PortError::Cancelled => Stop::Cancelled,
-        e => Stop::Failed(ExportFailure::new(FailureKind::Storage, format!("{e:#}")), class_of(e)),
+        e => Stop::Failed(public_failure(id, FailureKind::Storage, e), class_of(e)),
     }
 }
 
-fn encode_failure(err: std::io::Error) -> Stop {
-    let failure = ExportFailure::new(FailureKind::Internal, format!("encoding failed: {err}"));
-    Stop::Failed(failure, FailureClass::Defect)
+fn encode_failure(id: ExportId, err: &std::io::Error) -> Stop {
+    Stop::Failed(public_failure(id, FailureKind::Internal, err), FailureClass::Defect)
 }
 
-fn source_failure(err: &PortError) -> ExportFailure {
-    ExportFailure::new(FailureKind::Source, format!("reading users failed: {err:#}"))
+fn source_failure(id: ExportId, err: &PortError) -> ExportFailure {
+    public_failure(id, FailureKind::Source, err)
 }
 
-fn store_failure(err: &PortError) -> ExportFailure {
-    ExportFailure::new(FailureKind::Internal, format!("export record: {err:#}"))
+fn store_failure(id: ExportId, err: &PortError) -> ExportFailure {
+    public_failure(id, FailureKind::Internal, err)
+}
+
+fn public_failure(
+    id: ExportId,
+    kind: FailureKind,
+    cause: &(dyn std::error::Error + 'static),
+) -> ExportFailure {
+    let mut chain = cause.to_string();
+    let mut source = cause.source();
+    while let Some(next) = source {
+        chain.push_str(": ");
+        chain.push_str(&next.to_string());
+        source = next.source();
+    }
+    warn!(export_id = %id, code = kind.as_str(), error = %chain, "export attempt failed; cause");
+    ExportFailure::public(kind)
 }

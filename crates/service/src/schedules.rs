@@ -87,6 +87,9 @@ pub enum DeleteScheduleError {
 pub enum TriggerScheduleError {
     #[error("schedule not found")]
     NotFound,
+    /// The overlap rule (skip): the previous fire's export is still pending or running.
+    #[error("the schedule's previous fire (export {running}) is still unfinished")]
+    Overlap { running: ExportId },
     #[error(transparent)]
     Port(#[from] PortError),
     #[error(transparent)]
@@ -376,11 +379,24 @@ impl ScheduleService {
         Ok(())
     }
 
-    /// Fires the schedule now and returns the export of that fire.
+    /// Fires the schedule now and returns the export of that fire, unless the previous fire is
+    /// unfinished: a trigger honours the schedule's overlap rule (skip) like its timer does, in
+    /// both modes. The scheduler names the running fire (Temporal: its running workflow); its
+    /// export record decides, so both modes answer alike. A trigger racing a fire that starts
+    /// at the same moment may still overlap it once; a loop of triggers cannot.
     pub async fn trigger(&self, scope: &Scope, id: ScheduleId) -> Result<Export, TriggerScheduleError> {
         let schedule = self.schedules.get(scope, id).await?.ok_or(TriggerScheduleError::NotFound)?;
         // Whole seconds, as Temporal names a fire: two triggers within a second are one fire.
         let scheduled_at = Utc::now().trunc_subsecs(0);
+        let this_fire = ExportId::for_schedule_fire(scope, id, scheduled_at);
+        // A repeat of this very fire is not an overlap: it finds the same export.
+        if let Some(running) = self.scheduler.running_fire(scope, id).await?
+            && running != this_fire
+            && self.fires.is_unfinished(scope, running).await?
+        {
+            info!(schedule_id = %id, %running, "trigger refused: the previous fire is unfinished");
+            return Err(TriggerScheduleError::Overlap { running });
+        }
         if self.scheduler.trigger(&schedule, scheduled_at).await? == Presence::Missing {
             self.scheduler.upsert(&schedule).await?;
             if self.scheduler.trigger(&schedule, scheduled_at).await? == Presence::Missing {

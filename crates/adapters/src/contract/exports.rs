@@ -119,6 +119,20 @@ async fn expired_are_listed_soonest_first_until_marked(repo: &dyn ExportReposito
     );
     assert_eq!(repo.get(&first.scope, first.id).await.unwrap(), Some(expired));
     assert_eq!(ids(repo.list_expired(now, 10).await.unwrap()), [second.id, third.id]);
+
+    // A file that failed to delete waits for its retry, behind exports due before it.
+    let mut deferred = second.clone();
+    deferred.defer_deletion(now, |_| std::time::Duration::from_secs(60));
+    assert_eq!(
+        repo.update_if_status(&deferred, ExportStatus::Completed).await.unwrap(),
+        UpdateOutcome::Updated
+    );
+    assert_eq!(repo.get(&second.scope, second.id).await.unwrap(), Some(deferred));
+    assert_eq!(ids(repo.list_expired(now, 10).await.unwrap()), [third.id]);
+    let later = now + TimeDelta::seconds(60);
+    let listed = ids(repo.list_expired(later, 10).await.unwrap());
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    assert_eq!((listed[0], listed[2]), (third.id, second.id), "the retry comes last");
 }
 
 async fn notifications_round_trip(repo: &dyn ExportRepository) {

@@ -110,8 +110,11 @@ impl ExportRepository for MemoryExportRepository {
     }
 
     async fn list_expired(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Export>, PortError> {
-        let mut items: Vec<Export> = self.lock().values().filter(|e| e.is_expired_at(now)).cloned().collect();
-        items.sort_by(|a, b| (a.expires_at(), &a.scope, a.id).cmp(&(b.expires_at(), &b.scope, b.id)));
+        let mut items: Vec<Export> =
+            self.lock().values().filter(|e| e.is_deletion_due(now)).cloned().collect();
+        items.sort_by(|a, b| {
+            (a.deletion_due_at(), &a.scope, a.id).cmp(&(b.deletion_due_at(), &b.scope, b.id))
+        });
         items.truncate(limit);
         Ok(items)
     }

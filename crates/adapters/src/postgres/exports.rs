@@ -16,7 +16,7 @@ use super::{lock_scope, to_i64, to_u64, translate};
 const COLUMNS: &str = "tenant_id, environment_id, id, idempotency_key, request_fingerprint, spec, object_key, \
     status, attempt, rows_written, total_rows, record_count, bytes, sha256, error_kind, error_message, \
     created_at, started_at, finished_at, updated_at, expires_at, notification, consumed_attempts, workflow_id, \
-    callback, notify_due, checkpoint, resumed_from_row";
+    callback, notify_due, checkpoint, resumed_from_row, delete_attempts, next_delete_at";
 
 /// Export records in PostgreSQL. Status changes are `UPDATE ... WHERE status = $expected`, so
 /// concurrent writers cannot both win.
@@ -118,6 +118,11 @@ fn decode(row: &PgRow) -> Result<Export, PortError> {
             .map_err(translate)?
             .and_then(|Json(v)| serde_json::from_value(v).ok()),
         resumed_from_row: opt_i64(27)?.map(|n| to_u64(n, "resumed_from_row")).transpose()?,
+        delete_attempts: {
+            let attempts: i32 = row.try_get(28).map_err(translate)?;
+            u32::try_from(attempts).map_err(|_| bad("delete_attempts", attempts))?
+        },
+        next_delete_at: row.try_get(29).map_err(translate)?,
     }))
 }
 
@@ -159,6 +164,8 @@ fn push_values(q: &mut QueryBuilder<'_, Postgres>, export: &Export) -> Result<()
     t.push_bind(p.notify_due);
     t.push_bind(p.checkpoint.map(Json));
     t.push_bind(opt(p.resumed_from_row, "resumed_from_row")?);
+    t.push_bind(i32::try_from(p.delete_attempts).unwrap_or(i32::MAX));
+    t.push_bind(p.next_delete_at);
     t.push_unseparated(")");
     Ok(())
 }
@@ -317,8 +324,9 @@ impl ExportRepository for PgExportRepository {
 
     async fn list_expired(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Export>, PortError> {
         let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM exports WHERE status = 'completed' AND expires_at <= $1 \
-             ORDER BY expires_at, tenant_id, environment_id, id LIMIT $2"
+            "SELECT {COLUMNS} FROM exports \
+             WHERE status = 'completed' AND GREATEST(expires_at, next_delete_at) <= $1 \
+             ORDER BY GREATEST(expires_at, next_delete_at), tenant_id, environment_id, id LIMIT $2"
         ))
         .bind(now)
         .bind(to_i64(limit as u64, "limit")?)

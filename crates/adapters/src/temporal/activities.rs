@@ -411,11 +411,13 @@ fn validation_failed(message: String) -> ActivityError {
     failure(failure_type::VALIDATION_FAILED, message, false, Some(details))
 }
 
-/// Store trouble: retryable when the store is unavailable, not otherwise.
+/// Store trouble: retryable when the store is unavailable, not otherwise. The cause goes to the
+/// activity's failure message (Temporal's history, for operators); the details, which become the
+/// record's error that tenants read, carry only the public message.
 fn port_failure(err: PortError) -> ActivityError {
     let retryable = err.is_retryable();
     let message = format!("export record: {err:#}");
-    let details = ExportFailure::new(FailureKind::Internal, message.clone());
+    let details = ExportFailure::public(FailureKind::Internal);
     let type_name = if retryable { failure_type::ATTEMPT_FAILED } else { failure_type::EXPORT_FAILED };
     failure(type_name, message, retryable, Some(details))
 }

@@ -14,7 +14,7 @@
 #![allow(missing_debug_implementations)]
 
 use domain::batch::MAX_CONCURRENCY;
-use domain::{Batch, BatchId, ExecutionPolicy, ExportFailure, ExportId, ExportStatus, Scope};
+use domain::{Batch, BatchId, ExecutionPolicy, ExportFailure, ExportId, ExportStatus, FailureKind, Scope};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use temporalio_common::error::IncomingError;
@@ -282,12 +282,11 @@ fn child_failure(err: &ChildWorkflowExecutionError) -> (Option<String>, String) 
                 .ok()
                 .flatten()
                 .map(|failure| failure.message)
-                .or_else(|| app.failure().map(|f| f.message.clone()))
-                .unwrap_or_else(|| app.source_error().to_string());
+                // Anything else is someone else's words: tenants read batch results.
+                .unwrap_or_else(|| FailureKind::Internal.public_message().to_owned());
             (app.type_name().map(str::to_owned), message)
         }
-        Some(cause) => (None, cause.failure().message.clone()),
-        None => (None, err.to_string()),
+        Some(_) | None => (None, FailureKind::Internal.public_message().to_owned()),
     }
 }
 

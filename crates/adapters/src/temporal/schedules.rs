@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use anyhow::anyhow;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use domain::{ExecutionPolicy, ExportSchedule, ScheduleId, Scope};
+use domain::{ExecutionPolicy, ExportId, ExportSchedule, ScheduleId, Scope};
 use futures::StreamExt;
 use ports::{PortError, Presence, Scheduler};
 use serde_json::{Map, Value};
@@ -24,7 +24,7 @@ use temporalio_client::{Client, NamespacedClient};
 use temporalio_common::protos::temporal::api::enums::v1::ScheduleOverlapPolicy as ProtoOverlapPolicy;
 use temporalio_common::protos::temporal::api::schedule::v1::{SchedulePatch, TriggerImmediatelyRequest};
 use temporalio_common::protos::temporal::api::workflowservice::v1::{
-    GetSystemInfoRequest, PatchScheduleRequest,
+    DescribeScheduleRequest, GetSystemInfoRequest, PatchScheduleRequest,
 };
 use tracing::info;
 
@@ -204,6 +204,36 @@ impl Scheduler for TemporalScheduler {
             Err(status) if status.code() == Code::NotFound => Ok(Presence::Missing),
             Err(status) => Err(status_error(status, "triggering the schedule")),
         }
+    }
+
+    async fn running_fire(&self, scope: &Scope, id: ScheduleId) -> Result<Option<ExportId>, PortError> {
+        let mut request = DescribeScheduleRequest {
+            namespace: self.client.namespace(),
+            schedule_id: id.temporal_schedule_id(scope),
+        }
+        .into_request();
+        request.set_timeout(RPC_TIMEOUT);
+        let mut service = self.client.connection().workflow_service();
+        let described = match bounded("describing the schedule", service.describe_schedule(request)).await? {
+            Ok(described) => described.into_inner(),
+            Err(status) if status.code() == Code::NotFound => return Ok(None),
+            Err(status) => return Err(status_error(status, "describing the schedule")),
+        };
+        // Temporal tracks running runs only where its overlap policy needs them (not the
+        // triggers, which allow all), so the latest action counts too; the caller decides on the
+        // export's record. Each run's workflow ID names its export, as for every fire.
+        let info = described.info.unwrap_or_default();
+        let latest = info
+            .recent_actions
+            .iter()
+            .filter_map(|action| {
+                let at = action.actual_time.as_ref().map(|t| (t.seconds, t.nanos));
+                Some((at, action.start_workflow_result.as_ref()?))
+            })
+            .max_by_key(|(at, _)| *at)
+            .map(|(_, run)| run);
+        let run = info.running_workflows.first().or(latest);
+        Ok(run.map(|run| ExportId::for_workflow_id(&run.workflow_id)))
     }
 
     async fn list(&self) -> Result<Vec<(Scope, ScheduleId)>, PortError> {

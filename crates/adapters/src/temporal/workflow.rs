@@ -247,20 +247,16 @@ impl Ending {
                 record: Some(FinishOutcome::Cancelled),
             };
         }
+        // Without our own `ExportFailure` in the details, the message is someone else's words
+        // (the SDK's, a panic's): tenants get the public one; the history keeps the cause.
         let Some(IncomingError::Application(app)) = err.cause() else {
-            let message =
-                err.cause().map_or_else(|| err.to_string(), |cause| cause.failure().message.clone());
-            return Self::failed(
-                failure_type::EXPORT_FAILED,
-                ExportFailure::new(FailureKind::Internal, message),
-            );
+            return Self::failed(failure_type::EXPORT_FAILED, ExportFailure::public(FailureKind::Internal));
         };
-        let message = app.failure().map_or_else(|| app.source_error().to_string(), |f| f.message.clone());
         let failure = app
             .details::<ExportFailure>()
             .ok()
             .flatten()
-            .unwrap_or_else(|| ExportFailure::new(FailureKind::Internal, message));
+            .unwrap_or_else(|| ExportFailure::public(FailureKind::Internal));
         match app.type_name() {
             Some(failure_type::VALIDATION_FAILED) => Self::failed(failure_type::VALIDATION_FAILED, failure),
             Some(failure_type::EXPORT_CANCELLED) => Self {

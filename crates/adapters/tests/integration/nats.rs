@@ -1,6 +1,7 @@
 //! The JetStream consumer of `ExportRequested` events against a real NATS server
 //! (`TEST_NATS_URL`), with the export service on the in-memory adapters and the in-process
-//! orchestrator. Each test has its own stream, subjects and consumer.
+//! orchestrator. Each test has its own stream, subjects and consumer. Events are signed with the
+//! tenant's webhook secret, as producers must.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,8 +13,10 @@ use adapters::nats::{DLQ_DELIVERIES, DLQ_ERROR, DLQ_EVENT_ID, DLQ_REASON, DLQ_ST
 use adapters::nats::{EventConsumer, NatsSettings};
 use adapters::notify::LogNotifier;
 use adapters::storage::ObjectStorage;
+use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use async_trait::async_trait;
+use domain::signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER, sign};
 use domain::{
     Batch, ExecutionPolicy, Export, ExportId, ExportStatus, IdempotencyKey, RetryPolicy, Scope,
     TenantDirectory,
@@ -34,6 +37,27 @@ fn nats_url() -> String {
 
 fn acme() -> Scope {
     Scope::parse("acme/prod").unwrap()
+}
+
+const ACME_SECRET: &str = "acme-nats-webhook-secret-0123";
+const GLOBEX_SECRET: &str = "globex-nats-webhook-secret-0123";
+
+fn now_s() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// The two signature headers for `payload`, signed with `secret` at `timestamp`.
+fn signature_headers(payload: &[u8], secret: &str, timestamp: i64) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(TIMESTAMP_HEADER, timestamp.to_string().as_str());
+    headers.insert(SIGNATURE_HEADER, sign(secret.as_bytes(), timestamp, payload).as_str());
+    headers
+}
+
+fn event_json(event_id: &str, tenant: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({"event_id": event_id, "tenant_id": tenant, "environment_id": "prod",
+                               "request": {"format": "csv"}}))
+    .unwrap()
 }
 
 fn unique_settings() -> NatsSettings {
@@ -126,10 +150,15 @@ fn service(failures: usize) -> (ExportService, Arc<MemoryExportRepository>, Arc<
     (service, exports, orchestrator)
 }
 
+/// acme/prod and globex/prod with their webhook secrets.
 fn tenants() -> Arc<TenantDirectory> {
-    let mut tenants = TenantDirectory::default();
-    tenants.include(acme());
-    Arc::new(tenants)
+    Arc::new(
+        TenantDirectory::parse_json(&format!(
+            r#"[{{"scope":"acme/prod","webhook_secret":"{ACME_SECRET}"}},
+               {{"scope":"globex/prod","webhook_secret":"{GLOBEX_SECRET}"}}]"#
+        ))
+        .unwrap(),
+    )
 }
 
 impl Harness {
@@ -142,14 +171,28 @@ impl Harness {
         Self { settings, jetstream, client, exports, orchestrator, consumer: Some(consumer) }
     }
 
-    async fn publish(&self, payload: Vec<u8>) {
+    /// Publishes without signature headers.
+    async fn publish_unsigned(&self, payload: Vec<u8>) {
         self.jetstream.publish(self.settings.subject.clone(), payload.into()).await.unwrap().await.unwrap();
     }
 
+    async fn publish_with(&self, payload: Vec<u8>, headers: HeaderMap) {
+        self.jetstream
+            .publish_with_headers(self.settings.subject.clone(), headers, payload.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    /// Publishes signed with acme's secret, now.
+    async fn publish(&self, payload: Vec<u8>) {
+        let headers = signature_headers(&payload, ACME_SECRET, now_s());
+        self.publish_with(payload, headers).await;
+    }
+
     async fn publish_event(&self, event_id: &str, tenant: &str) {
-        let event = json!({"event_id": event_id, "tenant_id": tenant, "environment_id": "prod",
-                           "request": {"format": "csv"}});
-        self.publish(serde_json::to_vec(&event).unwrap()).await;
+        self.publish(event_json(event_id, tenant)).await;
     }
 
     async fn consumer_info(&self) -> jetstream::consumer::Info {
@@ -225,8 +268,10 @@ async fn poison_events_land_on_the_dead_letter_subject_with_their_reason_and_are
 
     let invalid_request = json!({"event_id": "evt-bad-request", "tenant_id": "acme", "environment_id": "prod",
                                  "request": {"format": "xml"}});
+    // Signed with acme's secret: a payload that names no tenant (not JSON) or an unknown one
+    // cannot prove it, so it fails the signature check before it is parsed.
     let poison: [(Vec<u8>, &str); 3] = [
-        (b"{not json".to_vec(), "invalid_json"),
+        (b"{not json".to_vec(), "invalid_signature"),
         (serde_json::to_vec(&invalid_request).unwrap(), "invalid_request"),
         (
             serde_json::to_vec(
@@ -234,7 +279,7 @@ async fn poison_events_land_on_the_dead_letter_subject_with_their_reason_and_are
                                        "request": {"format": "csv"}}),
             )
             .unwrap(),
-            "unknown_tenant",
+            "invalid_signature",
         ),
     ];
     for (payload, _) in &poison {
@@ -298,7 +343,10 @@ async fn an_event_still_failing_at_its_last_delivery_is_dead_lettered() {
     let headers = letter.headers.unwrap();
     assert_eq!(headers.get(DLQ_REASON).map(|v| v.as_str()), Some("max_deliver_exceeded"));
     assert_eq!(headers.get(DLQ_DELIVERIES).map(|v| v.as_str()), Some("2"));
-    assert!(headers.get(DLQ_ERROR).is_some_and(|v| v.as_str().contains("orchestrator unreachable")));
+    // Publishers may read dead letters: the cause stays in the logs.
+    let error = headers.get(DLQ_ERROR).map(|v| v.as_str().to_owned()).unwrap_or_default();
+    assert!(error.contains("dependency was unavailable"), "{error}");
+    assert!(!error.contains("injected") && !error.contains("orchestrator unreachable"), "{error}");
     h.settled().await;
     assert_eq!(h.orchestrator.starts.load(Ordering::SeqCst), 2);
     h.stop().await;
@@ -356,11 +404,8 @@ async fn with_temporal_an_event_published_twice_gives_one_completed_export() {
         runner.clone(),
         Duration::from_secs(60),
     );
-    let mut tenants = TenantDirectory::default();
-    tenants.include(acme());
     let settings = unique_settings();
-    let consumer =
-        EventConsumer::start(settings.clone(), Arc::new(service), Arc::new(tenants)).await.unwrap();
+    let consumer = EventConsumer::start(settings.clone(), Arc::new(service), tenants()).await.unwrap();
 
     let mut options = WorkerOptions::new(task_queue).build();
     let deps = WorkerDeps {
@@ -381,7 +426,13 @@ async fn with_temporal_an_event_published_twice_gives_one_completed_export() {
                        "request": {"format": "ndjson"}});
     for _ in 0..2 {
         let payload = serde_json::to_vec(&event).unwrap();
-        jetstream.publish(settings.subject.clone(), payload.into()).await.unwrap().await.unwrap();
+        let headers = signature_headers(&payload, ACME_SECRET, now_s());
+        jetstream
+            .publish_with_headers(settings.subject.clone(), headers, payload.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
     }
     let id = export_id_for(&event_id);
     with_worker(&client, options, async {
@@ -430,4 +481,87 @@ async fn an_existing_stream_without_the_dead_letter_subject_stops_start_up_with_
     let message = format!("{err:#}");
     assert!(message.contains("dead-letter subject") && message.contains(&settings.dlq_subject), "{message}");
     jetstream.delete_stream(&settings.stream).await.unwrap();
+}
+
+/// Reads `n` dead letters and returns their reasons and event IDs.
+async fn dead_letters(dlq: &mut async_nats::Subscriber, n: usize) -> Vec<(String, String)> {
+    let mut letters = Vec::new();
+    for _ in 0..n {
+        let letter = tokio::time::timeout(Duration::from_secs(20), dlq.next()).await.unwrap().unwrap();
+        let headers = letter.headers.unwrap();
+        let header = |name: &str| headers.get(name).map(|v| v.as_str().to_owned()).unwrap_or_default();
+        letters.push((header(DLQ_REASON), header(DLQ_EVENT_ID)));
+    }
+    letters
+}
+
+#[tokio::test]
+async fn unsigned_wrongly_signed_other_tenants_and_stale_events_start_nothing_and_claim_no_event_id() {
+    let h = Harness::start(unique_settings(), 0).await;
+    let mut dlq = h.client.subscribe(h.settings.dlq_subject.clone()).await.unwrap();
+    h.client.flush().await.unwrap();
+
+    // Each claims the event ID the tenant's real event uses, with a request of its own.
+    let forged = |n: u32| {
+        serde_json::to_vec(
+            &json!({"event_id": "evt-contested", "tenant_id": "acme", "environment_id": "prod",
+                                   "request": {"format": "json", "limit": n}}),
+        )
+        .unwrap()
+    };
+    h.publish_unsigned(forged(1)).await;
+    let wrong_secret = signature_headers(&forged(2), "a-guess-at-the-secret-000000", now_s());
+    h.publish_with(forged(2), wrong_secret).await;
+    let other_tenant = signature_headers(&forged(3), GLOBEX_SECRET, now_s());
+    h.publish_with(forged(3), other_tenant).await;
+    let stale = signature_headers(&forged(4), ACME_SECRET, now_s() - 301);
+    h.publish_with(forged(4), stale).await;
+    let mut only_timestamp = HeaderMap::new();
+    only_timestamp.insert(TIMESTAMP_HEADER, now_s().to_string().as_str());
+    h.publish_with(forged(5), only_timestamp).await;
+
+    let letters = dead_letters(&mut dlq, 5).await;
+    for (reason, event_id) in &letters {
+        assert_eq!(
+            (reason.as_str(), event_id.as_str()),
+            ("invalid_signature", "evt-contested"),
+            "{letters:?}"
+        );
+    }
+    h.settled().await;
+    assert!(h.all_exports().await.is_empty(), "nothing unproven started an export");
+
+    // The tenant's own event with that ID still gets its export, with its own request.
+    h.publish_event("evt-contested", "acme").await;
+    let export = h.wait_for_status(export_id_for("evt-contested"), ExportStatus::Completed).await;
+    assert_eq!(export.spec.format, domain::ExportFormat::Csv);
+    assert_eq!(export.spec.limit, None);
+    assert_eq!(h.all_exports().await.len(), 1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn trusting_unsigned_events_accepts_them_but_still_refuses_a_bad_signature() {
+    let settings = NatsSettings { trust_unsigned: true, ..unique_settings() };
+    let h = Harness::start(settings, 0).await;
+    let mut dlq = h.client.subscribe(h.settings.dlq_subject.clone()).await.unwrap();
+    h.client.flush().await.unwrap();
+
+    h.publish_unsigned(event_json("evt-trusted", "acme")).await;
+    let export = h.wait_for_status(export_id_for("evt-trusted"), ExportStatus::Completed).await;
+    assert_eq!(export.idempotency_key.as_ref().map(IdempotencyKey::as_str), Some("event:evt-trusted"));
+
+    let payload = event_json("evt-badly-signed", "acme");
+    let headers = signature_headers(&payload, GLOBEX_SECRET, now_s());
+    h.publish_with(payload, headers).await;
+    // Without a signature, what the payload says is checked as before.
+    h.publish_unsigned(b"{not json".to_vec()).await;
+    h.publish_unsigned(event_json("evt-stranger", "stranger")).await;
+    let reasons: Vec<String> =
+        dead_letters(&mut dlq, 3).await.into_iter().map(|(reason, _)| reason).collect();
+    assert_eq!(reasons, ["invalid_signature", "invalid_json", "unknown_tenant"]);
+    h.settled().await;
+    let ids: Vec<ExportId> = h.all_exports().await.iter().map(|e| e.id).collect();
+    assert_eq!(ids, [export_id_for("evt-trusted")]);
+    h.stop().await;
 }

@@ -173,6 +173,34 @@ async fn a_trigger_runs_now_even_when_paused_and_reports_its_export() {
     assert!(matches!(sys.service.trigger(&other, schedule.id).await, Err(TriggerScheduleError::NotFound)));
 }
 
+#[tokio::test]
+async fn a_trigger_while_the_previous_fire_runs_is_refused_by_the_overlap_rule() {
+    let slow = SlowUsers { inner: users(12), per_user: Duration::from_millis(200) };
+    let sys = system(Arc::new(slow));
+    let schedule = sys.service.create(&scope(), new_schedule("0 0 1 1 *"), None).await.unwrap().schedule;
+    let first = sys.service.trigger(&scope(), schedule.id).await.unwrap();
+    // The same second is the same fire: found again, not refused.
+    let again = sys.service.trigger(&scope(), schedule.id).await;
+    if let Ok(again) = again {
+        assert_eq!(again.id, first.id);
+    } else {
+        assert!(matches!(again, Err(TriggerScheduleError::Overlap { running }) if running == first.id));
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for _ in 0..3 {
+        match sys.service.trigger(&scope(), schedule.id).await {
+            Err(TriggerScheduleError::Overlap { running }) => assert_eq!(running, first.id),
+            other => panic!("expected the overlap refusal, got {other:?}"),
+        }
+    }
+    assert_eq!(export_count(&sys.exports).await, 1, "a refused trigger starts nothing");
+
+    let waited = sys.orchestrator.wait(&scope(), first.id, Duration::from_secs(20)).await.unwrap();
+    assert_eq!(waited, WaitOutcome::Finished);
+    let next = sys.service.trigger(&scope(), schedule.id).await.unwrap();
+    assert_ne!(next.id, first.id, "once the previous fire finished, a trigger runs");
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_timer_fires_at_the_cron_time() {
     // Tokio's paused clock jumps through sleeps; chrono's clock does not, so the timer sleeps
@@ -271,6 +299,9 @@ impl Scheduler for DownScheduler {
         Err(PortError::unavailable(anyhow::anyhow!("scheduler down")))
     }
     async fn trigger(&self, _: &ExportSchedule, _: DateTime<Utc>) -> Result<Presence, PortError> {
+        Err(PortError::unavailable(anyhow::anyhow!("scheduler down")))
+    }
+    async fn running_fire(&self, _: &Scope, _: ScheduleId) -> Result<Option<ExportId>, PortError> {
         Err(PortError::unavailable(anyhow::anyhow!("scheduler down")))
     }
     async fn list(&self) -> Result<Vec<(Scope, ScheduleId)>, PortError> {

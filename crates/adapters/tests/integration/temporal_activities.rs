@@ -200,7 +200,11 @@ async fn a_retried_attempt_resumes_from_the_checkpoint_in_its_heartbeat_details(
     let seen = beats.clone();
     let env = fixture.environment_after(None, move |beat| seen.lock().unwrap().push(beat.clone()));
     let err = env.run(ExportActivities::export_user_data, attempt_input(&export)).await.unwrap_err();
-    assert!(format!("{err:?}").contains("connection reset"), "{err:?}");
+    let err = format!("{err:?}");
+    assert!(
+        err.contains(domain::FailureKind::Source.public_message()) && !err.contains("connection reset"),
+        "{err}"
+    );
     let last = beats.lock().unwrap().last().cloned().expect("heartbeats");
     let checkpoint = last.checkpoint.clone().expect("a checkpoint in the heartbeat");
     assert!(checkpoint.rows > 1_000 && checkpoint.rows <= 2_000, "{checkpoint:?}");
@@ -312,7 +316,8 @@ async fn a_retryable_failure_is_retryable_and_carries_the_reason() {
 
     assert_eq!(failure.type_name(), Some(failure_type::ATTEMPT_FAILED));
     assert!(!failure.is_non_retryable());
-    assert!(failure.to_string().contains("injected storage failure"), "{failure}");
+    assert!(failure.to_string().contains(domain::FailureKind::Storage.public_message()), "{failure}");
+    assert!(!failure.to_string().contains("injected"), "{failure}");
     let record = fixture.record(&export).await;
     assert_eq!(record.status(), ExportStatus::Running, "waits for the retry");
     assert_eq!(record.error().map(|e| e.kind), Some(FailureKind::Storage), "the failure is noted");

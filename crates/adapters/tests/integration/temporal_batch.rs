@@ -139,7 +139,8 @@ async fn a_batch_of_three_tenants_with_one_failing_reports_total_failed_and_the_
     assert_eq!(failure.export_id, Some(ExportId::for_batch(batch.id, &targets[1]).to_string()));
     assert_eq!(failure.status, ExportStatus::Failed);
     assert_eq!(failure.failure_type.as_deref(), Some(failure_type::EXPORT_FAILED));
-    assert!(failure.error.contains(FailingScopeUsers::MESSAGE), "the reason is reported: {failure:?}");
+    assert_eq!(failure.error, domain::FailureKind::Source.public_message(), "the public reason: {failure:?}");
+    assert!(!failure.error.contains(FailingScopeUsers::MESSAGE), "no database text: {failure:?}");
 
     // Every target's export record tells the same story, under the derived export ID.
     assert_eq!(h.status_of(batch.id, &targets[0]).await, Some(ExportStatus::Completed));

@@ -173,6 +173,36 @@ async fn a_trigger_runs_one_export_and_a_duplicate_fire_finds_it() {
 }
 
 #[tokio::test]
+async fn a_trigger_while_the_previous_fire_runs_is_refused_as_in_process() {
+    let h = Harness::new("schedule-overlap").await;
+    let schedule = h.create("0 0 1 1 *").await;
+    // No worker yet: the fire's workflow is started and stays running.
+    let first = h.service.trigger(&h.scope, schedule.id).await.unwrap();
+    let running = h
+        .eventually("Temporal to report the running fire", Duration::from_secs(20), || async {
+            h.scheduler.running_fire(&h.scope, schedule.id).await.unwrap()
+        })
+        .await;
+    assert_eq!(running, first.id, "the running workflow names the fire's export");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    match h.service.trigger(&h.scope, schedule.id).await {
+        Err(service::TriggerScheduleError::Overlap { running }) => assert_eq!(running, first.id),
+        other => panic!("expected the overlap refusal, got {other:?}"),
+    }
+    assert_eq!(h.exports().await.len(), 1, "a refused trigger starts nothing");
+
+    h.with_worker(async {
+        h.completed(first.id, Duration::from_secs(30)).await;
+        // Finished on the record: the next trigger runs (whatever Temporal's view lags behind).
+        let next = h.service.trigger(&h.scope, schedule.id).await.unwrap();
+        assert_ne!(next.id, first.id);
+        h.completed(next.id, Duration::from_secs(30)).await;
+    })
+    .await;
+    h.service.delete(&h.scope, schedule.id).await.unwrap();
+}
+
+#[tokio::test]
 async fn pause_resume_update_and_delete_reach_the_temporal_schedule() {
     let h = Harness::new("schedule-admin").await;
     let schedule = h.create("0 3 * * *").await;

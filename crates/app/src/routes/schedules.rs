@@ -177,7 +177,9 @@ pub async fn delete_schedule(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Run a schedule now (also when paused): answers with the export this fire started.
+/// Run a schedule now (also when paused): answers with the export this fire started. Like the
+/// schedule's own fires, a trigger honours its overlap rule (skip): while the previous fire's
+/// export is pending or running, it is refused with `409`.
 #[utoipa::path(
     post, path = "/v1/export-schedules/{id}/trigger", tag = "schedules",
     params(("id" = Uuid, Path, description = "Schedule ID")),
@@ -188,8 +190,9 @@ pub async fn delete_schedule(
             ("Retry-After" = u32, description = "Present while the export is unfinished: seconds before polling."))),
         (status = 404, description = "No such schedule for this API key.", body = Problem,
          content_type = "application/problem+json"),
-        (status = 409, description = "The schedule's previous fire is still unfinished (overlap rule).",
-         body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The schedule's previous fire is still pending or running \
+         (`schedule-fire-running`; `detail` names its export). Nothing was started.", body = Problem,
+         content_type = "application/problem+json"),
     )
 )]
 pub async fn trigger_schedule(

@@ -233,7 +233,12 @@ async fn an_event_over_nats_and_the_same_event_over_the_webhook_give_one_export(
 
     let jetstream = async_nats::jetstream::new(async_nats::connect(url.as_str()).await.unwrap());
     let body = serde_json::to_vec(&event("evt-both-ways", "acme")).unwrap();
-    jetstream.publish(subject, body.into()).await.unwrap().await.unwrap();
+    // Signed like the webhook, in message headers: NATS events must prove their tenant too.
+    let now = Utc::now().timestamp();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(TIMESTAMP_HEADER, now.to_string().as_str());
+    headers.insert(SIGNATURE_HEADER, sign(ACME_SECRET.as_bytes(), now, &body).as_str());
+    jetstream.publish_with_headers(subject, headers, body.into()).await.unwrap().await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let from_nats = loop {
         if let Some(export) = acme_exports(&app).await.first() {

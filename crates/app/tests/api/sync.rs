@@ -99,5 +99,13 @@ async fn a_sync_export_that_fails_answers_200_with_the_failed_export() {
     assert_eq!(export["error"]["type"], "timeout");
     let message = export["error"]["message"].as_str().unwrap();
     assert!(message.contains("deadline") && message.contains("last error"), "{message}");
+    // The storage's own words ("connection refused by db-7.internal") stay in the logs.
+    assert!(message.contains("writing the export file failed"), "{message}");
+    assert!(
+        !export.to_string().contains("db-7.internal"),
+        "infrastructure text reached the tenant: {export}"
+    );
+    let read = app.get(Some(ACME_KEY), &format!("/v1/exports/{}", export["id"].as_str().unwrap())).await;
+    assert!(!read.text().contains("db-7.internal"), "{}", read.text());
     assert!(export["links"].get("download").is_none() && export["links"].get("cancel").is_none());
 }
