@@ -117,6 +117,7 @@ impl FailureKind {
             Self::Source => "reading the users failed",
             Self::Storage => "writing the export file failed",
             Self::Timeout => "the export did not finish before its deadline",
+            Self::QuotaExceeded => "the tenant already had as many unfinished exports as its quota allows",
             Self::Internal => "an internal error stopped the export",
         }
     }

@@ -6,8 +6,7 @@ use std::time::Duration;
 use chrono::Utc;
 use domain::{
     Export, ExportId, ExportSpec, ExportStatus, IdempotencyKey, Quota, QuotaBook, RetentionPolicy, Scope,
-    TenantDirectory,
-    ValidationErrors,
+    TenantDirectory, ValidationErrors,
 };
 use ports::{
     ExportPage, ExportQuery, ExportRepository, ExportStorage, ObjectReader, Orchestrator, PortError,

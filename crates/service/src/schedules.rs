@@ -232,7 +232,14 @@ impl ScheduleService {
         scheduler: Arc<dyn Scheduler>,
         fires: Arc<ScheduledExports>,
     ) -> Self {
-        Self { schedules, scheduler, fires, rules: ScheduleRules::default(), tenants: Arc::default(), quotas: Arc::default() }
+        Self {
+            schedules,
+            scheduler,
+            fires,
+            rules: ScheduleRules::default(),
+            tenants: Arc::default(),
+            quotas: Arc::default(),
+        }
     }
 
     /// The limits every created or changed schedule must keep (minimum interval).
