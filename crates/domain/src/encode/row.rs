@@ -78,18 +78,33 @@ pub(super) fn csv_record(
 /// at the start.
 fn csv_field(out: &mut Vec<u8>, value: &str) {
     let prefix: &[u8] = if value.starts_with(FORMULA_TRIGGERS) { b"'" } else { b"" };
-    let (mut quoted, mut semicolon) = (false, false);
+    let (mut quoted, mut inner_cell) = (false, false);
     for b in value.bytes() {
         match b {
-            b'"' | b',' | b'\r' | b'\n' => quoted = true,
-            b';' => semicolon = true,
+            b'"' | b',' => quoted = true,
+            b'\r' | b'\n' => (quoted, inner_cell) = (true, true),
+            b';' => inner_cell = true,
             _ => {}
         }
     }
     // The common clean cell is copied whole in one pass.
-    if !quoted && !semicolon {
+    if !quoted && !inner_cell {
         out.extend_from_slice(prefix);
         out.extend_from_slice(value.as_bytes());
+        return;
+    }
+    // Quoted but with no `;` or line break (JSON `metadata`, say): nothing inside can start a
+    // cell, so only quotes are doubled, a run at a time.
+    if !inner_cell {
+        out.push(b'"');
+        out.extend_from_slice(prefix);
+        for (i, part) in value.split('"').enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b"\"\"");
+            }
+            out.extend_from_slice(part.as_bytes());
+        }
+        out.push(b'"');
         return;
     }
     if quoted {
