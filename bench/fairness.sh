@@ -59,6 +59,8 @@ export USEREXPORT_DATA_DIR=$WORK/data USEREXPORT_MAX_CONCURRENT_EXPORTS=4 RUST_L
 export USEREXPORT_API_KEYS="$KEY_A=tenant-a/prod,$KEY_B=tenant-b/prod"
 export USEREXPORT_TENANTS="[{\"scope\":\"tenant-a/prod\",\"quotas\":{\"max_unfinished\":$((BACKLOG + 10))}}]"
 export USEREXPORT_SYNC_TIMEOUT_MAX_S=600
+# A queues its backlog in one burst: above the default per-key rate limit, which is not what is measured.
+export USEREXPORT_RATE_LIMIT_PER_S=100000 USEREXPORT_RATE_LIMIT_BURST=100000
 
 start_api() { # orchestrator
   local port; port=$(free_port)
