@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::tenant_slots::{TenantSlots, busy_delay};
+use super::tenant_slots::TenantSlots;
 use super::types::{
     ExportHeartbeat, ExportRef, ExportUserDataInput, ExportUserDataOutput, FinishInput, FinishOutcome,
     FinishOutput, PrepareInput, PrepareOutput, failure_type,
@@ -161,9 +161,14 @@ impl ExportActivities {
         let (scope, id) = parse_ref(&input.export)?;
         let info = ctx.info();
         // Checked before anything else: a busy attempt touches neither record nor storage.
-        let Some(_tenant_slot) = self.tenant_slots.try_acquire(&scope) else {
-            debug!(export_id = %id, tenant = %scope.tenant, "tenant at max_running in this worker; retrying later");
-            return Err(tenant_busy(info.attempt, id));
+        let waiter = format!("{}/{}", info.workflow_id.as_deref().unwrap_or(""), info.activity_id);
+        let _tenant_slot = match self.tenant_slots.try_acquire(&scope, &waiter) {
+            Ok(slot) => slot,
+            Err(retry_in) => {
+                debug!(export_id = %id, tenant = %scope.tenant, retry_in_ms = retry_in.as_millis(),
+                       "tenant at max_running in this worker; retrying later");
+                return Err(tenant_busy(retry_in));
+            }
         };
         let attempt = input.attempt_offset.saturating_add(info.attempt);
         let span = info_span!("export_attempt", export_id = %id, tenant = %scope.tenant,
@@ -392,12 +397,12 @@ fn failure(
         .into()
 }
 
-/// The tenant is at `max_running` in this worker: retryable, after [`busy_delay`].
-fn tenant_busy(activity_attempt: u32, id: ExportId) -> ActivityError {
+/// The tenant is at `max_running` in this worker: retryable, after `retry_in`.
+fn tenant_busy(retry_in: Duration) -> ActivityError {
     ApplicationFailure::builder("the tenant already runs its max_running exports on this worker")
         .type_name(failure_type::TENANT_BUSY.to_owned())
         .non_retryable(false)
-        .next_retry_delay(busy_delay(activity_attempt, id.as_uuid().as_u128()))
+        .next_retry_delay(retry_in)
         .build()
         .into()
 }
