@@ -126,11 +126,12 @@ async fn bookkeeping_and_retention_complete_on_a_control_worker_while_every_expo
     let users = MemoryUserRepository::new();
     users.seed_synthetic(&scope(), 1000);
     let exports = Arc::new(MemoryExportRepository::new());
+    let storage = Arc::new(ObjectStorage::in_memory());
     let adapters = || Adapters {
         // A user a second: an export holds its slot for as long as the test runs.
         users: Arc::new(SlowUsers { inner: Arc::new(users.clone()), per_user: Duration::from_secs(1) }),
         exports: exports.clone(),
-        storage: Arc::new(ObjectStorage::in_memory()),
+        storage: storage.clone(),
         notifier: Arc::new(LogNotifier),
         callbacks: Arc::new(adapters::notify::NoCallbacks),
         batches: Arc::new(MemoryBatchRepository::new()),
@@ -143,8 +144,11 @@ async fn bookkeeping_and_retention_complete_on_a_control_worker_while_every_expo
         adapters(),
         stop.clone().cancelled_owned(),
     );
-    let control_worker =
-        worker::run_with(config_with(&task_queue, "0", &["--queues", "control"]), adapters(), stop.clone().cancelled_owned());
+    let control_worker = worker::run_with(
+        config_with(&task_queue, "0", &["--queues", "control"]),
+        adapters(),
+        stop.clone().cancelled_owned(),
+    );
     let (busy, queued) = (format!("busy-{}", Uuid::new_v4()), format!("queued-{}", Uuid::new_v4()));
     let cancel = |workflow_id: &str| {
         let handle = client.get_workflow_handle::<UserDataExportWorkflow>(workflow_id.to_owned());
@@ -162,8 +166,12 @@ async fn bookkeeping_and_retention_complete_on_a_control_worker_while_every_expo
         wait_for_status(&exports, &queued, ExportStatus::Cancelled).await;
 
         // A retention run completes too.
-        let retention = WorkflowStartOptions::new(task_queue.clone(), format!("retention-{}", Uuid::new_v4())).build();
-        let handle = client.start_workflow(ExportRetentionWorkflow::run, RetentionInput::default(), retention).await.unwrap();
+        let retention =
+            WorkflowStartOptions::new(task_queue.clone(), format!("retention-{}", Uuid::new_v4())).build();
+        let handle = client
+            .start_workflow(ExportRetentionWorkflow::run, RetentionInput::default(), retention)
+            .await
+            .unwrap();
         tokio::time::timeout(Duration::from_secs(30), handle.get_result(Default::default()))
             .await
             .expect("the retention run finishes while the export slot is busy")
@@ -184,7 +192,8 @@ async fn bookkeeping_and_retention_complete_on_a_control_worker_while_every_expo
 async fn queues_are_named_and_checked() {
     let config = WorkerConfig::try_parse_from(["userexport-worker"]).unwrap();
     assert_eq!(config.workloads(), adapters::temporal::Workload::ALL.to_vec(), "all by default");
-    let config = WorkerConfig::try_parse_from(["userexport-worker", "--queues", "batch,control,batch"]).unwrap();
+    let config =
+        WorkerConfig::try_parse_from(["userexport-worker", "--queues", "batch,control,batch"]).unwrap();
     assert_eq!(config.workloads().len(), 2);
     assert!(WorkerConfig::try_parse_from(["userexport-worker", "--queues", "export"]).is_err());
     let config =

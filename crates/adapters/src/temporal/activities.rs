@@ -27,8 +27,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::tenant_slots::{TenantSlots, busy_delay};
 use super::types::{
-    ExportHeartbeat, ExportRef, ExportState, ExportUserDataInput, ExportUserDataOutput, FinishInput, FinishOutcome,
-    FinishOutput, PrepareInput, PrepareOutput, failure_type,
+    ExportHeartbeat, ExportRef, ExportState, ExportUserDataInput, ExportUserDataOutput, FinishInput,
+    FinishOutcome, FinishOutput, PrepareInput, PrepareOutput, failure_type,
 };
 
 /// Fastest heartbeat ticker, whatever the heartbeat timeout.

@@ -253,7 +253,8 @@ async fn run_window<'a>(
     loop {
         while running.len() < concurrency {
             let Some((index, target)) = next.next() else { break };
-            running.push((index, Box::pin(run_target(ctx, batch_id, target, input, true))));
+            let run: TargetRun<'a> = Box::pin(run_target(ctx, batch_id, target, input, true));
+            running.push((index, run));
         }
         if running.is_empty() {
             break;
@@ -430,7 +431,8 @@ async fn join_running(
 
 /// The outcome a final record tells; `None` while it is unfinished.
 fn joined_outcome(state: ExportState) -> Option<Joined> {
-    let reason = |fallback: &str| state.error.as_ref().map_or_else(|| fallback.to_owned(), |e| e.message.clone());
+    let reason =
+        |fallback: &str| state.error.as_ref().map_or_else(|| fallback.to_owned(), |e| e.message.clone());
     match state.status {
         ExportStatus::Pending | ExportStatus::Running => None,
         ExportStatus::Completed | ExportStatus::Expired => Some(Joined::Completed),

@@ -161,6 +161,7 @@ mod tests {
         assert_eq!(ExportActivities::prepare.name(), PREPARE_ACTIVITY);
         assert_eq!(ExportActivities::finish.name(), FINISH_ACTIVITY);
         assert_eq!(ExportActivities::notify.name(), NOTIFY_ACTIVITY);
+        assert_eq!(ExportActivities::status.name(), "ExportStatus");
         assert_eq!(EXPORT_ACTIVITY, "ExportUserData");
     }
 

@@ -16,8 +16,8 @@ use adapters::temporal::{
 };
 use async_trait::async_trait;
 use domain::{
-    Batch, BatchId, BatchRequest, ExecutionPolicy, Export, ExportId, ExportSpec, ExportStatus, RetryPolicy, Scope,
-    UserFilter, UserId,
+    Batch, BatchId, BatchRequest, ExecutionPolicy, Export, ExportId, ExportSpec, ExportStatus, RetryPolicy,
+    Scope, UserFilter, UserId,
 };
 use futures::StreamExt;
 use ports::{ExportRepository, ExportStorage, Orchestrator, PortError, UserRepository, UserStream};
@@ -137,7 +137,13 @@ struct GatedUsers {
 
 #[async_trait]
 impl UserRepository for GatedUsers {
-    fn stream(&self, scope: &Scope, filter: &UserFilter, after: Option<UserId>, limit: Option<u64>) -> UserStream {
+    fn stream(
+        &self,
+        scope: &Scope,
+        filter: &UserFilter,
+        after: Option<UserId>,
+        limit: Option<u64>,
+    ) -> UserStream {
         let users = self.inner.stream(scope, filter, after, limit);
         if *scope != self.gated {
             return users;

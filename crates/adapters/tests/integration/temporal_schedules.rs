@@ -10,7 +10,9 @@ use adapters::memory::{MemoryExportRepository, MemoryScheduleRepository, MemoryU
 use adapters::notify::LogNotifier;
 use adapters::storage::ObjectStorage;
 use adapters::temporal::testkit::{test_client, unique_task_queue, with_queue_workers};
-use adapters::temporal::{TaskQueues, TemporalOrchestrator, TemporalScheduler, WorkerDeps, derived_export_id};
+use adapters::temporal::{
+    TaskQueues, TemporalOrchestrator, TemporalScheduler, WorkerDeps, derived_export_id,
+};
 use chrono::{DateTime, SubsecRound, Utc};
 use domain::{
     ExecutionPolicy, Export, ExportId, ExportSchedule, ExportStatus, NewSchedule, ScheduleId, SchedulePatch,
