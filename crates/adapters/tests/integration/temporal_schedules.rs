@@ -149,10 +149,14 @@ async fn a_trigger_runs_one_export_and_a_duplicate_fire_finds_it() {
         assert_eq!(done.workflow_id(), action.workflow_id);
         let orchestrator =
             TemporalOrchestrator::new(h.client.clone(), h.task_queue.clone(), ExecutionPolicy::default());
-        assert_eq!(
-            orchestrator.inspect(&done).await.unwrap(),
-            ports::RunState::Closed(ports::RunClosure::Completed)
-        );
+        // The record completes in the attempt; its workflow closes right after.
+        let closed = h
+            .eventually("the fire's run to close", Duration::from_secs(10), || async {
+                let state = orchestrator.inspect(&done).await.unwrap();
+                (state != ports::RunState::Live).then_some(state)
+            })
+            .await;
+        assert_eq!(closed, ports::RunState::Closed(ports::RunClosure::Completed));
 
         // The same fire again (a retried or duplicated trigger for the same time): still one export.
         let presence = h.scheduler.trigger(&schedule, at.trunc_subsecs(0)).await.unwrap();
