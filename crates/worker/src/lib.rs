@@ -3,21 +3,25 @@
 //! Users, export records and storage come from [`wiring`], with the same settings (flags and
 //! environment variables) as the API, so a worker and an API started from one environment work
 //! on the same records and files. The retry policy uses the API's variable names too.
+//!
+//! A worker serves the workloads it is told (`--queues exports,control,batch`, default all):
+//! one SDK worker per task queue ([`adapters::temporal::TaskQueues`]), each with its own slot
+//! limits, sharing the runtime, the client and the per-tenant running count.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use adapters::temporal::{
-    TemporalOrchestrator, WorkerDeps, connect_client, ensure_reconcile_schedule, ensure_retention_schedule,
-    register,
+    TaskQueues, TemporalOrchestrator, WorkerDeps, Workload, connect_client, ensure_reconcile_schedule,
+    ensure_retention_schedule, workload_options,
 };
 use anyhow::{Context, bail};
 use clap::Parser;
 use domain::{ExecutionPolicy, Scope};
 use service::{ExportRunner, Reconciler};
 use temporalio_sdk::runtime::worker_tuner::{FixedSizeSlotSupplier, TunerHolder};
-use temporalio_sdk::{Runtime, Worker, WorkerOptions};
+use temporalio_sdk::{Runtime, Worker};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -46,14 +50,30 @@ pub struct WorkerConfig {
     #[arg(long, env = "USEREXPORT_DEMO_SCOPES", value_delimiter = ',', default_value = "demo/dev")]
     pub demo_scopes: Vec<String>,
 
-    /// Activities run at the same time by this worker (export attempts and the short record
-    /// bookkeeping); more wait on the task queue, for this or another worker.
+    /// Workloads this worker serves, each on its own task queue named from
+    /// `USEREXPORT_TASK_QUEUE`: `exports` (`{prefix}-exports`: export attempts), `control`
+    /// (`{prefix}`: export workflows and their bookkeeping, retention, reconcile), `batch`
+    /// (`{prefix}-batch`: batch parents).
+    #[arg(long, env = "USEREXPORT_QUEUES", value_delimiter = ',', default_value = "exports,control,batch")]
+    pub queues: Vec<Workload>,
+
+    /// Export attempts (`ExportUserData`) run at the same time by this worker (exports queue);
+    /// more wait on the queue, for this or another worker.
     #[arg(long, env = "USEREXPORT_MAX_CONCURRENT_EXPORTS", default_value_t = 4)]
     pub max_concurrent_exports: usize,
 
-    /// Workflow tasks processed at the same time by this worker.
+    /// Bookkeeping activities run at the same time by this worker (control queue: prepare,
+    /// finish, status reads, retention sweeps, reconcile passes).
+    #[arg(long, env = "USEREXPORT_CONTROL_MAX_ACTIVITIES", default_value_t = 16)]
+    pub control_max_activities: usize,
+
+    /// Workflow tasks processed at the same time by this worker (control queue).
     #[arg(long, env = "USEREXPORT_WORKER_MAX_WORKFLOW_TASKS", default_value_t = 10)]
     pub max_workflow_tasks: usize,
+
+    /// Workflow tasks of batch parents processed at the same time by this worker (batch queue).
+    #[arg(long, env = "USEREXPORT_BATCH_MAX_WORKFLOW_TASKS", default_value_t = 4)]
+    pub batch_max_workflow_tasks: usize,
 
     /// On SIGINT/SIGTERM: how long running exports may take to finish before they are
     /// interrupted (they then fail retryably and run again on another worker).
@@ -101,6 +121,15 @@ impl WorkerConfig {
         if self.max_workflow_tasks < 2 {
             bail!("invalid USEREXPORT_WORKER_MAX_WORKFLOW_TASKS: must be at least 2");
         }
+        if self.control_max_activities == 0 {
+            bail!("invalid USEREXPORT_CONTROL_MAX_ACTIVITIES: must be at least 1");
+        }
+        if self.batch_max_workflow_tasks < 2 {
+            bail!("invalid USEREXPORT_BATCH_MAX_WORKFLOW_TASKS: must be at least 2");
+        }
+        if self.queues.is_empty() {
+            bail!("invalid USEREXPORT_QUEUES: name at least one of exports, control, batch");
+        }
         self.demo_scopes()?;
         self.execution_policy()?;
         self.policy.retention_policy()?;
@@ -123,6 +152,31 @@ impl WorkerConfig {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_s)
+    }
+
+    /// The workloads to serve, each once, in a fixed order.
+    pub fn workloads(&self) -> Vec<Workload> {
+        let mut workloads = self.queues.clone();
+        workloads.sort_unstable();
+        workloads.dedup();
+        workloads
+    }
+
+    /// Slot limits of `workload`'s SDK worker. Every kind of slot needs a supplier; a kind the
+    /// queue's worker does not poll gets the least one.
+    fn tuner(&self, workload: Workload) -> TunerHolder {
+        let (workflow_tasks, activities, local_activities) = match workload {
+            Workload::Exports => (2, self.max_concurrent_exports, 1),
+            // NotifyExport runs as a local activity after every export.
+            Workload::Control => (self.max_workflow_tasks, self.control_max_activities, LOCAL_ACTIVITY_SLOTS),
+            Workload::Batch => (self.batch_max_workflow_tasks, 1, 1),
+        };
+        TunerHolder::builder()
+            .workflow_task_slot_supplier(FixedSizeSlotSupplier::new(workflow_tasks))
+            .activity_task_slot_supplier(FixedSizeSlotSupplier::new(activities))
+            .local_activity_task_slot_supplier(FixedSizeSlotSupplier::new(local_activities))
+            .nexus_task_slot_supplier(FixedSizeSlotSupplier::new(1))
+            .build()
     }
 }
 
@@ -174,36 +228,33 @@ pub async fn run_with(
         "userexport-worker",
     )
     .await?;
-    ensure_retention_schedule(
-        &client,
-        &config.temporal.task_queue,
-        config.policy.retention_sweep_interval()?,
-    )
-    .await?;
-    ensure_reconcile_schedule(&client, &config.temporal.task_queue, config.policy.reconcile_interval()?)
+    let queues = TaskQueues::new(config.temporal.task_queue.as_str());
+    let workloads = config.workloads();
+    // The system schedules and the reconciler go with the control queue, where their workflows run.
+    let reconciler = if workloads.contains(&Workload::Control) {
+        ensure_retention_schedule(
+            &client,
+            &config.temporal.task_queue,
+            config.policy.retention_sweep_interval()?,
+        )
         .await?;
-    // The reconciler inspects and starts workflows on this cluster, as the API would.
-    let orchestrator = TemporalOrchestrator::new(client.clone(), config.temporal.task_queue.clone(), policy);
-    let reconciler = Reconciler::new(
-        Arc::clone(&adapters.exports),
-        Arc::new(orchestrator),
-        Arc::clone(&runner),
-        config.policy.reconcile_settings(),
-    );
+        ensure_reconcile_schedule(&client, &config.temporal.task_queue, config.policy.reconcile_interval()?)
+            .await?;
+        // The reconciler inspects and starts workflows on this cluster, as the API would.
+        let orchestrator =
+            TemporalOrchestrator::new(client.clone(), config.temporal.task_queue.clone(), policy);
+        Some(Arc::new(Reconciler::new(
+            Arc::clone(&adapters.exports),
+            Arc::new(orchestrator),
+            Arc::clone(&runner),
+            config.policy.reconcile_settings(),
+        )))
+    } else {
+        None
+    };
     let runtime = Runtime::from_current_tokio(Default::default()).context("starting the Temporal runtime")?;
 
     let interrupt = CancellationToken::new();
-    let mut options = WorkerOptions::new(config.temporal.task_queue.clone())
-        .tuner(
-            TunerHolder::builder()
-                .workflow_task_slot_supplier(FixedSizeSlotSupplier::new(config.max_workflow_tasks))
-                .activity_task_slot_supplier(FixedSizeSlotSupplier::new(config.max_concurrent_exports))
-                // NotifyExport runs as a local activity after every export.
-                .local_activity_task_slot_supplier(FixedSizeSlotSupplier::new(LOCAL_ACTIVITY_SLOTS))
-                .nexus_task_slot_supplier(FixedSizeSlotSupplier::new(1))
-                .build(),
-        )
-        .build();
     let quotas = config.quotas.quota_book(&config.tenants.directory()?)?;
     let deps = WorkerDeps {
         quotas,
@@ -212,14 +263,23 @@ pub async fn run_with(
         storage: adapters.storage,
         default_policy: policy,
         shutdown: interrupt.clone(),
-        reconciler: Some(Arc::new(reconciler)),
+        reconciler,
     };
-    register(&mut options, &deps).context("registering the workflows and activities")?;
-    let mut worker = Worker::new(&runtime, client, options).context("creating the Temporal worker")?;
-    let shutdown = worker.shutdown_handle();
+    let mut workers = Vec::with_capacity(workloads.len());
+    for (workload, mut options) in
+        workload_options(&queues, &workloads, &deps).context("registering the workflows and activities")?
+    {
+        options.tuner = config.tuner(workload).into();
+        let worker = Worker::new(&runtime, client.clone(), options)
+            .with_context(|| format!("creating the Temporal worker of the {workload} queue"))?;
+        info!(queue = %workload, task_queue = %queues.name(workload), "polling");
+        workers.push((workload, worker));
+    }
+    let shutdowns: Vec<_> = workers.iter().map(|(_, worker)| worker.shutdown_handle()).collect();
+    let shutdown = move || shutdowns.iter().for_each(|shutdown| shutdown());
     info!(address = %config.temporal.temporal_address, namespace = %config.temporal.temporal_namespace,
-          task_queue = %config.temporal.task_queue, max_concurrent_exports = config.max_concurrent_exports,
-          "worker started");
+          task_queue = %config.temporal.task_queue, queues = ?workloads,
+          max_concurrent_exports = config.max_concurrent_exports, "worker started");
 
     let grace = config.shutdown_grace();
     let stopping = async move {
@@ -234,8 +294,13 @@ pub async fn run_with(
         interrupt.cancel();
         std::future::pending::<()>().await;
     };
+    // Each worker stops after the shutdown, once its own running tasks are done; the first
+    // failure stops them all.
+    let running = futures::future::try_join_all(workers.iter_mut().map(|(workload, worker)| async move {
+        worker.run().await.with_context(|| format!("the Temporal worker of the {workload} queue failed"))
+    }));
     tokio::select! {
-        result = worker.run() => result.context("the Temporal worker failed")?,
+        result = running => { result?; }
         () = stopping => {}
     }
     info!("worker stopped");

@@ -11,13 +11,16 @@ use adapters::memory::{MemoryBatchRepository, MemoryExportRepository, MemoryUser
 use adapters::notify::LogNotifier;
 use adapters::storage::ObjectStorage;
 use adapters::temporal::testkit::{SlowUsers, read_object, test_address, test_client, unique_task_queue};
-use adapters::temporal::{ExportUserDataOutput, UserDataExportWorkflow, derived_export_id};
+use adapters::temporal::{
+    ExportRetentionWorkflow, ExportUserDataOutput, RetentionInput, UserDataExportWorkflow, derived_export_id,
+};
 use clap::Parser;
 use domain::{ExportStatus, Scope};
 use ports::ExportRepository;
 use serde_json::json;
-use temporalio_client::{Client, WorkflowStartOptions};
+use temporalio_client::{Client, WorkflowCancelOptions, WorkflowStartOptions};
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use worker::{Adapters, WorkerConfig};
 
@@ -102,6 +105,102 @@ async fn the_binary_fails_fast_without_temporal() {
     assert!(stderr.contains("TEMPORAL_ADDRESS"), "{stderr}");
 }
 
+/// Waits until the record of `workflow_id`'s export has `status` (30 s at most).
+async fn wait_for_status(exports: &MemoryExportRepository, workflow_id: &str, status: ExportStatus) {
+    let id = derived_export_id(workflow_id);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let record = exports.get(&scope(), id).await.unwrap();
+        if record.as_ref().is_some_and(|r| r.status() == status) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{workflow_id}: never {status}: {record:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn bookkeeping_and_retention_complete_on_a_control_worker_while_every_export_slot_is_busy() {
+    let client = test_client().await;
+    let task_queue = unique_task_queue("queues");
+    let users = MemoryUserRepository::new();
+    users.seed_synthetic(&scope(), 1000);
+    let exports = Arc::new(MemoryExportRepository::new());
+    let storage = Arc::new(ObjectStorage::in_memory());
+    let adapters = || Adapters {
+        // A user a second: an export holds its slot for as long as the test runs.
+        users: Arc::new(SlowUsers { inner: Arc::new(users.clone()), per_user: Duration::from_secs(1) }),
+        exports: exports.clone(),
+        storage: storage.clone(),
+        notifier: Arc::new(LogNotifier),
+        callbacks: Arc::new(adapters::notify::NoCallbacks),
+        batches: Arc::new(MemoryBatchRepository::new()),
+        schedules: Arc::new(adapters::memory::MemoryScheduleRepository::new()),
+    };
+    let stop = CancellationToken::new();
+    // Two processes' worth: one export slot on the exports queue, and a control-only worker.
+    let exports_worker = worker::run_with(
+        config_with(&task_queue, "0", &["--queues", "exports", "--max-concurrent-exports", "1"]),
+        adapters(),
+        stop.clone().cancelled_owned(),
+    );
+    let control_worker = worker::run_with(
+        config_with(&task_queue, "0", &["--queues", "control"]),
+        adapters(),
+        stop.clone().cancelled_owned(),
+    );
+    let (busy, queued) = (format!("busy-{}", Uuid::new_v4()), format!("queued-{}", Uuid::new_v4()));
+    let cancel = |workflow_id: &str| {
+        let handle = client.get_workflow_handle::<UserDataExportWorkflow>(workflow_id.to_owned());
+        async move { handle.cancel(WorkflowCancelOptions::builder().build()).await.unwrap() }
+    };
+    let drive = async {
+        start_seed_workflow(&client, &task_queue, &busy).await;
+        wait_for_status(&exports, &busy, ExportStatus::Running).await;
+
+        // Prepared (its record created) and cancelled (recorded) while its attempt waits for the
+        // busy slot.
+        start_seed_workflow(&client, &task_queue, &queued).await;
+        wait_for_status(&exports, &queued, ExportStatus::Pending).await;
+        cancel(&queued).await;
+        wait_for_status(&exports, &queued, ExportStatus::Cancelled).await;
+
+        // A retention run completes too.
+        let retention =
+            WorkflowStartOptions::new(task_queue.clone(), format!("retention-{}", Uuid::new_v4())).build();
+        let handle = client
+            .start_workflow(ExportRetentionWorkflow::run, RetentionInput::default(), retention)
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(30), handle.get_result(Default::default()))
+            .await
+            .expect("the retention run finishes while the export slot is busy")
+            .expect("the retention run completes");
+
+        let record = exports.get(&scope(), derived_export_id(&busy)).await.unwrap().unwrap();
+        assert_eq!(record.status(), ExportStatus::Running, "the slot was busy all along");
+        cancel(&busy).await;
+        wait_for_status(&exports, &busy, ExportStatus::Cancelled).await;
+        stop.cancel();
+    };
+    let (exports_stopped, control_stopped, ()) = tokio::join!(exports_worker, control_worker, drive);
+    exports_stopped.unwrap();
+    control_stopped.unwrap();
+}
+
+#[tokio::test]
+async fn queues_are_named_and_checked() {
+    let config = WorkerConfig::try_parse_from(["userexport-worker"]).unwrap();
+    assert_eq!(config.workloads(), adapters::temporal::Workload::ALL.to_vec(), "all by default");
+    let config =
+        WorkerConfig::try_parse_from(["userexport-worker", "--queues", "batch,control,batch"]).unwrap();
+    assert_eq!(config.workloads().len(), 2);
+    assert!(WorkerConfig::try_parse_from(["userexport-worker", "--queues", "export"]).is_err());
+    let config =
+        WorkerConfig::try_parse_from(["userexport-worker", "--control-max-activities", "0"]).unwrap();
+    assert!(format!("{:#}", config.check().unwrap_err()).contains("USEREXPORT_CONTROL_MAX_ACTIVITIES"));
+}
+
 #[tokio::test]
 async fn an_invalid_setting_is_named() {
     let config = WorkerConfig::try_parse_from(["userexport-worker", "--retry-backoff", "0.5"]).unwrap();
@@ -113,7 +212,12 @@ async fn an_invalid_setting_is_named() {
 
 /// Configuration for an in-process worker on the test server.
 fn config(task_queue: &str, grace_s: &str) -> WorkerConfig {
-    WorkerConfig::try_parse_from([
+    config_with(task_queue, grace_s, &[])
+}
+
+/// [`config`] with `extra` flags.
+fn config_with(task_queue: &str, grace_s: &str, extra: &[&str]) -> WorkerConfig {
+    let base = [
         "userexport-worker",
         "--temporal-address",
         &test_address(),
@@ -131,8 +235,8 @@ fn config(task_queue: &str, grace_s: &str) -> WorkerConfig {
         "100",
         "--heartbeat-timeout-s",
         "2",
-    ])
-    .unwrap()
+    ];
+    WorkerConfig::try_parse_from(base.iter().chain(extra)).unwrap()
 }
 
 #[tokio::test]

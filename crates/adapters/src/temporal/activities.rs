@@ -27,8 +27,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::tenant_slots::TenantSlots;
 use super::types::{
-    ExportHeartbeat, ExportRef, ExportUserDataInput, ExportUserDataOutput, FinishInput, FinishOutcome,
-    FinishOutput, PrepareInput, PrepareOutput, failure_type,
+    ExportHeartbeat, ExportRef, ExportState, ExportUserDataInput, ExportUserDataOutput, FinishInput,
+    FinishOutcome, FinishOutput, PrepareInput, PrepareOutput, failure_type,
 };
 
 /// Fastest heartbeat ticker, whatever the heartbeat timeout.
@@ -223,6 +223,19 @@ impl ExportActivities {
         let (scope, id) = parse_ref(&export)?;
         self.runner.notify(&scope, id).await.map_err(port_failure)?;
         Ok(())
+    }
+
+    /// The record's status (and error), or `None` when there is no record yet: how a batch
+    /// follows an export that already runs under its target's workflow ID.
+    #[activity(name = "ExportStatus")]
+    pub async fn status(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        export: ExportRef,
+    ) -> Result<Option<ExportState>, ActivityError> {
+        let (scope, id) = parse_ref(&export)?;
+        let record = self.exports.get(&scope, id).await.map_err(port_failure)?;
+        Ok(record.map(|e| ExportState { status: e.status(), error: e.error().cloned() }))
     }
 
     /// Ends an unfinished export when the workflow cannot: `cancelled` after a workflow

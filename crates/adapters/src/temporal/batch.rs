@@ -2,31 +2,49 @@
 //!
 //! Each target runs as a child `UserDataExportWorkflow` whose workflow ID is its export's
 //! ([`ExportId::for_batch`] of the batch and scope), started with the export ID and the request
-//! so its `PrepareExport` creates the record if absent. Children run in chunks of `concurrency`
-//! (`join_all`, deterministic); a failing child is counted with its reason and the batch goes
-//! on. After `targets_per_run` targets the workflow continues as new, carrying the offset, the
-//! counts and the failures, so its history stays bounded however many targets there are.
+//! so its `PrepareExport` creates the record if absent. At most `concurrency` children run at
+//! once in a sliding window: a finished child frees its place at once for the next target. A
+//! target whose export already runs under that workflow ID (started through the API, by an
+//! earlier run of this batch, by hand) is joined: the batch follows its record (`ExportStatus`,
+//! on the control queue) and counts its outcome. A failing child is counted with its reason and
+//! the batch goes on. After `targets_per_run` targets the workflow continues as new, carrying
+//! the offset, the counts and the failures, so its history stays bounded however many targets
+//! there are.
 //!
-//! Workflow code is deterministic: it decodes its input, derives IDs and starts children; the
-//! children's activities touch the ports. No activities of its own.
+//! The parent runs on the batch queue; its children on the control queue
+//! ([`super::TaskQueues`]). Runs begun before the window (no `batch-sliding-window` marker in
+//! their history) replay as they ran: chunks of `concurrency` (`join_all`), a running target
+//! counted as failed.
+//!
+//! Workflow code is deterministic: it decodes its input, derives IDs, starts children and reads
+//! records through an activity; the children's activities touch the ports.
 
 // The macros generate marker types (one per workflow handler) without `Debug`.
 #![allow(missing_debug_implementations)]
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Duration;
 
 use domain::batch::MAX_CONCURRENCY;
 use domain::{Batch, BatchId, ExecutionPolicy, ExportFailure, ExportId, ExportStatus, FailureKind, Scope};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use temporalio_common::RetryPolicy;
 use temporalio_common::error::IncomingError;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::workflows::join_all;
 use temporalio_sdk::{
-    ApplicationFailure, ChildWorkflowExecutionError, ChildWorkflowOptions, ContinueAsNewOptions,
-    ParentClosePolicy, WorkflowContext, WorkflowResult,
+    ActivityOptions, ApplicationFailure, ChildWorkflowExecutionError, ChildWorkflowOptions,
+    ChildWorkflowStartError, ContinueAsNewOptions, ParentClosePolicy, StartChildWorkflowExecutionFailedCause,
+    WorkflowContext, WorkflowResult,
 };
 use tracing::info;
 
-use super::types::{ExportWorkflowInput, failure_type};
+use super::activities::ExportActivities;
+use super::queues::control_queue_of_batch;
+use super::types::{ExportRef, ExportState, ExportWorkflowInput, failure_type};
 use super::workflow::UserDataExportWorkflow;
 
 /// Registered name of the batch workflow.
@@ -38,6 +56,14 @@ pub const DEFAULT_TARGETS_PER_RUN: u32 = 500;
 pub const MAX_REPORTED_FAILURES: usize = 1000;
 /// Longest failure reason kept, in bytes.
 const MAX_REASON_LEN: usize = 500;
+/// Marks runs with the sliding window and joining of running targets.
+const SLIDING_WINDOW_PATCH: &str = "batch-sliding-window";
+/// First and longest wait between two reads of a joined export's record.
+const JOIN_FIRST_WAIT: Duration = Duration::from_secs(1);
+const JOIN_MAX_WAIT: Duration = Duration::from_secs(120);
+/// How long past its policy's deadline a joined export may stay unfinished before the batch
+/// counts it as timed out (the room its workflow has for bookkeeping after the last attempt).
+const JOIN_MARGIN: Duration = Duration::from_secs(15 * 60);
 
 /// Registers `UserBatchExportWorkflow` (its children are `UserDataExportWorkflow`s, registered
 /// by their own module).
@@ -156,16 +182,24 @@ impl UserBatchExportWorkflow {
         }
 
         let view: &WorkflowContext<Self> = ctx;
-        for chunk in input.targets[start..end].chunks(concurrency) {
-            let runs = chunk.iter().map(|target| run_target(view, batch_id, target, &input));
-            for outcome in join_all(runs).await {
-                match outcome {
-                    None => input.progress.completed += 1,
-                    Some(failure) => {
-                        input.progress.failed += 1;
-                        if input.progress.failures.len() < MAX_REPORTED_FAILURES {
-                            input.progress.failures.push(failure);
-                        }
+        let targets = &input.targets[start..end];
+        let outcomes = if view.patched(SLIDING_WINDOW_PATCH) {
+            run_window(view, batch_id, targets, concurrency, &input).await
+        } else {
+            let mut outcomes = Vec::with_capacity(targets.len());
+            for chunk in targets.chunks(concurrency) {
+                let runs = chunk.iter().map(|target| run_target(view, batch_id, target, &input, false));
+                outcomes.extend(join_all(runs).await);
+            }
+            outcomes
+        };
+        for outcome in outcomes {
+            match outcome {
+                None => input.progress.completed += 1,
+                Some(failure) => {
+                    input.progress.failed += 1;
+                    if input.progress.failures.len() < MAX_REPORTED_FAILURES {
+                        input.progress.failures.push(failure);
                     }
                 }
             }
@@ -196,13 +230,62 @@ impl UserBatchExportWorkflow {
     }
 }
 
-/// Runs one target's export as a child workflow; `None` when it completed.
+/// What one target's export ended with: `None` when it completed.
+type Outcome = Option<BatchTargetFailure>;
+type TargetRun<'a> = Pin<Box<dyn Future<Output = Outcome> + 'a>>;
+
+/// Runs `targets` with at most `concurrency` at once, starting the next target as soon as any
+/// run finishes. Outcomes come back in target order.
+///
+/// Deterministic: finished runs are taken in the order they were started, and which runs have
+/// finished when the workflow wakes comes from the history, so a replay starts the same children
+/// at the same points.
+async fn run_window<'a>(
+    ctx: &'a WorkflowContext<UserBatchExportWorkflow>,
+    batch_id: BatchId,
+    targets: &'a [String],
+    concurrency: usize,
+    input: &'a BatchWorkflowInput,
+) -> Vec<Outcome> {
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; targets.len()];
+    let mut next = targets.iter().enumerate();
+    let mut running: Vec<(usize, TargetRun<'a>)> = Vec::with_capacity(concurrency);
+    loop {
+        while running.len() < concurrency {
+            let Some((index, target)) = next.next() else { break };
+            let run: TargetRun<'a> = Box::pin(run_target(ctx, batch_id, target, input, true));
+            running.push((index, run));
+        }
+        if running.is_empty() {
+            break;
+        }
+        // The SDK futures are polled with the workflow's own waker: no wake of ours.
+        let (slot, outcome) = std::future::poll_fn(|cx| {
+            running
+                .iter_mut()
+                .enumerate()
+                .find_map(|(slot, (_, run))| match run.as_mut().poll(cx) {
+                    Poll::Ready(outcome) => Some((slot, outcome)),
+                    Poll::Pending => None,
+                })
+                .map_or(Poll::Pending, Poll::Ready)
+        })
+        .await;
+        let (index, _) = running.remove(slot);
+        outcomes[index] = Some(outcome);
+    }
+    outcomes.into_iter().map(Option::flatten).collect()
+}
+
+/// Runs one target's export as a child workflow; `None` when it completed. With `join`, a
+/// target whose workflow ID already runs is followed to its end instead of counted as failed.
 async fn run_target(
     ctx: &WorkflowContext<UserBatchExportWorkflow>,
     batch_id: BatchId,
     target: &str,
     input: &BatchWorkflowInput,
-) -> Option<BatchTargetFailure> {
+    join: bool,
+) -> Outcome {
     let scope = match Scope::parse(target) {
         Ok(scope) => scope,
         Err(e) => {
@@ -241,13 +324,29 @@ async fn run_target(
         Ok(child) => child,
         Err(e) => return failure(ExportStatus::Failed, None, format!("encoding the export's input: {e}")),
     };
-    let options = ChildWorkflowOptions::builder()
+    let mut options = ChildWorkflowOptions::builder()
         .workflow_id(export_id.workflow_id(&scope))
         // A cancelled or terminated batch asks its running exports to stop (they end cancelled).
         .parent_close_policy(ParentClosePolicy::RequestCancel)
         .build();
+    // Exports run on the control queue; a batch on that queue (older starts) keeps them there.
+    options.task_queue = control_queue_of_batch(ctx.task_queue()).map(str::to_owned);
     let started = match ctx.start_child_workflow(UserDataExportWorkflow::run, child, options).await {
         Ok(started) => started,
+        Err(ChildWorkflowStartError::StartFailed {
+            cause: StartChildWorkflowExecutionFailedCause::WorkflowAlreadyExists,
+            ..
+        }) if join => {
+            let export = ExportRef {
+                tenant_id: scope.tenant.to_string(),
+                environment_id: scope.environment.to_string(),
+                export_id: export_id.to_string(),
+            };
+            return match join_running(ctx, export, input.policy.unwrap_or_default().deadline).await {
+                Joined::Completed => None,
+                Joined::Ended { status, failure_type, reason } => failure(status, Some(failure_type), reason),
+            };
+        }
         Err(e) => return failure(ExportStatus::Failed, None, format!("the export could not start: {e}")),
     };
     match started.result().await {
@@ -265,6 +364,94 @@ async fn run_target(
                 ExportStatus::Failed
             };
             failure(status, kind.as_deref(), reason)
+        }
+    }
+}
+
+/// How a joined export ended.
+enum Joined {
+    Completed,
+    Ended { status: ExportStatus, failure_type: &'static str, reason: String },
+}
+
+/// Follows an export that already runs under the target's workflow ID, through its record, until
+/// the record is final: reads it (`ExportStatus` on the control queue), then waits on a timer,
+/// longer each time. An export still unfinished well past its `deadline` counts as timed out.
+async fn join_running(
+    ctx: &WorkflowContext<UserBatchExportWorkflow>,
+    export: ExportRef,
+    deadline: Duration,
+) -> Joined {
+    if !ctx.is_replaying() {
+        info!(export_id = %export.export_id, tenant = %export.tenant_id, environment = %export.environment_id,
+              "batch target already running; joining it");
+    }
+    let mut options = ActivityOptions::with_start_to_close_timeout(Duration::from_secs(30))
+        .retry_policy(
+            RetryPolicy::builder()
+                .initial_interval(Duration::from_secs(1))
+                .backoff_coefficient(2.0)
+                .maximum_interval(Duration::from_secs(30))
+                .maximum_attempts(10)
+                .non_retryable_error_types(failure_type::NON_RETRYABLE)
+                .build(),
+        )
+        .build();
+    options.task_queue = control_queue_of_batch(ctx.task_queue()).map(str::to_owned);
+    let (mut wait, mut waited) = (JOIN_FIRST_WAIT, Duration::ZERO);
+    loop {
+        match ctx.execute_activity(ExportActivities::status, export.clone(), options.clone()).await {
+            Ok(Some(state)) => {
+                if let Some(joined) = joined_outcome(state) {
+                    return joined;
+                }
+            }
+            // No record yet: its workflow has not prepared it.
+            Ok(None) => {}
+            Err(_) => {
+                return Joined::Ended {
+                    status: ExportStatus::Failed,
+                    failure_type: failure_type::EXPORT_FAILED,
+                    reason: "the running export's record could not be read".to_owned(),
+                };
+            }
+        }
+        if waited >= deadline + JOIN_MARGIN {
+            return Joined::Ended {
+                status: ExportStatus::Failed,
+                failure_type: failure_type::EXPORT_TIMED_OUT,
+                reason: "the running export did not finish within its deadline".to_owned(),
+            };
+        }
+        ctx.timer(wait).await;
+        waited += wait;
+        wait = (wait * 2).min(JOIN_MAX_WAIT);
+    }
+}
+
+/// The outcome a final record tells; `None` while it is unfinished.
+fn joined_outcome(state: ExportState) -> Option<Joined> {
+    let reason =
+        |fallback: &str| state.error.as_ref().map_or_else(|| fallback.to_owned(), |e| e.message.clone());
+    match state.status {
+        ExportStatus::Pending | ExportStatus::Running => None,
+        ExportStatus::Completed | ExportStatus::Expired => Some(Joined::Completed),
+        ExportStatus::Cancelled => Some(Joined::Ended {
+            status: ExportStatus::Cancelled,
+            failure_type: failure_type::EXPORT_CANCELLED,
+            reason: "the export was cancelled".to_owned(),
+        }),
+        ExportStatus::Failed => {
+            let failure_type = match state.error.as_ref().map(|e| e.kind) {
+                Some(FailureKind::Validation) => failure_type::VALIDATION_FAILED,
+                Some(FailureKind::Timeout) => failure_type::EXPORT_TIMED_OUT,
+                _ => failure_type::EXPORT_FAILED,
+            };
+            Some(Joined::Ended {
+                status: ExportStatus::Failed,
+                failure_type,
+                reason: truncate(reason(FailureKind::Internal.public_message())),
+            })
         }
     }
 }

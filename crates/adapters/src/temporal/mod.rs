@@ -14,6 +14,8 @@
 //!   the shared [`WorkerDeps`].
 //! - [`UserBatchExportWorkflow`] (registered as `UserBatchExportWorkflow`) runs one export
 //!   request for many scopes as child `UserDataExportWorkflow`s.
+//! - [`TaskQueues`] names the task queue of each [`Workload`] (exports, control, batch) from one
+//!   prefix; [`workload_options`] gives a worker one SDK worker per queue.
 //!
 //! The names and the input's JSON shape are a contract shared with the seed (Go) guide: a
 //! workflow started by any client with `{"tenant_id","environment_id","user_filters","format",
@@ -22,6 +24,7 @@
 mod activities;
 mod batch;
 mod orchestrator;
+mod queues;
 mod reconcile;
 mod retention;
 mod schedules;
@@ -48,6 +51,7 @@ pub use batch::{
     DEFAULT_TARGETS_PER_RUN, UserBatchExportWorkflow,
 };
 pub use orchestrator::{TemporalOrchestrator, TemporalSettings};
+pub use queues::{TaskQueues, UnknownWorkload, Workload, workload_options};
 pub use reconcile::{
     ExportReconcileWorkflow, RECONCILE_SCHEDULE_ID, ReconcileOutput, ensure_reconcile_schedule,
 };
@@ -57,7 +61,7 @@ pub use retention::{
 };
 pub use schedules::{TemporalScheduler, fire_input};
 pub use types::{
-    EXPORT_ACTIVITY, ExportHeartbeat, ExportRef, ExportUserDataInput, ExportUserDataOutput,
+    EXPORT_ACTIVITY, ExportHeartbeat, ExportRef, ExportState, ExportUserDataInput, ExportUserDataOutput,
     ExportWorkflowInput, FINISH_ACTIVITY, FinishInput, FinishOutcome, FinishOutput, NOTIFY_ACTIVITY,
     PREPARE_ACTIVITY, PrepareInput, PrepareOutput, WORKFLOW_TYPE, derived_export_id, failure_type,
 };
@@ -91,13 +95,22 @@ impl std::fmt::Debug for WorkerDeps {
 }
 
 /// Registers every workflow and activity on a worker's options. The only place they are
-/// registered, so API-less workers, tests and the binary all run the same set. A new workflow
-/// module adds one line here.
+/// registered, so API-less workers, tests and the binary all run the same set (the control
+/// queue's, see [`workload_options`]). A new workflow module adds one line here.
 ///
 /// # Errors
 /// When a workflow cannot be registered (a duplicate registration).
 pub fn register(options: &mut WorkerOptions, deps: &WorkerDeps) -> Result<(), WorkflowRegistrationError> {
-    workflow::register(options, deps)?;
+    register_with(options, deps, &Arc::new(ExportActivities::from_deps(deps)))
+}
+
+/// [`register`], with export activities shared with the worker's other queues.
+fn register_with(
+    options: &mut WorkerOptions,
+    deps: &WorkerDeps,
+    export_activities: &Arc<ExportActivities>,
+) -> Result<(), WorkflowRegistrationError> {
+    workflow::register(options, export_activities)?;
     retention::register(options, deps)?;
     reconcile::register(options, deps)?;
     batch::register(options, deps)?;
@@ -148,6 +161,7 @@ mod tests {
         assert_eq!(ExportActivities::prepare.name(), PREPARE_ACTIVITY);
         assert_eq!(ExportActivities::finish.name(), FINISH_ACTIVITY);
         assert_eq!(ExportActivities::notify.name(), NOTIFY_ACTIVITY);
+        assert_eq!(ExportActivities::status.name(), "ExportStatus");
         assert_eq!(EXPORT_ACTIVITY, "ExportUserData");
     }
 

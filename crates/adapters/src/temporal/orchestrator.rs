@@ -20,6 +20,7 @@ use tracing::info;
 
 use super::batch::{BatchWorkflowInput, UserBatchExportWorkflow};
 use super::connect_client;
+use super::queues::{TaskQueues, Workload};
 use super::types::ExportWorkflowInput;
 use super::workflow::UserDataExportWorkflow;
 
@@ -34,7 +35,8 @@ pub struct TemporalSettings {
     /// full `http(s)://host:port` URL.
     pub address: String,
     pub namespace: String,
-    /// The task queue `userexport-worker` polls.
+    /// The task queue prefix (`USEREXPORT_TASK_QUEUE`): export workflows start on it, batch
+    /// parents on its `-batch` queue (see [`super::TaskQueues`]).
     pub task_queue: String,
     /// Sent with every workflow, so exports run with the API's policy whatever the worker's.
     pub policy: ExecutionPolicy,
@@ -128,7 +130,9 @@ impl Orchestrator for TemporalOrchestrator {
         let input = serde_json::to_value(BatchWorkflowInput::for_batch(batch, Some(self.policy)))
             .map_err(|e| PortError::Other(anyhow!(e).context("encoding the batch workflow input")))?;
         let workflow_id = batch.id.workflow_id();
-        let options = WorkflowStartOptions::new(self.task_queue.clone(), workflow_id.clone())
+        // Batch parents have a queue of their own; their children run on `task_queue`.
+        let task_queue = TaskQueues::new(self.task_queue.as_str()).name(Workload::Batch);
+        let options = WorkflowStartOptions::new(task_queue, workflow_id.clone())
             // As for exports: a duplicate start finds the running batch, a completed batch is
             // never run again, a failed or terminated one may be (its exports' records decide).
             .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)

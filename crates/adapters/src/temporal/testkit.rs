@@ -8,6 +8,8 @@ use std::future::Future;
 use temporalio_client::Client;
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 
+use super::{TaskQueues, WorkerDeps, Workload, workload_options};
+
 pub use crate::contract::fakes::{BreakingUsers, FailingScopeUsers, FlakyStorage, SlowUsers, read_object};
 
 const HINT: &str = "tests need a Temporal dev server: run scripts/test-all.sh, which starts one and \
@@ -39,14 +41,36 @@ pub fn unique_task_queue(test: &str) -> String {
 /// its in-flight tasks) and returns `body`'s output. Everything runs on the current task, since
 /// a worker's `run` future is not `Send`.
 pub async fn with_worker<F: Future>(client: &Client, options: WorkerOptions, body: F) -> F::Output {
+    with_workers(client, vec![options], body).await
+}
+
+/// Like [`with_worker`], with a worker for each of `queues`' workloads (every queue polled, as
+/// `userexport-worker` does by default), on the SDK's default slot limits.
+pub async fn with_queue_workers<F: Future>(
+    client: &Client,
+    queues: &TaskQueues,
+    deps: &WorkerDeps,
+    body: F,
+) -> F::Output {
+    let options = workload_options(queues, &Workload::ALL, deps).expect("registering the workflows");
+    with_workers(client, options.into_iter().map(|(_, options)| options).collect(), body).await
+}
+
+/// Like [`with_worker`], with one worker per options, side by side.
+pub async fn with_workers<F: Future>(client: &Client, options: Vec<WorkerOptions>, body: F) -> F::Output {
     let runtime = Runtime::from_current_tokio(Default::default()).expect("Temporal runtime");
-    let mut worker = Worker::new(&runtime, client.clone(), options).expect("Temporal worker");
-    let shutdown = worker.shutdown_handle();
-    let (ran, output) = tokio::join!(worker.run(), async {
+    let mut workers: Vec<Worker> = options
+        .into_iter()
+        .map(|options| Worker::new(&runtime, client.clone(), options).expect("Temporal worker"))
+        .collect();
+    let shutdowns: Vec<_> = workers.iter().map(Worker::shutdown_handle).collect();
+    let (ran, output) = tokio::join!(futures::future::join_all(workers.iter_mut().map(Worker::run)), async {
         let output = body.await;
-        shutdown();
+        shutdowns.iter().for_each(|shutdown| shutdown());
         output
     });
-    ran.expect("the worker failed");
+    for result in ran {
+        result.expect("the worker failed");
+    }
     output
 }

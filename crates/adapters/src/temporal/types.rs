@@ -152,6 +152,15 @@ pub struct PrepareOutput {
     pub error: Option<ExportFailure>,
 }
 
+/// Output of `ExportStatus`: where an export's record stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportState {
+    pub status: ExportStatus,
+    /// Present when the export failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ExportFailure>,
+}
+
 /// Input of `ExportUserData`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExportUserDataInput {

@@ -23,18 +23,20 @@ use temporalio_sdk::{
 use tracing::{info, warn};
 
 use super::activities::ExportActivities;
+use super::queues::exports_queue_of;
 use super::types::{
     ExportRef, ExportUserDataInput, ExportUserDataOutput, ExportWorkflowInput, FinishInput, FinishOutcome,
     PrepareInput, PrepareOutput, derived_export_id, failure_type,
 };
 
-/// Registers `UserDataExportWorkflow` and its activities.
+/// Registers `UserDataExportWorkflow` and its activities (one instance per process, shared
+/// with the exports queue's worker).
 pub(super) fn register(
     options: &mut temporalio_sdk::WorkerOptions,
-    deps: &super::WorkerDeps,
+    activities: &std::sync::Arc<ExportActivities>,
 ) -> Result<(), temporalio_sdk::WorkflowRegistrationError> {
     options.register_workflow::<UserDataExportWorkflow>()?;
-    options.register_activities(ExportActivities::from_deps(deps));
+    options.register_activities(super::queues::Shared(std::sync::Arc::clone(activities)));
     Ok(())
 }
 
@@ -133,6 +135,10 @@ impl UserDataExportWorkflow {
         };
         let mut options = export_options(&prepared.policy);
         options.priority = export_priority(&export);
+        // Attempts run on the exports queue beside this workflow's queue, so they never take the
+        // slots bookkeeping needs. The queue is named from this run's own (in its history); the
+        // SDK matches a scheduled activity by ID and type only, so earlier histories replay.
+        options.task_queue = Some(exports_queue_of(ctx.task_queue()));
         match ctx.execute_activity(ExportActivities::export_user_data, attempt, options).await {
             Ok(output) => {
                 if !ctx.is_replaying() {

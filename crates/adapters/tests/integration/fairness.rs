@@ -186,26 +186,17 @@ impl Orchestrator for IdleOrchestrator {
 
 #[cfg(feature = "temporal")]
 mod temporal {
-    use adapters::temporal::testkit::{test_client, unique_task_queue, with_worker};
-    use adapters::temporal::{TemporalOrchestrator, WorkerDeps, register};
+    use adapters::temporal::testkit::{test_client, unique_task_queue, with_workers};
+    use adapters::temporal::{TaskQueues, TemporalOrchestrator, WorkerDeps, Workload, workload_options};
     use temporalio_sdk::WorkerOptions;
     use temporalio_sdk::runtime::worker_tuner::{FixedSizeSlotSupplier, TunerHolder};
     use tokio_util::sync::CancellationToken;
 
     use super::*;
 
-    /// A worker as the binary builds it: 4 activity slots, at most `max_running` (2) of a tenant.
-    fn worker_options(world: &World, task_queue: &str) -> WorkerOptions {
-        let mut options = WorkerOptions::new(task_queue.to_owned())
-            .tuner(
-                TunerHolder::builder()
-                    .workflow_task_slot_supplier(FixedSizeSlotSupplier::new(10))
-                    .activity_task_slot_supplier(FixedSizeSlotSupplier::new(4))
-                    .local_activity_task_slot_supplier(FixedSizeSlotSupplier::new(8))
-                    .nexus_task_slot_supplier(FixedSizeSlotSupplier::new(1))
-                    .build(),
-            )
-            .build();
+    /// A worker as the binary builds it: 4 export slots, at most `max_running` (2) of a tenant,
+    /// its bookkeeping on the control queue's own slots.
+    fn worker_options(world: &World, task_queue: &str) -> Vec<WorkerOptions> {
         let deps = WorkerDeps {
             runner: world.runner.clone(),
             exports: world.exports.clone(),
@@ -215,8 +206,21 @@ mod temporal {
             reconciler: None,
             quotas: quotas(),
         };
-        register(&mut options, &deps).unwrap();
-        options
+        let queues = TaskQueues::new(task_queue);
+        let all = workload_options(&queues, &Workload::ALL, &deps).unwrap();
+        all.into_iter()
+            .map(|(workload, mut options)| {
+                let activities = if workload == Workload::Exports { 4 } else { 16 };
+                options.tuner = TunerHolder::builder()
+                    .workflow_task_slot_supplier(FixedSizeSlotSupplier::new(10))
+                    .activity_task_slot_supplier(FixedSizeSlotSupplier::new(activities))
+                    .local_activity_task_slot_supplier(FixedSizeSlotSupplier::new(8))
+                    .nexus_task_slot_supplier(FixedSizeSlotSupplier::new(1))
+                    .build()
+                    .into();
+                options
+            })
+            .collect()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,7 +232,7 @@ mod temporal {
             TemporalOrchestrator::new(client.clone(), task_queue.clone(), ExecutionPolicy::default());
         let service = world.service(Arc::new(orchestrator));
         let options = worker_options(&world, &task_queue);
-        let (alone, behind, a_left) = with_worker(&client, options, measure(&world, &service)).await;
+        let (alone, behind, a_left) = with_workers(&client, options, measure(&world, &service)).await;
         assert_fair(alone, behind, a_left);
     }
 }

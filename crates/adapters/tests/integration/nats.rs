@@ -377,10 +377,9 @@ async fn restarting_the_consumer_reuses_its_stream_and_durable_consumer() {
 #[cfg(feature = "temporal")]
 #[tokio::test]
 async fn with_temporal_an_event_published_twice_gives_one_completed_export() {
-    use adapters::temporal::testkit::{test_client, unique_task_queue, with_worker};
-    use adapters::temporal::{TemporalOrchestrator, WorkerDeps, register};
+    use adapters::temporal::testkit::{test_client, unique_task_queue, with_queue_workers};
+    use adapters::temporal::{TaskQueues, TemporalOrchestrator, WorkerDeps};
     use ports::ExportStorage;
-    use temporalio_sdk::WorkerOptions;
     use tokio_util::sync::CancellationToken;
 
     let client = test_client().await;
@@ -407,7 +406,7 @@ async fn with_temporal_an_event_published_twice_gives_one_completed_export() {
     let settings = unique_settings();
     let consumer = EventConsumer::start(settings.clone(), Arc::new(service), tenants()).await.unwrap();
 
-    let mut options = WorkerOptions::new(task_queue).build();
+    let queues = TaskQueues::new(task_queue);
     let deps = WorkerDeps {
         quotas: Default::default(),
         runner,
@@ -417,7 +416,6 @@ async fn with_temporal_an_event_published_twice_gives_one_completed_export() {
         shutdown: CancellationToken::new(),
         reconciler: None,
     };
-    register(&mut options, &deps).unwrap();
 
     let jetstream = jetstream::new(async_nats::connect(settings.url.as_str()).await.unwrap());
     // Workflow IDs derive from the event ID and the server outlives the test: unique per run.
@@ -435,7 +433,7 @@ async fn with_temporal_an_event_published_twice_gives_one_completed_export() {
             .unwrap();
     }
     let id = export_id_for(&event_id);
-    with_worker(&client, options, async {
+    with_queue_workers(&client, &queues, &deps, async {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let export = exports.get(&acme(), id).await.unwrap();

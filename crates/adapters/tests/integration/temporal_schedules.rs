@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 use adapters::memory::{MemoryExportRepository, MemoryScheduleRepository, MemoryUserRepository};
 use adapters::notify::LogNotifier;
 use adapters::storage::ObjectStorage;
-use adapters::temporal::testkit::{test_client, unique_task_queue, with_worker};
-use adapters::temporal::{TemporalOrchestrator, TemporalScheduler, WorkerDeps, derived_export_id, register};
+use adapters::temporal::testkit::{test_client, unique_task_queue, with_queue_workers};
+use adapters::temporal::{
+    TaskQueues, TemporalOrchestrator, TemporalScheduler, WorkerDeps, derived_export_id,
+};
 use chrono::{DateTime, SubsecRound, Utc};
 use domain::{
     ExecutionPolicy, Export, ExportId, ExportSchedule, ExportStatus, NewSchedule, ScheduleId, SchedulePatch,
@@ -22,7 +24,6 @@ use service::{ExportRunner, RunnerConfig, ScheduleService, ScheduledExports};
 use temporalio_client::Client;
 use temporalio_client::schedules::{ScheduleDescription, ScheduleError};
 use temporalio_client::tonic::Code;
-use temporalio_sdk::WorkerOptions;
 use tokio_util::sync::CancellationToken;
 
 /// A scope of its own per test: the shared server and `list` see every test's schedules.
@@ -70,9 +71,8 @@ impl Harness {
         Self { client, task_queue, scope, exports, runner, storage, scheduler, service }
     }
 
-    fn worker_options(&self) -> WorkerOptions {
-        let mut options = WorkerOptions::new(self.task_queue.clone()).build();
-        let deps = WorkerDeps {
+    fn worker_deps(&self) -> WorkerDeps {
+        WorkerDeps {
             quotas: Default::default(),
             runner: self.runner.clone(),
             exports: self.exports.clone(),
@@ -80,13 +80,12 @@ impl Harness {
             default_policy: ExecutionPolicy::default(),
             shutdown: CancellationToken::new(),
             reconciler: None,
-        };
-        register(&mut options, &deps).unwrap();
-        options
+        }
     }
 
     async fn with_worker<F: Future>(&self, body: F) -> F::Output {
-        with_worker(&self.client, self.worker_options(), body).await
+        let queues = TaskQueues::new(self.task_queue.as_str());
+        with_queue_workers(&self.client, &queues, &self.worker_deps(), body).await
     }
 
     async fn create(&self, cron: &str) -> ExportSchedule {
@@ -150,10 +149,14 @@ async fn a_trigger_runs_one_export_and_a_duplicate_fire_finds_it() {
         assert_eq!(done.workflow_id(), action.workflow_id);
         let orchestrator =
             TemporalOrchestrator::new(h.client.clone(), h.task_queue.clone(), ExecutionPolicy::default());
-        assert_eq!(
-            orchestrator.inspect(&done).await.unwrap(),
-            ports::RunState::Closed(ports::RunClosure::Completed)
-        );
+        // The record completes in the attempt; its workflow closes right after.
+        let closed = h
+            .eventually("the fire's run to close", Duration::from_secs(10), || async {
+                let state = orchestrator.inspect(&done).await.unwrap();
+                (state != ports::RunState::Live).then_some(state)
+            })
+            .await;
+        assert_eq!(closed, ports::RunState::Closed(ports::RunClosure::Completed));
 
         // The same fire again (a retried or duplicated trigger for the same time): still one export.
         let presence = h.scheduler.trigger(&schedule, at.trunc_subsecs(0)).await.unwrap();

@@ -12,11 +12,11 @@ use adapters::memory::{MemoryExportRepository, MemoryUserRepository};
 use adapters::notify::LogNotifier;
 use adapters::storage::ObjectStorage;
 use adapters::temporal::testkit::{
-    FlakyStorage, SlowUsers, read_object, test_address, test_client, unique_task_queue, with_worker,
+    FlakyStorage, SlowUsers, read_object, test_address, test_client, unique_task_queue, with_queue_workers,
 };
 use adapters::temporal::{
-    ExportUserDataOutput, TemporalOrchestrator, TemporalSettings, UserDataExportWorkflow, WorkerDeps,
-    derived_export_id, failure_type, register,
+    ExportUserDataOutput, TaskQueues, TemporalOrchestrator, TemporalSettings, UserDataExportWorkflow,
+    WorkerDeps, derived_export_id, failure_type,
 };
 use domain::{
     ExecutionPolicy, Export, ExportFormat, ExportId, ExportSpec, ExportStatus, FailureKind, RetryPolicy,
@@ -35,7 +35,6 @@ use temporalio_client::{
 };
 use temporalio_common::error::IncomingError;
 use temporalio_common::protos::temporal::api::history::v1::history_event::Attributes;
-use temporalio_sdk::WorkerOptions;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -133,9 +132,8 @@ impl Harness {
         }
     }
 
-    fn worker_options(&self) -> WorkerOptions {
-        let mut options = WorkerOptions::new(self.task_queue.clone()).build();
-        let deps = WorkerDeps {
+    fn worker_deps(&self) -> WorkerDeps {
+        WorkerDeps {
             quotas: Default::default(),
             runner: self.runner.clone(),
             exports: self.exports.clone(),
@@ -143,14 +141,13 @@ impl Harness {
             default_policy: self.policy,
             shutdown: CancellationToken::new(),
             reconciler: None,
-        };
-        register(&mut options, &deps).unwrap();
-        options
+        }
     }
 
-    /// Runs `body` while a worker polls this test's task queue.
+    /// Runs `body` while a worker polls this test's task queues.
     async fn with_worker<F: Future>(&self, body: F) -> F::Output {
-        with_worker(&self.client, self.worker_options(), body).await
+        let queues = TaskQueues::new(self.task_queue.as_str());
+        with_queue_workers(&self.client, &queues, &self.worker_deps(), body).await
     }
 
     async fn request(&self, body: Value) -> Export {
