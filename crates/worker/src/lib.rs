@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use adapters::temporal::{
-    TemporalOrchestrator, WorkerDeps, connect_client, ensure_reconcile_schedule, ensure_retention_schedule,
+    TemporalOrchestrator, WorkerDeps, connect_client_metered, ensure_reconcile_schedule, ensure_retention_schedule,
     register,
 };
 use anyhow::{Context, bail};
@@ -21,10 +21,12 @@ use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+mod metrics_endpoint;
+
 /// Local activity slots: `NotifyExport` runs as one after every export.
 const LOCAL_ACTIVITY_SLOTS: usize = 8;
 pub use wiring::{
-    Adapters, BackendArgs, ExportsBackend, LogFormat, NotifyArgs, PolicyArgs, QuotaArgs, StorageKind,
+    Adapters, BackendArgs, ExportsBackend, LogFormat, MetricsArgs, NotifyArgs, PolicyArgs, QuotaArgs, StorageKind,
     TemporalArgs, TenantArgs, UsersBackend,
 };
 
@@ -79,6 +81,11 @@ pub struct WorkerConfig {
     /// Log line format on stderr.
     #[arg(long, env = "USEREXPORT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Prometheus metrics (ours and the Temporal SDK's) on `USEREXPORT_METRICS_LISTEN`; none
+    /// when unset.
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 impl WorkerConfig {
@@ -151,6 +158,8 @@ pub async fn run_with(
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     config.check()?;
+    let adapters = adapters.metered();
+    let telemetry = metrics_endpoint::start(&config.metrics).await?;
     let policy = config.execution_policy()?;
     if config.backends.exports == ExportsBackend::Memory {
         warn!(
@@ -168,10 +177,11 @@ pub async fn run_with(
         )
         .with_callbacks(adapters.callbacks),
     );
-    let client = connect_client(
+    let client = connect_client_metered(
         &config.temporal.temporal_address,
         &config.temporal.temporal_namespace,
         "userexport-worker",
+        telemetry.client_meter(),
     )
     .await?;
     ensure_retention_schedule(
@@ -190,7 +200,8 @@ pub async fn run_with(
         Arc::clone(&runner),
         config.policy.reconcile_settings(),
     );
-    let runtime = Runtime::from_current_tokio(Default::default()).context("starting the Temporal runtime")?;
+    let runtime =
+        Runtime::from_current_tokio(telemetry.runtime_options()?).context("starting the Temporal runtime")?;
 
     let interrupt = CancellationToken::new();
     let mut options = WorkerOptions::new(config.temporal.task_queue.clone())

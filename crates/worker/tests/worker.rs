@@ -21,6 +21,8 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 use worker::{Adapters, WorkerConfig};
 
+mod prometheus;
+
 fn scope() -> Scope {
     Scope::parse("acme/prod").unwrap()
 }
