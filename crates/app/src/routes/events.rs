@@ -120,10 +120,7 @@ pub async fn export_requested(State(state): State<AppState>, request: Request) -
         refuse(reason, Some(&scope))
     })?;
     limits.per_tenant(&parts.extensions, &scope)?;
-    let event = ExportRequested::from_slice(&body).map_err(|err| {
-        rejected(err.code());
-        err
-    });
+    let event = ExportRequested::from_slice(&body).inspect_err(|err| rejected(err.code()));
     let event = event.map_err(|err| match err {
         EventError::InvalidJson(detail) => ApiError::MalformedJson(detail),
         EventError::InvalidEvent(errors) | EventError::InvalidRequest(errors) => ApiError::Validation(errors),
