@@ -278,7 +278,8 @@ impl Worker {
         match self.process(&message).await {
             Outcome::Started { export_id, created } => {
                 let outcome = if created { "started" } else { "duplicate" };
-                metrics::counter!(meters::EVENTS_CONSUMED, "source" => "nats", "outcome" => outcome).increment(1);
+                metrics::counter!(meters::EVENTS_CONSUMED, "source" => "nats", "outcome" => outcome)
+                    .increment(1);
                 info!(
                     event_id,
                     export_id, created, delivered, sequence, "ExportRequested: export started; ack"
@@ -290,7 +291,8 @@ impl Worker {
                     event_id,
                     reason, error, delivered, sequence, "ExportRequested: poison; dead-lettering"
                 );
-                metrics::counter!(meters::EVENTS_CONSUMED, "source" => "nats", "outcome" => "poison").increment(1);
+                metrics::counter!(meters::EVENTS_CONSUMED, "source" => "nats", "outcome" => "poison")
+                    .increment(1);
                 self.dead_letter(&message, reason, &error, delivered, sequence, &event_id).await;
             }
             Outcome::Transient(error) if delivered >= self.settings.max_deliver => {
@@ -301,7 +303,8 @@ impl Worker {
                     sequence,
                     "ExportRequested: still failing at the last delivery; dead-lettering"
                 );
-                metrics::counter!(meters::EVENTS_CONSUMED, "source" => "nats", "outcome" => "failed").increment(1);
+                metrics::counter!(meters::EVENTS_CONSUMED, "source" => "nats", "outcome" => "failed")
+                    .increment(1);
                 self.dead_letter(&message, "max_deliver_exceeded", &error, delivered, sequence, &event_id)
                     .await;
             }
@@ -315,7 +318,8 @@ impl Worker {
                     retry_in_ms = delay.as_millis() as u64,
                     "ExportRequested: transient failure; nak"
                 );
-                metrics::counter!(meters::EVENTS_CONSUMED, "source" => "nats", "outcome" => "retried").increment(1);
+                metrics::counter!(meters::EVENTS_CONSUMED, "source" => "nats", "outcome" => "retried")
+                    .increment(1);
                 self.ack(&message, AckKind::Nak(Some(delay)), &event_id).await;
             }
         }

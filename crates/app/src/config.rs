@@ -12,8 +12,8 @@ use anyhow::bail;
 use clap::{Parser, Subcommand, ValueEnum};
 use domain::ExecutionPolicy;
 pub use wiring::{
-    BackendArgs, LogFormat, MetricsArgs, NotifyArgs, PolicyArgs, QuotaArgs, ScheduleArgs, StorageKind, TemporalArgs,
-    TenantArgs,
+    BackendArgs, LogFormat, MetricsArgs, NotifyArgs, PolicyArgs, QuotaArgs, ScheduleArgs, StorageKind,
+    TemporalArgs, TenantArgs,
 };
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";

@@ -67,7 +67,11 @@ pub fn describe() {
     );
     describe_histogram!(EXPORT_QUEUE, Unit::Seconds, "From the request to the first attempt's start.");
     describe_counter!(EXPORT_ROWS, "Rows in completed exports' files, by format.");
-    describe_counter!(EXPORT_BYTES, Unit::Bytes, "Bytes of completed exports' files, by format and compression.");
+    describe_counter!(
+        EXPORT_BYTES,
+        Unit::Bytes,
+        "Bytes of completed exports' files, by format and compression."
+    );
     describe_gauge!(EXPORTS_RUNNING, "Export attempts streaming in this process.");
     describe_gauge!(EXPORTS_QUEUED, "Exports waiting for a slot of this process's in-process orchestrator.");
     describe_counter!(HTTP_REQUESTS, "HTTP requests answered, by route template, method and status.");
@@ -77,7 +81,10 @@ pub fn describe() {
     describe_counter!(WEBHOOK_REJECTIONS, "ExportRequested webhook calls refused, by reason.");
     describe_counter!(NOTIFICATIONS, "Completion notifications, by channel and outcome.");
     describe_counter!(RETENTION_DELETIONS, "Export files deleted by retention.");
-    describe_counter!(RETENTION_FAILURES, "Export file deletions by retention that failed (tried again later).");
+    describe_counter!(
+        RETENTION_FAILURES,
+        "Export file deletions by retention that failed (tried again later)."
+    );
     describe_counter!(SCHEDULE_FIRES, "In-process schedule fires and triggers, by outcome.");
     describe_counter!(SCHEDULE_SKIPS, "Schedule fires skipped, by reason.");
 }
@@ -157,7 +164,8 @@ fn transition(from: ExportStatus, export: &Export) {
             counter!(EXPORTS_COMPLETED, "format" => format, "compression" => compression).increment(1);
             if let Some(outcome) = export.outcome() {
                 counter!(EXPORT_ROWS, "format" => format).increment(outcome.record_count);
-                counter!(EXPORT_BYTES, "format" => format, "compression" => compression).increment(outcome.bytes);
+                counter!(EXPORT_BYTES, "format" => format, "compression" => compression)
+                    .increment(outcome.bytes);
             }
             histogram!(EXPORT_DURATION, "outcome" => "completed").record(seconds_between(began, ended));
         }
@@ -200,7 +208,11 @@ impl ExportRepository for MeteredExports {
         self.inner.get(scope, id).await
     }
 
-    async fn update_if_status(&self, export: &Export, expected: ExportStatus) -> Result<UpdateOutcome, PortError> {
+    async fn update_if_status(
+        &self,
+        export: &Export,
+        expected: ExportStatus,
+    ) -> Result<UpdateOutcome, PortError> {
         let outcome = self.inner.update_if_status(export, expected).await?;
         if matches!(outcome, UpdateOutcome::Updated) {
             transition(expected, export);

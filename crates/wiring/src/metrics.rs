@@ -69,7 +69,10 @@ pub fn handle() -> &'static PrometheusHandle {
 
 fn builder() -> Result<PrometheusBuilder, BuildError> {
     PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Full(meters::EXPORT_DURATION.into()), meters::EXPORT_SECONDS_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full(meters::EXPORT_DURATION.into()),
+            meters::EXPORT_SECONDS_BUCKETS,
+        )?
         .set_buckets_for_metric(Matcher::Full(meters::EXPORT_QUEUE.into()), meters::EXPORT_SECONDS_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(meters::HTTP_DURATION.into()), meters::HTTP_SECONDS_BUCKETS)
 }
@@ -102,7 +105,8 @@ pub async fn serve(listener: TcpListener, also: Option<SocketAddr>) {
                 let client = client.clone();
                 async move { Ok::<_, Infallible>(answer(&request, &client, also).await) }
             });
-            let connection = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let connection =
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
             if let Err(err) = connection.await {
                 warn!(error = %err, "serving a metrics connection failed");
             }
@@ -110,7 +114,11 @@ pub async fn serve(listener: TcpListener, also: Option<SocketAddr>) {
     }
 }
 
-async fn answer(request: &Request<Incoming>, client: &reqwest::Client, also: Option<SocketAddr>) -> Response<Full<Bytes>> {
+async fn answer(
+    request: &Request<Incoming>,
+    client: &reqwest::Client,
+    also: Option<SocketAddr>,
+) -> Response<Full<Bytes>> {
     if request.method() != hyper::Method::GET || request.uri().path() != "/metrics" {
         return plain(StatusCode::NOT_FOUND, "not found: metrics are on GET /metrics\n".to_owned());
     }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use adapters::temporal::{
-    TemporalOrchestrator, WorkerDeps, connect_client_metered, ensure_reconcile_schedule, ensure_retention_schedule,
-    register,
+    TemporalOrchestrator, WorkerDeps, connect_client_metered, ensure_reconcile_schedule,
+    ensure_retention_schedule, register,
 };
 use anyhow::{Context, bail};
 use clap::Parser;
@@ -26,8 +26,8 @@ mod metrics_endpoint;
 /// Local activity slots: `NotifyExport` runs as one after every export.
 const LOCAL_ACTIVITY_SLOTS: usize = 8;
 pub use wiring::{
-    Adapters, BackendArgs, ExportsBackend, LogFormat, MetricsArgs, NotifyArgs, PolicyArgs, QuotaArgs, StorageKind,
-    TemporalArgs, TenantArgs, UsersBackend,
+    Adapters, BackendArgs, ExportsBackend, LogFormat, MetricsArgs, NotifyArgs, PolicyArgs, QuotaArgs,
+    StorageKind, TemporalArgs, TenantArgs, UsersBackend,
 };
 
 /// userexport's Temporal worker. Every flag falls back to the environment variable shown in

@@ -44,7 +44,8 @@ pub(crate) async fn start(args: &MetricsArgs) -> anyhow::Result<Telemetry> {
         .unit_suffix(true)
         .use_seconds_for_durations(true)
         .build();
-    let sdk = start_prometheus_metric_exporter(options).context("starting the Temporal SDK's Prometheus exporter")?;
+    let sdk = start_prometheus_metric_exporter(options)
+        .context("starting the Temporal SDK's Prometheus exporter")?;
     let serving = tokio::spawn(wiring::metrics::serve(listener, Some(sdk.bound_addr)));
     Ok(Telemetry {
         meter: Some(sdk.meter as Arc<dyn CoreMeter>),

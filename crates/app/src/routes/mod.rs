@@ -60,7 +60,8 @@ pub fn router(state: AppState, serve_metrics: bool) -> Router {
         .layer(from_fn_with_state(limits.request_timeout + state.sync.max_wait, load::time_limit));
     let download = Router::new().route("/v1/exports/{id}/download", get(exports::download_export));
     // Probes skip the in-flight bound: they must answer while the API sheds load.
-    let mut probes = Router::new().route("/healthz", get(health::healthz)).route("/readyz", get(health::readyz));
+    let mut probes =
+        Router::new().route("/healthz", get(health::healthz)).route("/readyz", get(health::readyz));
     if serve_metrics {
         probes = probes.route("/metrics", get(http_metrics::metrics));
     }

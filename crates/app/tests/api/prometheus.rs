@@ -30,7 +30,8 @@ pub fn promtool(args: &[&str], stdin: Option<&str>) -> String {
     input.write_all(stdin.unwrap_or_default().as_bytes()).unwrap();
     drop(input);
     let output = child.wait_with_output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "promtool {args:?} failed:\n{text}");
     text
 }
@@ -70,7 +71,8 @@ async fn a_real_export_moves_the_counters_and_histograms_and_promtool_accepts_th
     let before = scrape(&app).await;
     app.create_completed(&csv_body()).await;
     let after = scrape(&app).await;
-    let moved = |name: &str, labels: &[(&str, &str)]| sample(&after, name, labels) - sample(&before, name, labels);
+    let moved =
+        |name: &str, labels: &[(&str, &str)]| sample(&after, name, labels) - sample(&before, name, labels);
 
     let csv = [("format", "csv"), ("compression", "none")];
     assert!(moved(meters::EXPORTS_REQUESTED, &csv) >= 1.0, "{after}");
@@ -80,7 +82,10 @@ async fn a_real_export_moves_the_counters_and_histograms_and_promtool_accepts_th
     assert!(moved(meters::EXPORT_BYTES, &csv) > 100.0);
     let completed = [("outcome", "completed")];
     assert!(moved("userexport_export_duration_seconds_count", &completed) >= 1.0);
-    assert!(moved("userexport_export_duration_seconds_bucket", &[("outcome", "completed"), ("le", "+Inf")]) >= 1.0);
+    assert!(
+        moved("userexport_export_duration_seconds_bucket", &[("outcome", "completed"), ("le", "+Inf")])
+            >= 1.0
+    );
     assert!(moved("userexport_export_queue_seconds_count", &[]) >= 1.0);
     let sync = [("route", "/v1/exports/sync"), ("method", "POST"), ("status", "200")];
     assert!(moved(meters::HTTP_REQUESTS, &sync) >= 1.0, "{after}");
@@ -98,10 +103,16 @@ async fn a_cancelled_export_is_counted_and_a_running_one_shows_in_the_gauge() {
     let id = app.create(&csv_body()).await.json()["id"].as_str().unwrap().to_owned();
     app.wait_for_status(&id, "running").await;
     assert!(sample(&scrape(&app).await, meters::EXPORTS_RUNNING, &[]) >= 1.0);
-    assert_eq!(app.post(Some(ACME_KEY), &format!("/v1/exports/{id}/cancel")).await.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        app.post(Some(ACME_KEY), &format!("/v1/exports/{id}/cancel")).await.status,
+        StatusCode::ACCEPTED
+    );
     app.wait_for_status(&id, "cancelled").await;
     let after = scrape(&app).await;
-    assert!(sample(&after, meters::EXPORTS_CANCELLED, &[]) - sample(&before, meters::EXPORTS_CANCELLED, &[]) >= 1.0);
+    assert!(
+        sample(&after, meters::EXPORTS_CANCELLED, &[]) - sample(&before, meters::EXPORTS_CANCELLED, &[])
+            >= 1.0
+    );
     let cancelled = [("outcome", "cancelled"), ("le", "+Inf")];
     let durations = "userexport_export_duration_seconds_bucket";
     assert!(sample(&after, durations, &cancelled) - sample(&before, durations, &cancelled) >= 1.0);
@@ -115,7 +126,8 @@ async fn requests_are_labelled_by_route_template_never_by_id_and_webhook_refusal
     let lost = app.send_unchecked(Request::get("/no/such/path-4242").body(Body::empty()).unwrap()).await;
     assert_eq!(lost.status, StatusCode::NOT_FOUND);
     let before = scrape(&app).await;
-    let refused = app.send_unchecked(Request::post("/v1/events/export-requested").body(Body::empty()).unwrap()).await;
+    let refused =
+        app.send_unchecked(Request::post("/v1/events/export-requested").body(Body::empty()).unwrap()).await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
     let after = scrape(&app).await;
 
@@ -124,7 +136,8 @@ async fn requests_are_labelled_by_route_template_never_by_id_and_webhook_refusal
     assert!(sample(&after, meters::HTTP_REQUESTS, &[("route", "unmatched")]) >= 1.0, "{after}");
     assert!(!after.contains(id) && !after.contains("path-4242"), "no ID or raw path in a label");
     let missing = [("reason", "missing_header")];
-    let rejections = sample(&after, meters::WEBHOOK_REJECTIONS, &missing) - sample(&before, meters::WEBHOOK_REJECTIONS, &missing);
+    let rejections = sample(&after, meters::WEBHOOK_REJECTIONS, &missing)
+        - sample(&before, meters::WEBHOOK_REJECTIONS, &missing);
     assert!(rejections >= 1.0, "{after}");
 }
 
@@ -193,8 +206,13 @@ fn alerts_and_dashboard_name_only_metrics_that_exist() {
     let alerts = std::fs::read_to_string(deploy("deploy/prometheus/alerts.yml")).unwrap();
     let mut used = 0;
     for text in [&dashboard, &alerts] {
-        for name in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("userexport_")) {
-            let base = ["_bucket", "_count", "_sum"].iter().fold(name, |n, suffix| n.strip_suffix(suffix).unwrap_or(n));
+        for name in text
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("userexport_"))
+        {
+            let base = ["_bucket", "_count", "_sum"]
+                .iter()
+                .fold(name, |n, suffix| n.strip_suffix(suffix).unwrap_or(n));
             assert!(known.contains(&base), "{name} is not a metric userexport exports");
             used += 1;
         }
