@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 use worker::{Adapters, WorkerConfig};
 
+#[path = "worker/prometheus.rs"]
 mod prometheus;
 
 fn scope() -> Scope {
