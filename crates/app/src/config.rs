@@ -12,8 +12,8 @@ use anyhow::bail;
 use clap::{Parser, Subcommand, ValueEnum};
 use domain::ExecutionPolicy;
 pub use wiring::{
-    BackendArgs, LogFormat, NotifyArgs, PolicyArgs, QuotaArgs, ScheduleArgs, StorageKind, TemporalArgs,
-    TenantArgs,
+    BackendArgs, LogFormat, MetricsArgs, NotifyArgs, PolicyArgs, QuotaArgs, ScheduleArgs, StorageKind,
+    TemporalArgs, TenantArgs,
 };
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -138,6 +138,10 @@ pub struct Config {
     #[arg(long, env = "USEREXPORT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Prometheus metrics: `GET /metrics` on the API's port, or on a listener of its own.
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+
     /// What to do; serving the API when omitted.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -196,6 +200,7 @@ impl Config {
                 task_queue: "user-export".to_owned(),
             },
             log_format: LogFormat::Text,
+            metrics: MetricsArgs::default(),
             command: None,
         }
     }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod dto;
 pub mod dto_schedules;
 pub mod events;
+mod http_metrics;
 pub mod limits;
 pub mod openapi;
 pub mod ops;

@@ -132,6 +132,8 @@ pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
     router: Router,
+    /// `USEREXPORT_METRICS_LISTEN`: metrics served there rather than on the API's port.
+    metrics_listener: Option<TcpListener>,
     orchestrator: Orchestration,
     /// The in-process scheduler's timers, stopped at shutdown (Temporal's live on).
     scheduler: Option<InProcessScheduler>,
@@ -190,7 +192,8 @@ impl Application {
         // Every known tenant gets demo users (memory users), so a batch over "all" exports some.
         let known: Vec<Scope> = tenants.scopes().cloned().collect();
         let quotas = config.quotas.quota_book(&tenants)?;
-        let mut adapters = customize(wiring::build_adapters(&config.backends, &known).await?);
+        let mut adapters = customize(wiring::build_adapters(&config.backends, &known).await?).metered();
+        wiring::metrics::handle();
         adapters.notifier = config.notify.notifier(&tenants)?;
         adapters.callbacks = config.tenants.callbacks.sender(&tenants)?;
         let runner = Arc::new(
@@ -265,6 +268,14 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on USEREXPORT_LISTEN {}", config.listen))?;
         let local_addr = listener.local_addr().context("reading the bound address")?;
+        let metrics_listener = match config.metrics.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on USEREXPORT_METRICS_LISTEN {addr}"))?,
+            ),
+            None => None,
+        };
         // Both orchestrators: the consumer only stores the record and starts the export.
         let events = match config.events.nats_settings() {
             Some(settings) => Some(
@@ -300,7 +311,8 @@ impl Application {
         Ok(Self {
             listener,
             local_addr,
-            router: routes::router(state),
+            router: routes::router(state, metrics_listener.is_none()),
+            metrics_listener,
             orchestrator,
             scheduler,
             events,
@@ -315,6 +327,11 @@ impl Application {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where `USEREXPORT_METRICS_LISTEN` serves metrics, when set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|listener| listener.local_addr().ok())
     }
 
     pub fn port(&self) -> u16 {
@@ -342,9 +359,20 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let Self {
-            listener, local_addr, router, orchestrator, scheduler, events, shutdown_grace, serve, ..
+            listener,
+            local_addr,
+            router,
+            metrics_listener,
+            orchestrator,
+            scheduler,
+            events,
+            shutdown_grace,
+            serve,
+            ..
         } = self;
         info!(%local_addr, "listening");
+        let _metrics = metrics_listener
+            .map(|listener| AbortOnDropHandle::new(tokio::spawn(wiring::metrics::serve(listener, None))));
         let stopping = CancellationToken::new();
         let signal = {
             let stopping = stopping.clone();

@@ -7,9 +7,12 @@
 //! - [`RetentionSweeper`] deletes the files of expired exports (run on a schedule).
 //! - [`BatchService`] runs one export request for many tenants (operators only).
 //! - [`Reconciler`] settles what orchestration left unfinished (every record ends terminal).
+//! - [`meters`] names the Prometheus metrics and counts export status changes
+//!   ([`meters::MeteredExports`]).
 
 mod batches;
 mod exports;
+pub mod meters;
 mod notify;
 mod reconcile;
 mod retention;

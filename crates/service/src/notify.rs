@@ -12,6 +12,7 @@ use domain::{Export, ExportId, NotificationRecord, NotificationStatus, Scope};
 use ports::{PortError, UpdateOutcome};
 use tracing::{info, warn};
 
+use crate::meters;
 use crate::runner::ExportRunner;
 
 /// How hard to try each channel within one run of the step.
@@ -120,6 +121,8 @@ where
         match send().await {
             Ok(()) => {
                 info!(export_id = %export.id, channel, attempt, "notification sent");
+                metrics::counter!(meters::NOTIFICATIONS, "channel" => channel.to_owned(), "outcome" => "sent")
+                    .increment(1);
                 break (NotificationStatus::Sent, None);
             }
             Err(err) => {
@@ -127,6 +130,8 @@ where
                 warn!(export_id = %export.id, channel, attempt, transient, error = %err,
                       "notification failed; the export is unaffected");
                 if !transient || attempt >= attempts {
+                    metrics::counter!(meters::NOTIFICATIONS, "channel" => channel.to_owned(), "outcome" => "failed")
+                        .increment(1);
                     // Tenants read this; the cause (SMTP or HTTP text) is in the log line above.
                     break (NotificationStatus::Failed, Some(public_delivery_error(channel, transient)));
                 }

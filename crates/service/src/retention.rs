@@ -13,6 +13,8 @@ use ports::{ExportRepository, ExportStorage, PortError, UpdateOutcome};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use crate::meters;
+
 /// Wait before retrying a file that failed to delete once; doubled per further failure.
 pub const DELETE_RETRY_INITIAL: Duration = Duration::from_secs(60);
 /// Longest wait between two tries of one file.
@@ -74,6 +76,7 @@ impl RetentionSweeper {
                 Ok(false) => {}
                 Err(err) => {
                     report.failed += 1;
+                    metrics::counter!(meters::RETENTION_FAILURES).increment(1);
                     self.defer(export, now, &err).await;
                 }
             }
@@ -100,6 +103,7 @@ impl RetentionSweeper {
     /// is gone, which the next sweep finishes; the other order could keep a file forever.
     async fn expire(&self, mut export: Export, now: DateTime<Utc>) -> Result<bool, PortError> {
         self.storage.delete(&export.object_key).await?;
+        metrics::counter!(meters::RETENTION_DELETIONS).increment(1);
         if export.expire(now).is_err() {
             return Ok(false);
         }

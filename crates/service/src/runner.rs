@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::meters::{self, InProgress};
 use crate::notify::NotifyRetry;
 use crate::segments::{Boundary, SegmentError, SegmentPipeline};
 
@@ -224,6 +225,7 @@ impl ExportRunner {
         }
         info!(export_id = %id, tenant = %scope.tenant, environment = %scope.environment,
               attempt = control.attempt, consumed = export.consumed_attempts(), "export attempt started");
+        let _running = InProgress::enter(meters::EXPORTS_RUNNING);
 
         let deadline = Instant::now() + remaining(&control.policy, &export);
         let (mut writer, start) = match self.open_upload(&mut export, control, progress).await {

@@ -21,6 +21,8 @@ use ports::{
 use tracing::{info, warn};
 use uuid::Uuid;
 
+use crate::meters;
+
 #[derive(Debug, thiserror::Error)]
 pub enum CreateScheduleError {
     /// The schedule breaks the service's rules (`cron` never fires or fires too often, a
@@ -166,12 +168,14 @@ impl ScheduledExports {
             QuotaCreateOutcome::Created => {
                 info!(export_id = %id, schedule_id = %schedule.id, tenant = %schedule.scope.tenant,
                       environment = %schedule.scope.environment, %scheduled_at, "scheduled export accepted");
+                metrics::counter!(meters::SCHEDULE_FIRES, "outcome" => "started").increment(1);
                 export
             }
             QuotaCreateOutcome::QuotaExceeded { unfinished } => {
                 warn!(export_id = %id, schedule_id = %schedule.id, tenant = %schedule.scope.tenant,
                       environment = %schedule.scope.environment, unfinished, limit,
                       "scheduled export refused by the max_unfinished quota; recorded as failed");
+                metrics::counter!(meters::SCHEDULE_FIRES, "outcome" => "refused_quota").increment(1);
                 return self.record_refused(export, limit).await;
             }
             QuotaCreateOutcome::Existing(existing) => {
@@ -402,6 +406,7 @@ impl ScheduleService {
             && self.fires.is_unfinished(scope, running).await?
         {
             info!(schedule_id = %id, %running, "trigger refused: the previous fire is unfinished");
+            metrics::counter!(meters::SCHEDULE_SKIPS, "reason" => "overlap").increment(1);
             return Err(TriggerScheduleError::Overlap { running });
         }
         if self.scheduler.trigger(&schedule, scheduled_at).await? == Presence::Missing {

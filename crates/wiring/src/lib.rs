@@ -23,10 +23,12 @@ use ports::{
 };
 use tracing::info;
 
+pub mod metrics;
 mod quotas;
 mod schedule_settings;
 mod settings;
 
+pub use metrics::MetricsArgs;
 pub use quotas::QuotaArgs;
 pub use schedule_settings::ScheduleArgs;
 pub use settings::{
@@ -228,6 +230,16 @@ pub struct Adapters {
     pub batches: Arc<dyn BatchRepository>,
     /// Export schedules; kept where export records are (`USEREXPORT_EXPORTS`).
     pub schedules: Arc<dyn ScheduleRepository>,
+}
+
+impl Adapters {
+    /// The same adapters, export records counted by [`service::meters::MeteredExports`]. Each
+    /// binary calls this once, on the adapters it finally runs with.
+    #[must_use]
+    pub fn metered(mut self) -> Self {
+        self.exports = service::meters::MeteredExports::wrap(self.exports);
+        self
+    }
 }
 
 impl fmt::Debug for Adapters {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use adapters::temporal::{
-    TaskQueues, TemporalOrchestrator, WorkerDeps, Workload, connect_client, ensure_reconcile_schedule,
+    TaskQueues, TemporalOrchestrator, WorkerDeps, Workload, connect_client_metered, ensure_reconcile_schedule,
     ensure_retention_schedule, workload_options,
 };
 use anyhow::{Context, bail};
@@ -25,11 +25,13 @@ use temporalio_sdk::{Runtime, Worker};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+mod metrics_endpoint;
+
 /// Local activity slots: `NotifyExport` runs as one after every export.
 const LOCAL_ACTIVITY_SLOTS: usize = 8;
 pub use wiring::{
-    Adapters, BackendArgs, ExportsBackend, LogFormat, NotifyArgs, PolicyArgs, QuotaArgs, StorageKind,
-    TemporalArgs, TenantArgs, UsersBackend,
+    Adapters, BackendArgs, ExportsBackend, LogFormat, MetricsArgs, NotifyArgs, PolicyArgs, QuotaArgs,
+    StorageKind, TemporalArgs, TenantArgs, UsersBackend,
 };
 
 /// userexport's Temporal worker. Every flag falls back to the environment variable shown in
@@ -99,6 +101,11 @@ pub struct WorkerConfig {
     /// Log line format on stderr.
     #[arg(long, env = "USEREXPORT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Prometheus metrics (ours and the Temporal SDK's) on `USEREXPORT_METRICS_LISTEN`; none
+    /// when unset.
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 impl WorkerConfig {
@@ -205,6 +212,8 @@ pub async fn run_with(
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     config.check()?;
+    let adapters = adapters.metered();
+    let telemetry = metrics_endpoint::start(&config.metrics).await?;
     let policy = config.execution_policy()?;
     if config.backends.exports == ExportsBackend::Memory {
         warn!(
@@ -222,10 +231,11 @@ pub async fn run_with(
         )
         .with_callbacks(adapters.callbacks),
     );
-    let client = connect_client(
+    let client = connect_client_metered(
         &config.temporal.temporal_address,
         &config.temporal.temporal_namespace,
         "userexport-worker",
+        telemetry.client_meter(),
     )
     .await?;
     let queues = TaskQueues::new(config.temporal.task_queue.as_str());
@@ -252,7 +262,8 @@ pub async fn run_with(
     } else {
         None
     };
-    let runtime = Runtime::from_current_tokio(Default::default()).context("starting the Temporal runtime")?;
+    let runtime =
+        Runtime::from_current_tokio(telemetry.runtime_options()?).context("starting the Temporal runtime")?;
 
     let interrupt = CancellationToken::new();
     let quotas = config.quotas.quota_book(&config.tenants.directory()?)?;

@@ -24,6 +24,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use worker::{Adapters, WorkerConfig};
 
+#[path = "worker/prometheus.rs"]
+mod prometheus;
+
 fn scope() -> Scope {
     Scope::parse("acme/prod").unwrap()
 }

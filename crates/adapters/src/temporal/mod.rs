@@ -42,6 +42,7 @@ use domain::{ExecutionPolicy, QuotaBook};
 use ports::{ExportRepository, ExportStorage};
 use service::ExportRunner;
 use temporalio_client::{Client, ClientOptions, Connection, ConnectionOptions, Url};
+use temporalio_common::telemetry::metrics::TemporalMeter;
 use temporalio_sdk::{WorkerOptions, WorkflowRegistrationError};
 use tokio_util::sync::CancellationToken;
 
@@ -134,9 +135,24 @@ pub fn server_url(address: &str) -> anyhow::Result<Url> {
 /// # Errors
 /// An invalid address, an unreachable server, or a rejected namespace name.
 pub async fn connect_client(address: &str, namespace: &str, identity: &str) -> anyhow::Result<Client> {
+    connect_client_metered(address, namespace, identity, None).await
+}
+
+/// As [`connect_client`], the connection's request metrics (poll failures, latencies) recorded
+/// with `meter` (the worker's SDK metrics).
+///
+/// # Errors
+/// As [`connect_client`].
+pub async fn connect_client_metered(
+    address: &str,
+    namespace: &str,
+    identity: &str,
+    meter: Option<TemporalMeter>,
+) -> anyhow::Result<Client> {
     let options = ConnectionOptions::new(server_url(address)?)
         .identity(format!("{identity}-{}", std::process::id()))
         .connect_timeout(CONNECT_TIMEOUT)
+        .maybe_metrics_meter(meter)
         .build();
     let connection = tokio::time::timeout(CONNECT_TIMEOUT * 2, Connection::connect(options))
         .await

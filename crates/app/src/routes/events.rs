@@ -16,7 +16,7 @@ use domain::signature::{SIGNATURE_HEADER, SignatureError, SignedHeaders, TIMESTA
 use domain::{EventError, ExportRequested, Scope, ValidationErrors};
 use http::{HeaderMap, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use service::RequestError;
+use service::{RequestError, meters};
 use tracing::{Span, info, warn};
 use utoipa::ToSchema;
 
@@ -96,6 +96,7 @@ pub async fn export_requested(State(state): State<AppState>, request: Request) -
     let refuse = |reason: SignatureError, scope: Option<&Scope>| {
         warn!(scope = %scope.map(Scope::to_string).unwrap_or_default(), reason = %reason,
               "ExportRequested webhook refused");
+        rejected(signature_reason(&reason));
         limits.failed(&parts.extensions, ApiError::InvalidSignature(reason))
     };
     // Everything the headers can prove wrong is refused before a byte of the body is read.
@@ -119,7 +120,8 @@ pub async fn export_requested(State(state): State<AppState>, request: Request) -
         refuse(reason, Some(&scope))
     })?;
     limits.per_tenant(&parts.extensions, &scope)?;
-    let event = ExportRequested::from_slice(&body).map_err(|err| match err {
+    let event = ExportRequested::from_slice(&body).inspect_err(|err| rejected(err.code()));
+    let event = event.map_err(|err| match err {
         EventError::InvalidJson(detail) => ApiError::MalformedJson(detail),
         EventError::InvalidEvent(errors) | EventError::InvalidRequest(errors) => ApiError::Validation(errors),
     })?;
@@ -130,6 +132,7 @@ pub async fn export_requested(State(state): State<AppState>, request: Request) -
             "invalid_value",
             format!("tenant_id and environment_id must name the {TENANT_HEADER} header's scope, {scope}"),
         );
+        rejected("scope_mismatch");
         return Err(ApiError::Validation(errors));
     }
     let key = event.idempotency_key();
@@ -142,8 +145,24 @@ pub async fn export_requested(State(state): State<AppState>, request: Request) -
     record_export_id(requested.export.id);
     info!(event_id = %event.event_id, export_id = %requested.export.id, created = requested.created,
           "ExportRequested webhook accepted");
+    let outcome = if requested.created { "started" } else { "duplicate" };
+    metrics::counter!(meters::EVENTS_CONSUMED, "source" => "webhook", "outcome" => outcome).increment(1);
     let status = if requested.created { StatusCode::ACCEPTED } else { StatusCode::OK };
     Ok(export_response(status, &requested.export, !requested.created))
+}
+
+fn rejected(reason: &'static str) {
+    metrics::counter!(meters::WEBHOOK_REJECTIONS, "reason" => reason).increment(1);
+}
+
+/// A bounded label for why a signature check failed.
+fn signature_reason(err: &SignatureError) -> &'static str {
+    match err {
+        SignatureError::MissingHeader(_) => "missing_header",
+        SignatureError::Malformed(_) => "malformed_header",
+        SignatureError::Stale { .. } => "stale_timestamp",
+        SignatureError::Mismatch => "signature_mismatch",
+    }
 }
 
 /// The scope of `X-Userexport-Tenant: tenant/environment`.

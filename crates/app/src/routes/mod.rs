@@ -20,6 +20,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::{Level, Span};
 
+use crate::http_metrics;
 use crate::limits::{headers, load};
 use crate::openapi;
 use crate::problem::{self, ApiError};
@@ -31,7 +32,8 @@ pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
 /// Longest path echoed back in a `404` problem.
 const MAX_ECHOED_PATH: usize = 200;
 
-pub fn router(state: AppState) -> Router {
+/// Every route; `/metrics` too unless metrics are served on a listener of their own.
+pub fn router(state: AppState, serve_metrics: bool) -> Router {
     let limits = &state.limits;
     // Everything but the two routes below must answer within the request timeout.
     let bounded = Router::new()
@@ -58,12 +60,18 @@ pub fn router(state: AppState) -> Router {
         .layer(from_fn_with_state(limits.request_timeout + state.sync.max_wait, load::time_limit));
     let download = Router::new().route("/v1/exports/{id}/download", get(exports::download_export));
     // Probes skip the in-flight bound: they must answer while the API sheds load.
-    let probes = Router::new().route("/healthz", get(health::healthz)).route("/readyz", get(health::readyz));
+    let mut probes =
+        Router::new().route("/healthz", get(health::healthz)).route("/readyz", get(health::readyz));
+    if serve_metrics {
+        probes = probes.route("/metrics", get(http_metrics::metrics));
+    }
     bounded
         .merge(sync)
         .merge(download)
         .layer(from_fn_with_state(Arc::clone(&limits.in_flight), load::shed_load))
         .merge(probes)
+        // Per route, so the matched route template is known.
+        .layer(axum::middleware::from_fn(http_metrics::record))
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .with_state(state)
         .layer(

@@ -18,6 +18,7 @@ mod hostile_input;
 mod lifecycle;
 mod limits;
 mod openapi;
+mod prometheus;
 mod quotas;
 mod read;
 mod retention_notify;
