@@ -10,6 +10,7 @@ pub mod encode;
 pub mod events;
 pub mod export;
 pub mod ids;
+pub mod origin;
 pub mod policy;
 pub mod quotas;
 pub mod request;
@@ -38,6 +39,7 @@ pub use export::{
     Export, ExportFailure, ExportOutcome, ExportParts, ExportStatus, FailureKind, IllegalTransition,
     NotificationRecord, NotificationStatus, Progress,
 };
+pub use origin::ExportOrigin;
 pub use ids::{EnvironmentId, ExportId, IdParseError, IdempotencyKey, ObjectKey, Scope, TenantId, UserId};
 pub use policy::{
     ExecutionPolicy, FailureClass, GiveUpReason, NextStep, PolicyError, RetentionPolicy, RetryPolicy,

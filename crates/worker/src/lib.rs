@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use adapters::temporal::{
     TemporalOrchestrator, WorkerDeps, connect_client, ensure_reconcile_schedule, ensure_retention_schedule,
+    ensure_search_attributes,
     register,
 };
 use anyhow::{Context, bail};
@@ -174,6 +175,8 @@ pub async fn run_with(
         "userexport-worker",
     )
     .await?;
+    // Before anything starts export workflows with them; refused (Temporal Cloud) is a warning.
+    ensure_search_attributes(&client).await.context("registering the export search attributes")?;
     ensure_retention_schedule(
         &client,
         &config.temporal.task_queue,

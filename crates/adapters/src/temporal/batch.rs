@@ -14,7 +14,9 @@
 #![allow(missing_debug_implementations)]
 
 use domain::batch::MAX_CONCURRENCY;
-use domain::{Batch, BatchId, ExecutionPolicy, ExportFailure, ExportId, ExportStatus, FailureKind, Scope};
+use domain::{
+    Batch, BatchId, ExecutionPolicy, ExportFailure, ExportId, ExportOrigin, ExportStatus, FailureKind, Scope,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use temporalio_common::error::IncomingError;
@@ -26,6 +28,7 @@ use temporalio_sdk::{
 };
 use tracing::info;
 
+use super::search::{export_search_attributes, request_format};
 use super::types::{ExportWorkflowInput, failure_type};
 use super::workflow::UserDataExportWorkflow;
 
@@ -72,6 +75,11 @@ pub struct BatchWorkflowInput {
     /// What earlier runs did; empty on the first run.
     #[serde(default)]
     pub progress: BatchProgress,
+    /// Whether children get the export search attributes: set by the orchestrator when the
+    /// namespace accepted them on the batch's own start (an unknown attribute on a child would
+    /// fail the batch's workflow tasks). Absent in batches started before they existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub search_attributes: bool,
 }
 
 impl BatchWorkflowInput {
@@ -89,6 +97,7 @@ impl BatchWorkflowInput {
             concurrency: batch.concurrency,
             targets_per_run: DEFAULT_TARGETS_PER_RUN,
             progress: BatchProgress::default(),
+            search_attributes: false,
         }
     }
 }
@@ -245,6 +254,9 @@ async fn run_target(
         .workflow_id(export_id.workflow_id(&scope))
         // A cancelled or terminated batch asks its running exports to stop (they end cancelled).
         .parent_close_policy(ParentClosePolicy::RequestCancel)
+        .maybe_search_attributes(input.search_attributes.then(|| {
+            export_search_attributes(&scope.to_string(), request_format(&input.request), ExportOrigin::Batch)
+        }))
         .build();
     let started = match ctx.start_child_workflow(UserDataExportWorkflow::run, child, options).await {
         Ok(started) => started,

@@ -25,6 +25,7 @@ mod orchestrator;
 mod reconcile;
 mod retention;
 mod schedules;
+mod search;
 mod tenant_slots;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -56,6 +57,9 @@ pub use retention::{
     ensure_retention_schedule,
 };
 pub use schedules::{TemporalScheduler, fire_input};
+pub use search::{
+    FORMAT_ATTRIBUTE, ORIGIN_ATTRIBUTE, SearchAttributeRegistration, TENANT_ATTRIBUTE, ensure_search_attributes,
+};
 pub use types::{
     EXPORT_ACTIVITY, ExportHeartbeat, ExportRef, ExportUserDataInput, ExportUserDataOutput,
     ExportWorkflowInput, FINISH_ACTIVITY, FinishInput, FinishOutcome, FinishOutput, NOTIFY_ACTIVITY,

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use anyhow::anyhow;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use domain::{ExecutionPolicy, ExportId, ExportSchedule, ScheduleId, Scope};
+use domain::{ExecutionPolicy, ExportId, ExportOrigin, ExportSchedule, ScheduleId, Scope};
 use futures::StreamExt;
 use ports::{PortError, Presence, Scheduler};
 use serde_json::{Map, Value};
@@ -22,13 +22,15 @@ use temporalio_client::schedules::{
 use temporalio_client::tonic::{Code, IntoRequest};
 use temporalio_client::{Client, NamespacedClient};
 use temporalio_common::protos::temporal::api::enums::v1::ScheduleOverlapPolicy as ProtoOverlapPolicy;
+use temporalio_common::protos::temporal::api::schedule::v1::schedule_action::Action;
 use temporalio_common::protos::temporal::api::schedule::v1::{SchedulePatch, TriggerImmediatelyRequest};
 use temporalio_common::protos::temporal::api::workflowservice::v1::{
-    DescribeScheduleRequest, GetSystemInfoRequest, PatchScheduleRequest,
+    DescribeScheduleRequest, GetSystemInfoRequest, PatchScheduleRequest, UpdateScheduleRequest,
 };
-use tracing::info;
+use tracing::{info, warn};
 
 use super::orchestrator::{RPC_TIMEOUT, bounded, rpc_options, status_error};
+use super::search::{export_memo_proto, export_search_attributes, request_format};
 use super::types::ExportWorkflowInput;
 use super::workflow::UserDataExportWorkflow;
 
@@ -71,6 +73,60 @@ impl TemporalScheduler {
             .cron_strings(vec![schedule.cron.as_str().to_owned()])
             .timezone_name(schedule.timezone.name())
             .build()
+    }
+
+    /// Adds the search attributes and memo to the schedule's action, which the SDK's action
+    /// type cannot carry: every fire is then found by `UserexportOrigin='schedule'`. A namespace
+    /// without the attributes gets a warning and fires without them.
+    async fn annotate(&self, schedule: &ExportSchedule) -> Result<(), PortError> {
+        let schedule_id = schedule.id.temporal_schedule_id(&schedule.scope);
+        let mut request =
+            DescribeScheduleRequest { namespace: self.client.namespace(), schedule_id: schedule_id.clone() }
+                .into_request();
+        request.set_timeout(RPC_TIMEOUT);
+        let mut service = self.client.connection().workflow_service();
+        let described = bounded("describing the schedule", service.describe_schedule(request))
+            .await?
+            .map_err(|status| status_error(status, "describing the schedule"))?
+            .into_inner();
+        let Some(mut definition) = described.schedule else { return Ok(()) };
+        let request_fields = match serde_json::to_value(&schedule.spec) {
+            Ok(Value::Object(map)) => map,
+            _ => Map::new(),
+        };
+        let Some(Action::StartWorkflow(start)) = definition.action.as_mut().and_then(|a| a.action.as_mut())
+        else {
+            return Ok(());
+        };
+        let attributes = export_search_attributes(
+            &schedule.scope.to_string(),
+            request_format(&request_fields),
+            ExportOrigin::Schedule,
+        );
+        start.search_attributes = Some(attributes.into_proto());
+        start.memo = Some(export_memo_proto(&request_fields));
+        let mut request = UpdateScheduleRequest {
+            namespace: self.client.namespace(),
+            schedule_id,
+            schedule: Some(definition),
+            conflict_token: described.conflict_token,
+            identity: self.client.identity(),
+            request_id: uuid::Uuid::new_v4().to_string(),
+            ..UpdateScheduleRequest::default()
+        }
+        .into_request();
+        request.set_timeout(RPC_TIMEOUT);
+        match bounded("annotating the schedule", service.update_schedule(request)).await? {
+            Ok(_) => Ok(()),
+            Err(status)
+                if status.code() == Code::InvalidArgument
+                    && status.message().to_ascii_lowercase().contains("search attribute") =>
+            {
+                warn!(reason = status.message(), "schedule fires run without the export search attributes");
+                Ok(())
+            }
+            Err(status) => Err(status_error(status, "annotating the schedule")),
+        }
     }
 
     async fn update_existing(&self, schedule: &ExportSchedule) -> Result<(), PortError> {
@@ -140,13 +196,13 @@ impl Scheduler for TemporalScheduler {
         {
             Ok(_) => {
                 info!(schedule_id, cron = %schedule.cron, timezone = %schedule.timezone, "Temporal schedule created");
-                Ok(())
             }
             Err(ScheduleError::Rpc(status)) if status.code() == Code::AlreadyExists => {
-                self.update_existing(schedule).await
+                self.update_existing(schedule).await?;
             }
-            Err(err) => Err(schedule_error(err, "creating the schedule")),
+            Err(err) => return Err(schedule_error(err, "creating the schedule")),
         }
+        self.annotate(schedule).await
     }
 
     async fn set_paused(&self, scope: &Scope, id: ScheduleId, paused: bool) -> Result<Presence, PortError> {
