@@ -39,8 +39,8 @@ pub use export::{
     Export, ExportFailure, ExportOutcome, ExportParts, ExportStatus, FailureKind, IllegalTransition,
     NotificationRecord, NotificationStatus, Progress,
 };
-pub use origin::ExportOrigin;
 pub use ids::{EnvironmentId, ExportId, IdParseError, IdempotencyKey, ObjectKey, Scope, TenantId, UserId};
+pub use origin::ExportOrigin;
 pub use policy::{
     ExecutionPolicy, FailureClass, GiveUpReason, NextStep, PolicyError, RetentionPolicy, RetryPolicy,
 };

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use domain::{
-    Export, ExportId, ExportOrigin, ExportSpec, ExportStatus, IdempotencyKey, Quota, QuotaBook, RetentionPolicy, Scope,
-    TenantDirectory, ValidationErrors,
+    Export, ExportId, ExportOrigin, ExportSpec, ExportStatus, IdempotencyKey, Quota, QuotaBook,
+    RetentionPolicy, Scope, TenantDirectory, ValidationErrors,
 };
 use ports::{
     ExportPage, ExportQuery, ExportRepository, ExportStorage, ObjectReader, Orchestrator, PortError,

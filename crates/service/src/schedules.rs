@@ -11,8 +11,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use domain::{
-    Export, ExportFailure, ExportId, ExportOrigin, ExportSchedule, ExportStatus, FailureKind, IdempotencyKey, NewSchedule,
-    Quota, QuotaBook, ScheduleId, SchedulePatch, ScheduleRules, Scope, TenantDirectory, ValidationErrors,
+    Export, ExportFailure, ExportId, ExportOrigin, ExportSchedule, ExportStatus, FailureKind, IdempotencyKey,
+    NewSchedule, Quota, QuotaBook, ScheduleId, SchedulePatch, ScheduleRules, Scope, TenantDirectory,
+    ValidationErrors,
 };
 use ports::{
     CreateOutcome, ExportRepository, Orchestrator, PortError, Presence, QuotaCreateOutcome, SchedulePage,

@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use adapters::temporal::{
     TemporalOrchestrator, WorkerDeps, connect_client, ensure_reconcile_schedule, ensure_retention_schedule,
-    ensure_search_attributes,
-    register,
+    ensure_search_attributes, register,
 };
 use anyhow::{Context, bail};
 use clap::Parser;

@@ -58,7 +58,8 @@ pub use retention::{
 };
 pub use schedules::{TemporalScheduler, fire_input};
 pub use search::{
-    FORMAT_ATTRIBUTE, ORIGIN_ATTRIBUTE, SearchAttributeRegistration, TENANT_ATTRIBUTE, ensure_search_attributes,
+    FORMAT_ATTRIBUTE, ORIGIN_ATTRIBUTE, SearchAttributeRegistration, TENANT_ATTRIBUTE,
+    ensure_search_attributes,
 };
 pub use types::{
     EXPORT_ACTIVITY, ExportHeartbeat, ExportRef, ExportUserDataInput, ExportUserDataOutput,

@@ -21,7 +21,9 @@ use tracing::{info, warn};
 
 use super::batch::{BatchWorkflowInput, UserBatchExportWorkflow};
 use super::connect_client;
-use super::search::{FORMAT_ATTRIBUTE, ORIGIN_ATTRIBUTE, export_memo, export_search_attributes, request_format};
+use super::search::{
+    FORMAT_ATTRIBUTE, ORIGIN_ATTRIBUTE, export_memo, export_search_attributes, request_format,
+};
 use super::types::ExportWorkflowInput;
 use super::workflow::UserDataExportWorkflow;
 
@@ -122,7 +124,10 @@ impl Orchestrator for TemporalOrchestrator {
                 .build()
         };
         let start = |options| {
-            bounded("starting the workflow", self.client.start_workflow(UserDataExportWorkflow::run, input.clone(), options))
+            bounded(
+                "starting the workflow",
+                self.client.start_workflow(UserDataExportWorkflow::run, input.clone(), options),
+            )
         };
         let mut started = start(options(Some(attributes))).await?;
         if matches!(&started, Err(WorkflowStartError::Rpc(status)) if lacks_search_attributes(status)) {
@@ -291,13 +296,16 @@ impl TemporalOrchestrator {
 
 /// Whether the server refused a start for naming search attributes the namespace lacks.
 fn lacks_search_attributes(status: &Status) -> bool {
-    status.code() == Code::InvalidArgument && status.message().to_ascii_lowercase().contains("search attribute")
+    status.code() == Code::InvalidArgument
+        && status.message().to_ascii_lowercase().contains("search attribute")
 }
 
 fn warn_unregistered() {
-    warn!("the namespace lacks the export search attributes (UserexportTenant, UserexportFormat, \
+    warn!(
+        "the namespace lacks the export search attributes (UserexportTenant, UserexportFormat, \
            UserexportOrigin): starting without them; the worker registers them at start-up, or add \
-           them by hand on Temporal Cloud (README, Operating)");
+           them by hand on Temporal Cloud (README, Operating)"
+    );
 }
 
 /// Room after the export's deadline for the bookkeeping that follows its last attempt.

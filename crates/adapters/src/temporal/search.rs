@@ -38,8 +38,10 @@ const MEMO_FIELDS: [&str; 5] = ["format", "compression", "fields", "user_filters
 /// The search attributes of an export workflow. `scope` is `tenant/environment`; `format` is
 /// left out when the request has none (it fails validation anyway).
 pub fn export_search_attributes(scope: &str, format: Option<&str>, origin: ExportOrigin) -> SearchAttributes {
-    let mut updates =
-        vec![TENANT_ATTRIBUTE.value_set(scope.to_owned()), ORIGIN_ATTRIBUTE.value_set(origin.as_str().to_owned())];
+    let mut updates = vec![
+        TENANT_ATTRIBUTE.value_set(scope.to_owned()),
+        ORIGIN_ATTRIBUTE.value_set(origin.as_str().to_owned()),
+    ];
     if let Some(format) = format {
         updates.push(FORMAT_ATTRIBUTE.value_set(format.to_owned()));
     }
@@ -67,7 +69,9 @@ pub fn export_memo(request: &Map<String, Value>) -> MemoValues {
 
 /// The same memo as a proto, for a schedule's action (which the SDK's action type cannot carry).
 pub fn export_memo_proto(request: &Map<String, Value>) -> Memo {
-    Memo { fields: request_summary(request).into_iter().map(|(k, v)| (k.to_owned(), json_payload(&v))).collect() }
+    Memo {
+        fields: request_summary(request).into_iter().map(|(k, v)| (k.to_owned(), json_payload(&v))).collect(),
+    }
 }
 
 /// `value` as the default data converter encodes it (`json/plain`), so every client reads it.
@@ -115,7 +119,8 @@ pub async fn ensure_search_attributes(client: &Client) -> anyhow::Result<SearchA
     }
     let search_attributes =
         missing.iter().map(|name| (name.clone(), IndexedValueType::Keyword as i32)).collect();
-    let mut request = AddSearchAttributesRequest { search_attributes, namespace: namespace.clone() }.into_request();
+    let mut request =
+        AddSearchAttributesRequest { search_attributes, namespace: namespace.clone() }.into_request();
     request.set_timeout(RPC_TIMEOUT * 6);
     let added = client.connection().operator_service().add_search_attributes(request).await;
     match added {

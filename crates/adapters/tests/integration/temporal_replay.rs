@@ -18,19 +18,21 @@ use adapters::notify::LogNotifier;
 use adapters::storage::ObjectStorage;
 use adapters::temporal::testkit::{FailingScopeUsers, test_client, unique_task_queue, with_worker};
 use adapters::temporal::{
-    BATCH_WORKFLOW_TYPE, ExportReconcileWorkflow, ExportRetentionWorkflow, RetentionInput, TemporalOrchestrator,
-    UserBatchExportWorkflow, UserDataExportWorkflow, WORKFLOW_TYPE, WorkerDeps, register,
+    BATCH_WORKFLOW_TYPE, ExportReconcileWorkflow, ExportRetentionWorkflow, RetentionInput,
+    TemporalOrchestrator, UserBatchExportWorkflow, UserDataExportWorkflow, WORKFLOW_TYPE, WorkerDeps,
+    register,
 };
 use bytes::Bytes;
 use chrono::{TimeDelta, Utc};
 use domain::{
-    Batch, BatchId, BatchRequest, ExecutionPolicy, Export, ExportFormat, ExportId, ExportOrigin, ExportOutcome,
-    ExportSpec, ExportStatus, RetryPolicy, Scope,
+    Batch, BatchId, BatchRequest, ExecutionPolicy, Export, ExportFormat, ExportId, ExportOrigin,
+    ExportOutcome, ExportSpec, ExportStatus, RetryPolicy, Scope,
 };
 use ports::{ExportRepository, ExportStorage, Orchestrator, UserRepository};
 use serde_json::{Value, json};
 use service::{ExportRunner, ReconcileSettings, Reconciler, RunnerConfig};
 use temporalio_client::{Client, WorkflowFetchHistoryOptions, WorkflowHistory, WorkflowStartOptions};
+use temporalio_common::protos::temporal::api::history::v1::history_event::Attributes;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::workflow_replayer::{
     WorkflowReplayError, WorkflowReplayFailure, WorkflowReplayer, WorkflowReplayerOptions,
@@ -47,7 +49,7 @@ fn histories_dir() -> PathBuf {
 }
 
 /// Every committed history: (file name, workflow type, JSON).
-fn committed_histories() -> Vec<(String, String, Vec<u8>)> {
+async fn committed_histories() -> Vec<(String, String, Vec<u8>)> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(histories_dir()).expect("tests/histories exists") {
         let path = entry.unwrap().path();
@@ -56,21 +58,21 @@ fn committed_histories() -> Vec<(String, String, Vec<u8>)> {
         }
         let bytes = std::fs::read(&path).unwrap();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        found.push((name, workflow_type(&bytes), bytes));
+        found.push((name, workflow_type(&bytes).await, bytes));
     }
     found.sort();
     found
 }
 
 /// The workflow type named by a history's first event.
-fn workflow_type(json: &[u8]) -> String {
-    let history: Value = serde_json::from_slice(json).expect("a history is JSON");
-    let started = &history["events"][0];
-    let attributes = started
-        .get("workflowExecutionStartedEventAttributes")
-        .or_else(|| started.get("workflow_execution_started_event_attributes"))
-        .expect("a history begins with WorkflowExecutionStarted");
-    attributes["workflowType"]["name"].as_str().unwrap_or_default().to_owned()
+async fn workflow_type(json: &[u8]) -> String {
+    let events = WorkflowHistory::from_json(json).expect("a history decodes").into_events().await.unwrap();
+    match events.first().and_then(|e| e.attributes.as_ref()) {
+        Some(Attributes::WorkflowExecutionStartedEventAttributes(started)) => {
+            started.workflow_type.as_ref().map(|t| t.name.clone()).unwrap_or_default()
+        }
+        _ => panic!("a history begins with WorkflowExecutionStarted"),
+    }
 }
 
 /// A replayer with the workflows the worker registers.
@@ -94,7 +96,7 @@ async fn replay(replayer: &WorkflowReplayer, json: &[u8]) -> Result<(), Workflow
 
 #[tokio::test]
 async fn committed_histories_replay_against_the_current_workflows() {
-    let histories = committed_histories();
+    let histories = committed_histories().await;
     let types: BTreeSet<&str> = histories.iter().map(|(_, t, _)| t.as_str()).collect();
     for expected in [WORKFLOW_TYPE, BATCH_WORKFLOW_TYPE, RETENTION_TYPE, RECONCILE_TYPE] {
         assert!(types.contains(expected), "no committed history of {expected} (have {types:?})");
@@ -132,14 +134,18 @@ impl AlteredExportWorkflow {
 
 #[tokio::test]
 async fn a_non_deterministic_change_fails_replay() {
-    let options = WorkflowReplayerOptions::new().register_workflow::<AlteredExportWorkflow>().unwrap().build();
+    let options =
+        WorkflowReplayerOptions::new().register_workflow::<AlteredExportWorkflow>().unwrap().build();
     let altered = WorkflowReplayer::new(options).unwrap();
-    let exports: Vec<_> = committed_histories().into_iter().filter(|(_, t, _)| t == WORKFLOW_TYPE).collect();
+    let exports: Vec<_> =
+        committed_histories().await.into_iter().filter(|(_, t, _)| t == WORKFLOW_TYPE).collect();
     assert!(!exports.is_empty());
     for (name, _, json) in exports {
         match replay(&altered, &json).await {
             Err(WorkflowReplayError::Replay(WorkflowReplayFailure::Nondeterminism { .. })) => {}
-            other => panic!("{name}: the altered workflow must fail replay as nondeterministic, got {other:?}"),
+            other => {
+                panic!("{name}: the altered workflow must fail replay as nondeterministic, got {other:?}")
+            }
         }
     }
 }
@@ -161,8 +167,13 @@ fn policy() -> ExecutionPolicy {
 
 /// A completed export whose file is due for deletion.
 async fn expired(exports: &MemoryExportRepository, storage: &ObjectStorage, scope: &Scope) -> Export {
-    let mut export =
-        Export::new(ExportId::from_uuid(Uuid::now_v7()), scope.clone(), ExportSpec::new(ExportFormat::Csv), None, Utc::now());
+    let mut export = Export::new(
+        ExportId::from_uuid(Uuid::now_v7()),
+        scope.clone(),
+        ExportSpec::new(ExportFormat::Csv),
+        None,
+        Utc::now(),
+    );
     exports.create_if_absent(&export).await.unwrap();
     let mut writer = storage.writer(&export.attempt_key(1)).await.unwrap();
     writer.write(Bytes::from_static(b"id,email\n")).await.unwrap();
@@ -253,8 +264,13 @@ async fn record_histories() {
         write_history(&client, &export.workflow_id(), "export-api-completed.json").await;
 
         // An export whose source fails: attempts run out, FinishExport records the failure.
-        let failing =
-            Export::new(ExportId::from_uuid(Uuid::now_v7()), broken.clone(), ExportSpec::new(ExportFormat::Csv), None, Utc::now());
+        let failing = Export::new(
+            ExportId::from_uuid(Uuid::now_v7()),
+            broken.clone(),
+            ExportSpec::new(ExportFormat::Csv),
+            None,
+            Utc::now(),
+        );
         exports.create_if_absent(&failing).await.unwrap();
         orchestrator.start_from(&failing, ExportOrigin::Event).await.unwrap();
         closed(&client, &failing.workflow_id()).await;
@@ -300,7 +316,7 @@ async fn record_histories() {
 
     // What was just recorded replays, or the recording itself is wrong.
     let replayer = replayer();
-    for (name, _, json) in committed_histories() {
+    for (name, _, json) in committed_histories().await {
         replay(&replayer, &json).await.unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }

@@ -41,7 +41,9 @@ fn fresh_scope() -> Scope {
 async fn registered(client: &Client) {
     match ensure_search_attributes(client).await.unwrap() {
         SearchAttributeRegistration::Added(_) | SearchAttributeRegistration::Present => {}
-        refused @ SearchAttributeRegistration::Refused { .. } => panic!("the dev server refused: {refused:?}"),
+        refused @ SearchAttributeRegistration::Refused { .. } => {
+            panic!("the dev server refused: {refused:?}")
+        }
     }
     assert_eq!(ensure_search_attributes(client).await.unwrap(), SearchAttributeRegistration::Present);
 }
@@ -63,7 +65,10 @@ async fn listed(client: &Client, query: &str, count: usize) -> Vec<WorkflowExecu
     }
 }
 
-fn attribute(attributes: &SearchAttributes, key: &temporalio_common::search_attributes::SearchAttributeKey<String>) -> String {
+fn attribute(
+    attributes: &SearchAttributes,
+    key: &temporalio_common::search_attributes::SearchAttributeKey<String>,
+) -> String {
     attributes.get(key).unwrap_or_default()
 }
 
@@ -94,7 +99,8 @@ impl World {
             RunnerConfig::default(),
         ));
         let task_queue = unique_task_queue(test);
-        let orchestrator = TemporalOrchestrator::new(client.clone(), task_queue.clone(), ExecutionPolicy::default());
+        let orchestrator =
+            TemporalOrchestrator::new(client.clone(), task_queue.clone(), ExecutionPolicy::default());
         let service = ExportService::new(
             exports.clone(),
             storage.clone(),
@@ -170,7 +176,13 @@ async fn batch_children_are_found_by_origin_batch() {
     let request = BatchRequest::from_json(&json!({"targets": [a.to_string(), b.to_string()],
         "export": {"format": "csv"}, "concurrency": 2}))
     .unwrap();
-    let batch = Batch::new(BatchId::from_uuid(Uuid::now_v7()), &request, vec![a.clone(), b.clone()], None, Utc::now());
+    let batch = Batch::new(
+        BatchId::from_uuid(Uuid::now_v7()),
+        &request,
+        vec![a.clone(), b.clone()],
+        None,
+        Utc::now(),
+    );
     let query = format!("UserexportTenant='{a}' AND UserexportOrigin='batch'");
     let found = with_worker(&w.client, w.worker_options(), async {
         w.orchestrator.start_batch(&batch).await.unwrap();
@@ -185,7 +197,8 @@ async fn batch_children_are_found_by_origin_batch() {
 async fn a_schedules_fires_carry_origin_schedule() {
     let scope = fresh_scope();
     let w = World::new("search-schedule", &[&scope]).await;
-    let scheduler = TemporalScheduler::new(w.client.clone(), w.task_queue.clone(), ExecutionPolicy::default());
+    let scheduler =
+        TemporalScheduler::new(w.client.clone(), w.task_queue.clone(), ExecutionPolicy::default());
     let new = NewSchedule::from_json(&json!({"cron": "0 3 * * *", "request": {"format": "csv",
         "user_filters": {"status": "active"}}}))
     .unwrap();
@@ -216,13 +229,19 @@ async fn an_export_record_restarted_keeps_its_scope_findable() {
     // `start` (the reconciler's path) is origin api.
     let scope = fresh_scope();
     let w = World::new("search-restart", &[&scope]).await;
-    let export =
-        Export::new(ExportId::from_uuid(Uuid::now_v7()), scope.clone(), ExportSpec::new(ExportFormat::Csv), None, Utc::now());
+    let export = Export::new(
+        ExportId::from_uuid(Uuid::now_v7()),
+        scope.clone(),
+        ExportSpec::new(ExportFormat::Csv),
+        None,
+        Utc::now(),
+    );
     w.exports.create_if_absent(&export).await.unwrap();
     w.orchestrator.start(&export).await.unwrap();
     let found = listed(&w.client, &format!("UserexportTenant='{scope}'"), 1).await;
     assert_eq!(attribute(&found[0].search_attributes(), &ORIGIN_ATTRIBUTE), "api");
     // No worker polls this queue: end the run so it does not linger.
-    let handle = w.client.get_workflow_handle::<adapters::temporal::UserDataExportWorkflow>(export.workflow_id());
+    let handle =
+        w.client.get_workflow_handle::<adapters::temporal::UserDataExportWorkflow>(export.workflow_id());
     handle.terminate(Default::default()).await.unwrap();
 }
