@@ -22,8 +22,8 @@ use temporalio_client::schedules::{
 };
 use temporalio_client::tonic::{Code, IntoRequest, Status};
 use temporalio_client::{Client, NamespacedClient};
-use temporalio_common::protos::temporal::api::enums::v1::ScheduleOverlapPolicy as ProtoOverlapPolicy;
 use temporalio_common::protos::temporal::api::common::v1::{Payloads, WorkflowType};
+use temporalio_common::protos::temporal::api::enums::v1::ScheduleOverlapPolicy as ProtoOverlapPolicy;
 use temporalio_common::protos::temporal::api::schedule::v1::schedule_action::Action;
 use temporalio_common::protos::temporal::api::schedule::v1::{
     Schedule as ProtoSchedule, ScheduleAction as ProtoScheduleAction, SchedulePatch, SchedulePolicies,
@@ -188,7 +188,9 @@ impl Scheduler for TemporalScheduler {
                     && status.message().to_ascii_lowercase().contains("search attribute") =>
             {
                 warn!(reason = status.message(), "schedule fires run without the export search attributes");
-                self.put(schedule, false).await.map_err(|status| status_error(status, "creating the schedule"))
+                self.put(schedule, false)
+                    .await
+                    .map_err(|status| status_error(status, "creating the schedule"))
             }
             Err(status) => Err(status_error(status, "creating or updating the schedule")),
         }
