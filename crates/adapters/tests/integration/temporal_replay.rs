@@ -193,7 +193,7 @@ async fn write_history(client: &Client, workflow_id: &str, file: &str) {
     let value: Value = serde_json::from_slice(&json).unwrap();
     let path = histories_dir().join(file);
     std::fs::write(&path, serde_json::to_vec_pretty(&value).unwrap()).unwrap();
-    println!("recorded {}", path.display());
+    eprintln!("recorded {}", path.display());
 }
 
 /// Waits for `workflow_id` to close, however it ends.
