@@ -65,6 +65,8 @@ wait_for "moto_server" 30 curl -sf "$TEST_S3_ENDPOINT/"
 
 log "Temporal dev server"
 TEMPORAL_PORT=$(free_port)
+# No --search-attribute flags: registering UserexportTenant/Format/Origin is the worker's job at
+# start-up, and temporal_search's tests check exactly that on this server.
 # Task-queue fairness (exports carry their tenant as fairness key): the new matcher with fairness
 # on, and one partition so that a test's few pollers see every task at once.
 temporal server start-dev --headless --ip 127.0.0.1 --port "$TEMPORAL_PORT" --ui-port "$(free_port)" \

@@ -29,7 +29,7 @@ use async_nats::jetstream::{self, AckKind, Message, stream};
 use chrono::Utc;
 use domain::events::{claimed_event_id, verify_signed};
 use domain::signature::{DEFAULT_REPLAY_WINDOW, SIGNATURE_HEADER, SignatureError, TIMESTAMP_HEADER};
-use domain::{ExportRequested, Scope, TenantDirectory};
+use domain::{ExportOrigin, ExportRequested, Scope, TenantDirectory};
 use futures::StreamExt;
 use ports::PortError;
 use service::{ExportService, RequestError, meters};
@@ -350,7 +350,7 @@ impl Worker {
             };
         }
         let key = event.idempotency_key();
-        match self.service.request(&event.scope, event.spec, Some(key)).await {
+        match self.service.request_from(ExportOrigin::Event, &event.scope, event.spec, Some(key)).await {
             Ok(requested) => {
                 Outcome::Started { export_id: requested.export.id.to_string(), created: requested.created }
             }

@@ -10,6 +10,7 @@ pub mod encode;
 pub mod events;
 pub mod export;
 pub mod ids;
+pub mod origin;
 pub mod policy;
 pub mod quotas;
 pub mod request;
@@ -39,6 +40,7 @@ pub use export::{
     NotificationRecord, NotificationStatus, Progress,
 };
 pub use ids::{EnvironmentId, ExportId, IdParseError, IdempotencyKey, ObjectKey, Scope, TenantId, UserId};
+pub use origin::ExportOrigin;
 pub use policy::{
     ExecutionPolicy, FailureClass, GiveUpReason, NextStep, PolicyError, RetentionPolicy, RetryPolicy,
 };

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use domain::{Batch, Export, ExportId, Scope};
+use domain::{Batch, Export, ExportId, ExportOrigin, Scope};
 
 use crate::PortError;
 
@@ -55,6 +55,17 @@ pub trait Orchestrator: Send + Sync {
     /// # Errors
     /// `Unavailable` when the orchestrator cannot accept work (unreachable, shutting down).
     async fn start(&self, export: &Export) -> Result<(), PortError>;
+
+    /// [`Orchestrator::start`] for an export requested through `origin`. Orchestrators that record
+    /// where runs come from (Temporal, as a search attribute) override it; `start` is the same
+    /// with [`ExportOrigin::Api`].
+    ///
+    /// # Errors
+    /// As [`Orchestrator::start`].
+    async fn start_from(&self, export: &Export, origin: ExportOrigin) -> Result<(), PortError> {
+        let _ = origin;
+        self.start(export).await
+    }
 
     /// Starts running `batch` asynchronously: the export [`ExportId::for_batch`] of every target
     /// is created `pending` if absent and run, at most `batch.concurrency` at a time, each

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use domain::{
-    Export, ExportId, ExportSpec, ExportStatus, IdempotencyKey, Quota, QuotaBook, RetentionPolicy, Scope,
-    TenantDirectory, ValidationErrors,
+    Export, ExportId, ExportOrigin, ExportSpec, ExportStatus, IdempotencyKey, Quota, QuotaBook,
+    RetentionPolicy, Scope, TenantDirectory, ValidationErrors,
 };
 use ports::{
     ExportPage, ExportQuery, ExportRepository, ExportStorage, ObjectReader, Orchestrator, PortError,
@@ -174,6 +174,18 @@ impl ExportService {
         spec: ExportSpec,
         idempotency_key: Option<IdempotencyKey>,
     ) -> Result<Requested, RequestError> {
+        self.request_from(ExportOrigin::Api, scope, spec, idempotency_key).await
+    }
+
+    /// [`ExportService::request`] for a request that came through `origin` (an event, say),
+    /// which the orchestrator records with the run.
+    pub async fn request_from(
+        &self,
+        origin: ExportOrigin,
+        scope: &Scope,
+        spec: ExportSpec,
+        idempotency_key: Option<IdempotencyKey>,
+    ) -> Result<Requested, RequestError> {
         let mut invalid = ValidationErrors::new();
         invalid.absorb(self.retention.check(&spec));
         invalid.absorb(self.tenants.check_notify_email(scope, &spec));
@@ -194,7 +206,7 @@ impl ExportService {
             QuotaCreateOutcome::Created => {
                 info!(export_id = %id, tenant = %scope.tenant, environment = %scope.environment,
                       workflow_id = %id.workflow_id(scope), format = export.spec.format.as_str(), "export accepted");
-                self.orchestrator.start(&export).await?;
+                self.orchestrator.start_from(&export, origin).await?;
                 Ok(Requested { export, created: true })
             }
             QuotaCreateOutcome::Existing(existing) => {
@@ -205,7 +217,7 @@ impl ExportService {
                 // The first request may have stored the record and died before starting it;
                 // starting is idempotent, so make sure it runs.
                 if existing.status() == ExportStatus::Pending {
-                    self.orchestrator.start(&existing).await?;
+                    self.orchestrator.start_from(&existing, origin).await?;
                 }
                 Ok(Requested { export: *existing, created: false })
             }

@@ -11,8 +11,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use domain::{
-    Export, ExportFailure, ExportId, ExportSchedule, ExportStatus, FailureKind, IdempotencyKey, NewSchedule,
-    Quota, QuotaBook, ScheduleId, SchedulePatch, ScheduleRules, Scope, TenantDirectory, ValidationErrors,
+    Export, ExportFailure, ExportId, ExportOrigin, ExportSchedule, ExportStatus, FailureKind, IdempotencyKey,
+    NewSchedule, Quota, QuotaBook, ScheduleId, SchedulePatch, ScheduleRules, Scope, TenantDirectory,
+    ValidationErrors,
 };
 use ports::{
     CreateOutcome, ExportRepository, Orchestrator, PortError, Presence, QuotaCreateOutcome, SchedulePage,
@@ -187,7 +188,7 @@ impl ScheduledExports {
         };
         // Starting is idempotent; a duplicate fire of an unfinished export joins it.
         if start && export.status() == ExportStatus::Pending {
-            self.orchestrator.start(&export).await?;
+            self.orchestrator.start_from(&export, ExportOrigin::Schedule).await?;
         }
         Ok(export)
     }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use adapters::temporal::{
     TaskQueues, TemporalOrchestrator, WorkerDeps, Workload, connect_client_metered, ensure_reconcile_schedule,
-    ensure_retention_schedule, workload_options,
+    ensure_retention_schedule, ensure_search_attributes, workload_options,
 };
 use anyhow::{Context, bail};
 use clap::Parser;
@@ -238,6 +238,8 @@ pub async fn run_with(
         telemetry.client_meter(),
     )
     .await?;
+    // Before anything starts export workflows with them; refused (Temporal Cloud) is a warning.
+    ensure_search_attributes(&client).await.context("registering the export search attributes")?;
     let queues = TaskQueues::new(config.temporal.task_queue.as_str());
     let workloads = config.workloads();
     // The system schedules and the reconciler go with the control queue, where their workflows run.

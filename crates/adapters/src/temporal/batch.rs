@@ -28,7 +28,9 @@ use std::task::Poll;
 use std::time::Duration;
 
 use domain::batch::MAX_CONCURRENCY;
-use domain::{Batch, BatchId, ExecutionPolicy, ExportFailure, ExportId, ExportStatus, FailureKind, Scope};
+use domain::{
+    Batch, BatchId, ExecutionPolicy, ExportFailure, ExportId, ExportOrigin, ExportStatus, FailureKind, Scope,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use temporalio_common::RetryPolicy;
@@ -44,6 +46,7 @@ use tracing::info;
 
 use super::activities::ExportActivities;
 use super::queues::control_queue_of_batch;
+use super::search::{export_search_attributes, request_format};
 use super::types::{ExportRef, ExportState, ExportWorkflowInput, failure_type};
 use super::workflow::UserDataExportWorkflow;
 
@@ -98,6 +101,11 @@ pub struct BatchWorkflowInput {
     /// What earlier runs did; empty on the first run.
     #[serde(default)]
     pub progress: BatchProgress,
+    /// Whether children get the export search attributes: set by the orchestrator when the
+    /// namespace accepted them on the batch's own start (an unknown attribute on a child would
+    /// fail the batch's workflow tasks). Absent in batches started before they existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub search_attributes: bool,
 }
 
 impl BatchWorkflowInput {
@@ -115,6 +123,7 @@ impl BatchWorkflowInput {
             concurrency: batch.concurrency,
             targets_per_run: DEFAULT_TARGETS_PER_RUN,
             progress: BatchProgress::default(),
+            search_attributes: false,
         }
     }
 }
@@ -328,6 +337,9 @@ async fn run_target(
         .workflow_id(export_id.workflow_id(&scope))
         // A cancelled or terminated batch asks its running exports to stop (they end cancelled).
         .parent_close_policy(ParentClosePolicy::RequestCancel)
+        .maybe_search_attributes(input.search_attributes.then(|| {
+            export_search_attributes(&scope.to_string(), request_format(&input.request), ExportOrigin::Batch)
+        }))
         .build();
     // Exports run on the control queue; a batch on that queue (older starts) keeps them there.
     options.task_queue = control_queue_of_batch(ctx.task_queue()).map(str::to_owned);

@@ -28,6 +28,7 @@ mod queues;
 mod reconcile;
 mod retention;
 mod schedules;
+mod search;
 mod tenant_slots;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -61,6 +62,10 @@ pub use retention::{
     ensure_retention_schedule,
 };
 pub use schedules::{TemporalScheduler, fire_input};
+pub use search::{
+    FORMAT_ATTRIBUTE, ORIGIN_ATTRIBUTE, SearchAttributeRegistration, TENANT_ATTRIBUTE,
+    ensure_search_attributes,
+};
 pub use types::{
     EXPORT_ACTIVITY, ExportHeartbeat, ExportRef, ExportState, ExportUserDataInput, ExportUserDataOutput,
     ExportWorkflowInput, FINISH_ACTIVITY, FinishInput, FinishOutcome, FinishOutput, NOTIFY_ACTIVITY,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use async_trait::async_trait;
-use domain::{Batch, ExecutionPolicy, Export, ExportId, Scope, fairness_key};
+use domain::{Batch, ExecutionPolicy, Export, ExportId, ExportOrigin, Scope, fairness_key};
 use ports::{CancelOutcome, Orchestrator, PortError, RunClosure, RunState, WaitOutcome};
 use temporalio_client::errors::{WorkflowGetResultError, WorkflowInteractionError, WorkflowStartError};
 use temporalio_client::tonic::{Code, IntoRequest, Status};
@@ -16,11 +16,15 @@ use temporalio_client::{
     WorkflowStartOptions,
 };
 use temporalio_common::protos::temporal::api::workflowservice::v1::GetSystemInfoRequest;
-use tracing::info;
+use temporalio_common::search_attributes::SearchAttributes;
+use tracing::{info, warn};
 
 use super::batch::{BatchWorkflowInput, UserBatchExportWorkflow};
 use super::connect_client;
 use super::queues::{TaskQueues, Workload};
+use super::search::{
+    FORMAT_ATTRIBUTE, ORIGIN_ATTRIBUTE, export_memo, export_search_attributes, request_format,
+};
 use super::types::ExportWorkflowInput;
 use super::workflow::UserDataExportWorkflow;
 
@@ -90,33 +94,51 @@ impl TemporalOrchestrator {
 #[async_trait]
 impl Orchestrator for TemporalOrchestrator {
     async fn start(&self, export: &Export) -> Result<(), PortError> {
+        self.start_from(export, ExportOrigin::Api).await
+    }
+
+    async fn start_from(&self, export: &Export, origin: ExportOrigin) -> Result<(), PortError> {
         if export.status().is_terminal() {
             return Ok(());
         }
-        let input = serde_json::to_value(ExportWorkflowInput::for_export(export, Some(self.policy)))
+        let input = ExportWorkflowInput::for_export(export, Some(self.policy));
+        let attributes =
+            export_search_attributes(&export.scope.to_string(), request_format(&input.request), origin);
+        let memo = export_memo(&input.request);
+        let input = serde_json::to_value(input)
             .map_err(|e| PortError::Other(anyhow!(e).context("encoding the workflow input")))?;
         let workflow_id = export.workflow_id();
-        let options = WorkflowStartOptions::new(self.task_queue.clone(), workflow_id.clone())
-            // A running export: the duplicate start returns the running workflow.
-            .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)
-            // A completed export is never run again; one whose run failed, was cancelled or
-            // terminated may be started again (its record decides whether anything runs).
-            .id_reuse_policy(WorkflowIdReusePolicy::AllowDuplicateFailedOnly)
-            // The export's deadline bounds the run; the reconciler settles a run that timed out.
-            .execution_timeout(self.policy.deadline + EXECUTION_TIMEOUT_MARGIN)
-            // The tenant scope is the fairness key of the workflow's tasks (its activities set
-            // theirs too): one tenant's backlog gets its share of dispatch, not all of it.
-            .priority(Priority::builder().fairness_key(fairness_key(&export.scope)).build())
-            .rpc_options(rpc_options())
-            .build();
-        let started = bounded(
-            "starting the workflow",
-            self.client.start_workflow(UserDataExportWorkflow::run, input, options),
-        )
-        .await?;
+        let options = |attributes: Option<SearchAttributes>| {
+            WorkflowStartOptions::new(self.task_queue.clone(), workflow_id.clone())
+                // A running export: the duplicate start returns the running workflow.
+                .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)
+                // A completed export is never run again; one whose run failed, was cancelled or
+                // terminated may be started again (its record decides whether anything runs).
+                .id_reuse_policy(WorkflowIdReusePolicy::AllowDuplicateFailedOnly)
+                // The export's deadline bounds the run; the reconciler settles a run that timed out.
+                .execution_timeout(self.policy.deadline + EXECUTION_TIMEOUT_MARGIN)
+                // The tenant scope is the fairness key of the workflow's tasks (its activities set
+                // theirs too): one tenant's backlog gets its share of dispatch, not all of it.
+                .priority(Priority::builder().fairness_key(fairness_key(&export.scope)).build())
+                .maybe_search_attributes(attributes)
+                .memo(memo.clone())
+                .rpc_options(rpc_options())
+                .build()
+        };
+        let start = |options| {
+            bounded(
+                "starting the workflow",
+                self.client.start_workflow(UserDataExportWorkflow::run, input.clone(), options),
+            )
+        };
+        let mut started = start(options(Some(attributes))).await?;
+        if matches!(&started, Err(WorkflowStartError::Rpc(status)) if lacks_search_attributes(status)) {
+            warn_unregistered();
+            started = start(options(None)).await?;
+        }
         match started {
             Ok(handle) => {
-                info!(export_id = %export.id, workflow_id, run_id = handle.run_id(), "export workflow started");
+                info!(export_id = %export.id, workflow_id, run_id = handle.run_id(), %origin, "export workflow started");
                 Ok(())
             }
             // Rejected by the reuse policy: the export's workflow already completed.
@@ -127,23 +149,51 @@ impl Orchestrator for TemporalOrchestrator {
     }
 
     async fn start_batch(&self, batch: &Batch) -> Result<(), PortError> {
-        let input = serde_json::to_value(BatchWorkflowInput::for_batch(batch, Some(self.policy)))
-            .map_err(|e| PortError::Other(anyhow!(e).context("encoding the batch workflow input")))?;
+        let mut input = BatchWorkflowInput::for_batch(batch, Some(self.policy));
         let workflow_id = batch.id.workflow_id();
+        // The batch itself: its origin and format (its targets are many scopes; each child
+        // carries its own).
+        let format = request_format(&input.request).map(str::to_owned);
+        let memo = export_memo(&input.request);
         // Batch parents have a queue of their own; their children run on `task_queue`.
         let task_queue = TaskQueues::new(self.task_queue.as_str()).name(Workload::Batch);
-        let options = WorkflowStartOptions::new(task_queue, workflow_id.clone())
-            // As for exports: a duplicate start finds the running batch, a completed batch is
-            // never run again, a failed or terminated one may be (its exports' records decide).
-            .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)
-            .id_reuse_policy(WorkflowIdReusePolicy::AllowDuplicateFailedOnly)
-            .rpc_options(rpc_options())
-            .build();
-        let started = bounded(
-            "starting the batch workflow",
-            self.client.start_workflow(UserBatchExportWorkflow::run, input, options),
-        )
-        .await?;
+        let options = |attributes: bool| {
+            let attributes = attributes.then(|| {
+                SearchAttributes::new([
+                    ORIGIN_ATTRIBUTE.value_set(ExportOrigin::Api.as_str().to_owned()),
+                    FORMAT_ATTRIBUTE.value_set(format.clone().unwrap_or_default()),
+                ])
+            });
+            WorkflowStartOptions::new(task_queue.clone(), workflow_id.clone())
+                // As for exports: a duplicate start finds the running batch, a completed batch is
+                // never run again, a failed or terminated one may be (its exports' records decide).
+                .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)
+                .id_reuse_policy(WorkflowIdReusePolicy::AllowDuplicateFailedOnly)
+                .maybe_search_attributes(attributes)
+                .memo(memo.clone())
+                .rpc_options(rpc_options())
+                .build()
+        };
+        let start = |input: &BatchWorkflowInput, options| {
+            let input = serde_json::to_value(input)
+                .map_err(|e| PortError::Other(anyhow!(e).context("encoding the batch workflow input")));
+            async move {
+                bounded(
+                    "starting the batch workflow",
+                    self.client.start_workflow(UserBatchExportWorkflow::run, input?, options),
+                )
+                .await
+            }
+        };
+        // The children get the attributes only when the namespace has them: an unknown attribute
+        // on a child would fail the batch's workflow tasks, not just one start.
+        input.search_attributes = true;
+        let mut started = start(&input, options(true)).await?;
+        if matches!(&started, Err(WorkflowStartError::Rpc(status)) if lacks_search_attributes(status)) {
+            warn_unregistered();
+            input.search_attributes = false;
+            started = start(&input, options(false)).await?;
+        }
         match started {
             Ok(handle) => {
                 info!(batch_id = %batch.id, workflow_id, run_id = handle.run_id(), targets = batch.targets.len(),
@@ -246,6 +296,20 @@ impl TemporalOrchestrator {
             _ => RunState::Live,
         })
     }
+}
+
+/// Whether the server refused a start for naming search attributes the namespace lacks.
+fn lacks_search_attributes(status: &Status) -> bool {
+    status.code() == Code::InvalidArgument
+        && status.message().to_ascii_lowercase().contains("search attribute")
+}
+
+fn warn_unregistered() {
+    warn!(
+        "the namespace lacks the export search attributes (UserexportTenant, UserexportFormat, \
+           UserexportOrigin): starting without them; the worker registers them at start-up, or add \
+           them by hand on Temporal Cloud (README, Operating)"
+    );
 }
 
 /// Room after the export's deadline for the bookkeeping that follows its last attempt.

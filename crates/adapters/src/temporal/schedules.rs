@@ -5,32 +5,41 @@
 //! [`ScheduleId::workflow_id_prefix`]. Temporal names each run `{prefix}-{scheduled time}` and
 //! the workflow derives its export from that ID, which is the export
 //! `ExportId::for_schedule_fire` names: the in-process scheduler and Temporal agree.
+//! The action also carries the export search attributes (origin `schedule`) and memo, so the
+//! schedule is written with raw `CreateSchedule`/`UpdateSchedule` requests.
 
 use std::time::SystemTime;
 
 use anyhow::anyhow;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use domain::{ExecutionPolicy, ExportId, ExportSchedule, ScheduleId, Scope};
+use domain::{ExecutionPolicy, ExportId, ExportOrigin, ExportSchedule, ScheduleId, Scope};
 use futures::StreamExt;
 use ports::{PortError, Presence, Scheduler};
 use serde_json::{Map, Value};
 use temporalio_client::schedules::{
-    CreateScheduleOptions, DeleteScheduleOptions, ListSchedulesOptions, PauseScheduleOptions, ScheduleAction,
-    ScheduleError, ScheduleOverlapPolicy, ScheduleSpec, UnpauseScheduleOptions,
+    DeleteScheduleOptions, ListSchedulesOptions, PauseScheduleOptions, ScheduleError, UnpauseScheduleOptions,
 };
-use temporalio_client::tonic::{Code, IntoRequest};
+use temporalio_client::tonic::{Code, IntoRequest, Status};
 use temporalio_client::{Client, NamespacedClient};
+use temporalio_common::protos::temporal::api::common::v1::{Payloads, WorkflowType};
 use temporalio_common::protos::temporal::api::enums::v1::ScheduleOverlapPolicy as ProtoOverlapPolicy;
-use temporalio_common::protos::temporal::api::schedule::v1::{SchedulePatch, TriggerImmediatelyRequest};
-use temporalio_common::protos::temporal::api::workflowservice::v1::{
-    DescribeScheduleRequest, GetSystemInfoRequest, PatchScheduleRequest,
+use temporalio_common::protos::temporal::api::schedule::v1::schedule_action::Action;
+use temporalio_common::protos::temporal::api::schedule::v1::{
+    Schedule as ProtoSchedule, ScheduleAction as ProtoScheduleAction, SchedulePatch, SchedulePolicies,
+    ScheduleSpec as ProtoScheduleSpec, ScheduleState, TriggerImmediatelyRequest,
 };
-use tracing::info;
+use temporalio_common::protos::temporal::api::taskqueue::v1::TaskQueue;
+use temporalio_common::protos::temporal::api::workflow::v1::NewWorkflowExecutionInfo;
+use temporalio_common::protos::temporal::api::workflowservice::v1::{
+    CreateScheduleRequest, DescribeScheduleRequest, GetSystemInfoRequest, PatchScheduleRequest,
+    UpdateScheduleRequest,
+};
+use tracing::{info, warn};
 
 use super::orchestrator::{RPC_TIMEOUT, bounded, rpc_options, status_error};
-use super::types::ExportWorkflowInput;
-use super::workflow::UserDataExportWorkflow;
+use super::search::{export_memo_proto, export_search_attributes, json_payload, request_format};
+use super::types::{ExportWorkflowInput, WORKFLOW_TYPE};
 
 /// Schedules on a Temporal cluster; fires run on the workers polling `task_queue`. Cheap to
 /// clone.
@@ -57,40 +66,86 @@ impl TemporalScheduler {
         Self { client, task_queue: task_queue.into(), policy }
     }
 
-    fn action(&self, schedule: &ExportSchedule) -> ScheduleAction {
-        ScheduleAction::start_workflow(
-            UserDataExportWorkflow::run,
-            fire_input(schedule, self.policy),
-            self.task_queue.clone(),
-            schedule.id.workflow_id_prefix(&schedule.scope),
-        )
+    /// The whole Temporal schedule of `schedule`, built here rather than with the SDK's types,
+    /// whose action cannot carry search attributes or a memo: every fire is then found by
+    /// `UserexportOrigin='schedule'` and its scope.
+    fn definition(&self, schedule: &ExportSchedule, with_attributes: bool) -> ProtoSchedule {
+        let input = fire_input(schedule, self.policy);
+        let request = input.as_object().cloned().unwrap_or_default();
+        let search_attributes = with_attributes.then(|| {
+            let scope = schedule.scope.to_string();
+            export_search_attributes(&scope, request_format(&request), ExportOrigin::Schedule).into_proto()
+        });
+        let start = NewWorkflowExecutionInfo {
+            workflow_id: schedule.id.workflow_id_prefix(&schedule.scope),
+            workflow_type: Some(WorkflowType { name: WORKFLOW_TYPE.to_owned() }),
+            task_queue: Some(TaskQueue { name: self.task_queue.clone(), ..TaskQueue::default() }),
+            input: Some(Payloads { payloads: vec![json_payload(&input)] }),
+            memo: Some(export_memo_proto(&request)),
+            search_attributes,
+            ..NewWorkflowExecutionInfo::default()
+        };
+        #[allow(deprecated)]
+        let spec = ProtoScheduleSpec {
+            cron_string: vec![schedule.cron.as_str().to_owned()],
+            timezone_name: schedule.timezone.name().to_owned(),
+            ..ProtoScheduleSpec::default()
+        };
+        ProtoSchedule {
+            spec: Some(spec),
+            action: Some(ProtoScheduleAction { action: Some(Action::StartWorkflow(start)) }),
+            policies: Some(SchedulePolicies {
+                overlap_policy: ProtoOverlapPolicy::Skip as i32,
+                ..SchedulePolicies::default()
+            }),
+            state: Some(ScheduleState {
+                paused: schedule.paused,
+                notes: schedule.note.clone().unwrap_or_default(),
+                ..ScheduleState::default()
+            }),
+        }
     }
 
-    fn spec(schedule: &ExportSchedule) -> ScheduleSpec {
-        ScheduleSpec::builder()
-            .cron_strings(vec![schedule.cron.as_str().to_owned()])
-            .timezone_name(schedule.timezone.name())
-            .build()
+    /// Creates the schedule, or replaces the definition of an existing one.
+    async fn put(&self, schedule: &ExportSchedule, with_attributes: bool) -> Result<(), Status> {
+        let schedule_id = schedule.id.temporal_schedule_id(&schedule.scope);
+        let mut service = self.client.connection().workflow_service();
+        let mut create = CreateScheduleRequest {
+            namespace: self.client.namespace(),
+            schedule_id: schedule_id.clone(),
+            schedule: Some(self.definition(schedule, with_attributes)),
+            identity: self.client.identity(),
+            request_id: uuid::Uuid::new_v4().to_string(),
+            ..CreateScheduleRequest::default()
+        }
+        .into_request();
+        create.set_timeout(RPC_TIMEOUT);
+        let Err(status) = timed(service.create_schedule(create)).await else {
+            info!(schedule_id, cron = %schedule.cron, timezone = %schedule.timezone, "Temporal schedule created");
+            return Ok(());
+        };
+        if status.code() != Code::AlreadyExists {
+            return Err(status);
+        }
+        let mut update = UpdateScheduleRequest {
+            namespace: self.client.namespace(),
+            schedule_id,
+            schedule: Some(self.definition(schedule, with_attributes)),
+            identity: self.client.identity(),
+            request_id: uuid::Uuid::new_v4().to_string(),
+            ..UpdateScheduleRequest::default()
+        }
+        .into_request();
+        update.set_timeout(RPC_TIMEOUT);
+        timed(service.update_schedule(update)).await.map(|_| ())
     }
+}
 
-    async fn update_existing(&self, schedule: &ExportSchedule) -> Result<(), PortError> {
-        let handle = self.client.get_schedule_handle(schedule.id.temporal_schedule_id(&schedule.scope));
-        let (spec, action) = (Self::spec(schedule), self.action(schedule));
-        let (paused, note) = (schedule.paused, schedule.note.clone().unwrap_or_default());
-        let updated = handle.update(
-            move |u| {
-                u.set_spec(spec)
-                    .set_action(action)
-                    .set_overlap_policy(ScheduleOverlapPolicy::Skip)
-                    .set_paused(paused)
-                    .set_note(note);
-            },
-            rpc_options(),
-        );
-        bounded("updating the schedule", updated)
-            .await?
-            .map_err(|e| schedule_error(e, "updating the schedule"))
-    }
+/// An RPC bounded a little past [`RPC_TIMEOUT`]; past it, a `DeadlineExceeded` status.
+async fn timed<T>(call: impl Future<Output = Result<T, Status>>) -> Result<T, Status> {
+    tokio::time::timeout(RPC_TIMEOUT + std::time::Duration::from_secs(1), call)
+        .await
+        .unwrap_or_else(|_| Err(Status::deadline_exceeded("Temporal did not answer in time")))
 }
 
 /// The workflow input of every fire: the seed's shape (`tenant_id`, `environment_id` and the
@@ -126,26 +181,18 @@ fn is_not_found(err: &ScheduleError) -> bool {
 #[async_trait]
 impl Scheduler for TemporalScheduler {
     async fn upsert(&self, schedule: &ExportSchedule) -> Result<(), PortError> {
-        let schedule_id = schedule.id.temporal_schedule_id(&schedule.scope);
-        let options = CreateScheduleOptions::builder()
-            .action(self.action(schedule))
-            .spec(Self::spec(schedule))
-            .overlap_policy(ScheduleOverlapPolicy::Skip)
-            .paused(schedule.paused)
-            .note(schedule.note.clone().unwrap_or_default())
-            .rpc_options(rpc_options())
-            .build();
-        match bounded("creating the schedule", self.client.create_schedule(schedule_id.clone(), options))
-            .await?
-        {
-            Ok(_) => {
-                info!(schedule_id, cron = %schedule.cron, timezone = %schedule.timezone, "Temporal schedule created");
-                Ok(())
+        match self.put(schedule, true).await {
+            Ok(()) => Ok(()),
+            Err(status)
+                if status.code() == Code::InvalidArgument
+                    && status.message().to_ascii_lowercase().contains("search attribute") =>
+            {
+                warn!(reason = status.message(), "schedule fires run without the export search attributes");
+                self.put(schedule, false)
+                    .await
+                    .map_err(|status| status_error(status, "creating the schedule"))
             }
-            Err(ScheduleError::Rpc(status)) if status.code() == Code::AlreadyExists => {
-                self.update_existing(schedule).await
-            }
-            Err(err) => Err(schedule_error(err, "creating the schedule")),
+            Err(status) => Err(status_error(status, "creating or updating the schedule")),
         }
     }
 

@@ -19,9 +19,13 @@ mod temporal_activities;
 #[cfg(feature = "temporal")]
 mod temporal_batch;
 #[cfg(feature = "temporal")]
+mod temporal_replay;
+#[cfg(feature = "temporal")]
 mod temporal_retention;
 #[cfg(feature = "temporal")]
 mod temporal_schedules;
+#[cfg(feature = "temporal")]
+mod temporal_search;
 #[cfg(feature = "temporal")]
 mod temporal_workflows;
 mod uploads;

@@ -13,7 +13,7 @@ use axum::response::Response;
 use chrono::Utc;
 use domain::events::claimed_event_id;
 use domain::signature::{SIGNATURE_HEADER, SignatureError, SignedHeaders, TIMESTAMP_HEADER};
-use domain::{EventError, ExportRequested, Scope, ValidationErrors};
+use domain::{EventError, ExportOrigin, ExportRequested, Scope, ValidationErrors};
 use http::{HeaderMap, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use service::{RequestError, meters};
@@ -137,11 +137,13 @@ pub async fn export_requested(State(state): State<AppState>, request: Request) -
     }
     let key = event.idempotency_key();
     let requested =
-        state.service.request(&event.scope, event.spec, Some(key)).await.map_err(|err| match err {
-            // The service's limits (retention) name fields of the export request: here `request.…`.
-            RequestError::Invalid(errors) => ApiError::Validation(nested("request", &errors)),
-            other => other.into(),
-        })?;
+        state.service.request_from(ExportOrigin::Event, &event.scope, event.spec, Some(key)).await.map_err(
+            |err| match err {
+                // The service's limits (retention) name fields of the export request: here `request.…`.
+                RequestError::Invalid(errors) => ApiError::Validation(nested("request", &errors)),
+                other => other.into(),
+            },
+        )?;
     record_export_id(requested.export.id);
     info!(event_id = %event.event_id, export_id = %requested.export.id, created = requested.created,
           "ExportRequested webhook accepted");
