@@ -168,12 +168,8 @@ pub async fn run_with(
         )
         .with_callbacks(adapters.callbacks),
     );
-    let client = connect_client(
-        &config.temporal.temporal_address,
-        &config.temporal.temporal_namespace,
-        "userexport-worker",
-    )
-    .await?;
+    let connection = config.temporal.connection()?;
+    let client = connect_client(&connection, "userexport-worker").await?;
     ensure_retention_schedule(
         &client,
         &config.temporal.task_queue,
@@ -217,7 +213,7 @@ pub async fn run_with(
     register(&mut options, &deps).context("registering the workflows and activities")?;
     let mut worker = Worker::new(&runtime, client, options).context("creating the Temporal worker")?;
     let shutdown = worker.shutdown_handle();
-    info!(address = %config.temporal.temporal_address, namespace = %config.temporal.temporal_namespace,
+    info!(address = %connection.address(), namespace = %connection.namespace(), settings = %connection.summary(),
           task_queue = %config.temporal.task_queue, max_concurrent_exports = config.max_concurrent_exports,
           "worker started");
 

@@ -23,5 +23,7 @@ mod temporal_retention;
 #[cfg(feature = "temporal")]
 mod temporal_schedules;
 #[cfg(feature = "temporal")]
+mod temporal_tls;
+#[cfg(feature = "temporal")]
 mod temporal_workflows;
 mod uploads;
