@@ -203,16 +203,16 @@ impl TemporalConnection {
                         summary.push(format!("client certificate from {cert_name}"));
                         Some((cert, key))
                     }
-                    (Some(_), None) => bail!(
-                        "{} is set without {}",
-                        names.of("TEMPORAL_TLS_CLIENT_CERT_PATH", "tls.client_cert_path"),
-                        names.of("TEMPORAL_TLS_CLIENT_KEY_PATH", "tls.client_key_path")
-                    ),
-                    (None, Some(_)) => bail!(
-                        "{} is set without {}",
-                        names.of("TEMPORAL_TLS_CLIENT_KEY_PATH", "tls.client_key_path"),
-                        names.of("TEMPORAL_TLS_CLIENT_CERT_PATH", "tls.client_cert_path")
-                    ),
+                    (Some(cert), None) => {
+                        let cert = names.source(&cert, "TEMPORAL_TLS_CLIENT_CERT", "tls.client_cert");
+                        let key = Names::missing(&cert, "TEMPORAL_TLS_CLIENT_KEY_PATH", "tls.client_key_path");
+                        bail!("{cert} is set without {key}")
+                    }
+                    (None, Some(key)) => {
+                        let key = names.source(&key, "TEMPORAL_TLS_CLIENT_KEY", "tls.client_key");
+                        let cert = Names::missing(&key, "TEMPORAL_TLS_CLIENT_CERT_PATH", "tls.client_cert_path");
+                        bail!("{key} is set without {cert}")
+                    }
                     (None, None) => None,
                 };
                 if let Some(server_name) = &tls.server_name {
@@ -361,6 +361,11 @@ impl<'a> Names<'a> {
         }
     }
 
+    /// The setting missing beside `present`, named the same way (variable or profile key).
+    fn missing(present: &str, var: &str, key: &str) -> String {
+        if present.starts_with("TEMPORAL_") { var.to_owned() } else { format!("`{key}`") }
+    }
+
     /// A certificate or key: `<prefix>_PATH=<path>` / `<prefix>_DATA`, or `<key>_path` / `<key>_data`.
     fn source(&self, source: &DataSource, prefix: &str, key: &str) -> String {
         match source {
@@ -377,8 +382,16 @@ impl<'a> Names<'a> {
                 anyhow!("TEMPORAL_PROFILE={profile}: no such profile in {}", self.file())
             }
             ConfigError::InvalidConfig(message) => anyhow!("Temporal settings: {message}"),
-            // Boxed without Send + Sync, so only its text travels.
-            ConfigError::LoadError(err) => anyhow!("{}: {err}", self.file()),
+            // Boxed without Send + Sync, so only its text travels, on one line: TOML errors
+            // come with a multi-line excerpt of the file, whose position line is enough.
+            ConfigError::LoadError(err) => {
+                let text = err.to_string();
+                let lines = text.lines().map(str::trim).filter(|line| {
+                    let excerpt = line.trim_start_matches(|c: char| c.is_ascii_digit()).trim_start();
+                    !line.is_empty() && !excerpt.starts_with('|')
+                });
+                anyhow!("{}: {}", self.file(), lines.collect::<Vec<_>>().join(": "))
+            }
         }
     }
 }
