@@ -92,11 +92,18 @@ impl TemporalConnection {
     ///
     /// # Errors
     /// One line naming the first setting that is present but unusable.
-    pub fn from_env_map(overrides: &ConnectionOverrides, env: &HashMap<String, String>) -> anyhow::Result<Self> {
+    pub fn from_env_map(
+        overrides: &ConnectionOverrides,
+        env: &HashMap<String, String>,
+    ) -> anyhow::Result<Self> {
         Self::load(overrides, env, true)
     }
 
-    fn load(overrides: &ConnectionOverrides, env: &HashMap<String, String>, file: bool) -> anyhow::Result<Self> {
+    fn load(
+        overrides: &ConnectionOverrides,
+        env: &HashMap<String, String>,
+        file: bool,
+    ) -> anyhow::Result<Self> {
         let env: HashMap<String, String> =
             env.iter().filter(|(_, v)| !v.trim().is_empty()).map(|(k, v)| (k.clone(), v.clone())).collect();
         let names = Names::new(&env);
@@ -148,10 +155,16 @@ impl TemporalConnection {
         // envconfig's rule: TLS settings or an API key turn TLS on unless it is switched off.
         // An `https://` address does too; a contradiction is an error, not a guess.
         let tls_on = match (explicit, scheme.as_deref()) {
-            (Some(true), Some("http")) | (None, Some("http")) if profile.tls.is_some() || api_key.is_some() => bail!(
-                "{address_name}={address} is plain http, but TLS is on ({tls_name}, TLS settings or an API key)"
-            ),
-            (Some(false), Some("https")) => bail!("{address_name}={address} is https, but {tls_name} turns TLS off"),
+            (Some(true), Some("http")) | (None, Some("http"))
+                if profile.tls.is_some() || api_key.is_some() =>
+            {
+                bail!(
+                    "{address_name}={address} is plain http, but TLS is on ({tls_name}, TLS settings or an API key)"
+                )
+            }
+            (Some(false), Some("https")) => {
+                bail!("{address_name}={address} is https, but {tls_name} turns TLS off")
+            }
             (Some(on), _) => on,
             (None, Some("https")) => true,
             (None, _) => profile.tls.is_some() || api_key.is_some(),
@@ -164,7 +177,10 @@ impl TemporalConnection {
                 let set = [
                     (tls.client_cert.is_some(), ("TEMPORAL_TLS_CLIENT_CERT_PATH", "tls.client_cert_path")),
                     (tls.client_key.is_some(), ("TEMPORAL_TLS_CLIENT_KEY_PATH", "tls.client_key_path")),
-                    (tls.server_ca_cert.is_some(), ("TEMPORAL_TLS_SERVER_CA_CERT_PATH", "tls.server_ca_cert_path")),
+                    (
+                        tls.server_ca_cert.is_some(),
+                        ("TEMPORAL_TLS_SERVER_CA_CERT_PATH", "tls.server_ca_cert_path"),
+                    ),
                     (tls.server_name.is_some(), ("TEMPORAL_TLS_SERVER_NAME", "tls.server_name")),
                 ];
                 if let Some((_, (var, key))) = set.into_iter().find(|(is_set, _)| *is_set) {
@@ -205,12 +221,14 @@ impl TemporalConnection {
                     }
                     (Some(cert), None) => {
                         let cert = names.source(&cert, "TEMPORAL_TLS_CLIENT_CERT", "tls.client_cert");
-                        let key = Names::missing(&cert, "TEMPORAL_TLS_CLIENT_KEY_PATH", "tls.client_key_path");
+                        let key =
+                            Names::missing(&cert, "TEMPORAL_TLS_CLIENT_KEY_PATH", "tls.client_key_path");
                         bail!("{cert} is set without {key}")
                     }
                     (None, Some(key)) => {
                         let key = names.source(&key, "TEMPORAL_TLS_CLIENT_KEY", "tls.client_key");
-                        let cert = Names::missing(&key, "TEMPORAL_TLS_CLIENT_CERT_PATH", "tls.client_cert_path");
+                        let cert =
+                            Names::missing(&key, "TEMPORAL_TLS_CLIENT_CERT_PATH", "tls.client_cert_path");
                         bail!("{key} is set without {cert}")
                     }
                     (None, None) => None,
@@ -260,7 +278,11 @@ impl TemporalConnection {
     }
 
     /// The SDK's options for this connection.
-    pub(super) fn options(&self, identity: String, connect_timeout: std::time::Duration) -> ConnectionOptions {
+    pub(super) fn options(
+        &self,
+        identity: String,
+        connect_timeout: std::time::Duration,
+    ) -> ConnectionOptions {
         let tls = self.tls.as_ref().map(|tls| {
             let client = tls.client_pem.as_ref().map(|(cert, key)| {
                 ClientTlsOptions::builder().client_cert(cert.clone()).client_private_key(key.clone()).build()
@@ -350,8 +372,9 @@ impl<'a> Names<'a> {
 
     fn profile_label(&self) -> Option<String> {
         let file = self.env.get("TEMPORAL_CONFIG_FILE");
-        (file.is_some() || self.env.contains_key("TEMPORAL_PROFILE"))
-            .then(|| format!("profile {:?} of {}", self.profile(), file.map_or("the default file", String::as_str)))
+        (file.is_some() || self.env.contains_key("TEMPORAL_PROFILE")).then(|| {
+            format!("profile {:?} of {}", self.profile(), file.map_or("the default file", String::as_str))
+        })
     }
 
     fn of(&self, var: &str, key: &str) -> String {

@@ -50,7 +50,8 @@ impl World {
 
 fn certificate_pem() -> (String, String) {
     let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["temporal.test".to_owned()]).unwrap().self_signed(&key).unwrap();
+    let cert =
+        rcgen::CertificateParams::new(vec!["temporal.test".to_owned()]).unwrap().self_signed(&key).unwrap();
     (cert.pem(), key.serialize_pem())
 }
 
@@ -172,7 +173,10 @@ fn present_but_unusable_settings_stop_start_up_naming_them() {
     let cases: Vec<(World, &[&str])> = vec![
         (World::new().set("TEMPORAL_CONFIG_FILE", "/nonexistent/temporal.toml"), &["TEMPORAL_CONFIG_FILE"]),
         (World::new().set("TEMPORAL_PROFILE", "staging"), &["TEMPORAL_PROFILE=staging"]),
-        (World::new().profile("[profile.default]\nadress = \"typo:1\"\n"), &["TEMPORAL_CONFIG_FILE", "adress"]),
+        (
+            World::new().profile("[profile.default]\nadress = \"typo:1\"\n"),
+            &["TEMPORAL_CONFIG_FILE", "adress"],
+        ),
         (World::new().profile("[profile.default\n"), &["TEMPORAL_CONFIG_FILE"]),
         (World::new().set("TEMPORAL_TLS", "yes"), &["TEMPORAL_TLS=yes"]),
         (World::new().set("TEMPORAL_ADDRESS", "http://[::1"), &["TEMPORAL_ADDRESS"]),
@@ -189,18 +193,28 @@ fn present_but_unusable_settings_stop_start_up_naming_them() {
             World::new().set("TEMPORAL_TLS_SERVER_CA_CERT_PATH", "/nonexistent/ca.pem"),
             &["TEMPORAL_TLS_SERVER_CA_CERT_PATH=/nonexistent/ca.pem", "No such file"],
         ),
-        (World::new().set("TEMPORAL_TLS_SERVER_CA_CERT_PATH", &garbage), &["TEMPORAL_TLS_SERVER_CA_CERT_PATH"]),
-        (World::new().set("TEMPORAL_TLS_SERVER_CA_CERT_PATH", &no_pem), &["TEMPORAL_TLS_SERVER_CA_CERT_PATH"]),
+        (
+            World::new().set("TEMPORAL_TLS_SERVER_CA_CERT_PATH", &garbage),
+            &["TEMPORAL_TLS_SERVER_CA_CERT_PATH"],
+        ),
+        (
+            World::new().set("TEMPORAL_TLS_SERVER_CA_CERT_PATH", &no_pem),
+            &["TEMPORAL_TLS_SERVER_CA_CERT_PATH"],
+        ),
         (
             World::new().set("TEMPORAL_TLS_CLIENT_CERT_PATH", &cert_path),
             &["TEMPORAL_TLS_CLIENT_CERT_PATH", "without TEMPORAL_TLS_CLIENT_KEY_PATH"],
         ),
         (
-            World::new().set("TEMPORAL_TLS_CLIENT_CERT_PATH", &cert_path).set("TEMPORAL_TLS_CLIENT_KEY_PATH", &cert_path),
+            World::new()
+                .set("TEMPORAL_TLS_CLIENT_CERT_PATH", &cert_path)
+                .set("TEMPORAL_TLS_CLIENT_KEY_PATH", &cert_path),
             &["TEMPORAL_TLS_CLIENT_KEY_PATH", "private key"],
         ),
         (
-            World::new().set("TEMPORAL_TLS_CLIENT_CERT_PATH", &key_path).set("TEMPORAL_TLS_CLIENT_KEY_PATH", &key_path),
+            World::new()
+                .set("TEMPORAL_TLS_CLIENT_CERT_PATH", &key_path)
+                .set("TEMPORAL_TLS_CLIENT_KEY_PATH", &key_path),
             &["TEMPORAL_TLS_CLIENT_CERT_PATH"],
         ),
         (
@@ -211,7 +225,10 @@ fn present_but_unusable_settings_stop_start_up_naming_them() {
             World::new().set("TEMPORAL_TLS", "0").set("TEMPORAL_TLS_SERVER_NAME", "t.example"),
             &["TEMPORAL_TLS_SERVER_NAME is set"],
         ),
-        (World::new().set("TEMPORAL_TLS_DISABLE_HOST_VERIFICATION", "true"), &["TEMPORAL_TLS_DISABLE_HOST_VERIFICATION"]),
+        (
+            World::new().set("TEMPORAL_TLS_DISABLE_HOST_VERIFICATION", "true"),
+            &["TEMPORAL_TLS_DISABLE_HOST_VERIFICATION"],
+        ),
         (World::new().set("TEMPORAL_CODEC_ENDPOINT", "http://codec:8080"), &["TEMPORAL_CODEC_ENDPOINT"]),
         (
             World::new()
@@ -247,7 +264,10 @@ fn certificates_given_as_data_work_like_files() {
 
 #[test]
 fn plain_connections_take_bare_addresses_and_http_urls() {
-    assert_eq!(TemporalConnection::plain("127.0.0.1:7233", "default").unwrap().url.as_str(), "http://127.0.0.1:7233/");
+    assert_eq!(
+        TemporalConnection::plain("127.0.0.1:7233", "default").unwrap().url.as_str(),
+        "http://127.0.0.1:7233/"
+    );
     assert!(TemporalConnection::plain("http://127.0.0.1:7233", "default").is_ok());
     assert!(TemporalConnection::plain("https://127.0.0.1:7233", "default").is_err());
     assert!(TemporalConnection::plain("http://exa mple:1", "default").is_err());

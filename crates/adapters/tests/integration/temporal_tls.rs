@@ -132,10 +132,8 @@ async fn mtls_connects_with_the_configured_client_certificate_and_is_refused_wit
     let (cert, key) = client_ca.issue("userexport-worker", ExtendedKeyUsagePurpose::ClientAuth);
     let (cert, key) = (world.file("client.pem", &cert), world.file("client.key", &key));
 
-    let with_cert = world.env(
-        &proxy,
-        &[("TEMPORAL_TLS_CLIENT_CERT_PATH", &cert), ("TEMPORAL_TLS_CLIENT_KEY_PATH", &key)],
-    );
+    let with_cert = world
+        .env(&proxy, &[("TEMPORAL_TLS_CLIENT_CERT_PATH", &cert), ("TEMPORAL_TLS_CLIENT_KEY_PATH", &key)]);
     let client = connect(&with_cert).await.unwrap();
     describe_default_namespace(&client).await;
     assert!(proxy.refused().is_empty(), "{:?}", proxy.refused());
@@ -228,5 +226,7 @@ server_name = "{SERVER_NAME}"
     assert!(cli.status.success(), "{}", String::from_utf8_lossy(&cli.stderr));
     let headers = proxy.headers();
     assert!(headers.len() > seen, "the CLI went through the proxy");
-    assert!(headers[seen..].iter().any(|h| h.get("authorization").is_some_and(|v| v == "Bearer test-api-key")));
+    assert!(
+        headers[seen..].iter().any(|h| h.get("authorization").is_some_and(|v| v == "Bearer test-api-key"))
+    );
 }

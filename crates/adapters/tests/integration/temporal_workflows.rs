@@ -15,8 +15,8 @@ use adapters::temporal::testkit::{
     FlakyStorage, SlowUsers, read_object, test_address, test_client, unique_task_queue, with_worker,
 };
 use adapters::temporal::{
-    ExportUserDataOutput, TemporalConnection, TemporalOrchestrator, TemporalSettings, UserDataExportWorkflow, WorkerDeps,
-    derived_export_id, failure_type, register,
+    ExportUserDataOutput, TemporalConnection, TemporalOrchestrator, TemporalSettings, UserDataExportWorkflow,
+    WorkerDeps, derived_export_id, failure_type, register,
 };
 use domain::{
     ExecutionPolicy, Export, ExportFormat, ExportId, ExportSpec, ExportStatus, FailureKind, RetryPolicy,
