@@ -195,8 +195,8 @@ impl Config {
             limits: crate::limits::LimitArgs::relaxed(),
             orchestrator: OrchestratorKind::Inprocess,
             temporal: TemporalArgs {
-                temporal_address: "127.0.0.1:7233".to_owned(),
-                temporal_namespace: "default".to_owned(),
+                temporal_address: None,
+                temporal_namespace: None,
                 task_queue: "user-export".to_owned(),
             },
             log_format: LogFormat::Text,

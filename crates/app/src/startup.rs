@@ -234,8 +234,7 @@ impl Application {
             }
             OrchestratorKind::Temporal => Orchestration::Temporal(
                 TemporalOrchestrator::connect(TemporalSettings {
-                    address: config.temporal.temporal_address.clone(),
-                    namespace: config.temporal.temporal_namespace.clone(),
+                    connection: config.temporal.connection()?,
                     task_queue: config.temporal.task_queue.clone(),
                     policy,
                 })

@@ -161,20 +161,36 @@ impl PolicyArgs {
     }
 }
 
-/// Where the Temporal server is and which task queue exports run on.
+/// Where the Temporal server is and which task queue exports run on. Credentials, TLS and
+/// profiles come from Temporal's own environment configuration (`TEMPORAL_API_KEY`,
+/// `TEMPORAL_TLS_*`, `TEMPORAL_PROFILE`, `TEMPORAL_CONFIG_FILE`), as for the `temporal` CLI.
 #[derive(Debug, Clone, Args)]
 pub struct TemporalArgs {
-    /// Temporal frontend, `host:port` or a URL.
-    #[arg(long, env = "TEMPORAL_ADDRESS", default_value = "127.0.0.1:7233")]
-    pub temporal_address: String,
+    /// Temporal frontend, `host:port` or a URL; overrides the profile's `address`
+    /// [default: 127.0.0.1:7233].
+    #[arg(long, env = "TEMPORAL_ADDRESS")]
+    pub temporal_address: Option<String>,
 
-    /// Temporal namespace.
-    #[arg(long, env = "TEMPORAL_NAMESPACE", default_value = "default")]
-    pub temporal_namespace: String,
+    /// Temporal namespace; overrides the profile's `namespace` [default: default].
+    #[arg(long, env = "TEMPORAL_NAMESPACE")]
+    pub temporal_namespace: Option<String>,
 
     /// Task queue of export workflows: the API starts them on it, workers poll it.
     #[arg(long, env = "USEREXPORT_TASK_QUEUE", default_value = "user-export")]
     pub task_queue: String,
+}
+
+impl TemporalArgs {
+    /// The connection: these flags over Temporal's environment configuration.
+    ///
+    /// # Errors
+    /// One line naming the first Temporal setting that is present but unusable.
+    pub fn connection(&self) -> anyhow::Result<adapters::temporal::TemporalConnection> {
+        adapters::temporal::TemporalConnection::from_environment(&adapters::temporal::ConnectionOverrides {
+            address: self.temporal_address.clone(),
+            namespace: self.temporal_namespace.clone(),
+        })
+    }
 }
 
 /// How log lines are written to stderr.

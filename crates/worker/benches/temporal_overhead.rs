@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use adapters::temporal::connect_client;
+use adapters::temporal::{TemporalConnection, connect_client};
 use anyhow::{Context, bail};
 use futures::StreamExt;
 use temporalio_client::{Client, WorkflowGetResultOptions, WorkflowStartOptions};
@@ -164,7 +164,9 @@ fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let client = connect_client(&args.temporal, "default", "userexport-bench").await?;
+        let client =
+            connect_client(&TemporalConnection::plain(&args.temporal, "default")?, "userexport-bench")
+                .await?;
         let task_queue = format!("bench-bare-{}", std::process::id());
         let temporal_runtime = Runtime::from_current_tokio(Default::default())?;
         let mut options = WorkerOptions::new(task_queue.clone()).build();

@@ -231,13 +231,8 @@ pub async fn run_with(
         )
         .with_callbacks(adapters.callbacks),
     );
-    let client = connect_client_metered(
-        &config.temporal.temporal_address,
-        &config.temporal.temporal_namespace,
-        "userexport-worker",
-        telemetry.client_meter(),
-    )
-    .await?;
+    let connection = config.temporal.connection()?;
+    let client = connect_client_metered(&connection, "userexport-worker", telemetry.client_meter()).await?;
     // Before anything starts export workflows with them; refused (Temporal Cloud) is a warning.
     ensure_search_attributes(&client).await.context("registering the export search attributes")?;
     let queues = TaskQueues::new(config.temporal.task_queue.as_str());
@@ -290,7 +285,7 @@ pub async fn run_with(
     }
     let shutdowns: Vec<_> = workers.iter().map(|(_, worker)| worker.shutdown_handle()).collect();
     let shutdown = move || shutdowns.iter().for_each(|shutdown| shutdown());
-    info!(address = %config.temporal.temporal_address, namespace = %config.temporal.temporal_namespace,
+    info!(address = %connection.address(), namespace = %connection.namespace(), settings = %connection.summary(),
           task_queue = %config.temporal.task_queue, queues = ?workloads,
           max_concurrent_exports = config.max_concurrent_exports, "worker started");
 

@@ -23,6 +23,7 @@
 
 mod activities;
 mod batch;
+mod connection;
 mod orchestrator;
 mod queues;
 mod reconcile;
@@ -42,7 +43,7 @@ use anyhow::{Context, anyhow};
 use domain::{ExecutionPolicy, QuotaBook};
 use ports::{ExportRepository, ExportStorage};
 use service::ExportRunner;
-use temporalio_client::{Client, ClientOptions, Connection, ConnectionOptions, Url};
+use temporalio_client::{Client, ClientOptions, Connection};
 use temporalio_common::telemetry::metrics::TemporalMeter;
 use temporalio_sdk::{WorkerOptions, WorkflowRegistrationError};
 use tokio_util::sync::CancellationToken;
@@ -52,6 +53,7 @@ pub use batch::{
     BATCH_WORKFLOW_TYPE, BatchProgress, BatchTargetFailure, BatchWorkflowInput, BatchWorkflowOutput,
     DEFAULT_TARGETS_PER_RUN, UserBatchExportWorkflow,
 };
+pub use connection::{ConnectionOverrides, TemporalConnection};
 pub use orchestrator::{TemporalOrchestrator, TemporalSettings};
 pub use queues::{TaskQueues, UnknownWorkload, Workload, workload_options};
 pub use reconcile::{
@@ -123,24 +125,15 @@ fn register_with(
     Ok(())
 }
 
-/// The server URL of a Temporal address as the `temporal` CLI and envconfig accept it:
-/// `host:port` means `http://host:port`; a URL is taken as it is.
+/// A client bound to the connection's namespace, failing within a few seconds when the server
+/// is unreachable or refuses the TLS handshake. `identity` names this process in Temporal's
+/// history (the process ID is appended).
 ///
 /// # Errors
-/// When the result is not a URL.
-pub fn server_url(address: &str) -> anyhow::Result<Url> {
-    let address = address.trim();
-    let full = if address.contains("://") { address.to_owned() } else { format!("http://{address}") };
-    Url::parse(&full).with_context(|| format!("invalid Temporal address {address:?}"))
-}
-
-/// A client bound to `namespace`, failing within a few seconds when the server is unreachable.
-/// `identity` names this process in Temporal's history (the process ID is appended).
-///
-/// # Errors
-/// An invalid address, an unreachable server, or a rejected namespace name.
-pub async fn connect_client(address: &str, namespace: &str, identity: &str) -> anyhow::Result<Client> {
-    connect_client_metered(address, namespace, identity, None).await
+/// An unreachable server, a failed TLS handshake (with what was configured), or a rejected
+/// namespace name.
+pub async fn connect_client(connection: &TemporalConnection, identity: &str) -> anyhow::Result<Client> {
+    connect_client_metered(connection, identity, None).await
 }
 
 /// As [`connect_client`], the connection's request metrics (poll failures, latencies) recorded
@@ -149,23 +142,35 @@ pub async fn connect_client(address: &str, namespace: &str, identity: &str) -> a
 /// # Errors
 /// As [`connect_client`].
 pub async fn connect_client_metered(
-    address: &str,
-    namespace: &str,
+    connection: &TemporalConnection,
     identity: &str,
     meter: Option<TemporalMeter>,
 ) -> anyhow::Result<Client> {
-    let options = ConnectionOptions::new(server_url(address)?)
-        .identity(format!("{identity}-{}", std::process::id()))
-        .connect_timeout(CONNECT_TIMEOUT)
-        .maybe_metrics_meter(meter)
-        .build();
-    let connection = tokio::time::timeout(CONNECT_TIMEOUT * 2, Connection::connect(options))
+    let options = connection.options(format!("{identity}-{}", std::process::id()), CONNECT_TIMEOUT, meter);
+    let connected = tokio::time::timeout(CONNECT_TIMEOUT * 2, Connection::connect(options))
         .await
         .map_err(|_| anyhow!("no answer within {:?}", CONNECT_TIMEOUT * 2))
-        .and_then(|connected| connected.map_err(anyhow::Error::from))
-        .with_context(|| format!("connecting to Temporal at {address} (TEMPORAL_ADDRESS)"))?;
-    Client::new(connection, ClientOptions::new(namespace).build())
-        .with_context(|| format!("Temporal namespace {namespace:?} (TEMPORAL_NAMESPACE)"))
+        .and_then(|connected| connected.map_err(anyhow::Error::from));
+    let connected = match connected {
+        Ok(connected) => connected,
+        Err(err) => {
+            // The TLS cause is deep in the chain; said first, an operator sees it at once.
+            let chain = format!("{err:#}");
+            let hint = if chain.contains("certificate") || chain.contains("Certificate") {
+                "TLS handshake failed (check TEMPORAL_TLS_SERVER_CA_CERT_PATH, TEMPORAL_TLS_SERVER_NAME and the \
+                 client certificate): "
+            } else {
+                ""
+            };
+            return Err(err.context(format!(
+                "{hint}connecting to Temporal at {} (TEMPORAL_ADDRESS; {})",
+                connection.address(),
+                connection.summary()
+            )));
+        }
+    };
+    Client::new(connected, ClientOptions::new(connection.namespace()).build())
+        .with_context(|| format!("Temporal namespace {:?} (TEMPORAL_NAMESPACE)", connection.namespace()))
 }
 
 #[cfg(test)]
@@ -184,12 +189,5 @@ mod tests {
         assert_eq!(ExportActivities::notify.name(), NOTIFY_ACTIVITY);
         assert_eq!(ExportActivities::status.name(), "ExportStatus");
         assert_eq!(EXPORT_ACTIVITY, "ExportUserData");
-    }
-
-    #[test]
-    fn bare_addresses_are_plain_http() {
-        assert_eq!(server_url("127.0.0.1:7233").unwrap().as_str(), "http://127.0.0.1:7233/");
-        assert_eq!(server_url("https://t.example:7233").unwrap().as_str(), "https://t.example:7233/");
-        assert!(server_url("http://exa mple:1").is_err());
     }
 }

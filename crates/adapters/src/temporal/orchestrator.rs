@@ -35,10 +35,8 @@ pub(super) const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 /// Where the Temporal cluster is and how exports run on it.
 #[derive(Debug, Clone)]
 pub struct TemporalSettings {
-    /// `host:port` (plain `http://` is assumed, as the `temporal` CLI and envconfig do) or a
-    /// full `http(s)://host:port` URL.
-    pub address: String,
-    pub namespace: String,
+    /// Address, namespace and credentials (Temporal's environment configuration).
+    pub connection: super::TemporalConnection,
     /// The task queue prefix (`USEREXPORT_TASK_QUEUE`): export workflows start on it, batch
     /// parents on its `-batch` queue (see [`super::TaskQueues`]).
     pub task_queue: String,
@@ -71,9 +69,10 @@ impl TemporalOrchestrator {
     /// An invalid address, or a cluster that cannot be reached.
     pub async fn connect(settings: TemporalSettings) -> anyhow::Result<Self> {
         settings.policy.validate().context("invalid execution policy")?;
-        let client = connect_client(&settings.address, &settings.namespace, "userexport-api").await?;
-        info!(address = %settings.address, namespace = %settings.namespace, task_queue = %settings.task_queue,
-              "connected to Temporal");
+        let client = connect_client(&settings.connection, "userexport-api").await?;
+        let connection = &settings.connection;
+        info!(address = %connection.address(), namespace = %connection.namespace(), task_queue = %settings.task_queue,
+              settings = %connection.summary(), "connected to Temporal");
         Ok(Self::new(client, settings.task_queue, settings.policy))
     }
 

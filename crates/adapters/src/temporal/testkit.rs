@@ -26,7 +26,9 @@ pub fn test_address() -> String {
 /// A client on the test server's `default` namespace; panics with a hint when unreachable.
 pub async fn test_client() -> Client {
     let address = test_address();
-    match super::connect_client(&address, "default", "userexport-test").await {
+    let connection = super::TemporalConnection::plain(&address, "default")
+        .unwrap_or_else(|err| panic!("TEST_TEMPORAL_ADDRESS={address}: {err:#}"));
+    match super::connect_client(&connection, "userexport-test").await {
         Ok(client) => client,
         Err(err) => panic!("Temporal at TEST_TEMPORAL_ADDRESS={address} is unreachable ({err:#}); {HINT}"),
     }

@@ -26,6 +26,7 @@ mod temporal_retention;
 mod temporal_schedules;
 #[cfg(feature = "temporal")]
 mod temporal_search;
+mod temporal_tls;
 #[cfg(feature = "temporal")]
 mod temporal_workflows;
 mod uploads;

