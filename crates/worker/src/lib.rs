@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use adapters::temporal::{
-    TaskQueues, TemporalOrchestrator, WorkerDeps, Workload, connect_client_metered, ensure_reconcile_schedule,
-    ensure_retention_schedule, ensure_search_attributes, workload_options,
+    TaskQueues, TemporalOrchestrator, WorkerDeps, Workload, connect_client_metered,
+    ensure_reconcile_schedule, ensure_retention_schedule, ensure_search_attributes, workload_options,
 };
 use anyhow::{Context, bail};
 use clap::Parser;
