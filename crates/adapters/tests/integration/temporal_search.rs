@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use adapters::memory::{MemoryExportRepository, MemoryUserRepository};
 use adapters::notify::LogNotifier;
 use adapters::storage::ObjectStorage;
-use adapters::temporal::testkit::{test_address, test_client, unique_task_queue, with_worker};
+use adapters::temporal::testkit::{test_address, test_client, unique_task_queue, with_queue_workers};
 use adapters::temporal::{
-    FORMAT_ATTRIBUTE, ORIGIN_ATTRIBUTE, SearchAttributeRegistration, TENANT_ATTRIBUTE, TemporalOrchestrator,
-    TemporalScheduler, WorkerDeps, ensure_search_attributes, register,
+    FORMAT_ATTRIBUTE, ORIGIN_ATTRIBUTE, SearchAttributeRegistration, TENANT_ATTRIBUTE, TaskQueues,
+    TemporalOrchestrator, TemporalScheduler, WorkerDeps, ensure_search_attributes,
 };
 use chrono::Utc;
 use domain::{
@@ -28,7 +28,6 @@ use temporalio_client::{Client, NamespacedClient, WorkflowExecution, WorkflowLis
 use temporalio_common::protos::temporal::api::schedule::v1::schedule_action::Action;
 use temporalio_common::protos::temporal::api::workflowservice::v1::DescribeScheduleRequest;
 use temporalio_common::search_attributes::SearchAttributes;
-use temporalio_sdk::WorkerOptions;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -119,12 +118,6 @@ impl World {
         };
         Self { client, task_queue, exports, orchestrator, service, deps }
     }
-
-    fn worker_options(&self) -> WorkerOptions {
-        let mut options = WorkerOptions::new(self.task_queue.clone()).build();
-        register(&mut options, &self.deps).unwrap();
-        options
-    }
 }
 
 #[tokio::test]
@@ -132,7 +125,7 @@ async fn exports_from_the_api_and_events_are_found_by_tenant_with_their_origin_a
     let scope = fresh_scope();
     let w = World::new("search-api", &[&scope]).await;
     let query = format!("UserexportTenant='{scope}'");
-    let found = with_worker(&w.client, w.worker_options(), async {
+    let found = with_queue_workers(&w.client, &TaskQueues::new(w.task_queue.as_str()), &w.deps, async {
         let spec = ExportSpec::from_json(&json!({"format": "ndjson", "fields": ["id", "email"],
             "user_filters": {"status": "active"}}))
         .unwrap();
@@ -184,7 +177,7 @@ async fn batch_children_are_found_by_origin_batch() {
         Utc::now(),
     );
     let query = format!("UserexportTenant='{a}' AND UserexportOrigin='batch'");
-    let found = with_worker(&w.client, w.worker_options(), async {
+    let found = with_queue_workers(&w.client, &TaskQueues::new(w.task_queue.as_str()), &w.deps, async {
         w.orchestrator.start_batch(&batch).await.unwrap();
         listed(&w.client, &query, 1).await
     })
