@@ -7,6 +7,7 @@ pub mod batches;
 pub mod exports;
 pub mod fakes;
 pub mod fault_proxy;
+pub mod otlp_sink;
 #[cfg(feature = "postgres")]
 pub mod pg;
 pub mod private_pg;

@@ -28,6 +28,7 @@ mod schedules;
 mod tenant_slots;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+mod trace_context;
 mod types;
 mod workflow;
 
@@ -38,7 +39,7 @@ use anyhow::{Context, anyhow};
 use domain::{ExecutionPolicy, QuotaBook};
 use ports::{ExportRepository, ExportStorage};
 use service::ExportRunner;
-use temporalio_client::{Client, ClientOptions, Connection, ConnectionOptions, Url};
+use temporalio_client::{Client, Connection, ConnectionOptions, Url};
 use temporalio_sdk::{WorkerOptions, WorkflowRegistrationError};
 use tokio_util::sync::CancellationToken;
 
@@ -56,6 +57,7 @@ pub use retention::{
     ensure_retention_schedule,
 };
 pub use schedules::{TemporalScheduler, fire_input};
+pub use trace_context::{WorkflowIdGenerator, WorkflowSpanProcessor, enable_trace_propagation};
 pub use types::{
     EXPORT_ACTIVITY, ExportHeartbeat, ExportRef, ExportUserDataInput, ExportUserDataOutput,
     ExportWorkflowInput, FINISH_ACTIVITY, FinishInput, FinishOutcome, FinishOutput, NOTIFY_ACTIVITY,
@@ -130,7 +132,7 @@ pub async fn connect_client(address: &str, namespace: &str, identity: &str) -> a
         .map_err(|_| anyhow!("no answer within {:?}", CONNECT_TIMEOUT * 2))
         .and_then(|connected| connected.map_err(anyhow::Error::from))
         .with_context(|| format!("connecting to Temporal at {address} (TEMPORAL_ADDRESS)"))?;
-    Client::new(connection, ClientOptions::new(namespace).build())
+    Client::new(connection, trace_context::client_options(namespace))
         .with_context(|| format!("Temporal namespace {namespace:?} (TEMPORAL_NAMESPACE)"))
 }
 
