@@ -9,11 +9,16 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    if let Err(err) = wiring::init_logging(config.log_format) {
-        eprintln!("userexport: {err:#}");
-        return ExitCode::FAILURE;
-    }
-    match run(config).await {
+    let telemetry = match wiring::telemetry::init(config.log_format, "userexport-api") {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("userexport: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = run(config).await;
+    telemetry.shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // One line, naming the setting when configuration is at fault.

@@ -27,13 +27,13 @@ pub mod metrics;
 mod quotas;
 mod schedule_settings;
 mod settings;
+pub mod telemetry;
 
 pub use metrics::MetricsArgs;
 pub use quotas::QuotaArgs;
 pub use schedule_settings::ScheduleArgs;
-pub use settings::{
-    CallbackArgs, LogFormat, NotifyArgs, PolicyArgs, TemporalArgs, TenantArgs, init_logging, shutdown_signal,
-};
+pub use settings::{CallbackArgs, NotifyArgs, PolicyArgs, TemporalArgs, TenantArgs, shutdown_signal};
+pub use telemetry::{LogFormat, Telemetry};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum UsersBackend {

@@ -1,9 +1,9 @@
-//! Settings both binaries share besides the backends: retry policy, Temporal, logging.
+//! Settings both binaries share besides the backends: retry policy, Temporal, signals.
 
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use domain::{ExecutionPolicy, PolicyError, RetentionPolicy, RetryPolicy};
 
 /// The retry and timeout policy of exports (the domain's `ExecutionPolicy`), applied the same
@@ -191,29 +191,6 @@ impl TemporalArgs {
             namespace: self.temporal_namespace.clone(),
         })
     }
-}
-
-/// How log lines are written to stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-/// Installs the global `tracing` subscriber: stderr, text or JSON lines, `RUST_LOG` filter
-/// (default `info`). Call once, first thing in `main`.
-///
-/// # Errors
-/// When a global subscriber is already installed.
-pub fn init_logging(format: LogFormat) -> anyhow::Result<()> {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).try_init(),
-    }
-    .map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))
 }
 
 /// Completes on SIGINT (Ctrl-C) or, on Unix, SIGTERM.

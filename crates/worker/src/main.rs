@@ -1,6 +1,6 @@
 //! `userexport-worker`: runs export workflows from a Temporal task queue until SIGINT/SIGTERM.
 //! Every flag has an environment-variable fallback (see `--help`); `RUST_LOG` sets the log
-//! filter (default `info`).
+//! filter (default `info`), `OTEL_EXPORTER_OTLP_ENDPOINT` turns on traces.
 
 use std::process::ExitCode;
 
@@ -11,11 +11,16 @@ use worker::WorkerConfig;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = WorkerConfig::parse();
-    if let Err(err) = wiring::init_logging(config.log_format) {
-        eprintln!("userexport-worker: {err:#}");
-        return ExitCode::FAILURE;
-    }
-    match worker::run(config, wiring::shutdown_signal()).await {
+    let telemetry = match wiring::telemetry::init(config.log_format, "userexport-worker") {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("userexport-worker: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = worker::run(config, wiring::shutdown_signal()).await;
+    telemetry.shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             error!("{err:#}");

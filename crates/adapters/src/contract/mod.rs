@@ -8,6 +8,7 @@ pub mod exports;
 pub mod fakes;
 pub mod fault_proxy;
 pub mod grpc_tls_proxy;
+pub mod otlp_sink;
 #[cfg(feature = "postgres")]
 pub mod pg;
 pub mod private_pg;

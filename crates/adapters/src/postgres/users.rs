@@ -7,6 +7,7 @@ use ports::{PortError, UserRepository, UserStream};
 use sqlx::postgres::{PgConnection, PgPool};
 use sqlx::{Postgres, QueryBuilder};
 use tokio::sync::mpsc;
+use tracing::{Instrument, Span, field, info_span};
 
 use super::binary_copy::UserCopyDecoder;
 use super::{to_i64, translate};
@@ -137,6 +138,9 @@ async fn pump(
         Err(err) => return drop(tx.send(vec![Err(translate(err))]).await),
     };
     if let Err(err) = copy_into(&mut conn, &scope, &filter, after, limit, &tx).await {
+        if !matches!(err, PortError::Cancelled) {
+            Span::current().record("otel.status_code", "ERROR");
+        }
         let _ = tx.send(vec![Err(err)]).await;
         // The COPY may be half-read: such a connection must never go back to the pool.
         drop(conn.detach());
@@ -157,10 +161,12 @@ async fn copy_into(
     let mut chunks = conn.copy_out_raw(&statement).await.map_err(translate)?;
     let mut decoder = UserCopyDecoder::default();
     let mut batch = Vec::with_capacity(BATCH);
+    let mut rows = 0u64;
     let gone = || PortError::Cancelled;
     while let Some(chunk) = chunks.next().await {
         decoder.push(&chunk.map_err(translate)?);
         while let Some(user) = decoder.next_user().map_err(|e| PortError::Other(e.into()))? {
+            rows += 1;
             batch.push(Ok(user));
             if batch.len() == BATCH {
                 tx.send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
@@ -174,6 +180,7 @@ async fn copy_into(
     if !batch.is_empty() {
         tx.send(batch).await.map_err(|_| gone())?;
     }
+    Span::current().record("db.rows", rows);
     Ok(())
 }
 
@@ -189,7 +196,13 @@ impl UserRepository for PgUserRepository {
         limit: Option<u64>,
     ) -> UserStream {
         let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
-        tokio::spawn(pump(self.pool.clone(), scope.clone(), filter.clone(), after, limit, tx));
+        // The task's span, a child of the caller's, keeps the COPY in the export's trace.
+        let span = info_span!("users.copy", otel.kind = "client", db.system = "postgresql",
+                              db.operation = "COPY", tenant = %scope.tenant, db.rows = field::Empty,
+                              otel.status_code = field::Empty);
+        tokio::spawn(
+            pump(self.pool.clone(), scope.clone(), filter.clone(), after, limit, tx).instrument(span),
+        );
         stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|batch| (stream::iter(batch), rx)) })
             .flatten()
             .boxed()

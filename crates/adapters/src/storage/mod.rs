@@ -12,6 +12,7 @@ mod local;
 mod multipart;
 #[cfg(feature = "s3")]
 mod s3;
+mod traced;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -34,6 +35,7 @@ use self::local::{LocalUploads, create_dir_all_durably, fsync_dir};
 use self::multipart::MultipartUploads;
 #[cfg(feature = "s3")]
 pub use self::s3::S3Settings;
+use self::traced::TracedWriter;
 
 /// In-memory uploads put a part up every MiB, so small tests cover the multipart path, and
 /// checkpoint on every call, so unit tests get checkpoints wherever they ask for one. Two parts go
@@ -165,10 +167,11 @@ fn translate(err: object_store::Error) -> PortError {
 impl ExportStorage for ObjectStorage {
     async fn writer(&self, key: &ObjectKey) -> Result<Box<dyn ObjectWriter>, PortError> {
         let path = self.path(key);
-        Ok(match &self.uploads {
+        let writer: Box<dyn ObjectWriter> = match &self.uploads {
             Uploads::Local(local) => Box::new(local.writer(key, &path).await?),
             Uploads::Multipart(multipart) => Box::new(multipart.writer(key, path)),
-        })
+        };
+        Ok(TracedWriter::wrap(writer, self.kind, key.as_str(), None))
     }
 
     async fn resume(
@@ -176,14 +179,16 @@ impl ExportStorage for ObjectStorage {
         checkpoint: &UploadCheckpoint,
     ) -> Result<Option<Box<dyn ObjectWriter>>, PortError> {
         let path = self.path(&checkpoint.key);
-        Ok(match &self.uploads {
+        let writer = match &self.uploads {
             Uploads::Local(local) => {
                 local.resume(checkpoint, &path).await?.map(|w| Box::new(w) as Box<dyn ObjectWriter>)
             }
             Uploads::Multipart(multipart) => {
                 multipart.resume(checkpoint, path).await?.map(|w| Box::new(w) as Box<dyn ObjectWriter>)
             }
-        })
+        };
+        let key = checkpoint.key.as_str();
+        Ok(writer.map(|w| TracedWriter::wrap(w, self.kind, key, Some(checkpoint.bytes))))
     }
 
     async fn discard(&self, checkpoint: &UploadCheckpoint) -> Result<(), PortError> {

@@ -33,6 +33,7 @@ mod search;
 mod tenant_slots;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+mod trace_context;
 mod types;
 mod workflow;
 
@@ -43,7 +44,7 @@ use anyhow::{Context, anyhow};
 use domain::{ExecutionPolicy, QuotaBook};
 use ports::{ExportRepository, ExportStorage};
 use service::ExportRunner;
-use temporalio_client::{Client, ClientOptions, Connection};
+use temporalio_client::{Client, Connection};
 use temporalio_common::telemetry::metrics::TemporalMeter;
 use temporalio_sdk::{WorkerOptions, WorkflowRegistrationError};
 use tokio_util::sync::CancellationToken;
@@ -68,6 +69,7 @@ pub use search::{
     FORMAT_ATTRIBUTE, ORIGIN_ATTRIBUTE, SearchAttributeRegistration, TENANT_ATTRIBUTE,
     ensure_search_attributes,
 };
+pub use trace_context::{WorkflowIdGenerator, WorkflowSpanProcessor, enable_trace_propagation};
 pub use types::{
     EXPORT_ACTIVITY, ExportHeartbeat, ExportRef, ExportState, ExportUserDataInput, ExportUserDataOutput,
     ExportWorkflowInput, FINISH_ACTIVITY, FinishInput, FinishOutcome, FinishOutput, NOTIFY_ACTIVITY,
@@ -169,7 +171,7 @@ pub async fn connect_client_metered(
             )));
         }
     };
-    Client::new(connected, ClientOptions::new(connection.namespace()).build())
+    Client::new(connected, trace_context::client_options(connection.namespace()))
         .with_context(|| format!("Temporal namespace {:?} (TEMPORAL_NAMESPACE)", connection.namespace()))
 }
 

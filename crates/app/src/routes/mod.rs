@@ -89,11 +89,15 @@ pub fn router(state: AppState, serve_metrics: bool) -> Router {
         )
 }
 
-/// One span per request; handlers fill in `tenant`, `environment` and `export_id`.
+/// One span per request; handlers fill in `tenant`, `environment` and `export_id`. In traces it
+/// is the server span named after the method (the route is not known yet here), the root of
+/// what the request starts.
 fn request_span(request: &Request<Body>) -> Span {
     let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
     tracing::info_span!(
         "request",
+        otel.name = %request.method(),
+        otel.kind = "server",
         request_id,
         method = %request.method(),
         path = %request.uri().path(),
