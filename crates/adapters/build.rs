@@ -16,7 +16,8 @@ fn main() {
         // sqlx's rules for a migration file: VERSION_DESCRIPTION.sql, `_` read as a space.
         let (version, description) =
             stem.split_once('_').unwrap_or_else(|| panic!("migrations/{name}: not VERSION_DESCRIPTION.sql"));
-        let version: i64 = version.parse().unwrap_or_else(|_| panic!("migrations/{name}: version is not a number"));
+        let version: i64 =
+            version.parse().unwrap_or_else(|_| panic!("migrations/{name}: version is not a number"));
         assert!(
             !description.ends_with(".up") && !description.ends_with(".down"),
             "migrations/{name}: reversible migrations are not embedded"

@@ -118,7 +118,10 @@ impl Deployment {
     /// The object of a completed export: its key holds exactly the bytes the record describes.
     async fn assert_object_matches(&self, export: &Value) {
         let url = format!("{}/v1/exports/{}/download", self.api, export["id"].as_str().unwrap());
-        let client = adapters::contract::http_client_builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        let client = adapters::contract::http_client_builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
         let redirect = client.get(url).bearer_auth("key-a-0123456789abcdefghijklmn").send().await.unwrap();
         assert_eq!(redirect.status(), 307);
         let location = redirect.headers()["location"].to_str().unwrap().to_owned();

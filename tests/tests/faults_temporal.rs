@@ -469,7 +469,10 @@ impl Deployment {
         assert_eq!(export["consumed_attempts"], 0, "[{}] an attempt was used up: {export}", self.tag);
 
         let url = format!("{}/v1/exports/{id}/download", self.api);
-        let client = adapters::contract::http_client_builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        let client = adapters::contract::http_client_builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
         let redirect = client.get(url).bearer_auth("key-a-0123456789abcdefghijklmn").send().await.unwrap();
         assert_eq!(redirect.status(), 307);
         let location = redirect.headers()["location"].to_str().unwrap().to_owned();
@@ -912,7 +915,10 @@ async fn a_worker_killed_at_70_percent_resumes_near_its_checkpoint_and_writes_th
 
     // A valid multi-member gzip stream of every user, as gzip itself and flate2 read it.
     let url = format!("{}/v1/exports/{id}/download", d.api);
-    let client = adapters::contract::http_client_builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let client = adapters::contract::http_client_builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     let redirect = client.get(url).bearer_auth("key-a-0123456789abcdefghijklmn").send().await.unwrap();
     let location = redirect.headers()["location"].to_str().unwrap().to_owned();
     let body = adapters::contract::http_get(location).await.unwrap().bytes().await.unwrap();

@@ -66,11 +66,12 @@ impl std::fmt::Debug for HttpCallbackSender {
 /// them), so a callback is verified the same in a container without a system trust store.
 fn tls_config() -> anyhow::Result<rustls::ClientConfig> {
     let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .context("TLS versions of the callback client")?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .context("TLS versions of the callback client")?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     // reqwest is built for HTTP/1.1 only, and offers just that.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)

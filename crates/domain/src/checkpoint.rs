@@ -6,8 +6,8 @@
 //! member is closed. Segment boundaries depend only on the data, so an attempt that resumes from
 //! a checkpoint writes exactly the bytes an uninterrupted attempt would have written.
 
-use sha2::block_api::compress256;
 use serde::{Deserialize, Serialize};
+use sha2::block_api::compress256;
 
 use crate::ids::{ObjectKey, UserId};
 

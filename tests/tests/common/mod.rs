@@ -112,7 +112,8 @@ impl Drop for TestDb {
 
 /// Creates a bucket on the S3 test server.
 pub async fn create_bucket(name: &str) {
-    let created = adapters::contract::http_client().put(format!("{}/{name}", s3_endpoint())).send().await.unwrap();
+    let created =
+        adapters::contract::http_client().put(format!("{}/{name}", s3_endpoint())).send().await.unwrap();
     assert!(created.status().is_success(), "creating bucket {name}: {}", created.status());
 }
 

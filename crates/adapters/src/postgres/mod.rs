@@ -34,7 +34,13 @@ pub static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| {
             .iter()
             .map(|&(version, description, sql)| {
                 let no_tx = sql.starts_with("-- no-transaction");
-                Migration::new(version, description.into(), MigrationType::Simple, SqlStr::from_static(sql), no_tx)
+                Migration::new(
+                    version,
+                    description.into(),
+                    MigrationType::Simple,
+                    SqlStr::from_static(sql),
+                    no_tx,
+                )
             })
             .collect(),
     )
@@ -116,7 +122,9 @@ mod tests {
         let read = Migrator::new(dir).await.expect("sqlx reads migrations/");
         let described = |m: &Migrator| {
             m.iter()
-                .map(|m| (m.version, m.description.to_string(), m.checksum.to_vec(), m.no_tx, m.migration_type))
+                .map(|m| {
+                    (m.version, m.description.to_string(), m.checksum.to_vec(), m.no_tx, m.migration_type)
+                })
                 .collect::<Vec<_>>()
         };
         assert_eq!(described(&super::MIGRATOR), described(&read));
