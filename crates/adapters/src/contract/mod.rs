@@ -25,7 +25,7 @@ pub fn http_client() -> reqwest::Client {
 /// [`http_client`]'s builder, for tests that configure the client.
 pub fn http_client_builder() -> reqwest::ClientBuilder {
     crate::tls::install_crypto_provider();
-    adapters::contract::http_client_builder()
+    reqwest::Client::builder()
 }
 
 /// `reqwest::get` with [`http_client`].

@@ -127,7 +127,7 @@ fn decode(row: &PgRow) -> Result<Export, PortError> {
 }
 
 /// Binds every column of `export`, in [`COLUMNS`] order, as one parenthesised tuple.
-fn push_values(q: &mut QueryBuilder<'_, Postgres>, export: &Export) -> Result<(), PortError> {
+fn push_values(q: &mut QueryBuilder<Postgres>, export: &Export) -> Result<(), PortError> {
     let p = export.to_parts();
     let outcome = p.outcome.as_ref();
     let opt = |n: Option<u64>, what: &str| n.map(|n| to_i64(n, what)).transpose();

@@ -52,7 +52,7 @@ fn decode(row: &PgRow) -> Result<ExportSchedule, PortError> {
 }
 
 /// Binds every column of `s`, in [`COLUMNS`] order, as one parenthesised tuple.
-fn push_values(q: &mut QueryBuilder<'_, Postgres>, s: &ExportSchedule) -> Result<(), PortError> {
+fn push_values(q: &mut QueryBuilder<Postgres>, s: &ExportSchedule) -> Result<(), PortError> {
     let mut t = q.separated(", ");
     t.push_unseparated("(");
     t.push_bind(s.scope.tenant.as_str().to_owned());
