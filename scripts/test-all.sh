@@ -87,6 +87,16 @@ df -h . | tail -1 | awk '{print "disk: " $4 " free of " $2}'
 log "format"
 cargo fmt --all -- --check
 
+log "one TLS crypto provider (ring)"
+# The Temporal SDK needs ring, and aws-lc-sys's C build is slow: nothing may bring aws-lc-rs back
+# (reqwest's and object_store's defaults do; see rustls in Cargo.toml).
+deps=$(cargo tree --workspace --all-features --target all --locked -e normal,build,dev --prefix none)
+if grep -E '^aws-lc-(rs|sys) ' <<<"$deps"; then
+  cargo tree --workspace --all-features --target all --locked -e normal,build,dev -i aws-lc-rs || true
+  die "aws-lc-rs is in the dependency tree: configure the crate above for ring (see rustls in Cargo.toml)"
+fi
+grep -q '^ring ' <<<"$deps" || die "ring is missing from the dependency tree: nothing provides TLS crypto"
+
 log "lint"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 

@@ -31,7 +31,7 @@ async fn deploy(bucket: &str) -> Deployment {
     psql(&admin, &format!("CREATE DATABASE {db_name}"));
     let database_url = format!("{}/{db_name}", admin.rsplit_once('/').unwrap().0);
     let endpoint = s3_endpoint();
-    let created = reqwest::Client::new().put(format!("{endpoint}/{bucket}")).send().await.unwrap();
+    let created = adapters::contract::http_client().put(format!("{endpoint}/{bucket}")).send().await.unwrap();
     assert!(created.status().is_success());
 
     let bin = userexport_binary();
@@ -70,7 +70,10 @@ async fn deploy(bucket: &str) -> Deployment {
 async fn exports_stream_from_postgres_to_s3_and_download_through_presigned_urls() {
     let bucket = format!("sys-{}", std::process::id());
     let d = deploy(&bucket).await;
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let http = adapters::contract::http_client_builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
 
     let ready: serde_json::Value =
         http.get(format!("{}/readyz", d.api)).send().await.unwrap().json().await.unwrap();
@@ -112,7 +115,14 @@ async fn exports_stream_from_postgres_to_s3_and_download_through_presigned_urls(
     let location = redirect.headers()["location"].to_str().unwrap().to_owned();
     assert!(location.starts_with(&s3_endpoint()) && location.contains("X-Amz-Signature"), "{location}");
     assert!(location.contains(&format!("acme/prod/exports/{id}.attempt-1.csv")), "the attempt's own key");
-    let body = reqwest::get(&location).await.unwrap().error_for_status().unwrap().bytes().await.unwrap();
+    let body = adapters::contract::http_get(&location)
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(hex::encode(sha2::Sha256::digest(&body)), export["sha256"].as_str().unwrap());
     assert_eq!(csv::Reader::from_reader(body.as_ref()).records().count(), 54_000);
 

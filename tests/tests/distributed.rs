@@ -79,7 +79,7 @@ impl Deployment {
     }
 
     async fn post(&self, path: &str, body: Value, key: Option<&str>) -> (u16, Value) {
-        let mut request = reqwest::Client::new()
+        let mut request = adapters::contract::http_client()
             .post(format!("{}{path}", self.api))
             .bearer_auth("key-a-0123456789abcdefghijklmn")
             .json(&body);
@@ -92,7 +92,7 @@ impl Deployment {
 
     async fn get(&self, id: &str) -> Value {
         let url = format!("{}/v1/exports/{id}", self.api);
-        reqwest::Client::new()
+        adapters::contract::http_client()
             .get(url)
             .bearer_auth("key-a-0123456789abcdefghijklmn")
             .send()
@@ -118,11 +118,14 @@ impl Deployment {
     /// The object of a completed export: its key holds exactly the bytes the record describes.
     async fn assert_object_matches(&self, export: &Value) {
         let url = format!("{}/v1/exports/{}/download", self.api, export["id"].as_str().unwrap());
-        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        let client = adapters::contract::http_client_builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
         let redirect = client.get(url).bearer_auth("key-a-0123456789abcdefghijklmn").send().await.unwrap();
         assert_eq!(redirect.status(), 307);
         let location = redirect.headers()["location"].to_str().unwrap().to_owned();
-        let body = reqwest::get(location).await.unwrap().bytes().await.unwrap();
+        let body = adapters::contract::http_get(location).await.unwrap().bytes().await.unwrap();
         assert_eq!(hex::encode(sha2::Sha256::digest(&body)), export["sha256"].as_str().unwrap());
         assert_eq!(body.len() as u64, export["bytes"].as_u64().unwrap());
     }

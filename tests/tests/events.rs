@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Running, TestDb, free_port, temporal_address, userexport_binary, wait_ready, worker_binary};
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 
 const SECRET: &str = "system-test-webhook-secret-0123";
@@ -99,7 +99,7 @@ async fn an_event_from_nats_and_the_webhook_runs_once_on_a_temporal_worker() {
     let mut worker = Command::new(worker_binary());
     env(&mut worker);
     let _worker = Running(worker.spawn().unwrap());
-    let http = reqwest::Client::new();
+    let http = adapters::contract::http_client();
 
     let event_id = format!("evt-sys-{tag}");
     let body =

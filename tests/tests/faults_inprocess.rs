@@ -199,7 +199,7 @@ impl Deployment {
 }
 
 fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
+    adapters::contract::http_client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(30))
         .build()
@@ -301,7 +301,7 @@ impl Api {
         let response = match response.status().as_u16() {
             307 => {
                 let location = response.headers()["location"].to_str().unwrap().to_owned();
-                reqwest::get(location).await.unwrap()
+                adapters::contract::http_get(location).await.unwrap()
             }
             200 => response,
             other => panic!("download answered {other}"),
@@ -340,7 +340,7 @@ fn s3_authority() -> String {
 /// Multipart uploads begun and never completed nor aborted in `bucket` (invisible as objects).
 async fn unfinished_uploads(bucket: &str) -> usize {
     let url = format!("{}/{bucket}?uploads", s3_endpoint());
-    let body = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    let body = adapters::contract::http_get(&url).await.unwrap().text().await.unwrap();
     body.matches("<UploadId>").count()
 }
 

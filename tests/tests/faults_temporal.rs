@@ -312,7 +312,7 @@ impl Deployment {
     }
 
     async fn post(&self, path: &str, body: Value) -> reqwest::Response {
-        reqwest::Client::new()
+        adapters::contract::http_client()
             .post(format!("{}{path}", self.api))
             .bearer_auth("key-a-0123456789abcdefghijklmn")
             .json(&body)
@@ -337,7 +337,7 @@ impl Deployment {
 
     async fn get(&self, id: &str) -> Value {
         let url = format!("{}/v1/exports/{id}", self.api);
-        reqwest::Client::new()
+        adapters::contract::http_client()
             .get(url)
             .bearer_auth("key-a-0123456789abcdefghijklmn")
             .send()
@@ -469,11 +469,14 @@ impl Deployment {
         assert_eq!(export["consumed_attempts"], 0, "[{}] an attempt was used up: {export}", self.tag);
 
         let url = format!("{}/v1/exports/{id}/download", self.api);
-        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        let client = adapters::contract::http_client_builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
         let redirect = client.get(url).bearer_auth("key-a-0123456789abcdefghijklmn").send().await.unwrap();
         assert_eq!(redirect.status(), 307);
         let location = redirect.headers()["location"].to_str().unwrap().to_owned();
-        let body = reqwest::get(location).await.unwrap().bytes().await.unwrap();
+        let body = adapters::contract::http_get(location).await.unwrap().bytes().await.unwrap();
         assert_eq!(hex::encode(sha2::Sha256::digest(&body)), export["sha256"].as_str().unwrap());
         assert_eq!(body.len() as u64, export["bytes"].as_u64().unwrap());
         let rows = csv::Reader::from_reader(body.as_ref())
@@ -680,7 +683,7 @@ async fn an_export_whose_workflow_start_failed_is_started_by_the_reconciler() {
     assert_eq!(problem["status"], 503);
     assert_eq!(retry_after.as_deref(), Some("5"));
 
-    let listed = reqwest::Client::new()
+    let listed = adapters::contract::http_client()
         .get(format!("{}/v1/exports", d.api))
         .bearer_auth("key-a-0123456789abcdefghijklmn")
         .send()
@@ -912,10 +915,13 @@ async fn a_worker_killed_at_70_percent_resumes_near_its_checkpoint_and_writes_th
 
     // A valid multi-member gzip stream of every user, as gzip itself and flate2 read it.
     let url = format!("{}/v1/exports/{id}/download", d.api);
-    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let client = adapters::contract::http_client_builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     let redirect = client.get(url).bearer_auth("key-a-0123456789abcdefghijklmn").send().await.unwrap();
     let location = redirect.headers()["location"].to_str().unwrap().to_owned();
-    let body = reqwest::get(location).await.unwrap().bytes().await.unwrap();
+    let body = adapters::contract::http_get(location).await.unwrap().bytes().await.unwrap();
     assert_eq!(hex::encode(sha2::Sha256::digest(&body)), done["sha256"].as_str().unwrap());
     let file = d.logs.join("sigkill.csv.gz");
     std::fs::write(&file, &body).unwrap();

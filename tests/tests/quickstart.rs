@@ -34,7 +34,7 @@ async fn the_zero_configuration_binary_exports_the_demo_tenant_and_stops_gracefu
     assert!(key.starts_with("uex_"), "{key}");
 
     let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
+    let http = adapters::contract::http_client();
     let export: serde_json::Value = http
         .post(format!("{base}/v1/exports/sync"))
         .bearer_auth(&key)

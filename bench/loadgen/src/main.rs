@@ -95,6 +95,8 @@ async fn main() -> anyhow::Result<()> {
     if tenants.is_empty() {
         bail!("the tenants file lists no tenant");
     }
+    // A workspace build gives reqwest TLS without a provider of its own (see adapters::tls).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build()?;
     let nats = match &args.nats {
         Some(url) => Some(async_nats::jetstream::new(async_nats::connect(url).await?)),

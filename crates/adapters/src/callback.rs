@@ -62,11 +62,27 @@ impl std::fmt::Debug for HttpCallbackSender {
     }
 }
 
+/// TLS of callbacks: ring, and Mozilla's roots compiled in (as reqwest 0.12's `rustls-tls` had
+/// them), so a callback is verified the same in a container without a system trust store.
+fn tls_config() -> anyhow::Result<rustls::ClientConfig> {
+    let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .context("TLS versions of the callback client")?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    // reqwest is built for HTTP/1.1 only, and offers just that.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 impl HttpCallbackSender {
     /// # Errors
     /// When the HTTP client cannot be built (nothing is contacted yet).
     pub fn new(tenants: TenantDirectory, settings: CallbackSettings) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls_config()?)
             .dns_resolver(Arc::new(PublicResolver { allow_private: settings.allow_private }))
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()

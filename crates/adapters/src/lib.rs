@@ -18,3 +18,5 @@ pub mod smtp;
 pub mod storage;
 #[cfg(feature = "temporal")]
 pub mod temporal;
+#[cfg(any(feature = "s3", feature = "callback", feature = "testkit"))]
+pub mod tls;

@@ -205,10 +205,10 @@ fn problem_response(description: &str) -> Response {
         .build()
 }
 
-fn header_of(kind: Type, description: &str) -> Header {
+fn header_of(kind: Type, description: &str) -> RefOr<Header> {
     let mut header = Header::new(Object::with_type(kind));
     header.description = Some(description.to_owned());
-    header
+    header.into()
 }
 
 /// The document as served: what utoipa builds, finished with what its model cannot say (see

@@ -17,7 +17,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use domain::{EnvironmentId, Scope, TenantId};
 use ports::{Orchestrator, Scheduler};
-use rand::RngCore;
+use rand::Rng;
 use service::{
     BatchService, ExportRunner, ExportService, Reconciler, RetentionSweeper, ScheduleService,
     ScheduledExports,

@@ -7,7 +7,7 @@
 //! a checkpoint writes exactly the bytes an uninterrupted attempt would have written.
 
 use serde::{Deserialize, Serialize};
-use sha2::digest::generic_array::GenericArray;
+use sha2::block_api::compress256;
 
 use crate::ids::{ObjectKey, UserId};
 
@@ -150,14 +150,11 @@ impl ResumableSha256 {
             if self.filled < 64 {
                 return;
             }
-            compress(&mut self.chaining, &self.block);
+            compress256(&mut self.chaining, std::slice::from_ref(&self.block));
             self.filled = 0;
         }
-        let mut blocks = data.chunks_exact(64);
-        for block in &mut blocks {
-            compress(&mut self.chaining, block);
-        }
-        let rest = blocks.remainder();
+        let (blocks, rest) = data.as_chunks::<64>();
+        compress256(&mut self.chaining, blocks);
         self.block[..rest.len()].copy_from_slice(rest);
         self.filled = rest.len();
     }
@@ -174,10 +171,6 @@ impl ResumableSha256 {
         debug_assert_eq!(self.filled, 0);
         self.chaining.iter().map(|w| format!("{w:08x}")).collect()
     }
-}
-
-fn compress(chaining: &mut [u32; 8], block: &[u8]) {
-    sha2::compress256(chaining, std::slice::from_ref(GenericArray::from_slice(block)));
 }
 
 #[cfg(test)]

@@ -239,8 +239,10 @@ impl CronExpr {
         }
         let text = parts.join(" ");
         // Day of month AND day of week, as Temporal Schedules match them (not classic cron's OR),
-        // so both orchestrators fire at the same times.
-        let cron = croner::Cron::new(&text).with_dom_and_dow().parse().map_err(|e| {
+        // so both orchestrators fire at the same times. `5/5` (from 5, every 5) is accepted by
+        // check_field and Temporal; croner 4 needs `sloppy_ranges` for it.
+        let parser = croner::parser::CronParser::builder().dom_and_dow(true).sloppy_ranges(true).build();
+        let cron = parser.parse(&text).map_err(|e| {
             CronError::BadFields(vec![CronFieldError {
                 field: CronField::Minute,
                 value: text.clone(),

@@ -143,7 +143,7 @@ async fn bare_workflows(
 }
 
 async fn api_exports(args: &Args, n: usize) -> anyhow::Result<Run> {
-    let http = reqwest::Client::new();
+    let http = adapters::contract::http_client();
     measure(n, args.concurrency, |_| {
         let request = http
             .post(format!("{}/v1/exports/sync?timeout_s=60", args.api))

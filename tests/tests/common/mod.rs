@@ -50,7 +50,7 @@ impl Drop for Running {
 /// Polls `url` until it answers 200, or panics with the process's fate.
 pub async fn wait_ready(url: &str, process: &mut Running) {
     for _ in 0..200 {
-        if let Ok(r) = reqwest::get(url).await
+        if let Ok(r) = adapters::contract::http_get(url).await
             && r.status().is_success()
         {
             return;
@@ -112,13 +112,14 @@ impl Drop for TestDb {
 
 /// Creates a bucket on the S3 test server.
 pub async fn create_bucket(name: &str) {
-    let created = reqwest::Client::new().put(format!("{}/{name}", s3_endpoint())).send().await.unwrap();
+    let created =
+        adapters::contract::http_client().put(format!("{}/{name}", s3_endpoint())).send().await.unwrap();
     assert!(created.status().is_success(), "creating bucket {name}: {}", created.status());
 }
 
 /// Keys in `bucket` (S3 ListObjectsV2).
 pub async fn bucket_keys(bucket: &str) -> Vec<String> {
     let url = format!("{}/{bucket}?list-type=2", s3_endpoint());
-    let body = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    let body = adapters::contract::http_get(&url).await.unwrap().text().await.unwrap();
     body.split("<Key>").skip(1).filter_map(|s| s.split("</Key>").next()).map(str::to_owned).collect()
 }

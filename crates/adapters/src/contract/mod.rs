@@ -17,3 +17,20 @@ pub mod s3;
 pub mod schedules;
 pub mod smtp_sink;
 pub mod users;
+
+/// A plain reqwest client for tests. reqwest needs the process's crypto provider installed before
+/// any client is built (see [`crate::tls`]); these helpers do it first.
+pub fn http_client() -> reqwest::Client {
+    http_client_builder().build().expect("a default reqwest client builds")
+}
+
+/// [`http_client`]'s builder, for tests that configure the client.
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    crate::tls::install_crypto_provider();
+    reqwest::Client::builder()
+}
+
+/// `reqwest::get` with [`http_client`].
+pub async fn http_get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Response> {
+    http_client().get(url).send().await
+}

@@ -1,7 +1,7 @@
 //! Throwaway PostgreSQL databases for tests against the real server.
 
 use sqlx::postgres::PgPool;
-use sqlx::{Connection, PgConnection};
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
 /// The server tests use: `TEST_DATABASE_URL`, or the local one every development machine runs.
 /// Tests fail (never skip) when it is unreachable.
@@ -25,7 +25,7 @@ impl TestDatabase {
         let mut conn = PgConnection::connect(&admin)
             .await
             .unwrap_or_else(|e| panic!("PostgreSQL is required for this test ({admin}): {e}"));
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.unwrap();
         conn.close().await.unwrap();
         let url = match admin.rsplit_once('/') {
             Some((server, _)) => format!("{server}/{name}"),
@@ -39,7 +39,7 @@ impl TestDatabase {
     pub async fn drop_now(self) {
         self.pool.close().await;
         let mut conn = PgConnection::connect(&admin_url()).await.unwrap();
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+        sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
             .execute(&mut conn)
             .await
             .unwrap();

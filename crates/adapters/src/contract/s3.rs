@@ -17,7 +17,7 @@ pub async fn fresh_bucket() -> S3Settings {
     let endpoint = endpoint();
     let bucket = format!("test-{}", uuid::Uuid::new_v4().simple());
     let url = format!("{endpoint}/{bucket}");
-    let response = reqwest::Client::new()
+    let response = super::http_client()
         .put(&url)
         .send()
         .await
@@ -37,14 +37,14 @@ pub async fn fresh_bucket() -> S3Settings {
 /// Multipart uploads still open in `bucket` (should be none after an abort).
 pub async fn open_multipart_uploads(settings: &S3Settings) -> usize {
     let url = format!("{}/{}?uploads", endpoint(), settings.bucket);
-    let body = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    let body = super::http_get(&url).await.unwrap().text().await.unwrap();
     body.matches("<Upload>").count()
 }
 
 /// Keys in `bucket`.
 pub async fn keys(settings: &S3Settings) -> Vec<String> {
     let url = format!("{}/{}?list-type=2", endpoint(), settings.bucket);
-    let body = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    let body = super::http_get(&url).await.unwrap().text().await.unwrap();
     body.split("<Key>").skip(1).filter_map(|s| s.split("</Key>").next()).map(str::to_owned).collect()
 }
 
@@ -53,7 +53,7 @@ pub async fn keys(settings: &S3Settings) -> Vec<String> {
 /// uploads rely on that answer. `scripts/moto_server.py` gives it.
 pub async fn assert_answers_no_such_upload(settings: &S3Settings) {
     let url = format!("{}/{}/probe?partNumber=1&uploadId=no-such-upload", endpoint(), settings.bucket);
-    let response = reqwest::Client::new().put(&url).body("").send().await.unwrap();
+    let response = super::http_client().put(&url).body("").send().await.unwrap();
     assert_eq!(
         response.status(),
         reqwest::StatusCode::NOT_FOUND,

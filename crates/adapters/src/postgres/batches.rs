@@ -1,9 +1,9 @@
 use async_trait::async_trait;
 use domain::{Batch, BatchId, ExportSpec, IdempotencyKey, Scope};
 use ports::{BatchCreateOutcome, BatchRepository, PortError};
-use sqlx::Row;
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::types::Json;
+use sqlx::{AssertSqlSafe, Row};
 
 use super::translate;
 
@@ -52,9 +52,9 @@ impl BatchRepository for PgBatchRepository {
     async fn create_if_absent(&self, batch: &Batch) -> Result<BatchCreateOutcome, PortError> {
         let concurrency =
             i32::try_from(batch.concurrency).map_err(|_| bad("concurrency", batch.concurrency))?;
-        let inserted = sqlx::query(&format!(
+        let inserted = sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO export_batches ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING"
-        ))
+        )))
         .bind(batch.id.as_uuid())
         .bind(Json(&batch.targets))
         .bind(batch.all_targets)
@@ -79,7 +79,7 @@ impl BatchRepository for PgBatchRepository {
     }
 
     async fn get(&self, id: BatchId) -> Result<Option<Batch>, PortError> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM export_batches WHERE id = $1"))
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {COLUMNS} FROM export_batches WHERE id = $1")))
             .bind(id.as_uuid())
             .fetch_optional(&self.pool)
             .await

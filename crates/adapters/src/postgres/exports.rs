@@ -9,7 +9,7 @@ use ports::{
 };
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::types::Json;
-use sqlx::{Postgres, QueryBuilder, Row};
+use sqlx::{AssertSqlSafe, Postgres, QueryBuilder, Row};
 
 use super::{lock_scope, to_i64, to_u64, translate};
 
@@ -31,9 +31,9 @@ impl PgExportRepository {
     }
 
     async fn fetch(&self, scope: &Scope, id: ExportId) -> Result<Option<Export>, PortError> {
-        let row = sqlx::query(&format!(
+        let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM exports WHERE tenant_id = $1 AND environment_id = $2 AND id = $3"
-        ))
+        )))
         .bind(scope.tenant.as_str())
         .bind(scope.environment.as_str())
         .bind(id.as_uuid())
@@ -127,7 +127,7 @@ fn decode(row: &PgRow) -> Result<Export, PortError> {
 }
 
 /// Binds every column of `export`, in [`COLUMNS`] order, as one parenthesised tuple.
-fn push_values(q: &mut QueryBuilder<'_, Postgres>, export: &Export) -> Result<(), PortError> {
+fn push_values(q: &mut QueryBuilder<Postgres>, export: &Export) -> Result<(), PortError> {
     let p = export.to_parts();
     let outcome = p.outcome.as_ref();
     let opt = |n: Option<u64>, what: &str| n.map(|n| to_i64(n, what)).transpose();
@@ -198,9 +198,9 @@ impl ExportRepository for PgExportRepository {
         // for the scope runs one at a time, so none sees a count another is about to raise.
         let mut tx = self.pool.begin().await.map_err(translate)?;
         lock_scope(&mut tx, "exports", scope).await?;
-        let existing = sqlx::query(&format!(
+        let existing = sqlx::query(AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM exports WHERE tenant_id = $1 AND environment_id = $2 AND id = $3"
-        ))
+        )))
         .bind(scope.tenant.as_str())
         .bind(scope.environment.as_str())
         .bind(export.id.as_uuid())
@@ -300,9 +300,9 @@ impl ExportRepository for PgExportRepository {
     }
 
     async fn list_unfinished(&self) -> Result<Vec<Export>, PortError> {
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM exports WHERE status IN ('pending', 'running') ORDER BY created_at, id"
-        ))
+        )))
         .fetch_all(&self.pool)
         .await
         .map_err(translate)?;
@@ -310,10 +310,10 @@ impl ExportRepository for PgExportRepository {
     }
 
     async fn list_notify_due(&self, before: DateTime<Utc>, limit: usize) -> Result<Vec<Export>, PortError> {
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM exports WHERE notify_due AND updated_at <= $1 \
              ORDER BY updated_at, tenant_id, environment_id, id LIMIT $2"
-        ))
+        )))
         .bind(before)
         .bind(to_i64(limit as u64, "limit")?)
         .fetch_all(&self.pool)
@@ -323,11 +323,11 @@ impl ExportRepository for PgExportRepository {
     }
 
     async fn list_expired(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Export>, PortError> {
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM exports \
              WHERE status = 'completed' AND GREATEST(expires_at, next_delete_at) <= $1 \
              ORDER BY GREATEST(expires_at, next_delete_at), tenant_id, environment_id, id LIMIT $2"
-        ))
+        )))
         .bind(now)
         .bind(to_i64(limit as u64, "limit")?)
         .fetch_all(&self.pool)

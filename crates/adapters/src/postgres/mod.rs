@@ -8,11 +8,13 @@ mod schedules;
 mod seed;
 mod users;
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use anyhow::Context;
 use ports::PortError;
-use sqlx::migrate::Migrator;
+use sqlx::SqlStr;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
 pub use sqlx::postgres::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
@@ -22,8 +24,27 @@ pub use schedules::PgScheduleRepository;
 pub use seed::seed_synthetic_users;
 pub use users::PgUserRepository;
 
-/// The schema, embedded in the binary.
-pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
+
+/// The schema, embedded in the binary (by build.rs, with `sqlx::migrate!`'s rules: same versions,
+/// descriptions, checksums and `-- no-transaction` marker).
+pub static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| {
+    Migrator::with_migrations(
+        EMBEDDED_MIGRATIONS
+            .iter()
+            .map(|&(version, description, sql)| {
+                let no_tx = sql.starts_with("-- no-transaction");
+                Migration::new(
+                    version,
+                    description.into(),
+                    MigrationType::Simple,
+                    SqlStr::from_static(sql),
+                    no_tx,
+                )
+            })
+            .collect(),
+    )
+});
 
 /// Opens a pool. Fails fast (a few seconds) when the server is unreachable, so a bad
 /// `DATABASE_URL` stops start-up with one clear line instead of hanging.
@@ -85,4 +106,28 @@ pub(crate) fn to_i64(n: u64, what: &str) -> Result<i64, PortError> {
 
 pub(crate) fn to_u64(n: i64, what: &str) -> Result<u64, PortError> {
     u64::try_from(n).map_err(|_| PortError::Other(anyhow::anyhow!("stored {what} {n} is negative")))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use sqlx::migrate::Migrator;
+
+    /// The embedded migrations are what sqlx itself reads from the directory (which is what
+    /// `sqlx::migrate!` embedded): a database migrated by an older build sees no change.
+    #[tokio::test]
+    async fn embedded_migrations_are_sqlx_s_reading_of_the_directory() {
+        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"));
+        let read = Migrator::new(dir).await.expect("sqlx reads migrations/");
+        let described = |m: &Migrator| {
+            m.iter()
+                .map(|m| {
+                    (m.version, m.description.to_string(), m.checksum.to_vec(), m.no_tx, m.migration_type)
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(described(&super::MIGRATOR), described(&read));
+        assert!(read.iter().next().is_some(), "migrations/ has migrations");
+    }
 }

@@ -6,7 +6,7 @@ use ports::{
 };
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::types::Json;
-use sqlx::{Postgres, QueryBuilder, Row};
+use sqlx::{AssertSqlSafe, Postgres, QueryBuilder, Row};
 
 use super::{lock_scope, to_i64, to_u64, translate};
 
@@ -52,7 +52,7 @@ fn decode(row: &PgRow) -> Result<ExportSchedule, PortError> {
 }
 
 /// Binds every column of `s`, in [`COLUMNS`] order, as one parenthesised tuple.
-fn push_values(q: &mut QueryBuilder<'_, Postgres>, s: &ExportSchedule) -> Result<(), PortError> {
+fn push_values(q: &mut QueryBuilder<Postgres>, s: &ExportSchedule) -> Result<(), PortError> {
     let mut t = q.separated(", ");
     t.push_unseparated("(");
     t.push_bind(s.scope.tenant.as_str().to_owned());
@@ -97,9 +97,9 @@ impl ScheduleRepository for PgScheduleRepository {
         // As exports: the scope's advisory lock makes count-then-insert atomic across replicas.
         let mut tx = self.pool.begin().await.map_err(translate)?;
         lock_scope(&mut tx, "schedules", scope).await?;
-        let existing = sqlx::query(&format!(
+        let existing = sqlx::query(AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM export_schedules WHERE tenant_id = $1 AND environment_id = $2 AND id = $3"
-        ))
+        )))
         .bind(scope.tenant.as_str())
         .bind(scope.environment.as_str())
         .bind(schedule.id.as_uuid())
@@ -140,9 +140,9 @@ impl ScheduleRepository for PgScheduleRepository {
     }
 
     async fn get(&self, scope: &Scope, id: ScheduleId) -> Result<Option<ExportSchedule>, PortError> {
-        let row = sqlx::query(&format!(
+        let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM export_schedules WHERE tenant_id = $1 AND environment_id = $2 AND id = $3"
-        ))
+        )))
         .bind(scope.tenant.as_str())
         .bind(scope.environment.as_str())
         .bind(id.as_uuid())
@@ -170,9 +170,9 @@ impl ScheduleRepository for PgScheduleRepository {
     }
 
     async fn list_all(&self) -> Result<Vec<ExportSchedule>, PortError> {
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM export_schedules ORDER BY tenant_id, environment_id, id"
-        ))
+        )))
         .fetch_all(&self.pool)
         .await
         .map_err(translate)?;

@@ -66,7 +66,7 @@ fn conditions(scope: &Scope, filter: &UserFilter) -> Vec<(&'static str, Arg)> {
     out
 }
 
-fn bind(q: &mut QueryBuilder<'_, Postgres>, arg: Arg) {
+fn bind(q: &mut QueryBuilder<Postgres>, arg: Arg) {
     match arg {
         Arg::Text(v) => q.push_bind(v),
         Arg::Texts(v) => q.push_bind(v),

@@ -58,6 +58,8 @@ impl ObjectStorage {
     /// An S3 bucket (or an S3-compatible server). Uploads are multipart with bounded buffers and
     /// checkpoint every 5 MiB at the most often; downloads are presigned URLs.
     pub fn s3(settings: &S3Settings) -> anyhow::Result<Self> {
+        // object_store's HTTP client is reqwest with no provider of its own (see crate::tls).
+        crate::tls::install_crypto_provider();
         let mut builder = AmazonS3Builder::from_env().with_bucket_name(&settings.bucket);
         if let Some(endpoint) = &settings.endpoint {
             builder = builder.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://"));

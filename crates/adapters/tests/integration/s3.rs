@@ -40,7 +40,8 @@ async fn a_large_export_goes_up_in_parts_and_its_presigned_url_returns_the_exact
 
     let url = storage.signed_url(&key, Duration::from_secs(900)).await.unwrap().expect("S3 signs URLs");
     assert!(url.query().unwrap_or_default().contains("X-Amz-Signature"), "{url}");
-    let body = reqwest::get(url).await.unwrap().error_for_status().unwrap().bytes().await.unwrap();
+    let body =
+        adapters::contract::http_get(url).await.unwrap().error_for_status().unwrap().bytes().await.unwrap();
     assert_eq!(hex::encode(Sha256::digest(&body)), stored.sha256);
     assert_eq!(s3::open_multipart_uploads(&settings).await, 0);
 }
@@ -83,7 +84,10 @@ async fn presigned_urls_carry_the_requested_expiry_and_are_signed_afresh() {
     let later = storage.signed_url(&key, Duration::from_secs(900)).await.unwrap().unwrap();
     assert_eq!(param(&later, "X-Amz-Expires").as_deref(), Some("900"));
     assert_ne!(param(&short, "X-Amz-Signature"), param(&later, "X-Amz-Signature"));
-    assert_eq!(reqwest::get(later).await.unwrap().bytes().await.unwrap().as_ref(), b"id,email\n");
+    assert_eq!(
+        adapters::contract::http_get(later).await.unwrap().bytes().await.unwrap().as_ref(),
+        b"id,email\n"
+    );
 }
 
 #[tokio::test]
@@ -144,7 +148,7 @@ async fn a_resumed_s3_upload_keeps_the_configured_server_side_encryption() {
     let interrupted = upload_with_interruptions(&storage, &key, &data, &[7 * MIB]).await;
     assert_eq!(interrupted.resumed_from.len(), 1);
     let url = format!("{}/{}/{key}", s3::endpoint(), settings.bucket);
-    let head = reqwest::Client::new().head(url).send().await.unwrap().error_for_status().unwrap();
+    let head = adapters::contract::http_client().head(url).send().await.unwrap().error_for_status().unwrap();
     let sse = head.headers().get("x-amz-server-side-encryption").and_then(|v| v.to_str().ok());
     assert_eq!(sse, Some("AES256"));
 }

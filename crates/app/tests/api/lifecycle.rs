@@ -96,7 +96,7 @@ async fn the_server_serves_on_its_port_and_stops_gracefully() {
     let server = tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
     }));
-    let client = reqwest::Client::new();
+    let client = adapters::contract::http_client();
 
     let health = client.get(format!("http://127.0.0.1:{port}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), reqwest::StatusCode::OK);

@@ -111,7 +111,7 @@ async fn failed_authentications_are_counted_against_the_real_peer_address() {
         c.limits.auth_failures_burst = 1;
     })
     .await;
-    let http = reqwest::Client::new();
+    let http = adapters::contract::http_client();
     let url = format!("http://{}/v1/exports", server.addr);
 
     let first = http.get(&url).bearer_auth("guess").send().await.unwrap();
