@@ -28,7 +28,7 @@ if [ -z "${TEST_TEMPORAL_ADDRESS:-}" ]; then
 fi
 echo "recording from the Temporal server at $TEST_TEMPORAL_ADDRESS"
 
-USEREXPORT_RECORD_HISTORIES=1 cargo test -p adapters --all-features --test integration \
+USEREXPORT_RECORD_HISTORIES=1 cargo test --workspace --all-features --test integration \
   temporal_replay::record_histories -- --ignored --exact --nocapture
-cargo test -p adapters --all-features --test integration temporal_replay
+cargo test --workspace --all-features --test integration temporal_replay
 git status --short crates/adapters/tests/histories

@@ -16,11 +16,10 @@ use std::time::Duration;
 use adapters::memory::{MemoryExportRepository, MemoryUserRepository};
 use adapters::notify::LogNotifier;
 use adapters::storage::ObjectStorage;
-use adapters::temporal::testkit::{FailingScopeUsers, test_client, unique_task_queue, with_worker};
+use adapters::temporal::testkit::{FailingScopeUsers, test_client, unique_task_queue, with_queue_workers};
 use adapters::temporal::{
-    BATCH_WORKFLOW_TYPE, ExportReconcileWorkflow, ExportRetentionWorkflow, RetentionInput,
+    BATCH_WORKFLOW_TYPE, ExportReconcileWorkflow, ExportRetentionWorkflow, RetentionInput, TaskQueues,
     TemporalOrchestrator, UserBatchExportWorkflow, UserDataExportWorkflow, WORKFLOW_TYPE, WorkerDeps,
-    register,
 };
 use bytes::Bytes;
 use chrono::{TimeDelta, Utc};
@@ -37,7 +36,7 @@ use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::workflow_replayer::{
     WorkflowReplayError, WorkflowReplayFailure, WorkflowReplayer, WorkflowReplayerOptions,
 };
-use temporalio_sdk::{WorkerOptions, WorkflowContext, WorkflowResult};
+use temporalio_sdk::{WorkflowContext, WorkflowResult};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -247,12 +246,11 @@ async fn record_histories() {
         shutdown: CancellationToken::new(),
         reconciler: Some(Arc::new(reconciler)),
     };
-    let mut options = WorkerOptions::new(task_queue.clone()).build();
-    register(&mut options, &deps).unwrap();
     let _ = expired(&exports, &storage, &good).await;
     let _ = expired(&exports, &storage, &other).await;
 
-    with_worker(&client, options, async {
+    // Every workload's queue polled, as a default `userexport-worker` does.
+    with_queue_workers(&client, &TaskQueues::new(task_queue.clone()), &deps, async {
         // An API export that completes (and runs the notification step).
         let spec = ExportSpec::from_json(&json!({"format": "ndjson", "compression": "gzip",
             "user_filters": {"status": "active"}, "email_notify": true}))
