@@ -61,13 +61,16 @@ impl Telemetry {
     }
 }
 
-/// Installs the global `tracing` subscriber and, with an OTLP endpoint configured, the tracer
-/// provider and trace propagation through Temporal. `service` names the process in traces
-/// unless `OTEL_SERVICE_NAME` does. Call once, first thing in `main`.
+/// Installs rustls's crypto provider (ring), the global `tracing` subscriber and, with an OTLP
+/// endpoint configured, the tracer provider and trace propagation through Temporal. `service`
+/// names the process in traces unless `OTEL_SERVICE_NAME` does. Call once, first thing in `main`.
 ///
 /// # Errors
 /// An unusable `OTEL_*` setting (named), or a global subscriber already installed.
 pub fn init(format: LogFormat, service: &str) -> anyhow::Result<Telemetry> {
+    // Before any HTTP client exists (the OTLP exporter's is the first): reqwest takes the
+    // process-wide rustls provider and panics without one.
+    adapters::tls::install_crypto_provider();
     let provider = tracer_provider(service)?;
     let traced = provider.is_some();
     let logs = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));

@@ -156,7 +156,11 @@ async fn with_a_metrics_listener_the_api_port_no_longer_serves_metrics() {
     let running = tokio::spawn(application.run_until_stopped(async {
         let _ = stopped.await;
     }));
-    let text = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().error_for_status().unwrap();
+    let text = adapters::contract::http_get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
     assert!(text.text().await.unwrap().contains("# TYPE userexport_"));
     stop.send(()).unwrap();
     running.await.unwrap().unwrap();

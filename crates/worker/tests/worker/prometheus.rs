@@ -68,7 +68,7 @@ async fn the_metrics_endpoint_shows_a_real_exports_metrics_beside_the_sdks() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let text = loop {
         // The SDK records some metrics after the task completes: wait until they are there.
-        if let Ok(response) = reqwest::get(&url).await {
+        if let Ok(response) = adapters::contract::http_get(&url).await {
             let text = response.text().await.unwrap();
             if text.contains("temporal_activity_schedule_to_start_latency_seconds_bucket")
                 && text.contains("userexport_exports_completed_total")
