@@ -202,9 +202,7 @@ async fn a_checkpoint_whose_upload_is_gone_starts_over_cleanly() {
         assert!(matches!(err, RunError::Retry { .. }), "{err}");
         let record = exports.get(&scope(), export.id).await.unwrap().unwrap();
         let checkpoint = record.checkpoint().expect("a checkpoint before the break").clone();
-        // How far it got depends on how fast segments became durable (a busy disk's fsync lags
-        // the 2,000 rows read in memory); any kept row tells a resume from a start over.
-        assert!(checkpoint.rows > 0, "{checkpoint:?}");
+        assert!(checkpoint.rows > 1_000);
 
         storage.discard(&checkpoint.upload).await.unwrap();
         let done = runner.run_attempt(&scope(), export.id, &control(2), &|_, _| {}).await.unwrap();
