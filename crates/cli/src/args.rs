@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// Where `--help` lists the options every command takes.
+const GLOBAL: &str = "Global options";
 /// The API's default listen address (`USEREXPORT_LISTEN` of `userexport`).
 const DEFAULT_URL: &str = "http://127.0.0.1:8080";
 
@@ -21,16 +23,16 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct Global {
     /// Base URL of the API.
-    #[arg(long, env = "USEREXPORT_URL", default_value = DEFAULT_URL, global = true)]
+    #[arg(long, env = "USEREXPORT_URL", default_value = DEFAULT_URL, global = true, help_heading = GLOBAL)]
     pub url: String,
     /// Tenant API key (prefer the environment variable: flags show in `ps`).
-    #[arg(long, env = "USEREXPORT_API_KEY", hide_env_values = true, global = true)]
+    #[arg(long, env = "USEREXPORT_API_KEY", hide_env_values = true, global = true, help_heading = GLOBAL)]
     pub api_key: Option<String>,
     /// Operator key with the `batch` permission, for `batch` commands.
-    #[arg(long, env = "USEREXPORT_OPERATOR_KEY", hide_env_values = true, global = true)]
+    #[arg(long, env = "USEREXPORT_OPERATOR_KEY", hide_env_values = true, global = true, help_heading = GLOBAL)]
     pub operator_key: Option<String>,
     /// Print the API's JSON objects on stdout instead of text, for scripts.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     pub json: bool,
 }
 

@@ -48,10 +48,11 @@ impl ExportBar {
             }
             self.bar.set_length(total);
         }
-        self.bar.set_position(progress.rows_written);
-        self.bar.set_prefix(export.status.as_str());
+        // Text first, position last: a redraw in between shows the new numbers with their words.
         let eta = progress.total_rows.and_then(|total| self.meter.eta(progress.rows_written, total));
+        self.bar.set_prefix(export.status.as_str());
         self.bar.set_message(message(export, self.meter.rows_per_sec(), eta));
+        self.bar.set_position(progress.rows_written);
     }
 
     /// A passing remark in place of the rate, e.g. while the API is unreachable.

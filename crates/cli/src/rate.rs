@@ -77,7 +77,7 @@ mod tests {
         meter.observe(s(0.0), 0);
         // 100 rows/s for 20 s, then 1 000 rows/s for 10 s.
         meter.observe(s(20.0), 2_000);
-        for i in 1..=10 {
+        for i in 1..=10_u32 {
             meter.observe(s(20.0 + f64::from(i)), 2_000 + 1_000 * u64::from(i));
         }
         assert_eq!(meter.rows_per_sec(), Some(1_000.0));

@@ -98,7 +98,8 @@ async fn interrupted(
     if !terminal.can_ask() {
         return Err(CliError::Interrupted { id });
     }
-    eprint!("\nCancel export {id}? Otherwise it keeps running. [y/N] ");
+    // The bar leaves the cursor at the end of its line: start the question on a line of its own.
+    eprint!("\r\nCancel export {id}? Otherwise it keeps running. [y/N] ");
     let _ = std::io::stderr().flush();
     // A second Ctrl-C, or the end of input, answers "leave it running".
     let answer = tokio::select! {
