@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// The API binary, built if needed.
@@ -13,6 +14,12 @@ pub fn userexport_binary() -> String {
 /// The worker binary, built if needed.
 pub fn worker_binary() -> String {
     binary("worker", "userexport-worker")
+}
+
+/// The `uex` command-line client, built once per test binary (its tests run it many times).
+pub fn cli_binary() -> String {
+    static PATH: OnceLock<String> = OnceLock::new();
+    PATH.get_or_init(|| binary("cli", "uex")).clone()
 }
 
 /// Builds `bin` of `package` (a no-op when it is fresh) and returns its path, as cargo reports it.
