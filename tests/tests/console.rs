@@ -73,16 +73,24 @@ async fn a_tenant_follows_an_export_to_100_percent_downloads_it_and_reads_its_fi
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         eprintln!("the bar went through {seen:?}");
-        ensure!(seen.len() > 1 && seen[0].0 != "completed", "the card must show the export unfinished first: {seen:?}");
+        ensure!(
+            seen.len() > 1 && seen[0].0 != "completed",
+            "the card must show the export unfinished first: {seen:?}"
+        );
         ensure!(seen.last().and_then(|s| s.1) == Some(100.0), "the bar ends at 100: {seen:?}");
         let line = browser.text(&format!("li.export[data-id=\"{id}\"] .progress-line")).await?;
         ensure!(line.contains("100 %") && line.contains("150,000 of 150,000 rows"), "{line}");
         let facts = browser.text(&format!("li.export[data-id=\"{id}\"] .facts")).await?;
-        ensure!(facts.contains("150,000 rows") && facts.contains("MB"), "sizes and counts are human: {facts}");
+        ensure!(
+            facts.contains("150,000 rows") && facts.contains("MB"),
+            "sizes and counts are human: {facts}"
+        );
 
         // Download: checked in the page, saved to disk, equal to what the API serves.
         browser.click(&format!("li.export[data-id=\"{id}\"] [data-action=download]")).await?;
-        let report = browser.wait_for_text(&format!("li.export[data-id=\"{id}\"] .report"), "SHA-256 verified").await?;
+        let report = browser
+            .wait_for_text(&format!("li.export[data-id=\"{id}\"] .report"), "SHA-256 verified")
+            .await?;
         let name = format!("export-{id}.csv");
         ensure!(report.contains(&name), "{report}");
         let path = browser.downloads.path().join(&name);
@@ -94,7 +102,10 @@ async fn a_tenant_follows_an_export_to_100_percent_downloads_it_and_reads_its_fi
             .await?;
         let saved = std::fs::read(&path)?;
         let export = api.get(ACME_KEY, &format!("/v1/exports/{id}")).await;
-        ensure!(hex::encode(Sha256::digest(&saved)) == export["sha256"].as_str().unwrap(), "the saved file's SHA-256");
+        ensure!(
+            hex::encode(Sha256::digest(&saved)) == export["sha256"].as_str().unwrap(),
+            "the saved file's SHA-256"
+        );
         ensure!(saved.len() as u64 == export["bytes"].as_u64().unwrap(), "the saved file's size");
 
         // The first rows, as a table.
@@ -113,7 +124,8 @@ async fn a_tenant_follows_an_export_to_100_percent_downloads_it_and_reads_its_fi
 
         // At phone width the page reflows: nothing wider than the screen.
         browser.client.set_window_size(390, 844).await?;
-        let overflow = browser.js("return document.documentElement.scrollWidth - window.innerWidth", vec![]).await?;
+        let overflow =
+            browser.js("return document.documentElement.scrollWidth - window.innerWidth", vec![]).await?;
         ensure!(overflow.as_f64().is_some_and(|o| o <= 0.0), "horizontal overflow at 390 px: {overflow}");
         browser.assert_clean_console(&[]).await
     }
@@ -134,10 +146,12 @@ async fn forms_show_validation_errors_next_to_their_fields_and_schedules_are_man
         browser.click(&format!("{form} [type=submit]")).await?;
         for field in ["notify_email", "user_filters.email_domain"] {
             let error = format!("{form} .field[data-field=\"{field}\"] .field-error");
-            browser.wait_until(&format!("an error next to {field}"), PATIENCE, || {
-                let text = browser.text(&error);
-                async move { Ok(!text.await?.is_empty()) }
-            }).await?;
+            browser
+                .wait_until(&format!("an error next to {field}"), PATIENCE, || {
+                    let text = browser.text(&error);
+                    async move { Ok(!text.await?.is_empty()) }
+                })
+                .await?;
             let invalid = format!("{form} .field[data-field=\"{field}\"] input[aria-invalid=true]");
             ensure!(browser.count(&invalid).await? == 1, "{field}'s input is marked invalid");
         }
@@ -147,7 +161,10 @@ async fn forms_show_validation_errors_next_to_their_fields_and_schedules_are_man
         browser.find(&format!("{form} [data-name=email_domain]")).await?.clear().await?;
         browser.click(&format!("{form} [type=submit]")).await?;
         browser.find("li.export").await?;
-        ensure!(browser.text(&format!("{form} .field[data-field=notify_email] .field-error")).await?.is_empty(), "errors cleared");
+        ensure!(
+            browser.text(&format!("{form} .field[data-field=notify_email] .field-error")).await?.is_empty(),
+            "errors cleared"
+        );
 
         // Schedules: a cron the API refuses, then one it previews.
         browser.click("#nav [data-view=schedules]").await?;
@@ -156,21 +173,29 @@ async fn forms_show_validation_errors_next_to_their_fields_and_schedules_are_man
         browser.wait_for_text(".field[data-field=cron] .field-error", "hour").await?;
         browser.type_into("#schedule-cron", "0 3 * * MON-FRI").await?;
         browser.type_into("#schedule-timezone", "Europe/Paris").await?;
-        browser.wait_until("five previewed fires", PATIENCE, || {
-            let n = browser.count("#schedule-preview li");
-            async move { Ok(n.await? == 5) }
-        }).await?;
-        ensure!(browser.text(".field[data-field=cron] .field-error").await?.is_empty(), "the cron error is gone");
+        browser
+            .wait_until("five previewed fires", PATIENCE, || {
+                let n = browser.count("#schedule-preview li");
+                async move { Ok(n.await? == 5) }
+            })
+            .await?;
+        ensure!(
+            browser.text(".field[data-field=cron] .field-error").await?.is_empty(),
+            "the cron error is gone"
+        );
         let first = browser.text("#schedule-preview li").await?;
         ensure!(first.contains("3:00") || first.contains("03:00"), "fires at 03:00 Paris time: {first}");
         // A field of the export request inside the schedule form.
         browser.type_into("#schedule-create [data-name=notify_email]", "root@localhost").await?;
         browser.type_into("#schedule-note", "nightly").await?;
         browser.click("#schedule-create [type=submit]").await?;
-        browser.wait_until("the request's notify_email error", PATIENCE, || {
-            let text = browser.text("#schedule-create .field[data-field=\"request.notify_email\"] .field-error");
-            async move { Ok(!text.await?.is_empty()) }
-        }).await?;
+        browser
+            .wait_until("the request's notify_email error", PATIENCE, || {
+                let text =
+                    browser.text("#schedule-create .field[data-field=\"request.notify_email\"] .field-error");
+                async move { Ok(!text.await?.is_empty()) }
+            })
+            .await?;
         browser.find("#schedule-create [data-name=notify_email]").await?.clear().await?;
         browser.click("#schedule-create [type=submit]").await?;
         let card = "li.schedule";
@@ -185,10 +210,12 @@ async fn forms_show_validation_errors_next_to_their_fields_and_schedules_are_man
         browser.click(&format!("{card} [data-action=delete]")).await?;
         browser.wait_for_text(&format!("{card} [data-action=delete]"), "Confirm").await?;
         browser.click(&format!("{card} [data-action=delete]")).await?;
-        browser.wait_until("the schedule to go", PATIENCE, || {
-            let n = browser.count(card);
-            async move { Ok(n.await? == 0) }
-        }).await?;
+        browser
+            .wait_until("the schedule to go", PATIENCE, || {
+                let n = browser.count(card);
+                async move { Ok(n.await? == 0) }
+            })
+            .await?;
         browser.assert_clean_console(&[PROVOKED_422]).await
     }
     .await;
@@ -208,10 +235,12 @@ async fn an_operator_starts_a_batch_and_follows_each_tenants_result() {
         browser.click("#batch-create input[value=list]").await?;
         browser.type_into("#batch-targets", "acme/prod\nnobody/prod").await?;
         browser.click("#batch-create [type=submit]").await?;
-        browser.wait_until("an error next to the targets", PATIENCE, || {
-            let text = browser.text("#batch-create .field[data-field=targets] .field-error");
-            async move { Ok(text.await?.contains("nobody")) }
-        }).await?;
+        browser
+            .wait_until("an error next to the targets", PATIENCE, || {
+                let text = browser.text("#batch-create .field[data-field=targets] .field-error");
+                async move { Ok(text.await?.contains("nobody")) }
+            })
+            .await?;
         browser.click("#batch-create input[value=all]").await?;
         browser.click("#batch-create [type=submit]").await?;
         browser.wait_for_text("li.batch .card-head .badge", "finished").await?;
@@ -235,12 +264,15 @@ async fn values_from_data_are_shown_as_text_never_as_markup() {
     let db = common::TestDb::create("console");
     let api = Api::start(&[("USEREXPORT_USERS", "postgres"), ("DATABASE_URL", db.url.as_str())]).await;
     let escaped = hostile.replace('\'', "''");
-    common::psql(&db.url, &format!(
-        "INSERT INTO users VALUES
+    common::psql(
+        &db.url,
+        &format!(
+            "INSERT INTO users VALUES
            ('acme', 'prod', gen_random_uuid(), 'mallory@example.com', '{escaped}', 'active', now(), now(),
             '{{\"bio\": \"<script>alert(2)</script>\"}}'),
            ('acme', 'prod', gen_random_uuid(), 'alice@example.com', 'Alice', 'active', now(), now(), '{{}}')"
-    ));
+        ),
+    );
     let schedule = reqwest::Client::new()
         .post(format!("{}/v1/export-schedules", api.base))
         .bearer_auth(ACME_KEY)

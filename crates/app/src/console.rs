@@ -75,7 +75,8 @@ static ETAGS: LazyLock<Vec<HeaderValue>> = LazyLock::new(|| {
         .iter()
         .map(|asset| {
             let digest = hex::encode(&Sha256::digest(asset.body)[..16]);
-            HeaderValue::from_str(&format!("\"{digest}\"")).unwrap_or_else(|_| HeaderValue::from_static("\"\""))
+            HeaderValue::from_str(&format!("\"{digest}\""))
+                .unwrap_or_else(|_| HeaderValue::from_static("\"\""))
         })
         .collect()
 });
@@ -95,9 +96,8 @@ async fn index(headers: HeaderMap) -> Response {
 async fn file(Path(path): Path<String>, headers: HeaderMap, uri: Uri) -> Response {
     match ASSETS.iter().position(|asset| asset.path == path) {
         Some(i) => serve(i, &headers),
-        None => {
-            ApiError::RouteNotFound { method: Method::GET.to_string(), path: uri.path().to_owned() }.into_response()
-        }
+        None => ApiError::RouteNotFound { method: Method::GET.to_string(), path: uri.path().to_owned() }
+            .into_response(),
     }
 }
 
@@ -124,8 +124,14 @@ fn serve(i: usize, request: &HeaderMap) -> Response {
     headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     headers.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(HeaderName::from_static("cross-origin-opener-policy"), HeaderValue::from_static("same-origin"));
-    headers.insert(HeaderName::from_static("cross-origin-resource-policy"), HeaderValue::from_static("same-origin"));
+    headers.insert(
+        HeaderName::from_static("cross-origin-opener-policy"),
+        HeaderValue::from_static("same-origin"),
+    );
+    headers.insert(
+        HeaderName::from_static("cross-origin-resource-policy"),
+        HeaderValue::from_static("same-origin"),
+    );
     response
 }
 
@@ -149,7 +155,9 @@ mod tests {
     fn no_file_turns_strings_into_markup() {
         for asset in ASSETS {
             let text = String::from_utf8_lossy(asset.body);
-            for sink in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"] {
+            for sink in
+                ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"]
+            {
                 assert!(!text.contains(sink), "{} uses {sink}", asset.path);
             }
             if asset.content_type == HTML {

@@ -26,7 +26,11 @@ impl CronPreview {
     /// fields are refused by name, as in a schedule's body.
     pub fn from_json(body: &Value) -> Result<Self, ValidationErrors> {
         let Some(obj) = body.as_object() else {
-            return Err(ValidationErrors::single("", "invalid_type", "the request body must be a JSON object"));
+            return Err(ValidationErrors::single(
+                "",
+                "invalid_type",
+                "the request body must be a JSON object",
+            ));
         };
         let mut errors = ValidationErrors::new();
         for key in obj.keys().filter(|k| !matches!(k.as_str(), "cron" | "timezone" | "count")) {

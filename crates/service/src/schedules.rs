@@ -12,9 +12,8 @@ use std::sync::Arc;
 use chrono::{DateTime, SubsecRound, Utc};
 use domain::{
     CronPreview, Export, ExportFailure, ExportId, ExportOrigin, ExportSchedule, ExportStatus, FailureKind,
-    IdempotencyKey,
-    NewSchedule, Quota, QuotaBook, ScheduleId, SchedulePatch, ScheduleRules, Scope, TenantDirectory,
-    ValidationErrors,
+    IdempotencyKey, NewSchedule, Quota, QuotaBook, ScheduleId, SchedulePatch, ScheduleRules, Scope,
+    TenantDirectory, ValidationErrors,
 };
 use ports::{
     CreateOutcome, ExportRepository, Orchestrator, PortError, Presence, QuotaCreateOutcome, SchedulePage,
@@ -271,7 +270,11 @@ impl ScheduleService {
 
     /// The next fires a schedule with this timing would have from `now` on, or the errors its
     /// create would get for its `cron` and `timezone` (the rules judged at create and `PATCH`).
-    pub fn preview(&self, preview: &CronPreview, now: DateTime<Utc>) -> Result<Vec<DateTime<Utc>>, ValidationErrors> {
+    pub fn preview(
+        &self,
+        preview: &CronPreview,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<DateTime<Utc>>, ValidationErrors> {
         self.rules.upcoming(&preview.cron, &preview.timezone, now, preview.count)
     }
 

@@ -69,7 +69,8 @@ impl Api {
 
     /// `GET path` with `key`, as JSON.
     pub async fn get(&self, key: &str, path: &str) -> Value {
-        let response = reqwest::Client::new().get(format!("{}{path}", self.base)).bearer_auth(key).send().await;
+        let response =
+            reqwest::Client::new().get(format!("{}{path}", self.base)).bearer_auth(key).send().await;
         response.unwrap().error_for_status().unwrap().json().await.unwrap()
     }
 }
@@ -159,12 +160,17 @@ impl Browser {
         let text = dir.join(format!("{}.txt", self.name));
         let mut said = Vec::new();
         match self.client.screenshot().await {
-            Ok(png) if std::fs::write(&shot, png).is_ok() => said.push(format!("screenshot: {}", shot.display())),
+            Ok(png) if std::fs::write(&shot, &png).is_ok() => {
+                said.push(format!("screenshot: {}", shot.display()))
+            }
             _ => said.push("no screenshot could be taken".to_owned()),
         }
         let page = self.client.execute("return document.body.innerText", vec![]).await;
         let logs = self.console().await.unwrap_or_default();
-        let dump = format!("{}\n\n--- browser console ---\n{logs:#?}", page.unwrap_or_default().as_str().unwrap_or(""));
+        let dump = format!(
+            "{}\n\n--- browser console ---\n{logs:#?}",
+            page.unwrap_or_default().as_str().unwrap_or("")
+        );
         if std::fs::write(&text, dump).is_ok() {
             said.push(format!("page text and console: {}", text.display()));
         }
@@ -173,7 +179,8 @@ impl Browser {
 
     /// The browser console's entries since the last call (`level`, `source`, `message`).
     pub async fn console(&self) -> Result<Vec<Value>> {
-        let log = self.client.issue_cmd(SessionPost { path: "se/log", body: json!({"type": "browser"}) }).await?;
+        let log =
+            self.client.issue_cmd(SessionPost { path: "se/log", body: json!({"type": "browser"}) }).await?;
         Ok(log.as_array().cloned().unwrap_or_default())
     }
 
@@ -228,7 +235,10 @@ impl Browser {
 
     /// The text of the first element matching `css`, or "" when there is none.
     pub async fn text(&self, css: &str) -> Result<String> {
-        let text = self.js("const e = document.querySelector(arguments[0]); return e ? e.textContent : ''", vec![json!(css)]);
+        let text = self.js(
+            "const e = document.querySelector(arguments[0]); return e ? e.textContent : ''",
+            vec![json!(css)],
+        );
         Ok(text.await?.as_str().unwrap_or_default().to_owned())
     }
 

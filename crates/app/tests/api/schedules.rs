@@ -229,7 +229,10 @@ async fn a_preview_lists_the_next_fires_and_judges_the_cron_as_a_create_would() 
     let response = preview(json!({"cron": "0  3 * * MON-FRI", "timezone": "Europe/Paris", "count": 7})).await;
     assert_eq!(response.status, StatusCode::OK, "{}", response.text());
     let body = response.json();
-    assert_eq!((body["cron"].as_str(), body["timezone"].as_str()), (Some("0 3 * * MON-FRI"), Some("Europe/Paris")));
+    assert_eq!(
+        (body["cron"].as_str(), body["timezone"].as_str()),
+        (Some("0 3 * * MON-FRI"), Some("Europe/Paris"))
+    );
     let fires: Vec<chrono::DateTime<chrono::Utc>> =
         body["next_fires"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().parse().unwrap()).collect();
     assert_eq!(fires.len(), 7);
@@ -240,13 +243,22 @@ async fn a_preview_lists_the_next_fires_and_judges_the_cron_as_a_create_would() 
         assert!(!matches!(fire.format("%a").to_string().as_str(), "Sat" | "Sun"), "{fire}");
     }
     // The same schedule created now fires first at the first previewed time.
-    let created = create(&app, &json!({"cron": "0 3 * * MON-FRI", "timezone": "Europe/Paris",
-                                       "request": {"format": "csv"}}))
+    let created = create(
+        &app,
+        &json!({"cron": "0 3 * * MON-FRI", "timezone": "Europe/Paris",
+                                       "request": {"format": "csv"}}),
+    )
     .await;
-    assert_eq!(created["next_fire_at"].as_str().unwrap().parse::<chrono::DateTime<chrono::Utc>>().unwrap(), fires[0]);
+    assert_eq!(
+        created["next_fire_at"].as_str().unwrap().parse::<chrono::DateTime<chrono::Utc>>().unwrap(),
+        fires[0]
+    );
 
     let defaults = preview(json!({"cron": "*/30 * * * *"})).await.json();
-    assert_eq!((defaults["timezone"].as_str(), defaults["next_fires"].as_array().map(Vec::len)), (Some("UTC"), Some(5)));
+    assert_eq!(
+        (defaults["timezone"].as_str(), defaults["next_fires"].as_array().map(Vec::len)),
+        (Some("UTC"), Some(5))
+    );
 
     for (body, field, code) in [
         (json!({"cron": "0 25 * * *"}), "cron", "cron_invalid_field"),
@@ -255,9 +267,13 @@ async fn a_preview_lists_the_next_fires_and_judges_the_cron_as_a_create_would() 
         (json!({"cron": "0 3 * * *", "count": 21}), "count", "invalid_value"),
         (json!({"cron": "0 3 * * *", "request": {}}), "request", "unknown_field"),
     ] {
-        let problem = preview(body.clone()).await.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "validation");
-        assert_eq!((problem["errors"][0]["field"].as_str(), problem["errors"][0]["code"].as_str()),
-                   (Some(field), Some(code)), "{body}");
+        let problem =
+            preview(body.clone()).await.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "validation");
+        assert_eq!(
+            (problem["errors"][0]["field"].as_str(), problem["errors"][0]["code"].as_str()),
+            (Some(field), Some(code)),
+            "{body}"
+        );
     }
     let anonymous = app.post_json(None, &format!("{SCHEDULES}/preview"), &json!({"cron": "0 3 * * *"})).await;
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
