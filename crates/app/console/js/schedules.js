@@ -3,7 +3,7 @@
 // run now and delete.
 
 import * as api from './api.js';
-import { fill, h } from './dom.js';
+import { fill, h, say } from './dom.js';
 import { badge, describeFilters, describeFormat } from './export_row.js';
 import { formatDate, formatInZone, formatRelative, timeElement, viewerTimeZone } from './format.js';
 import { clearErrors, disclosure, mountRequestFields, readRequest, showErrors } from './forms.js';
@@ -104,7 +104,7 @@ export class SchedulesView {
   clearField(name) {
     const field = this.form.querySelector(`.field[data-field="${name}"]`);
     field.classList.remove('invalid');
-    field.querySelector('.field-error').hidden = true;
+    say(field.querySelector('.field-error'), '');
     for (const control of field.querySelectorAll('[aria-invalid]')) control.removeAttribute('aria-invalid');
   }
 
