@@ -37,6 +37,11 @@ if ! command -v promtool >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 command -v promtool >/dev/null || die "promtool is still missing after apt-get install prometheus"
+# Headless Chromium and its WebDriver for the web console's browser tests (tests/tests/console.rs).
+if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+fi
+command -v chromedriver >/dev/null || die "chromedriver is still missing after apt-get install chromium-driver"
 
 log "PostgreSQL"
 export TEST_DATABASE_URL=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}

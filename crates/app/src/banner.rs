@@ -21,6 +21,8 @@ pub fn demo_banner(addr: SocketAddr, demo: &DemoTenant) -> String {
         format!("Demo tenant {scope}, API key (valid until this process stops):"),
         format!("  {key}"),
         String::new(),
+        format!("Web console: open {base}/console and paste the key."),
+        String::new(),
         "Export all users to CSV and wait for it:".to_owned(),
         format!(
             "  curl -s -X POST {base}/v1/exports/sync -H 'Authorization: Bearer {key}' \

@@ -137,3 +137,29 @@ pub struct ScheduleList {
     /// Pass as `?cursor=` for the next page; `null` on the last page.
     pub next_cursor: Option<String>,
 }
+
+/// The body of `POST /v1/export-schedules/preview`: a schedule's timing, judged as a create
+/// would judge it. Unknown fields are rejected.
+#[derive(Debug, Clone, ToSchema)]
+#[schema(example = json!({"cron": "0 3 * * MON-FRI", "timezone": "Europe/Paris", "count": 5}))]
+pub struct SchedulePreviewRequest {
+    /// As for `POST /v1/export-schedules`.
+    #[schema(pattern = r"^\s*\S+(\s+\S+){4}\s*$", example = "0 3 * * *")]
+    pub cron: String,
+    /// IANA time zone the cron is read in; default `UTC`.
+    #[schema(min_length = 1)]
+    pub timezone: Option<String>,
+    /// How many upcoming fires to list; default 5.
+    #[schema(minimum = 1, maximum = 20)]
+    pub count: Option<u32>,
+}
+
+/// The next fires of a cron in a time zone, as a schedule with that timing would have them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct SchedulePreview {
+    /// The cron as it would be stored (single spaces).
+    pub cron: String,
+    pub timezone: String,
+    /// The next fires, oldest first; fewer than `count` only when none follow within five years.
+    pub next_fires: Vec<DateTime<Utc>>,
+}

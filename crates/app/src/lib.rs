@@ -4,6 +4,7 @@
 mod auth;
 pub mod banner;
 pub mod config;
+pub mod console;
 pub mod dto;
 pub mod dto_schedules;
 pub mod events;

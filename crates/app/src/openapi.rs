@@ -43,6 +43,7 @@ use crate::state::AppState;
         schedules::patch_schedule,
         schedules::delete_schedule,
         schedules::trigger_schedule,
+        schedules::preview_schedule,
         health::healthz,
         health::readyz,
         openapi_json,

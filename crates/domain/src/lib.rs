@@ -15,6 +15,7 @@ pub mod policy;
 pub mod quotas;
 pub mod request;
 pub mod schedule;
+pub mod schedule_preview;
 pub mod schedule_rules;
 pub mod secrets;
 pub mod signature;
@@ -50,6 +51,7 @@ pub use schedule::{
     CronError, CronExpr, CronField, CronFieldError, ExportSchedule, NewSchedule, ScheduleId, SchedulePatch,
     ScheduleTimezone, UnknownTimezone,
 };
+pub use schedule_preview::CronPreview;
 pub use schedule_rules::ScheduleRules;
 pub use secrets::{MIN_SECRET_BITS, WeakSecret};
 pub use tenants::{Secret, TenantDirectory, TenantSettings};

@@ -628,7 +628,7 @@ fn reject_unknown(obj: &Map<String, Value>, errors: &mut ValidationErrors) {
     }
 }
 
-fn parse_cron(value: &Value, errors: &mut ValidationErrors) -> Option<CronExpr> {
+pub(crate) fn parse_cron(value: &Value, errors: &mut ValidationErrors) -> Option<CronExpr> {
     let Some(raw) = value.as_str() else {
         errors.add("cron", "invalid_type", "cron must be a string such as \"0 3 * * *\"");
         return None;
@@ -648,7 +648,7 @@ fn parse_cron(value: &Value, errors: &mut ValidationErrors) -> Option<CronExpr> 
     }
 }
 
-fn parse_timezone(value: &Value, errors: &mut ValidationErrors) -> Option<ScheduleTimezone> {
+pub(crate) fn parse_timezone(value: &Value, errors: &mut ValidationErrors) -> Option<ScheduleTimezone> {
     match value.as_str().map(ScheduleTimezone::parse) {
         Some(Ok(tz)) => Some(tz),
         Some(Err(e)) => {

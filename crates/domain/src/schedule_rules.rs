@@ -74,6 +74,28 @@ impl ScheduleRules {
         }
         Ok(())
     }
+
+    /// The next `count` fires of `cron` in `timezone` after `now`, once [`Self::check`] admits
+    /// it (else its errors): what a schedule with this timing would do. Fewer than `count` only
+    /// when the horizon ends the list.
+    pub fn upcoming(
+        &self,
+        cron: &CronExpr,
+        timezone: &ScheduleTimezone,
+        now: DateTime<Utc>,
+        count: usize,
+    ) -> Result<Vec<DateTime<Utc>>, ValidationErrors> {
+        self.check(cron, timezone, now)?;
+        let horizon = now + TimeDelta::days(FIRE_HORIZON_YEARS * 366);
+        let mut fires = Vec::with_capacity(count);
+        let mut after = now;
+        while fires.len() < count {
+            let Some(next) = cron.next_after(timezone, after).filter(|next| *next <= horizon) else { break };
+            fires.push(next);
+            after = next;
+        }
+        Ok(fires)
+    }
 }
 
 #[cfg(test)]
@@ -161,6 +183,19 @@ mod tests {
                 proptest::prop_assert_eq!(ScheduleRules::default().check(&cron, &ScheduleTimezone::UTC, now()), Ok(()));
             }
         }
+    }
+
+    #[test]
+    fn upcoming_lists_the_next_fires_in_the_time_zone() {
+        let cron = CronExpr::parse("0 3 * * MON-FRI").unwrap();
+        let paris = ScheduleTimezone::parse("Europe/Paris").unwrap();
+        // 2026-03-01 is a Sunday; Paris is UTC+1 until 29 March.
+        let fires = ScheduleRules::default().upcoming(&cron, &paris, now(), 3).unwrap();
+        let expected = ["2026-03-02T02:00:00Z", "2026-03-03T02:00:00Z", "2026-03-04T02:00:00Z"];
+        assert_eq!(fires, expected.map(|t| DateTime::parse_from_rfc3339(t).unwrap().with_timezone(&Utc)));
+        let never = CronExpr::parse("0 0 31 2 *").unwrap();
+        let errors = ScheduleRules::default().upcoming(&never, &paris, now(), 3).unwrap_err();
+        assert_eq!(errors.errors()[0].code, "cron_never_fires");
     }
 
     #[test]

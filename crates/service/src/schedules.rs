@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use domain::{
-    Export, ExportFailure, ExportId, ExportOrigin, ExportSchedule, ExportStatus, FailureKind, IdempotencyKey,
-    NewSchedule, Quota, QuotaBook, ScheduleId, SchedulePatch, ScheduleRules, Scope, TenantDirectory,
-    ValidationErrors,
+    CronPreview, Export, ExportFailure, ExportId, ExportOrigin, ExportSchedule, ExportStatus, FailureKind,
+    IdempotencyKey, NewSchedule, Quota, QuotaBook, ScheduleId, SchedulePatch, ScheduleRules, Scope,
+    TenantDirectory, ValidationErrors,
 };
 use ports::{
     CreateOutcome, ExportRepository, Orchestrator, PortError, Presence, QuotaCreateOutcome, SchedulePage,
@@ -266,6 +266,16 @@ impl ScheduleService {
     pub fn with_quotas(mut self, quotas: Arc<QuotaBook>) -> Self {
         self.quotas = quotas;
         self
+    }
+
+    /// The next fires a schedule with this timing would have from `now` on, or the errors its
+    /// create would get for its `cron` and `timezone` (the rules judged at create and `PATCH`).
+    pub fn preview(
+        &self,
+        preview: &CronPreview,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<DateTime<Utc>>, ValidationErrors> {
+        self.rules.upcoming(&preview.cron, &preview.timezone, now, preview.count)
     }
 
     /// The rules a schedule must keep from `now` on, every error on its field.

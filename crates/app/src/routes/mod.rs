@@ -47,6 +47,7 @@ pub fn router(state: AppState, serve_metrics: bool) -> Router {
             "/v1/export-schedules/{id}",
             get(schedules::get_schedule).patch(schedules::patch_schedule).delete(schedules::delete_schedule),
         )
+        .route("/v1/export-schedules/preview", post(schedules::preview_schedule))
         .route("/v1/export-schedules/{id}/trigger", post(schedules::trigger_schedule))
         .route("/v1/events/export-requested", post(events::export_requested))
         .route("/openapi.json", get(openapi::openapi_json))
@@ -68,6 +69,8 @@ pub fn router(state: AppState, serve_metrics: bool) -> Router {
     bounded
         .merge(sync)
         .merge(download)
+        // The console's files: no key, so no rate limit; the page's API calls are limited as any.
+        .merge(crate::console::router())
         .layer(from_fn_with_state(Arc::clone(&limits.in_flight), load::shed_load))
         .merge(probes)
         // Per route, so the matched route template is known.

@@ -7,7 +7,7 @@ use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use domain::{NewSchedule, ScheduleId, SchedulePatch, ValidationErrors};
+use domain::{CronPreview, NewSchedule, ScheduleId, SchedulePatch, ValidationErrors};
 use http::header::{LOCATION, RETRY_AFTER};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use ports::ScheduleQuery;
@@ -17,7 +17,8 @@ use super::exports::{check_retention, idempotency_key, json_body, page_params, v
 use crate::auth::Authenticated;
 use crate::dto::{ExportResource, export_path};
 use crate::dto_schedules::{
-    CreateScheduleRequest, PatchScheduleRequest, ScheduleList, ScheduleResource, schedule_path,
+    CreateScheduleRequest, PatchScheduleRequest, ScheduleList, SchedulePreview, SchedulePreviewRequest,
+    ScheduleResource, schedule_path,
 };
 use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
@@ -212,6 +213,34 @@ pub async fn trigger_schedule(
         headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
     }
     Ok(response)
+}
+
+/// The next fires of a cron in a time zone, before any schedule exists: what a create with this
+/// `cron` and `timezone` would schedule, or the `422` it would get for them (a cron that never
+/// fires or fires too often included). Nothing is stored.
+#[utoipa::path(
+    post, path = "/v1/export-schedules/preview", tag = "schedules",
+    request_body(content = SchedulePreviewRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The next fires.", body = SchedulePreview),
+        (status = 422, description = "Invalid fields (`validation`, all listed in `errors`; cron errors name \
+         the cron field), as a create would answer.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn preview_schedule(
+    State(state): State<AppState>,
+    Authenticated(_scope): Authenticated,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<SchedulePreview>, ApiError> {
+    let body = json_body(&headers, body)?;
+    let preview = CronPreview::from_json(&body).map_err(ApiError::Validation)?;
+    let next_fires = state.schedules.preview(&preview, Utc::now()).map_err(ApiError::Validation)?;
+    Ok(Json(SchedulePreview {
+        cron: preview.cron.to_string(),
+        timezone: preview.timezone.to_string(),
+        next_fires,
+    }))
 }
 
 fn record_schedule_id(id: ScheduleId) {

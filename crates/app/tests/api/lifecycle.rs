@@ -54,6 +54,7 @@ async fn the_demo_banner_has_ready_to_paste_curl_lines() {
         "curl -s -X POST http://127.0.0.1:8080/v1/exports/sync {auth} -H 'Content-Type: application/json' -d '{{\"format\":\"csv\"}}'"
     )), "{banner}");
     assert!(banner.contains("http://127.0.0.1:8080/v1/exports/<id>/download"), "{banner}");
+    assert!(banner.contains("open http://127.0.0.1:8080/console"), "{banner}");
     assert!(banner.contains("demo/dev"));
 }
 

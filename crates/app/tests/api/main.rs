@@ -6,6 +6,7 @@
 mod auth;
 mod batches;
 mod cancel;
+mod console;
 mod contract;
 mod contract_check;
 mod create;

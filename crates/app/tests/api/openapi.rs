@@ -41,6 +41,7 @@ async fn the_openapi_document_is_3_1_and_lists_every_route() {
         "patch /v1/export-schedules/{id}",
         "delete /v1/export-schedules/{id}",
         "post /v1/export-schedules/{id}/trigger",
+        "post /v1/export-schedules/preview",
         "get /healthz",
         "get /readyz",
         "get /openapi.json",

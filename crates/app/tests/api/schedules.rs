@@ -218,3 +218,63 @@ async fn an_idempotency_key_replays_the_first_create() {
     let other = app.send(request(&json!({"cron": "1 1 * * *", "request": {"format": "csv"}}))).await;
     other.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused");
 }
+
+#[tokio::test]
+async fn a_preview_lists_the_next_fires_and_judges_the_cron_as_a_create_would() {
+    let app = TestApp::spawn().await;
+    let preview = |body: Value| {
+        let app = &app;
+        async move { app.post_json(Some(ACME_KEY), &format!("{SCHEDULES}/preview"), &body).await }
+    };
+    let response = preview(json!({"cron": "0  3 * * MON-FRI", "timezone": "Europe/Paris", "count": 7})).await;
+    assert_eq!(response.status, StatusCode::OK, "{}", response.text());
+    let body = response.json();
+    assert_eq!(
+        (body["cron"].as_str(), body["timezone"].as_str()),
+        (Some("0 3 * * MON-FRI"), Some("Europe/Paris"))
+    );
+    let fires: Vec<chrono::DateTime<chrono::Utc>> =
+        body["next_fires"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().parse().unwrap()).collect();
+    assert_eq!(fires.len(), 7);
+    assert!(fires.windows(2).all(|w| w[0] < w[1]), "{fires:?}");
+    for fire in &fires {
+        // 03:00 in Paris is 02:00 UTC in winter, 01:00 in summer: the same weekday.
+        assert!(matches!(fire.format("%H:%M").to_string().as_str(), "01:00" | "02:00"), "{fire}");
+        assert!(!matches!(fire.format("%a").to_string().as_str(), "Sat" | "Sun"), "{fire}");
+    }
+    // The same schedule created now fires first at the first previewed time.
+    let created = create(
+        &app,
+        &json!({"cron": "0 3 * * MON-FRI", "timezone": "Europe/Paris",
+                                       "request": {"format": "csv"}}),
+    )
+    .await;
+    assert_eq!(
+        created["next_fire_at"].as_str().unwrap().parse::<chrono::DateTime<chrono::Utc>>().unwrap(),
+        fires[0]
+    );
+
+    let defaults = preview(json!({"cron": "*/30 * * * *"})).await.json();
+    assert_eq!(
+        (defaults["timezone"].as_str(), defaults["next_fires"].as_array().map(Vec::len)),
+        (Some("UTC"), Some(5))
+    );
+
+    for (body, field, code) in [
+        (json!({"cron": "0 25 * * *"}), "cron", "cron_invalid_field"),
+        (json!({"cron": "0 0 31 2 *"}), "cron", "cron_never_fires"),
+        (json!({"cron": "0 3 * * *", "timezone": "Mars/Olympus"}), "timezone", "invalid_value"),
+        (json!({"cron": "0 3 * * *", "count": 21}), "count", "invalid_value"),
+        (json!({"cron": "0 3 * * *", "request": {}}), "request", "unknown_field"),
+    ] {
+        let problem =
+            preview(body.clone()).await.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "validation");
+        assert_eq!(
+            (problem["errors"][0]["field"].as_str(), problem["errors"][0]["code"].as_str()),
+            (Some(field), Some(code)),
+            "{body}"
+        );
+    }
+    let anonymous = app.post_json(None, &format!("{SCHEDULES}/preview"), &json!({"cron": "0 3 * * *"})).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+}
