@@ -119,9 +119,10 @@ fn start_export(api: &Api) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_export_is_created_waited_for_and_downloaded_with_its_checksum_verified() {
     let api = api("1000").await;
-    let done = uex(&api, &["export", "create", "--fields", "id,email", "--status", "active", "--wait", "--json"])
-        .expect(0)
-        .json();
+    let done =
+        uex(&api, &["export", "create", "--fields", "id,email", "--status", "active", "--wait", "--json"])
+            .expect(0)
+            .json();
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["fields"], serde_json::json!(["id", "email"]));
     assert_eq!(done["user_filters"]["status"], serde_json::json!(["active"]));
@@ -146,7 +147,8 @@ async fn an_export_is_created_waited_for_and_downloaded_with_its_checksum_verifi
 
     // No -o: the API's file name, in the working directory; --json says where.
     let here = tempfile::tempdir().unwrap();
-    let json = run(uex_command(&api).current_dir(here.path()), &["export", "download", id, "--json"]).expect(0);
+    let json =
+        run(uex_command(&api).current_dir(here.path()), &["export", "download", id, "--json"]).expect(0);
     let json = json.json();
     assert_eq!(json["sha256_verified"], true);
     assert_eq!(std::fs::read(here.path().join(format!("export-{id}.csv"))).unwrap(), file);
@@ -163,8 +165,12 @@ async fn export_list_pages_through_the_cursor() {
     let ids: BTreeSet<String> = (0..3).map(|_| start_export(&api)).collect();
 
     let everything = uex(&api, &["export", "list", "--limit", "1", "--all", "--json"]).expect(0).json();
-    let listed: BTreeSet<String> =
-        everything["items"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+    let listed: BTreeSet<String> = everything["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(listed, ids);
     assert_eq!(everything["next_cursor"], Value::Null);
 
@@ -172,7 +178,8 @@ async fn export_list_pages_through_the_cursor() {
     assert_eq!(first.text().lines().count(), 3, "a heading and two exports: {}", first.text());
     assert!(first.text().starts_with("ID "), "{}", first.text());
     let cursor = first.stderr.split("--cursor ").nth(1).expect("a hint to the next page").trim().to_owned();
-    let second = uex(&api, &["export", "list", "--limit", "2", "--cursor", &cursor, "--json"]).expect(0).json();
+    let second =
+        uex(&api, &["export", "list", "--limit", "2", "--cursor", &cursor, "--json"]).expect(0).json();
     assert_eq!(second["items"].as_array().unwrap().len(), 1);
 
     let none = uex(&api, &["export", "list", "--status", "failed"]).expect(0);
@@ -233,7 +240,11 @@ async fn problems_are_printed_one_line_per_field_and_exit_with_their_codes() {
     assert!(unknown.stderr.contains("Export not found (404)"), "{}", unknown.stderr);
     let nobody = format!("http://127.0.0.1:{}", free_port());
     let unreachable = run(uex_command(&api).env("USEREXPORT_URL", &nobody), &["export", "list"]).expect(7);
-    assert!(unreachable.stderr.contains(&format!("cannot reach the API at {nobody}")), "{}", unreachable.stderr);
+    assert!(
+        unreachable.stderr.contains(&format!("cannot reach the API at {nobody}")),
+        "{}",
+        unreachable.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,7 +252,16 @@ async fn schedules_are_created_listed_paused_triggered_and_deleted() {
     let api = api("100").await;
     let created = uex(
         &api,
-        &["schedule", "create", "--cron", "0 3 * * MON-FRI", "--timezone", "Europe/Paris", "--note", "nightly"],
+        &[
+            "schedule",
+            "create",
+            "--cron",
+            "0 3 * * MON-FRI",
+            "--timezone",
+            "Europe/Paris",
+            "--note",
+            "nightly",
+        ],
     )
     .expect(0);
     assert!(created.text().contains("cron       0 3 * * MON-FRI (Europe/Paris)"), "{}", created.text());
@@ -277,7 +297,8 @@ async fn a_batch_runs_with_the_operator_key() {
         command.env("USEREXPORT_OPERATOR_KEY", OPERATOR_KEY);
         command
     };
-    let created = run(&mut operator(), &["batch", "create", "--targets", "acme/prod", "--gzip", "--json"]).expect(0);
+    let created =
+        run(&mut operator(), &["batch", "create", "--targets", "acme/prod", "--gzip", "--json"]).expect(0);
     let id = created.json()["id"].as_str().unwrap().to_owned();
 
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -390,8 +411,14 @@ fn percents(screen: &str) -> BTreeSet<u32> {
     screen
         .match_indices('%')
         .filter_map(|(at, _)| {
-            let digits: String =
-                screen[..at].chars().rev().take_while(char::is_ascii_digit).collect::<Vec<_>>().into_iter().rev().collect();
+            let digits: String = screen[..at]
+                .chars()
+                .rev()
+                .take_while(char::is_ascii_digit)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
             digits.parse().ok()
         })
         .collect()
@@ -408,7 +435,8 @@ struct Pty {
 impl Pty {
     fn spawn(api: &Api, args: &[&str]) -> Self {
         let uex = cli_binary();
-        let line: Vec<String> = std::iter::once(uex.as_str()).chain(args.iter().copied()).map(shell_quote).collect();
+        let line: Vec<String> =
+            std::iter::once(uex.as_str()).chain(args.iter().copied()).map(shell_quote).collect();
         let mut child = Command::new("script")
             .args(["-qefc", &format!("stty cols 160 rows 40 && exec {}", line.join(" ")), "/dev/null"])
             .env_clear()
@@ -500,7 +528,8 @@ fn strip_escapes(text: &str) -> String {
 
 #[test]
 fn escapes_and_percents_are_read_from_a_screen() {
-    let screen = strip_escapes("\u{1b}[2K\r\u{1b}[32m⠁\u{1b}[0m running [==>  ]  5% 1/20 rows\r 45% x\u{1b}7");
+    let screen =
+        strip_escapes("\u{1b}[2K\r\u{1b}[32m⠁\u{1b}[0m running [==>  ]  5% 1/20 rows\r 45% x\u{1b}7");
     assert_eq!(screen, "\r⠁ running [==>  ]  5% 1/20 rows\r 45% x");
     assert_eq!(percents(&screen), BTreeSet::from([5, 45]));
 }

@@ -187,7 +187,7 @@ pub struct Download {
 #[derive(Debug, Subcommand)]
 pub enum ScheduleCommand {
     /// Create a schedule.
-    Create(CreateSchedule),
+    Create(Box<CreateSchedule>),
     /// List schedules, oldest first.
     List(PageArgs),
     /// Show a schedule.
@@ -230,7 +230,7 @@ pub struct CreateSchedule {
 #[derive(Debug, Subcommand)]
 pub enum BatchCommand {
     /// Run one export request for many tenants.
-    Create(CreateBatch),
+    Create(Box<CreateBatch>),
     /// Show a batch and each tenant's export.
     Get { id: String },
 }
@@ -262,8 +262,9 @@ mod tests {
 
     #[test]
     fn list_flags_parse_into_paging() {
-        let cli = Cli::try_parse_from(["uex", "export", "list", "--status", "running", "--all", "--limit", "5"])
-            .unwrap_or_else(|e| panic!("{e}"));
+        let cli =
+            Cli::try_parse_from(["uex", "export", "list", "--status", "running", "--all", "--limit", "5"])
+                .unwrap_or_else(|e| panic!("{e}"));
         let Command::Export(ExportCommand::List(list)) = cli.command else { panic!("not a list") };
         assert_eq!(list.status, Some(ExportStatus::Running));
         assert!(list.page.all);

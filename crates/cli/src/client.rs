@@ -44,7 +44,8 @@ pub struct Fetched<T> {
 impl Client {
     /// A client of the API at `base` (`http://` or `https://`, possibly with a path prefix).
     pub fn new(base: &str, key: String) -> Result<Self, CliError> {
-        let url = Url::parse(base).map_err(|e| CliError::Usage(format!("the API URL {base:?} is invalid: {e}")))?;
+        let url =
+            Url::parse(base).map_err(|e| CliError::Usage(format!("the API URL {base:?} is invalid: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(CliError::Usage(format!("the API URL {base:?} must start with http:// or https://")));
         }
@@ -130,8 +131,9 @@ impl Client {
             serde_json::from_slice(&body)
                 .map_err(|e| CliError::Unexpected(format!("{status} with a body that is not JSON: {e}")))?
         };
-        let item = serde_json::from_value(raw.clone())
-            .map_err(|e| CliError::Unexpected(format!("{status} with a body this client cannot read: {e}")))?;
+        let item = serde_json::from_value(raw.clone()).map_err(|e| {
+            CliError::Unexpected(format!("{status} with a body this client cannot read: {e}"))
+        })?;
         Ok(Fetched { raw, item, status, retry_after })
     }
 

@@ -116,9 +116,9 @@ impl Sink {
     fn write(&mut self, chunk: &[u8]) -> Result<(), CliError> {
         match self {
             Self::Stdout(out) => out.write_all(chunk).map_err(|e| io_error(e, "writing to stdout".into())),
-            Self::File { temp, .. } => temp
-                .write_all(chunk)
-                .map_err(|e| io_error(e, format!("writing {}", temp.path().display()))),
+            Self::File { temp, .. } => {
+                temp.write_all(chunk).map_err(|e| io_error(e, format!("writing {}", temp.path().display())))
+            }
         }
     }
 
@@ -139,8 +139,11 @@ impl Sink {
                 Ok(None)
             }
             Self::File { temp, target } => {
-                temp.as_file().sync_all().map_err(|e| io_error(e, format!("syncing {}", temp.path().display())))?;
-                temp.persist(&target).map_err(|e| io_error(e.error, format!("renaming to {}", target.display())))?;
+                temp.as_file()
+                    .sync_all()
+                    .map_err(|e| io_error(e, format!("syncing {}", temp.path().display())))?;
+                temp.persist(&target)
+                    .map_err(|e| io_error(e.error, format!("renaming to {}", target.display())))?;
                 Ok(Some(target))
             }
         }

@@ -58,7 +58,9 @@ pub enum CliError {
     ExportCancelled { id: String },
     #[error("interrupted: export {id} is still running; follow it with `uex export wait {id}`")]
     Interrupted { id: String },
-    #[error("SHA-256 mismatch for export {id}: the export says {expected}, the download has {actual}; {outcome}")]
+    #[error(
+        "SHA-256 mismatch for export {id}: the export says {expected}, the download has {actual}; {outcome}"
+    )]
     ChecksumMismatch { id: String, expected: String, actual: String, outcome: &'static str },
     /// The API answered something this client cannot read.
     #[error("unexpected answer from the API: {0}")]

@@ -17,7 +17,8 @@ const SPINNER: &str = "{spinner:.green} {prefix:.bold} {human_pos} rows  {msg}";
 const BAR: &str =
     "{spinner:.green} {prefix:.bold} [{bar:30.cyan/blue}] {percent:>3}% {human_pos}/{human_len} rows  {msg}";
 /// The bar as files download: bytes, speed and time left, from indicatif's own estimate.
-const BYTES: &str = "{spinner:.green} {prefix:.bold} [{bar:30.cyan/blue}] {bytes}/{total_bytes}  {bytes_per_sec}  ETA {eta}";
+const BYTES: &str =
+    "{spinner:.green} {prefix:.bold} [{bar:30.cyan/blue}] {bytes}/{total_bytes}  {bytes_per_sec}  ETA {eta}";
 
 #[derive(Debug)]
 pub struct ExportBar {
@@ -62,7 +63,11 @@ impl ExportBar {
 
     /// Stops drawing and leaves the last rendering, with how long the wait took.
     pub fn finish(&self, export: &Export) {
-        self.bar.set_message(format!("{} after {}", export.status.as_str(), units::duration(self.started.elapsed())));
+        self.bar.set_message(format!(
+            "{} after {}",
+            export.status.as_str(),
+            units::duration(self.started.elapsed())
+        ));
         if export.status == Status::Completed { self.bar.finish() } else { self.bar.abandon() }
     }
 
@@ -85,7 +90,9 @@ fn target(visible: bool) -> ProgressDrawTarget {
 
 /// The templates are constants, checked by a test; a bad one would fall back to the default.
 fn style(template: &str) -> ProgressStyle {
-    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> ")
+    ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ")
 }
 
 /// What follows the bar: the rate and time left while running, the attempt when retried.

@@ -22,7 +22,8 @@ impl RateMeter {
         }
         self.samples.push_back((at, rows));
         // Keep one sample at or before the window's start, so the window is always spanned.
-        while self.samples.len() > 2 && self.samples.get(1).is_some_and(|&(t, _)| at.saturating_sub(t) >= WINDOW)
+        while self.samples.len() > 2
+            && self.samples.get(1).is_some_and(|&(t, _)| at.saturating_sub(t) >= WINDOW)
         {
             self.samples.pop_front();
         }

@@ -227,8 +227,17 @@ mod tests {
     #[test]
     fn a_schedule_carries_its_cron_and_its_request() {
         let cli = Cli::try_parse_from([
-            "uex", "schedule", "create", "--cron", "0 3 * * *", "--timezone", "Europe/Paris", "--paused",
-            "--note", "nightly", "--gzip",
+            "uex",
+            "schedule",
+            "create",
+            "--cron",
+            "0 3 * * *",
+            "--timezone",
+            "Europe/Paris",
+            "--paused",
+            "--note",
+            "nightly",
+            "--gzip",
         ])
         .unwrap_or_else(|e| panic!("{e}"));
         let Command::Schedule(ScheduleCommand::Create(create)) = cli.command else { panic!("not create") };
@@ -242,8 +251,9 @@ mod tests {
     #[test]
     fn batch_targets_are_all_or_a_list() {
         let body = |targets: &str| {
-            let cli = Cli::try_parse_from(["uex", "batch", "create", "--targets", targets, "--concurrency", "2"])
-                .unwrap_or_else(|e| panic!("{e}"));
+            let cli =
+                Cli::try_parse_from(["uex", "batch", "create", "--targets", targets, "--concurrency", "2"])
+                    .unwrap_or_else(|e| panic!("{e}"));
             let Command::Batch(BatchCommand::Create(create)) = cli.command else { panic!("not create") };
             create.to_body()
         };

@@ -28,6 +28,9 @@ use crate::meters::{self, InProgress};
 use crate::notify::NotifyRetry;
 use crate::segments::{Boundary, SegmentError, SegmentPipeline};
 
+/// How long an attempt that stops on a failed source waits for its parts on their way.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Tuning of the streaming loop.
 #[derive(Debug, Clone, Copy)]
 pub struct RunnerConfig {
@@ -336,7 +339,13 @@ impl ExportRunner {
         let mut total_rows = None;
         let mut last_saved = Instant::now();
         while let Some(user) = next_user(&mut users, &mut total, &mut total_rows).await {
-            let user = user.map_err(|e| Stop::Failed(source_failure(id, &e), class_of(&e)))?;
+            let user = match user {
+                Ok(user) => user,
+                Err(err) => {
+                    self.settle_checkpoint(export, &mut segments, writer, &encoder, total_rows).await;
+                    return Err(Stop::Failed(source_failure(id, &err), class_of(&err)));
+                }
+            };
             encoder.write_user(&user).map_err(|e| encode_failure(id, &e))?;
             if encoder.segment_full(start.segment_bytes) {
                 let boundary = Boundary { after: user.id, encoder: encoder.state() };
@@ -366,6 +375,33 @@ impl ExportRunner {
         segments.flush(writer).await.map_err(|e| segment_stop(id, e))?;
         progress(rows, None);
         Ok(rows)
+    }
+
+    /// Before an attempt stops on a failed source, keeps what the storage already has: the cuts
+    /// on their way become the record's checkpoint, so the retry re-reads only rows that never
+    /// reached the storage. Bounded by [`SETTLE_TIMEOUT`]; a storage that fails or stalls here
+    /// only leaves the older checkpoint (the attempt is failing anyway).
+    async fn settle_checkpoint(
+        &self,
+        export: &mut Export,
+        segments: &mut SegmentPipeline,
+        writer: &mut dyn ObjectWriter,
+        encoder: &ExportEncoder,
+        total_rows: Option<u64>,
+    ) {
+        match tokio::time::timeout(SETTLE_TIMEOUT, segments.settle(writer)).await {
+            Ok(Ok(Some(checkpoint))) => {
+                export.record_checkpoint(checkpoint, Utc::now());
+                export.record_progress(encoder.rows_written(), total_rows, Utc::now());
+                // A cancel or a takeover seen here changes nothing: the attempt stops either way.
+                let _ = self.save_progress(export).await;
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(err)) => warn!(export_id = %export.id, error = ?err, "could not settle the checkpoint"),
+            Err(_) => {
+                warn!(export_id = %export.id, "settling the checkpoint timed out; the retry starts from the older one")
+            }
+        }
     }
 
     /// Persists progress and learns whether the export was cancelled or taken over meanwhile.

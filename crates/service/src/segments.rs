@@ -126,21 +126,41 @@ impl SegmentPipeline {
         }
         self.unreported.push_back((self.written, boundary));
         let Some(upload) = writer.cut().await.map_err(SegmentError::Storage)? else { return Ok(None) };
+        Ok(self.checkpoint_at(upload))
+    }
+
+    /// Waits for the cuts already on their way (S3 parts going up) and returns the checkpoint
+    /// of the newest, if it is newer than any returned before. Segments still compressing are
+    /// dropped: an attempt that stops on a failed source keeps every segment it already wrote,
+    /// so its retry re-reads only the rows that never reached the storage.
+    pub async fn settle(
+        &mut self,
+        writer: &mut dyn ObjectWriter,
+    ) -> Result<Option<Checkpoint>, SegmentError> {
+        if !self.checkpoints || self.unreported.is_empty() {
+            return Ok(None);
+        }
+        let Some(upload) = writer.checkpoint().await.map_err(SegmentError::Storage)? else { return Ok(None) };
+        Ok(self.checkpoint_at(upload))
+    }
+
+    /// The checkpoint of the segment that ended where the storage reported `upload`'s cut.
+    fn checkpoint_at(&mut self, upload: domain::UploadCheckpoint) -> Option<Checkpoint> {
         // Older ends will never be reported: the storage reports only its newest durable cut.
         while self.unreported.front().is_some_and(|(end, _)| *end < upload.bytes) {
             self.unreported.pop_front();
         }
         let Some((_, boundary)) = self.unreported.pop_front().filter(|(end, _)| *end == upload.bytes) else {
             warn!(bytes = upload.bytes, "the storage reported a cut where no segment ended; not kept");
-            return Ok(None);
+            return None;
         };
-        Ok(Some(Checkpoint {
+        Some(Checkpoint {
             version: CHECKPOINT_VERSION,
             after: boundary.after,
             rows: boundary.encoder.rows_written,
             segment_bytes: self.segment_bytes,
             encoder: boundary.encoder,
             upload,
-        }))
+        })
     }
 }

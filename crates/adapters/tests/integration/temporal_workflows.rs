@@ -488,7 +488,10 @@ async fn cancels_at_10_50_and_90_percent_stop_the_run_within_a_second() {
     const TOTAL: u64 = 300_000;
     // An always-ready source: the attempt sees the cancel through the record at its progress
     // writes, not through the (throttled) heartbeat response.
-    let setup = Setup { users: TOTAL, ..Setup::default() };
+    // The deadline is a bystander here: a debug build under the whole suite's load writes about
+    // 10k rows/s, so 300k rows must not race the usual 30 s.
+    let policy = ExecutionPolicy { deadline: Duration::from_secs(180), ..fast_policy(3) };
+    let setup = Setup { users: TOTAL, policy, ..Setup::default() };
     let h = Harness::new("cancel-percent", setup).await;
     h.with_worker(async {
         for percent in [10, 50, 90] {

@@ -22,8 +22,10 @@ export function formatExact(iso) {
 /** A date in another zone, with the zone's short name ("2 Mar 2026, 03:00 CET"). */
 export function formatInZone(iso, timeZone) {
   try {
+    // dateStyle/timeStyle cannot be combined with timeZoneName (a TypeError): spelled out.
     const format = new Intl.DateTimeFormat(undefined, {
-      dateStyle: 'medium', timeStyle: 'short', timeZone, timeZoneName: 'short',
+      year: 'numeric', month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit',
+      timeZone, timeZoneName: 'short',
     });
     return format.format(new Date(iso));
   } catch {

@@ -14,7 +14,9 @@ pub async fn run(ctx: &Ctx, command: BatchCommand) -> Result<(), CliError> {
             let body = args.to_body();
             client.post::<Batch>("/v1/exports/batch", Some(&body), args.idempotency_key.as_deref()).await?
         }
-        BatchCommand::Get { id } => client.get::<Batch>(&format!("/v1/exports/batch/{}", segment(&id))).await?,
+        BatchCommand::Get { id } => {
+            client.get::<Batch>(&format!("/v1/exports/batch/{}", segment(&id))).await?
+        }
     };
     ctx.out.object(&batch.raw, || render::batch(&batch.item))
 }

@@ -83,7 +83,8 @@ async fn list_exports(ctx: &Ctx, client: &Client, args: ListExports) -> Result<(
         header: render::export_header(),
         line: render::export_line,
     };
-    let query = |cursor: Option<&str>| format!("/v1/exports{}", list_query(args.status, args.page.limit, cursor));
+    let query =
+        |cursor: Option<&str>| format!("/v1/exports{}", list_query(args.status, args.page.limit, cursor));
     list(ctx, client, query, &args.page, listing).await
 }
 
@@ -136,7 +137,8 @@ mod tests {
     fn a_finished_export_ends_the_command_as_it_ended() {
         assert!(outcome(&export("completed", json!(null))).is_ok());
         assert!(outcome(&export("expired", json!(null))).is_ok());
-        let failed = outcome(&export("failed", json!({"type": "source", "message": "reading the users failed"})));
+        let failed =
+            outcome(&export("failed", json!({"type": "source", "message": "reading the users failed"})));
         let Err(error) = failed else { panic!("a failed export succeeded") };
         assert_eq!(error.exit() as u8, 3);
         assert_eq!(error.to_string(), "export e1 failed: source: reading the users failed");

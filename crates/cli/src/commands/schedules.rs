@@ -17,8 +17,9 @@ pub async fn run(ctx: &Ctx, command: ScheduleCommand) -> Result<(), CliError> {
     match command {
         ScheduleCommand::Create(args) => {
             let body = args.to_body();
-            let created =
-                client.post::<Schedule>("/v1/export-schedules", Some(&body), args.idempotency_key.as_deref()).await?;
+            let created = client
+                .post::<Schedule>("/v1/export-schedules", Some(&body), args.idempotency_key.as_deref())
+                .await?;
             ctx.out.object(&created.raw, || render::schedule(&created.item))
         }
         ScheduleCommand::List(page) => {
@@ -28,8 +29,9 @@ pub async fn run(ctx: &Ctx, command: ScheduleCommand) -> Result<(), CliError> {
                 header: render::schedule_header(),
                 line: render::schedule_line,
             };
-            let query =
-                |cursor: Option<&str>| format!("/v1/export-schedules{}", list_query(None, page.limit, cursor));
+            let query = |cursor: Option<&str>| {
+                format!("/v1/export-schedules{}", list_query(None, page.limit, cursor))
+            };
             list(ctx, &client, query, &page, listing).await
         }
         ScheduleCommand::Get { id } => {
@@ -47,7 +49,9 @@ pub async fn run(ctx: &Ctx, command: ScheduleCommand) -> Result<(), CliError> {
         }
         ScheduleCommand::Delete { id } => {
             client.delete(&path(&id)).await?;
-            ctx.out.object(&json!({"id": &id, "deleted": true}), || format!("Deleted schedule {}.", printable(&id)))
+            ctx.out.object(&json!({"id": &id, "deleted": true}), || {
+                format!("Deleted schedule {}.", printable(&id))
+            })
         }
     }
 }
