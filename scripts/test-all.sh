@@ -42,6 +42,11 @@ if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; the
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
 fi
 command -v chromedriver >/dev/null || die "chromedriver is still missing after apt-get install chromium-driver"
+# util-linux `script` gives the CLI's pty tests a terminal (Debian's essential bsdutils has it).
+if ! command -v script >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends bsdutils >/dev/null
+fi
+command -v script >/dev/null || die "util-linux script is still missing after apt-get install bsdutils"
 
 log "PostgreSQL"
 export TEST_DATABASE_URL=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}

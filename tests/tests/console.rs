@@ -134,6 +134,65 @@ async fn a_tenant_follows_an_export_to_100_percent_downloads_it_and_reads_its_fi
 }
 
 #[tokio::test]
+async fn with_s3_storage_the_file_is_saved_from_its_signed_link() {
+    let bucket = format!("uex-console-{}", std::process::id());
+    common::create_bucket(&bucket).await;
+    let endpoint = common::s3_endpoint();
+    let api = Api::start(&[
+        ("USEREXPORT_DEMO_USERS", "2000"),
+        ("USEREXPORT_STORAGE", "s3"),
+        ("USEREXPORT_S3_BUCKET", &bucket),
+        ("AWS_ENDPOINT_URL", &endpoint),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+    ])
+    .await;
+    let browser = Browser::start("s3-download").await;
+    let outcome = async {
+        sign_in(&browser, &api, ACME_KEY).await?;
+        browser.click("#export-new").await?;
+        browser.click("#export-create [type=submit]").await?;
+        let card = browser.find("li.export").await?;
+        let id = card.attr("data-id").await?.context("the card names its export")?;
+        browser.find(&format!("li.export[data-id=\"{id}\"][data-status=completed]")).await?;
+        let export = api.get(ACME_KEY, &format!("/v1/exports/{id}")).await;
+
+        // The page may not read the storage's origin; the browser fetches the signed link itself.
+        browser.click(&format!("li.export[data-id=\"{id}\"] [data-action=download]")).await?;
+        let report = browser
+            .wait_for_text(&format!("li.export[data-id=\"{id}\"] .report"), "from the storage")
+            .await?;
+        let sha256 = export["sha256"].as_str().unwrap();
+        ensure!(report.contains(&format!("export-{id}.csv")) && report.contains(sha256), "{report}");
+        // Saved under the storage's name for it (a finished download: no `.crdownload` left).
+        let downloads = browser.downloads.path().to_owned();
+        let saved_csv = move || -> Result<Option<std::path::PathBuf>> {
+            Ok(std::fs::read_dir(&downloads)?
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .find(|path| path.extension().is_some_and(|ext| ext == "csv")))
+        };
+        browser
+            .wait_until("the file saved from the storage", PATIENCE, || {
+                let found = saved_csv().map(|path| path.is_some());
+                async move { found }
+            })
+            .await?;
+        let saved = saved_csv()?.context("the saved file")?;
+        let bytes = std::fs::read(&saved)?;
+        ensure!(
+            hex::encode(Sha256::digest(&bytes)) == sha256,
+            "the saved file's SHA-256 ({})",
+            saved.display()
+        );
+        ensure!(browser.client.current_url().await?.path() == "/console", "the console stayed open");
+        browser.assert_clean_console(&[]).await
+    }
+    .await;
+    browser.finish(outcome).await;
+}
+
+#[tokio::test]
 async fn forms_show_validation_errors_next_to_their_fields_and_schedules_are_managed() {
     let api = Api::start(&[]).await;
     let browser = Browser::start("forms-and-schedules").await;

@@ -210,6 +210,20 @@ pub struct ExportLinks {
     pub cancel: Option<String>,
 }
 
+/// A short-lived signed URL of a completed export's file: fetched without a key, from the
+/// storage, so a page can hand it to the browser.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct DownloadLinkResource {
+    /// The signed URL. Anyone holding it can read the file until `expires_at`: keep it private.
+    pub url: String,
+    pub expires_at: DateTime<Utc>,
+    /// The name the file is saved under (`export-{id}.{ext}`).
+    pub filename: String,
+    /// Lowercase hex SHA-256 of the file, to verify what was downloaded.
+    pub sha256: Option<String>,
+    pub size_bytes: Option<u64>,
+}
+
 /// An export as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct ExportResource {

@@ -240,6 +240,9 @@ pub enum ApiError {
     /// Download of an export that has not completed.
     #[error("export is {0}, not completed")]
     ExportNotReady(ExportStatus),
+    /// A signed link asked of a storage that cannot sign (the API streams its files).
+    #[error("the storage cannot sign download links")]
+    DownloadLinkUnavailable,
     /// Cancel of an export that already finished.
     #[error("export already {0}")]
     ExportFinished(ExportStatus),
@@ -355,6 +358,13 @@ impl ApiError {
             .with_hint(
                 "Resend the original request unchanged, or use a new Idempotency-Key for a new request.",
             ),
+            Self::DownloadLinkUnavailable => Problem::new(
+                "download-link-unavailable",
+                "No download link",
+                StatusCode::CONFLICT,
+                "This server's storage cannot sign links: the API streams export files itself.",
+            )
+            .with_hint("Download the file with GET /v1/exports/{id}/download and your key."),
             Self::ExportNotReady(status) => {
                 let problem = Problem::new(
                     "export-not-ready",

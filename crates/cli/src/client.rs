@@ -12,6 +12,8 @@ use crate::error::CliError;
 use crate::problem::Problem;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest silence between two reads of one answer.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bound on one API call; downloads have none, they take as long as the file does.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most of an error body read: problems are small, and a misbehaving server must not fill memory.
@@ -49,8 +51,13 @@ impl Client {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(CliError::Usage(format!("the API URL {base:?} must start with http:// or https://")));
         }
+        // reqwest is built without a provider of its own (ring is the tree's only one) and panics
+        // without a process-wide one. Err means one is already installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
+            // A stalled connection (a download included) ends rather than hanging for ever.
+            .read_timeout(READ_TIMEOUT)
             // A download's 307 is followed by hand, without the API key: it leads to the storage.
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("uex/", env!("CARGO_PKG_VERSION")))
@@ -105,9 +112,17 @@ impl Client {
             .map_err(|e| CliError::Unexpected(format!("a redirect to an invalid URL: {e}")))?;
         let host = target.host_str().unwrap_or_default().to_owned();
         let shown = format!("storage at {host}");
-        let response = self.send(&shown, self.http.get(target)).await?;
-        if response.status().is_redirection() {
+        // The storage's errors are not the API's problems: an expired signature (403) is no
+        // wrong key, and S3's XML is no problem document.
+        let response = self.http.get(target).send().await.map_err(|e| unreachable(&shown, &e))?;
+        let status = response.status();
+        if status.is_redirection() {
             return Err(CliError::Unexpected("the storage redirected the download again".to_owned()));
+        }
+        if !status.is_success() {
+            return Err(CliError::Unexpected(format!(
+                "the {shown} answered {status} to the signed download URL"
+            )));
         }
         Ok((response, Some(host)))
     }

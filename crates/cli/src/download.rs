@@ -63,7 +63,13 @@ pub async fn download(
     let mut hasher = Sha256::new();
     let mut bytes = 0_u64;
     let source = storage.as_deref().unwrap_or("the API");
-    while let Some(chunk) = response.chunk().await.map_err(|e| unreachable(source, &e))? {
+    loop {
+        // Ctrl-C drops the sink, and with it the temporary file: nothing partial is left behind.
+        let next = tokio::select! {
+            next = response.chunk() => next,
+            _ = tokio::signal::ctrl_c() => return Err(CliError::DownloadInterrupted { id: export.id.clone() }),
+        };
+        let Some(chunk) = next.map_err(|e| unreachable(source, &e))? else { break };
         hasher.update(&chunk);
         sink.write(&chunk)?;
         bytes += chunk.len() as u64;

@@ -58,6 +58,8 @@ pub enum CliError {
     ExportCancelled { id: String },
     #[error("interrupted: export {id} is still running; follow it with `uex export wait {id}`")]
     Interrupted { id: String },
+    #[error("interrupted: the download of export {id} stopped; no file was written")]
+    DownloadInterrupted { id: String },
     #[error(
         "SHA-256 mismatch for export {id}: the export says {expected}, the download has {actual}; {outcome}"
     )]
@@ -78,7 +80,7 @@ impl CliError {
             Self::Usage(_) => Exit::InvalidInput,
             Self::ExportFailed { .. } => Exit::ExportFailed,
             Self::ExportCancelled { .. } => Exit::ExportCancelled,
-            Self::Interrupted { .. } => Exit::Interrupted,
+            Self::Interrupted { .. } | Self::DownloadInterrupted { .. } => Exit::Interrupted,
             Self::ChecksumMismatch { .. } => Exit::ChecksumMismatch,
             Self::Unexpected(_) | Self::Other(_) => Exit::Error,
         }
@@ -171,6 +173,7 @@ mod tests {
                 10,
             ),
             (CliError::Interrupted { id: id() }, 130),
+            (CliError::DownloadInterrupted { id: id() }, 130),
             (CliError::Unexpected("x".into()), 1),
         ];
         for (error, code) in cases {

@@ -25,9 +25,6 @@ use crate::error::{CliError, Exit};
 fn main() -> ExitCode {
     // Bad flags exit here with clap's message and code 2 (invalid input).
     let cli = args::Cli::parse();
-    // reqwest is built without a provider of its own (ring is the tree's only one): install it
-    // before the first client is built. Err means one is already installed.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => return fail(&CliError::Other(anyhow::Error::new(e).context("starting the async runtime"))),

@@ -104,6 +104,14 @@ pub struct Download {
     pub content: DownloadContent,
 }
 
+/// A signed URL of an export's file and when it stops working.
+#[derive(Debug)]
+pub struct DownloadLink {
+    pub export: Export,
+    pub url: Url,
+    pub expires_at: chrono::DateTime<Utc>,
+}
+
 /// The export use cases behind the API.
 pub struct ExportService {
     exports: Arc<dyn ExportRepository>,
@@ -280,18 +288,39 @@ impl ExportService {
 
     /// Where to fetch a completed export: a presigned URL when storage can sign, else a stream.
     pub async fn download(&self, scope: &Scope, id: ExportId) -> Result<Download, DownloadError> {
-        let export = self.exports.get(scope, id).await?.ok_or(DownloadError::NotFound)?;
-        if export.status() == ExportStatus::Expired {
-            return Err(DownloadError::Expired);
-        }
-        if export.status() != ExportStatus::Completed {
-            return Err(DownloadError::NotReady(export.status()));
-        }
+        let export = self.completed(scope, id).await?;
         // Signed afresh on every request: the record keeps the key, never a URL.
         if let Some(url) = self.storage.signed_url(&export.object_key, self.signed_url_ttl).await? {
             return Ok(Download { export, content: DownloadContent::Redirect(url) });
         }
         let reader = self.storage.open(&export.object_key).await?.ok_or(DownloadError::Gone)?;
         Ok(Download { export, content: DownloadContent::Stream(reader) })
+    }
+
+    /// The short-lived signed URL of a completed export's file, for a client that cannot follow
+    /// the download's redirect itself (a page: the redirect goes to another origin). `None` when
+    /// the storage cannot sign: the API streams such files, and only `download` serves them.
+    ///
+    /// # Errors
+    /// As [`Self::download`].
+    pub async fn download_link(
+        &self,
+        scope: &Scope,
+        id: ExportId,
+    ) -> Result<Option<DownloadLink>, DownloadError> {
+        let export = self.completed(scope, id).await?;
+        let Some(url) = self.storage.signed_url(&export.object_key, self.signed_url_ttl).await? else {
+            return Ok(None);
+        };
+        Ok(Some(DownloadLink { expires_at: Utc::now() + self.signed_url_ttl, export, url }))
+    }
+
+    async fn completed(&self, scope: &Scope, id: ExportId) -> Result<Export, DownloadError> {
+        let export = self.exports.get(scope, id).await?.ok_or(DownloadError::NotFound)?;
+        match export.status() {
+            ExportStatus::Completed => Ok(export),
+            ExportStatus::Expired => Err(DownloadError::Expired),
+            status => Err(DownloadError::NotReady(status)),
+        }
     }
 }

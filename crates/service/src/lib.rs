@@ -22,8 +22,8 @@ mod segments;
 
 pub use batches::{BatchGetError, BatchRequestError, BatchService, BatchView, RequestedBatch};
 pub use exports::{
-    CancelError, Download, DownloadContent, DownloadError, ExportService, GetError, ListError, RequestError,
-    Requested,
+    CancelError, Download, DownloadContent, DownloadError, DownloadLink, ExportService, GetError, ListError,
+    RequestError, Requested,
 };
 pub use notify::{Notified, NotifyRetry};
 pub use reconcile::{ReconcileReport, ReconcileSettings, Reconciler};

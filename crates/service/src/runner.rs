@@ -342,7 +342,12 @@ impl ExportRunner {
             let user = match user {
                 Ok(user) => user,
                 Err(err) => {
-                    self.settle_checkpoint(export, &mut segments, writer, &encoder, total_rows).await;
+                    // Only an attempt that may be retried keeps its parts on their way; a cancel
+                    // or takeover the record reveals meanwhile is the stop that counts.
+                    if err.is_retryable() {
+                        self.settle_checkpoint(export, &mut segments, writer, &encoder, total_rows, progress)
+                            .await?;
+                    }
                     return Err(Stop::Failed(source_failure(id, &err), class_of(&err)));
                 }
             };
@@ -378,9 +383,10 @@ impl ExportRunner {
     }
 
     /// Before an attempt stops on a failed source, keeps what the storage already has: the cuts
-    /// on their way become the record's checkpoint, so the retry re-reads only rows that never
-    /// reached the storage. Bounded by [`SETTLE_TIMEOUT`]; a storage that fails or stalls here
-    /// only leaves the older checkpoint (the attempt is failing anyway).
+    /// on their way become the record's checkpoint (and the heartbeat's), so the retry re-reads
+    /// only rows that never reached the storage. Bounded by [`SETTLE_TIMEOUT`]; a storage that
+    /// fails or stalls here only leaves the older checkpoint. `Err` when saving it found the
+    /// export cancelled or taken over.
     async fn settle_checkpoint(
         &self,
         export: &mut Export,
@@ -388,13 +394,14 @@ impl ExportRunner {
         writer: &mut dyn ObjectWriter,
         encoder: &ExportEncoder,
         total_rows: Option<u64>,
-    ) {
+        progress: &ProgressFn,
+    ) -> Result<(), Stop> {
         match tokio::time::timeout(SETTLE_TIMEOUT, segments.settle(writer)).await {
             Ok(Ok(Some(checkpoint))) => {
                 export.record_checkpoint(checkpoint, Utc::now());
                 export.record_progress(encoder.rows_written(), total_rows, Utc::now());
-                // A cancel or a takeover seen here changes nothing: the attempt stops either way.
-                let _ = self.save_progress(export).await;
+                self.save_progress(export).await?;
+                progress(encoder.rows_written(), export.checkpoint());
             }
             Ok(Ok(None)) => {}
             Ok(Err(err)) => warn!(export_id = %export.id, error = ?err, "could not settle the checkpoint"),
@@ -402,6 +409,7 @@ impl ExportRunner {
                 warn!(export_id = %export.id, "settling the checkpoint timed out; the retry starts from the older one")
             }
         }
+        Ok(())
     }
 
     /// Persists progress and learns whether the export was cancelled or taken over meanwhile.

@@ -202,7 +202,9 @@ async fn a_checkpoint_whose_upload_is_gone_starts_over_cleanly() {
         assert!(matches!(err, RunError::Retry { .. }), "{err}");
         let record = exports.get(&scope(), export.id).await.unwrap().unwrap();
         let checkpoint = record.checkpoint().expect("a checkpoint before the break").clone();
-        assert!(checkpoint.rows > 1_000);
+        // The parts on their way when the source broke were waited for: the checkpoint is the
+        // last segment written, short of row 2,000 by at most the segments still compressing.
+        assert!(checkpoint.rows > 1_900, "checkpoint at row {}", checkpoint.rows);
 
         storage.discard(&checkpoint.upload).await.unwrap();
         let done = runner.run_attempt(&scope(), export.id, &control(2), &|_, _| {}).await.unwrap();

@@ -11,14 +11,25 @@ const PREVIEW_BYTES = 256 * 1024;
 /** Larger files are saved without hashing them in the page (the API's checksum still stands). */
 const HASH_LIMIT_BYTES = 1024 * 1024 * 1024;
 
-/** The file's response, or an error a person can act on. */
+/** The file's response; `null` when the API hands the file out as a signed storage link. */
 async function open(resource) {
   const response = await request('GET', resource.links.download, { raw: true });
-  if (response.type === 'opaqueredirect') {
-    throw new Error('This server hands files out as signed links to its object storage, which a page '
-      + 'holding a key cannot follow: download it with the CLI, or curl -L with the key.');
-  }
-  return response;
+  return response.type === 'opaqueredirect' ? null : response;
+}
+
+/**
+ * Saves a file the storage serves: the page may not read another origin (`connect-src 'self'`),
+ * but the browser may navigate there, and the storage answers with the file itself.
+ */
+async function saveFromStorage(resource, report) {
+  const { data: link } = await request('GET', `${resource.links.self}/download-link`);
+  const anchor = h('a', { href: link.url, hidden: true, rel: 'noreferrer' });
+  document.body.append(anchor);
+  anchor.click();
+  anchor.remove();
+  const size = link.size_bytes === null ? '' : ` (${formatBytes(link.size_bytes)})`;
+  report(`Downloading ${link.filename}${size} from the storage · SHA-256 ${link.sha256 ?? 'unknown'} `
+    + '(checked by uex export download, not in the page)', 'ok');
 }
 
 /** `filename="export-….csv"` of a Content-Disposition, or a name made from the export. */
@@ -37,6 +48,10 @@ async function sha256Hex(blob) {
 /** Downloads the export's file, reporting progress through `report(text, tone)`. */
 export async function download(resource, report) {
   const response = await open(resource);
+  if (response === null) {
+    await saveFromStorage(resource, report);
+    return;
+  }
   const total = Number(response.headers.get('Content-Length')) || resource.bytes || 0;
   const reader = response.body.getReader();
   const chunks = [];
@@ -72,6 +87,10 @@ export async function download(resource, report) {
 /** Lines of text from the start of the file (gunzipped), stopping after `PREVIEW_BYTES`. */
 async function firstText(resource) {
   const response = await open(resource);
+  if (response === null) {
+    throw new Error('This server hands files out as signed links to its object storage, which the page '
+      + 'may not read: download the file to see its rows.');
+  }
   let stream = response.body;
   if (resource.compression === 'gzip') stream = stream.pipeThrough(new DecompressionStream('gzip'));
   const reader = stream.pipeThrough(new TextDecoderStream()).getReader();

@@ -64,7 +64,8 @@ export function readRequest(fieldset) {
   }
   const notify = value(fieldset, 'notify_email');
   if (notify) request.notify_email = notify;
-  if (fieldset.querySelector('[data-name="email_notify"]').checked) request.email_notify = true;
+  // An address asks for the mail, as `uex --notify-email` does: typing one is never ignored.
+  if (notify || fieldset.querySelector('[data-name="email_notify"]').checked) request.email_notify = true;
   return request;
 }
 

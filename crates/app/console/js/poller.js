@@ -16,11 +16,15 @@ export class Poller {
    */
   watch(id, load, onData, onError = () => {}, firstDelaySeconds = 0) {
     this.stop(id);
+    // This watch's own entry: a load still in flight when `id` is stopped or watched again
+    // must end its loop, not carry on beside the new one.
+    const token = Symbol(id);
+    const mine = () => this.#timers.get(id)?.token === token;
     const run = async () => {
       let delay;
       try {
         const { data, retryAfter } = await load();
-        if (!this.#timers.has(id)) return;
+        if (!mine()) return;
         onData(data);
         if (retryAfter === null) {
           this.#timers.delete(id);
@@ -28,7 +32,7 @@ export class Poller {
         }
         delay = retryAfter * 1000;
       } catch (error) {
-        if (!this.#timers.has(id)) return;
+        if (!mine()) return;
         if (error.retryAfter === null || error.retryAfter === undefined) {
           this.#timers.delete(id);
           onError(error);
@@ -38,9 +42,9 @@ export class Poller {
       }
       const fair = (this.#timers.size * 1000) / BUDGET_PER_S;
       const pace = Math.max(delay, MIN_DELAY_MS, fair) * (document.hidden ? HIDDEN_FACTOR : 1);
-      this.#timers.set(id, setTimeout(run, pace));
+      this.#timers.set(id, { token, handle: setTimeout(run, pace) });
     };
-    this.#timers.set(id, setTimeout(run, firstDelaySeconds * 1000));
+    this.#timers.set(id, { token, handle: setTimeout(run, firstDelaySeconds * 1000) });
   }
 
   has(id) {
@@ -48,7 +52,7 @@ export class Poller {
   }
 
   stop(id) {
-    clearTimeout(this.#timers.get(id));
+    clearTimeout(this.#timers.get(id)?.handle);
     this.#timers.delete(id);
   }
 

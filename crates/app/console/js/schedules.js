@@ -89,7 +89,6 @@ export class SchedulesView {
         timeElement(fire, formatInZone(fire, zone)),
         zone === viewerTimeZone ? null : h('span', { class: 'muted' }, ` · ${formatDate(fire)} your time`),
         h('span', { class: 'muted' }, ` · ${formatRelative(fire)}`))));
-      if (data.next_fires.length === 0) fill(this.fires, h('li', { class: 'muted' }, 'No fire in the next five years.'));
     } catch (error) {
       if (this.asked !== asked) return;
       fill(this.fires);

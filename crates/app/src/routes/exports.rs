@@ -23,7 +23,7 @@ use service::DownloadContent;
 use tracing::{Span, warn};
 
 use crate::auth::Authenticated;
-use crate::dto::{CreateExportRequest, ExportList, ExportResource, export_path};
+use crate::dto::{CreateExportRequest, DownloadLinkResource, ExportList, ExportResource, export_path};
 use crate::problem::{ApiError, Problem};
 use crate::state::{AppState, SyncLimits};
 
@@ -251,6 +251,44 @@ pub async fn download_export(
         warn!(export_id = %id, error = %format!("{err:#}"), "download stream failed; the response is cut short");
     });
     Ok((headers, Body::from_stream(body)).into_response())
+}
+
+/// A signed link to a completed export's file.
+///
+/// For clients that cannot follow the download's `307` with their key, such as a web page
+/// (the link is on the storage's origin): fetch the file from `url` without any key before
+/// `expires_at`, and check it against `sha256`. Storages that cannot sign (local files) have
+/// no links: their files come from `GET /v1/exports/{id}/download`.
+#[utoipa::path(
+    get, path = "/v1/exports/{id}/download-link", tag = "exports",
+    params(("id" = Uuid, Path, description = "Export ID")),
+    responses(
+        (status = 200, description = "A signed link, valid until `expires_at`.", body = DownloadLinkResource,
+         headers(("Cache-Control" = String, description = "`no-store`."))),
+        (status = 404, description = "No such export for this API key.", body = Problem,
+         content_type = "application/problem+json"),
+        (status = 409, description = "The export is not completed (`export-not-ready`), or the storage cannot sign links (`download-link-unavailable`).",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "Retention deleted the file (`export-expired`).",
+         body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn download_link(
+    State(state): State<AppState>,
+    Authenticated(scope): Authenticated,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = export_id(id)?;
+    let link = state.service.download_link(&scope, id).await?.ok_or(ApiError::DownloadLinkUnavailable)?;
+    let export = &link.export;
+    let body = DownloadLinkResource {
+        url: link.url.to_string(),
+        expires_at: link.expires_at,
+        filename: format!("export-{}.{}", export.id, export.spec.extension()),
+        sha256: export.outcome().map(|o| o.sha256.clone()),
+        size_bytes: export.outcome().map(|o| o.bytes),
+    };
+    Ok(([(CACHE_CONTROL, HeaderValue::from_static("no-store"))], Json(body)).into_response())
 }
 
 /// Cancel an unfinished export. It ends `cancelled` and leaves no file; the response may still

@@ -47,6 +47,7 @@ pub fn router(state: AppState, serve_metrics: bool) -> Router {
             "/v1/export-schedules/{id}",
             get(schedules::get_schedule).patch(schedules::patch_schedule).delete(schedules::delete_schedule),
         )
+        .route("/v1/exports/{id}/download-link", get(exports::download_link))
         .route("/v1/export-schedules/preview", post(schedules::preview_schedule))
         .route("/v1/export-schedules/{id}/trigger", post(schedules::trigger_schedule))
         .route("/v1/events/export-requested", post(events::export_requested))

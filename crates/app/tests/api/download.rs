@@ -131,3 +131,44 @@ async fn a_storage_that_signs_urls_gets_a_307_redirect() {
     assert!(location.starts_with("https://bucket.example.com/acme/prod/exports/"), "{location}");
     assert!(response.body.is_empty());
 }
+
+#[tokio::test]
+async fn a_storage_that_signs_urls_gives_a_download_link_with_its_checksum() {
+    let app = TestApp::builder()
+        .adapters(|mut adapters| {
+            adapters.storage =
+                Arc::new(FailingStorage { signs: true, ..FailingStorage::wrap(adapters.storage) });
+            adapters
+        })
+        .spawn()
+        .await;
+    let export = app.create_completed(&csv_body()).await;
+    let id = export["id"].as_str().unwrap();
+
+    let response = app.get(Some(ACME_KEY), &format!("/v1/exports/{id}/download-link")).await;
+
+    assert_eq!(response.status, StatusCode::OK);
+    assert_eq!(response.header("cache-control"), Some("no-store"));
+    let link = response.json();
+    let url = link["url"].as_str().unwrap();
+    assert!(url.starts_with("https://bucket.example.com/acme/prod/exports/"), "{url}");
+    assert_eq!(link["filename"], format!("export-{id}.csv"));
+    assert_eq!(link["sha256"], export["sha256"]);
+    assert_eq!(link["size_bytes"], export["bytes"]);
+    let expires_at = chrono::DateTime::parse_from_rfc3339(link["expires_at"].as_str().unwrap()).unwrap();
+    assert!(expires_at > chrono::Utc::now(), "{expires_at}");
+}
+
+#[tokio::test]
+async fn a_storage_that_cannot_sign_has_no_download_link_and_unfinished_exports_neither() {
+    let app = TestApp::spawn().await;
+    let export = app.create_completed(&csv_body()).await;
+    let id = export["id"].as_str().unwrap();
+
+    let response = app.get(Some(ACME_KEY), &format!("/v1/exports/{id}/download-link")).await;
+    response.assert_problem(StatusCode::CONFLICT, "download-link-unavailable");
+
+    let unknown = ExportId::from_uuid(uuid::Uuid::now_v7());
+    let response = app.get(Some(ACME_KEY), &format!("/v1/exports/{unknown}/download-link")).await;
+    response.assert_problem(StatusCode::NOT_FOUND, "not-found");
+}

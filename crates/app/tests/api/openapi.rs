@@ -31,6 +31,7 @@ async fn the_openapi_document_is_3_1_and_lists_every_route() {
         "post /v1/exports/sync",
         "get /v1/exports/{id}",
         "get /v1/exports/{id}/download",
+        "get /v1/exports/{id}/download-link",
         "post /v1/exports/{id}/cancel",
         "post /v1/events/export-requested",
         "post /v1/exports/batch",
