@@ -79,16 +79,9 @@ async fn exports_stream_from_postgres_to_s3_and_download_through_presigned_urls(
         http.get(format!("{}/readyz", d.api)).send().await.unwrap().json().await.unwrap();
     assert_eq!(ready["status"], "ready", "{ready}");
 
-    let export: serde_json::Value = http
-        .post(format!("{}/v1/exports/sync?timeout_s=60", d.api))
-        .bearer_auth("key-a-0123456789abcdefghijklmn")
-        .json(&serde_json::json!({"format": "csv", "user_filters": {"status": ["active", "inactive"]}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = serde_json::json!({"format": "csv", "user_filters": {"status": ["active", "inactive"]}});
+    let sync = http.post(format!("{}/v1/exports/sync?timeout_s=60", d.api)).json(&body);
+    let export = common::json_of(sync, "key-a-0123456789abcdefghijklmn").await;
     assert_eq!(export["status"], "completed", "{export}");
     assert_eq!(export["record_count"], 54_000, "9 in 10 synthetic users are active or inactive");
     let id = export["id"].as_str().unwrap();
@@ -136,14 +129,7 @@ async fn exports_stream_from_postgres_to_s3_and_download_through_presigned_urls(
             .unwrap();
         assert_eq!(other.status(), 404, "{path}");
     }
-    let theirs: serde_json::Value = http
-        .get(format!("{}/v1/exports", d.api))
-        .bearer_auth("key-b-0123456789abcdefghijklmn")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let theirs =
+        common::json_of(http.get(format!("{}/v1/exports", d.api)), "key-b-0123456789abcdefghijklmn").await;
     assert_eq!(theirs["items"].as_array().unwrap().len(), 0);
 }

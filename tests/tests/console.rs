@@ -33,6 +33,14 @@ async fn sign_in(browser: &Browser, api: &Api, key: &str) -> Result<()> {
     Ok(())
 }
 
+/// Starts an export with the form's defaults; returns its ID, from its card.
+async fn start_default_export(browser: &Browser) -> Result<String> {
+    browser.click("#export-new").await?;
+    browser.click("#export-create [type=submit]").await?;
+    let card = browser.find("li.export").await?;
+    card.attr("data-id").await?.context("the card names its export")
+}
+
 /// The status and progress value of the export card `id`.
 async fn card_state(browser: &Browser, id: &str) -> Result<(String, Option<f64>)> {
     let state = browser
@@ -52,10 +60,7 @@ async fn a_tenant_follows_an_export_to_100_percent_downloads_it_and_reads_its_fi
     let browser = Browser::start("tenant-export").await;
     let outcome = async {
         sign_in(&browser, &api, ACME_KEY).await?;
-        browser.click("#export-new").await?;
-        browser.click("#export-create [type=submit]").await?;
-        let card = browser.find("li.export").await?;
-        let id = card.attr("data-id").await?.context("the card names its export")?;
+        let id = start_default_export(&browser).await?;
 
         // Follow the bar: it moves with the API's progress and ends full.
         let mut seen = Vec::new();
@@ -151,10 +156,7 @@ async fn with_s3_storage_the_file_is_saved_from_its_signed_link() {
     let browser = Browser::start("s3-download").await;
     let outcome = async {
         sign_in(&browser, &api, ACME_KEY).await?;
-        browser.click("#export-new").await?;
-        browser.click("#export-create [type=submit]").await?;
-        let card = browser.find("li.export").await?;
-        let id = card.attr("data-id").await?.context("the card names its export")?;
+        let id = start_default_export(&browser).await?;
         browser.find(&format!("li.export[data-id=\"{id}\"][data-status=completed]")).await?;
         let export = api.get(ACME_KEY, &format!("/v1/exports/{id}")).await;
 

@@ -120,15 +120,8 @@ async fn an_event_from_nats_and_the_webhook_runs_once_on_a_temporal_worker() {
 
     let started = Instant::now();
     let export = loop {
-        let list: Value = http
-            .get(format!("{base}/v1/exports"))
-            .bearer_auth("key-a-0123456789abcdefghijklmn")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list =
+            common::json_of(http.get(format!("{base}/v1/exports")), "key-a-0123456789abcdefghijklmn").await;
         let items = list["items"].as_array().unwrap().clone();
         assert!(items.len() <= 1, "one event, one export: {list}");
         if let Some(export) = items.first().filter(|e| e["status"] == "completed") {

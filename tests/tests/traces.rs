@@ -59,28 +59,12 @@ async fn start_api(cmd: &mut Command) -> (Running, String) {
 /// Requests one CSV export and waits for it to complete; returns its ID.
 async fn export(api: &str) -> String {
     let http = adapters::contract::http_client();
-    let accepted: Value = http
-        .post(format!("{api}/v1/exports"))
-        .bearer_auth(KEY)
-        .json(&json!({"format": "csv"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let accepted =
+        common::json_of(http.post(format!("{api}/v1/exports")).json(&json!({"format": "csv"})), KEY).await;
     let id = accepted["id"].as_str().expect("an export ID").to_owned();
     let started = Instant::now();
     loop {
-        let export: Value = http
-            .get(format!("{api}/v1/exports/{id}"))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let export = common::json_of(http.get(format!("{api}/v1/exports/{id}")), KEY).await;
         match export["status"].as_str() {
             Some("completed") => return id,
             Some("failed" | "cancelled") => panic!("the export did not complete: {export}"),

@@ -164,3 +164,82 @@ impl SegmentPipeline {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use async_trait::async_trait;
+    use domain::{ExportId, ObjectKey, ResumableSha256, Scope, UploadCheckpoint, UploadLocation};
+    use ports::StoredObject;
+
+    use super::*;
+
+    /// A storage whose cuts are all still on their way: `cut` reports nothing, `checkpoint`
+    /// waits for them and reports the newest (as the multipart writer does with parts).
+    #[derive(Default)]
+    struct PartsInFlight {
+        written: u64,
+    }
+
+    #[async_trait]
+    impl ObjectWriter for PartsInFlight {
+        async fn write(&mut self, chunk: Bytes) -> Result<(), PortError> {
+            self.written += chunk.len() as u64;
+            Ok(())
+        }
+        async fn finish(self: Box<Self>) -> Result<StoredObject, PortError> {
+            unreachable!("the test never finishes the upload")
+        }
+        async fn checkpoint(&mut self) -> Result<Option<UploadCheckpoint>, PortError> {
+            let scope = Scope::parse("acme/prod").unwrap();
+            let key = ObjectKey::for_attempt(&scope, ExportId::from_uuid(uuid::Uuid::nil()), 1, "csv");
+            let location = UploadLocation::Multipart { upload_id: "u".into(), parts: vec![] };
+            Ok(Some(UploadCheckpoint {
+                key,
+                bytes: self.written,
+                sha256: ResumableSha256::new().state(),
+                location,
+            }))
+        }
+        async fn cut(&mut self) -> Result<Option<UploadCheckpoint>, PortError> {
+            Ok(None)
+        }
+        async fn abort(self: Box<Self>) -> Result<(), PortError> {
+            Ok(())
+        }
+    }
+
+    fn boundary(rows: u64) -> Boundary {
+        Boundary {
+            after: UserId::from_uuid(uuid::Uuid::from_u128(u128::from(rows))),
+            encoder: EncoderState { preamble_written: true, rows_written: rows },
+        }
+    }
+
+    #[tokio::test]
+    async fn settling_keeps_the_newest_segment_written_and_drops_those_still_queued() {
+        let mut writer = PartsInFlight::default();
+        // Two compress at once: the third push writes the first, the fourth the second.
+        let mut segments = SegmentPipeline::new(Compression::Gzip, 100, true, 2, 0);
+        for rows in [10, 20, 30, 40] {
+            let made = segments.push(vec![b'x'; 100], Some(boundary(rows)), &mut writer).await.unwrap();
+            assert!(made.is_none(), "no cut is reported while the parts are on their way");
+        }
+        let settled = segments.settle(&mut writer).await.unwrap().expect("a checkpoint");
+        // Rows 30 and 40 were still compressing: the retry reads them again.
+        assert_eq!(settled.rows, 20);
+        assert_eq!(settled.after, boundary(20).after);
+        assert_eq!(settled.upload.bytes, writer.written);
+        // Nothing newer is left to settle.
+        assert!(segments.settle(&mut writer).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn without_checkpoints_nothing_is_settled() {
+        let mut writer = PartsInFlight::default();
+        let mut segments = SegmentPipeline::new(Compression::None, 100, false, 2, 0);
+        segments.push(vec![b'x'; 100], Some(boundary(10)), &mut writer).await.unwrap();
+        assert!(segments.settle(&mut writer).await.unwrap().is_none());
+    }
+}

@@ -130,3 +130,8 @@ pub async fn bucket_keys(bucket: &str) -> Vec<String> {
     let body = adapters::contract::http_get(&url).await.unwrap().text().await.unwrap();
     body.split("<Key>").skip(1).filter_map(|s| s.split("</Key>").next()).map(str::to_owned).collect()
 }
+
+/// The JSON answer of `request` (sent with `key` as bearer), whatever its status.
+pub async fn json_of(request: reqwest::RequestBuilder, key: &str) -> serde_json::Value {
+    request.bearer_auth(key).send().await.unwrap().json().await.unwrap()
+}

@@ -112,16 +112,21 @@ async fn downloading_an_export_whose_file_is_gone_is_a_410() {
     response.assert_problem(StatusCode::GONE, "export-gone");
 }
 
-#[tokio::test]
-async fn a_storage_that_signs_urls_gets_a_307_redirect() {
-    let app = TestApp::builder()
+/// An API whose storage signs URLs, as S3 does.
+async fn signing_app() -> TestApp {
+    TestApp::builder()
         .adapters(|mut adapters| {
             adapters.storage =
                 Arc::new(FailingStorage { signs: true, ..FailingStorage::wrap(adapters.storage) });
             adapters
         })
         .spawn()
-        .await;
+        .await
+}
+
+#[tokio::test]
+async fn a_storage_that_signs_urls_gets_a_307_redirect() {
+    let app = signing_app().await;
     let export = app.create_completed(&csv_body()).await;
 
     let response = app.get(Some(ACME_KEY), &download_uri(&export)).await;
@@ -134,14 +139,7 @@ async fn a_storage_that_signs_urls_gets_a_307_redirect() {
 
 #[tokio::test]
 async fn a_storage_that_signs_urls_gives_a_download_link_with_its_checksum() {
-    let app = TestApp::builder()
-        .adapters(|mut adapters| {
-            adapters.storage =
-                Arc::new(FailingStorage { signs: true, ..FailingStorage::wrap(adapters.storage) });
-            adapters
-        })
-        .spawn()
-        .await;
+    let app = signing_app().await;
     let export = app.create_completed(&csv_body()).await;
     let id = export["id"].as_str().unwrap();
 
