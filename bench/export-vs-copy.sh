@@ -28,7 +28,7 @@ ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 
 echo "building release binary"
 cargo build --release --locked -p app --quiet
-BIN=target/release/userexport
+BIN=${CARGO_TARGET_DIR:-target}/release/userexport
 
 psql "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
 export DATABASE_URL=$DB_URL

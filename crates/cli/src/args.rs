@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub use crate::model::Status as ExportStatus;
+
 /// Where `--help` lists the options every command takes.
 const GLOBAL: &str = "Global options";
 /// The API's default listen address (`USEREXPORT_LISTEN` of `userexport`).
@@ -141,16 +143,6 @@ pub enum UserStatus {
     Active,
     Inactive,
     Suspended,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ExportStatus {
-    Pending,
-    Running,
-    Completed,
-    Failed,
-    Cancelled,
-    Expired,
 }
 
 #[derive(Debug, Args)]

@@ -4,7 +4,8 @@
 use serde::Deserialize;
 
 /// An export's status: `pending -> running -> completed | failed | cancelled`, then `expired`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// Also the value of `export list --status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Pending,
@@ -15,6 +16,7 @@ pub enum Status {
     Expired,
     /// A status this client does not know yet; treated as unfinished.
     #[serde(other)]
+    #[value(skip)]
     Unknown,
 }
 

@@ -39,19 +39,6 @@ impl UserStatus {
     }
 }
 
-impl ExportStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Running => "running",
-            Self::Completed => "completed",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-            Self::Expired => "expired",
-        }
-    }
-}
-
 impl ExportRequestArgs {
     /// The body of `POST /v1/exports` (also a schedule's `request` and a batch's `export`).
     pub fn to_body(&self) -> Value {

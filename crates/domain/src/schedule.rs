@@ -535,17 +535,7 @@ impl NewSchedule {
             ));
         };
         reject_unknown(obj, &mut errors);
-        let cron = match obj.get("cron") {
-            None | Some(Value::Null) => {
-                errors.add("cron", "required", "cron is required, e.g. \"0 3 * * *\" (every day at 03:00)");
-                None
-            }
-            Some(v) => parse_cron(v, &mut errors),
-        };
-        let timezone = match obj.get("timezone") {
-            None | Some(Value::Null) => Some(ScheduleTimezone::UTC),
-            Some(v) => parse_timezone(v, &mut errors),
-        };
+        let (cron, timezone) = parse_timing(obj, &mut errors);
         let spec = match obj.get("request") {
             None | Some(Value::Null) => {
                 errors.add(
@@ -626,6 +616,25 @@ fn reject_unknown(obj: &Map<String, Value>, errors: &mut ValidationErrors) {
             other => errors.add(other, "unknown_field", format!("unknown field; expected {FIELDS}")),
         }
     }
+}
+
+/// A body's `cron` (required) and `timezone` (default UTC), as a schedule and a preview take them.
+pub(crate) fn parse_timing(
+    obj: &serde_json::Map<String, Value>,
+    errors: &mut ValidationErrors,
+) -> (Option<CronExpr>, Option<ScheduleTimezone>) {
+    let cron = match obj.get("cron") {
+        None | Some(Value::Null) => {
+            errors.add("cron", "required", "cron is required, e.g. \"0 3 * * *\" (every day at 03:00)");
+            None
+        }
+        Some(v) => parse_cron(v, errors),
+    };
+    let timezone = match obj.get("timezone") {
+        None | Some(Value::Null) => Some(ScheduleTimezone::UTC),
+        Some(v) => parse_timezone(v, errors),
+    };
+    (cron, timezone)
 }
 
 pub(crate) fn parse_cron(value: &Value, errors: &mut ValidationErrors) -> Option<CronExpr> {

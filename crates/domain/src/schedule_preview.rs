@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use crate::schedule::{CronExpr, ScheduleTimezone, parse_cron, parse_timezone};
+use crate::schedule::{CronExpr, ScheduleTimezone, parse_timing};
 use crate::validation::ValidationErrors;
 
 /// Fires listed when the request does not say.
@@ -36,17 +36,7 @@ impl CronPreview {
         for key in obj.keys().filter(|k| !matches!(k.as_str(), "cron" | "timezone" | "count")) {
             errors.add(key.as_str(), "unknown_field", "unknown field; expected cron, timezone or count");
         }
-        let cron = match obj.get("cron") {
-            None | Some(Value::Null) => {
-                errors.add("cron", "required", "cron is required, e.g. \"0 3 * * *\" (every day at 03:00)");
-                None
-            }
-            Some(v) => parse_cron(v, &mut errors),
-        };
-        let timezone = match obj.get("timezone") {
-            None | Some(Value::Null) => Some(ScheduleTimezone::UTC),
-            Some(v) => parse_timezone(v, &mut errors),
-        };
+        let (cron, timezone) = parse_timing(obj, &mut errors);
         let count = match obj.get("count") {
             None | Some(Value::Null) => Some(PREVIEW_COUNT_DEFAULT),
             Some(v) => match v.as_u64().and_then(|n| usize::try_from(n).ok()) {
