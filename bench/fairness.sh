@@ -2,9 +2,13 @@
 # Benchmark (issue 10): fair dispatch between tenants. Tenant A queues BACKLOG exports of A_USERS
 # users through the API; then tenant B's synchronous export of 1,000 users runs. Printed per
 # orchestrator (in-process, then Temporal with one worker): B's latency alone (the median of
-# five) and behind A's backlog (the median of three: right after A's burst, 1 s and 2 s later),
-# their ratio (target <= 3) and how many of A's exports were still unfinished when B's last
-# completed (B must never wait for A's whole queue). Users and records in PostgreSQL, local
+# five) and behind A's queued backlog (the median of five, half a second apart), their ratio
+# (target <= 3), the worst of the five, and how many of A's exports were still unfinished when B's
+# last completed (B must never wait for A's whole queue). A's backlog counts as queued once its
+# newest export's attempt is on the task queue: in Temporal mode the server first takes in A's 200
+# workflow starts (about two seconds of its CPU here); B's latency during that intake is printed
+# apart ("B in A's intake", with its ratio): the target is the same there, and Temporal mode
+# misses it (no fairness key orders the server's own work on each workflow; see the README). Users and records in PostgreSQL, local
 # storage, release builds, 4 export slots (in-process) or activity slots (worker), the default
 # USEREXPORT_TENANT_MAX_RUNNING of 2; A's max_unfinished is raised so its whole backlog is taken.
 # Needs PostgreSQL on 127.0.0.1:5432 and the temporal CLI.
@@ -100,7 +104,22 @@ a_unfinished() {
   psql "$DATABASE_URL" -tAc "SELECT count(*) FROM exports WHERE tenant_id = 'tenant-a' AND status IN ('pending', 'running')"
 }
 
-printf '\n%-10s %10s %12s %7s %20s\n' mode "B alone s" "B behind A s" ratio "A left when B done"
+# a_queued: waits until A's newest export has its attempt on the task queue (Temporal: its
+# workflow has taken its first workflow task; in-process: at once, the queue is in memory).
+a_queued() {
+  [ "$mode" = temporal ] || return 0
+  local newest
+  newest=$(psql "$DATABASE_URL" -tAc "SELECT id FROM exports WHERE tenant_id = 'tenant-a' ORDER BY created_at DESC LIMIT 1")
+  for _ in $(seq 300); do
+    temporal workflow describe --address "$TEMPORAL_ADDRESS" -w "user-export:tenant-a:prod:$newest" -o json 2>/dev/null \
+      | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin).get("pendingActivities") else 1)' && return 0
+    sleep 0.1
+  done
+  echo "A's newest export never reached the task queue" >&2; exit 1
+}
+
+printf '\n%-10s %9s %9s %7s %9s %17s %20s\n' mode "B alone" "B behind" ratio "worst" "B in A's intake" \
+  "A left when B done"
 for mode in inprocess temporal; do
   psql "$DATABASE_URL" -qc "TRUNCATE exports"
   if [ "$mode" = temporal ]; then
@@ -113,14 +132,17 @@ for mode in inprocess temporal; do
   # B alone: the median of five (one sample of a ~50 ms export is mostly noise).
   alone=$(median "$(for _ in 1 2 3 4 5; do b_sync; done)")
   queue_a
+  intake=$(b_sync)
+  a_queued
   queued=$(a_unfinished)
-  # B behind A: the median of three, the first right after A's burst, then 1 s and 2 s later
-  # (all three printed).
-  samples=$(b_sync; sleep 1; b_sync; sleep 1; b_sync)
+  # B behind A's queued backlog: the median of five, half a second apart (all five printed).
+  samples=$(for i in 1 2 3 4 5; do b_sync; [ "$i" = 5 ] || sleep 0.5; done)
   behind=$(median "$samples")
+  worst=$(python3 -c 'import sys; print(max(float(x) for x in sys.argv[1].split()))' "$samples")
   left=$(a_unfinished)
-  printf '%-10s %10.3f %12.3f %7.2f %14s of %s   (behind A: %s)\n' "$mode" "$alone" "$behind" \
-    "$(calc "$behind / $alone")" "$left" "$queued" "$(echo $samples | xargs printf '%.3f ')"
+  printf '%-10s %8.3fs %8.3fs %7.2f %8.3fs %8.3fs (%4.1fx) %13s of %s   (behind A: %s)\n' "$mode" "$alone" \
+    "$behind" "$(calc "$behind / $alone")" "$worst" "$intake" "$(calc "$intake / $alone")" "$left" "$queued" \
+    "$(echo $samples | xargs printf '%.3f ')"
   kill -9 "$API_PID" 2>/dev/null || true; wait "$API_PID" 2>/dev/null || true
   if [ "$mode" = temporal ]; then kill -9 "$WORKER_PID" 2>/dev/null || true; wait "$WORKER_PID" 2>/dev/null || true; fi
 done

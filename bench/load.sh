@@ -12,6 +12,7 @@
 # Usage: bench/load.sh [exports=1000] [tenants=50] [users_per_tenant=200]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+BIN=${CARGO_TARGET_DIR:-target}/release
 
 EXPORTS=${1:-1000}
 TENANTS=${2:-50}
@@ -58,17 +59,17 @@ export USEREXPORT_NATS_URL=$NATS_URL
 start() { # MODE: API (and worker) on a fresh database and a fresh stream
   local port; port=$(free_port)
   psql "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
-  target/release/userexport migrate
+  $BIN/userexport migrate
   for i in $(seq 0 $((TENANTS - 1))); do
-    target/release/userexport seed --scope "$(printf 't%02d/prod' "$i")" --count "$USERS" >/dev/null
+    $BIN/userexport seed --scope "$(printf 't%02d/prod' "$i")" --count "$USERS" >/dev/null
   done
   export USEREXPORT_DATA_DIR=$WORK/data-$1 USEREXPORT_NATS_STREAM=LOADBENCH_$1_$$
   export USEREXPORT_NATS_SUBJECT=loadbench.$1.$$.requested USEREXPORT_NATS_DLQ_SUBJECT=loadbench.$1.$$.dlq
   export USEREXPORT_NATS_CONSUMER=loadbench-$1
-  USEREXPORT_ORCHESTRATOR=$1 USEREXPORT_LISTEN=127.0.0.1:$port target/release/userexport >"$WORK/api-$1.log" 2>&1 &
+  USEREXPORT_ORCHESTRATOR=$1 USEREXPORT_LISTEN=127.0.0.1:$port $BIN/userexport >"$WORK/api-$1.log" 2>&1 &
   PIDS+=($!); API=http://127.0.0.1:$port
   if [ "$1" = temporal ]; then
-    target/release/userexport-worker >"$WORK/worker.log" 2>&1 &
+    $BIN/userexport-worker >"$WORK/worker.log" 2>&1 &
     PIDS+=($!)
   fi
   for _ in $(seq 200); do curl -sf "$API/readyz" >/dev/null && return; sleep 0.1; done
@@ -78,7 +79,7 @@ start() { # MODE: API (and worker) on a fresh database and a fresh stream
 for mode in inprocess temporal; do
   echo; echo "== $mode: $EXPORTS exports from $TENANTS tenants ($USERS users each), HTTP and NATS, with duplicates =="
   start "$mode"
-  target/release/loadgen --api "$API" --nats "$NATS_URL" --subject "$USEREXPORT_NATS_SUBJECT" \
+  $BIN/loadgen --api "$API" --nats "$NATS_URL" --subject "$USEREXPORT_NATS_SUBJECT" \
     --stream "$USEREXPORT_NATS_STREAM" --consumer "$USEREXPORT_NATS_CONSUMER" --tenants "$WORK/tenants.json" \
     --exports "$EXPORTS" --duplicates $((EXPORTS / 10)) --out "$WORK/$mode.json" >"$WORK/$mode.out"
   S=$WORK/$mode.json

@@ -14,6 +14,7 @@
 # Usage: bench/resume.sh [users=2000000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+BIN=${CARGO_TARGET_DIR:-target}/release
 
 USERS=${1:-2000000}
 ADMIN_URL=${BENCH_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
@@ -48,9 +49,9 @@ for _ in $(seq 50); do curl -sf "$AWS_ENDPOINT_URL/" >/dev/null && break; sleep 
 curl -sf -X PUT "$AWS_ENDPOINT_URL/bench" >/dev/null
 
 psql "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
-target/release/userexport migrate
+$BIN/userexport migrate
 echo "seeding $USERS users"
-target/release/userexport seed --scope acme/prod --count "$USERS" >/dev/null
+$BIN/userexport seed --scope acme/prod --count "$USERS" >/dev/null
 psql "$DATABASE_URL" -qc "VACUUM ANALYZE users"
 
 export USEREXPORT_USERS=postgres USEREXPORT_EXPORTS=postgres USEREXPORT_DATA_DIR=$WORK/data
@@ -58,14 +59,14 @@ export USEREXPORT_HEARTBEAT_TIMEOUT_S=5 USEREXPORT_RETRY_INITIAL_INTERVAL_MS=200
 
 WORKER_PID=
 start_worker() { # [extra env...]
-  env "$@" target/release/userexport-worker >>"$WORK/worker.log" 2>&1 &
+  env "$@" $BIN/userexport-worker >>"$WORK/worker.log" 2>&1 &
   WORKER_PID=$!; PIDS+=("$WORKER_PID")
 }
 start_api() {
   local port; port=$(free_port)
   USEREXPORT_ORCHESTRATOR=temporal USEREXPORT_API_KEYS="$KEY=acme/prod" USEREXPORT_LISTEN=127.0.0.1:$port \
     USEREXPORT_RATE_LIMIT_PER_S=100000 USEREXPORT_RATE_LIMIT_BURST=100000 \
-    target/release/userexport >>"$WORK/api.log" 2>&1 &
+    $BIN/userexport >>"$WORK/api.log" 2>&1 &
   API_PID=$!; PIDS+=("$API_PID"); API=http://127.0.0.1:$port
   for _ in $(seq 100); do curl -sf "$API/readyz" >/dev/null && return; sleep 0.1; done
   echo "API did not start:"; tail -n 20 "$WORK/api.log"; exit 1

@@ -6,6 +6,7 @@
 # Usage: bench/temporal-overhead.sh [n=200] [concurrency=8]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+BIN=${CARGO_TARGET_DIR:-target}/release
 
 N=${1:-200}
 C=${2:-8}
@@ -31,16 +32,16 @@ export TEMPORAL_ADDRESS=127.0.0.1:$TEMPORAL_PORT
 for _ in $(seq 300); do temporal operator cluster health --address "$TEMPORAL_ADDRESS" 2>/dev/null | grep -q SERVING && break; sleep 0.2; done
 
 psql "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
-target/release/userexport seed --scope acme/prod --count 10 2>/dev/null   # tiny exports
+$BIN/userexport seed --scope acme/prod --count 10 2>/dev/null   # tiny exports
 
 export USEREXPORT_USERS=postgres USEREXPORT_EXPORTS=postgres USEREXPORT_STORAGE=local
 export USEREXPORT_DATA_DIR=$WORK/data USEREXPORT_TASK_QUEUE=bench-exports RUST_LOG=warn
-USEREXPORT_MAX_CONCURRENT_EXPORTS=$((C * 2)) target/release/userexport-worker >"$WORK/worker.log" 2>&1 &
+USEREXPORT_MAX_CONCURRENT_EXPORTS=$((C * 2)) $BIN/userexport-worker >"$WORK/worker.log" 2>&1 &
 PIDS+=($!)
 API_PORT=$(free_port)
 USEREXPORT_ORCHESTRATOR=temporal USEREXPORT_API_KEYS="$KEY=acme/prod" USEREXPORT_LISTEN=127.0.0.1:$API_PORT \
   USEREXPORT_RATE_LIMIT_PER_S=100000 USEREXPORT_RATE_LIMIT_BURST=100000 \
-  target/release/userexport >"$WORK/api.log" 2>&1 &
+  $BIN/userexport >"$WORK/api.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$API_PORT/readyz" >/dev/null && break; sleep 0.1; done
 

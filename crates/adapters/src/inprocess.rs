@@ -22,6 +22,8 @@ use domain::{Batch, BatchId, ExecutionPolicy, Export, ExportId, QuotaBook, Scope
 use ports::{CancelOutcome, ExportRepository, Orchestrator, PortError, RunState, WaitOutcome};
 use service::meters::{self, InProgress};
 use service::{AttemptControl, ExportRunner, RunError};
+
+use crate::export_threads::ExportThreads;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -47,6 +49,8 @@ struct Inner {
     closing: AtomicBool,
     /// Cancelled when shutdown's grace period is over: attempts stop without touching records.
     interrupt: CancellationToken,
+    /// Where attempts run (see [`ExportThreads`]).
+    threads: ExportThreads,
 }
 
 /// Runs exports on tokio tasks with bounded concurrency, shared fairly between tenant scopes.
@@ -92,8 +96,19 @@ impl InProcessOrchestrator {
                 tasks: TaskTracker::new(),
                 closing: AtomicBool::new(false),
                 interrupt: CancellationToken::new(),
+                threads: ExportThreads::inline(),
             }),
         }
+    }
+
+    /// Runs attempts on `threads` (by default, on the caller's runtime). Before any export starts.
+    #[must_use]
+    pub fn with_export_threads(mut self, threads: ExportThreads) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.threads = threads,
+            None => warn!("export threads set on an orchestrator already shared; attempts stay inline"),
+        }
+        self
     }
 
     /// Resumes every export a previous process left unfinished, and the notification step of
@@ -248,7 +263,9 @@ impl InProcessOrchestrator {
                 // The record keeps the checkpoint in this mode; the runner reads it there.
                 resume: None,
             };
-            let after = match inner.runner.run_attempt(scope, *id, &control, &|_, _| {}).await {
+            let (runner, run_scope, run_id) = (Arc::clone(&inner.runner), scope.clone(), *id);
+            let run = async move { runner.run_attempt(&run_scope, run_id, &control, &|_, _| {}).await };
+            let after = match inner.threads.run(scope, run).await {
                 Err(RunError::Retry { after, class, .. }) => {
                     info!(
                         attempt,

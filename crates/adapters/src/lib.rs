@@ -5,6 +5,7 @@
 pub mod callback;
 #[cfg(feature = "testkit")]
 pub mod contract;
+pub mod export_threads;
 pub mod inprocess;
 pub mod memory;
 #[cfg(feature = "nats")]

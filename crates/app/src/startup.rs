@@ -214,7 +214,8 @@ impl Application {
                     policy,
                     config.max_concurrent_exports,
                     Arc::clone(&quotas),
-                );
+                )
+                .with_export_threads(config.policy.export_threads()?);
                 let resumed = orchestrator.recover().await.context("resuming unfinished exports")?;
                 if resumed > 0 {
                     info!(resumed, "resumed unfinished exports");

@@ -58,6 +58,13 @@ pub struct PolicyArgs {
     /// than from row 0. Turn off only to measure what checkpoints cost.
     #[arg(long, env = "USEREXPORT_CHECKPOINTS", default_value_t = true, action = clap::ArgAction::Set)]
     pub checkpoints: bool,
+
+    /// How much lower than the rest of the process the CPU priority of export attempts is, as a
+    /// nice increment (0 to 19; 0 keeps the process's): exports use every idle CPU but give way
+    /// to the API's answers and the Temporal polls and workflow tasks on the same host; a
+    /// tenant's further running exports go 5 lower still (Linux).
+    #[arg(long, env = "USEREXPORT_EXPORT_NICE", default_value_t = adapters::export_threads::DEFAULT_NICE)]
+    pub export_nice: u8,
 }
 
 impl Default for PolicyArgs {
@@ -76,6 +83,7 @@ impl Default for PolicyArgs {
             retention_sweep_s: 3600,
             reconcile_interval_s: 60,
             checkpoints: true,
+            export_nice: adapters::export_threads::DEFAULT_NICE,
         }
     }
 }
@@ -120,6 +128,18 @@ impl PolicyArgs {
             checkpoints: self.checkpoints,
             ..service::RunnerConfig::default()
         })
+    }
+
+    /// The threads export attempts run on, at `USEREXPORT_EXPORT_NICE`.
+    ///
+    /// # Errors
+    /// A nice increment above 19, or threads that cannot be started.
+    pub fn export_threads(&self) -> anyhow::Result<adapters::export_threads::ExportThreads> {
+        if self.export_nice > adapters::export_threads::MAX_NICE {
+            anyhow::bail!("invalid USEREXPORT_EXPORT_NICE: {} (0 to 19)", self.export_nice);
+        }
+        adapters::export_threads::ExportThreads::start(self.export_nice)
+            .context("starting the export threads")
     }
 
     /// The retention policy, validated.

@@ -272,6 +272,7 @@ pub async fn run_with(
         default_policy: policy,
         shutdown: interrupt.clone(),
         reconciler,
+        export_threads: config.policy.export_threads()?,
     };
     let mut workers = Vec::with_capacity(workloads.len());
     for (workload, mut options) in

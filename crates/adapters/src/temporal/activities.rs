@@ -30,6 +30,7 @@ use super::types::{
     ExportHeartbeat, ExportRef, ExportState, ExportUserDataInput, ExportUserDataOutput, FinishInput,
     FinishOutcome, FinishOutput, PrepareInput, PrepareOutput, failure_type,
 };
+use crate::export_threads::ExportThreads;
 
 /// Fastest heartbeat ticker, whatever the heartbeat timeout.
 const MIN_HEARTBEAT_EVERY: Duration = Duration::from_millis(100);
@@ -46,6 +47,8 @@ pub struct ExportActivities {
     quotas: Arc<QuotaBook>,
     /// This worker's running attempts per tenant scope (`max_running`).
     tenant_slots: Arc<TenantSlots>,
+    /// Where `ExportUserData` attempts run.
+    threads: ExportThreads,
 }
 
 impl std::fmt::Debug for ExportActivities {
@@ -69,7 +72,22 @@ impl ExportActivities {
     ) -> Self {
         let quotas = Arc::<QuotaBook>::default();
         let tenant_slots = TenantSlots::new(Arc::clone(&quotas));
-        Self { runner, exports, default_policy, shutdown, quotas, tenant_slots }
+        Self {
+            runner,
+            exports,
+            default_policy,
+            shutdown,
+            quotas,
+            tenant_slots,
+            threads: ExportThreads::inline(),
+        }
+    }
+
+    /// Runs attempts on `threads` (by default, on the worker's runtime).
+    #[must_use]
+    pub fn with_export_threads(mut self, threads: ExportThreads) -> Self {
+        self.threads = threads;
+        self
     }
 
     /// Tenant quotas: `max_running` attempts of one scope at once in this worker, and
@@ -89,6 +107,7 @@ impl ExportActivities {
             deps.shutdown.clone(),
         )
         .with_quotas(Arc::clone(&deps.quotas))
+        .with_export_threads(deps.export_threads.clone())
     }
 }
 
@@ -191,9 +210,9 @@ impl ExportActivities {
             policy: input.policy.unwrap_or(self.default_policy),
             resume,
         };
-        let result = run_with_heartbeats(&self.runner, &ctx, &scope, id, &control, heartbeat_timeout)
-            .instrument(span)
-            .await;
+        let attempt = Attempt { runner: Arc::clone(&self.runner), scope, id, control };
+        let result =
+            run_with_heartbeats(&self.threads, attempt, &ctx, heartbeat_timeout).instrument(span).await;
         match result {
             Ok(export) => match export.status() {
                 ExportStatus::Completed => ExportUserDataOutput::from_export(&export).ok_or_else(|| {
@@ -307,18 +326,26 @@ impl ExportActivities {
     }
 }
 
-/// Runs the attempt while heartbeating progress and forwarding the activity's cancellation.
-///
-/// Heartbeats run on a task of their own, so an attempt that seldom yields (fast stores, CPU-bound
-/// encoding) cannot starve them on a multi-threaded runtime; the task ends with the attempt.
-async fn run_with_heartbeats(
-    runner: &ExportRunner,
-    ctx: &ActivityContext,
-    scope: &Scope,
+/// What one attempt needs, owned, to run on the export threads.
+struct Attempt {
+    runner: Arc<ExportRunner>,
+    scope: Scope,
     id: ExportId,
-    control: &AttemptControl,
+    control: AttemptControl,
+}
+
+/// Runs the attempt on `threads` while heartbeating progress and forwarding the activity's
+/// cancellation.
+///
+/// Heartbeats run on a task of their own on the worker's runtime, so an attempt that seldom
+/// yields (fast stores, CPU-bound encoding) cannot starve them; the task ends with the attempt.
+async fn run_with_heartbeats(
+    threads: &ExportThreads,
+    attempt: Attempt,
+    ctx: &ActivityContext,
     heartbeat_timeout: Duration,
 ) -> Result<Export, RunError> {
+    let Attempt { runner, scope, id, control } = attempt;
     // Starts with the checkpoint being resumed, so no heartbeat replaces it with nothing.
     let first = ExportHeartbeat { rows_written: 0, checkpoint: control.resume.clone() };
     let (rows_tx, rows_rx) = watch::channel(first);
@@ -335,7 +362,8 @@ async fn run_with_heartbeats(
             .in_current_span(),
     );
     let _stop_side_tasks = AbortOnDropHandle::new(side_tasks);
-    runner.run_attempt(scope, id, control, &progress).await
+    let run_scope = scope.clone();
+    threads.run(&scope, async move { runner.run_attempt(&run_scope, id, &control, &progress).await }).await
 }
 
 /// Heartbeats the latest progress and checkpoint on every change and at least every third of

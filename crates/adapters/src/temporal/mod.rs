@@ -96,6 +96,8 @@ pub struct WorkerDeps {
     /// Tenant quotas: `max_running` exports of one scope at once in this worker, and
     /// `max_unfinished` for the records the worker creates (schedule fires).
     pub quotas: Arc<QuotaBook>,
+    /// Where `ExportUserData` attempts run (`Default`: on the worker's runtime).
+    pub export_threads: crate::export_threads::ExportThreads,
 }
 
 impl std::fmt::Debug for WorkerDeps {

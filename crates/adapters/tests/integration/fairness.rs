@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use adapters::export_threads::{DEFAULT_NICE, ExportThreads};
 use adapters::inprocess::InProcessOrchestrator;
 use adapters::memory::{MemoryExportRepository, MemoryUserRepository};
 use adapters::notify::LogNotifier;
@@ -118,7 +119,8 @@ async fn in_process_a_tenants_backlog_does_not_hold_up_another_tenant() {
         ExecutionPolicy::default(),
         4,
         quotas(),
-    );
+    )
+    .with_export_threads(ExportThreads::start(DEFAULT_NICE).unwrap());
     let service = world.service(Arc::new(orchestrator.clone()));
     let (alone, behind, a_left) = measure(&world, &service).await;
     assert_fair(alone, behind, a_left);
@@ -195,7 +197,7 @@ mod temporal {
     use super::*;
 
     /// A worker as the binary builds it: 4 export slots, at most `max_running` (2) of a tenant,
-    /// its bookkeeping on the control queue's own slots.
+    /// its bookkeeping on the control queue's own slots, attempts on the export threads.
     fn worker_options(world: &World, task_queue: &str) -> Vec<WorkerOptions> {
         let deps = WorkerDeps {
             runner: world.runner.clone(),
@@ -205,6 +207,7 @@ mod temporal {
             shutdown: CancellationToken::new(),
             reconciler: None,
             quotas: quotas(),
+            export_threads: ExportThreads::start(DEFAULT_NICE).unwrap(),
         };
         let queues = TaskQueues::new(task_queue);
         let all = workload_options(&queues, &Workload::ALL, &deps).unwrap();

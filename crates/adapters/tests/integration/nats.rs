@@ -409,6 +409,7 @@ async fn with_temporal_an_event_published_twice_gives_one_completed_export() {
     let queues = TaskQueues::new(task_queue);
     let deps = WorkerDeps {
         quotas: Default::default(),
+        export_threads: Default::default(),
         runner,
         exports: exports.clone(),
         storage,

@@ -90,6 +90,7 @@ impl Harness {
         ));
         let deps = WorkerDeps {
             quotas: Default::default(),
+            export_threads: Default::default(),
             runner,
             exports: exports.clone(),
             storage,

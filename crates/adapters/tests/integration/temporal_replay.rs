@@ -239,6 +239,7 @@ async fn record_histories() {
     );
     let deps = WorkerDeps {
         quotas: Default::default(),
+        export_threads: Default::default(),
         runner,
         exports: exports.clone(),
         storage: storage.clone() as Arc<dyn ExportStorage>,

@@ -74,6 +74,7 @@ impl Harness {
     fn worker_deps(&self) -> WorkerDeps {
         WorkerDeps {
             quotas: Default::default(),
+            export_threads: Default::default(),
             runner: self.runner.clone(),
             exports: self.exports.clone(),
             storage: self.storage.clone(),

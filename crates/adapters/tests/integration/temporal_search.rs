@@ -109,6 +109,7 @@ impl World {
         );
         let deps = WorkerDeps {
             quotas: Default::default(),
+            export_threads: Default::default(),
             runner,
             exports: exports.clone(),
             storage,
