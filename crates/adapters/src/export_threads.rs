@@ -5,8 +5,8 @@
 //! server, the worker's polls and workflow tasks, another tenant's short export waiting on all
 //! of those), a backlog of big exports would make every step of that control plane wait its turn
 //! for a CPU: with a Temporal dev server on the same two cores, a 1,000-user export took five
-//! times as long behind another tenant's backlog, and one twice as long when the server alone
-//! was given priority.
+//! times as long behind another tenant's backlog as alone, and 1.3 times once the server alone
+//! was given a higher priority.
 //!
 //! So attempts run on runtimes of their own whose threads have a lower CPU priority (a higher
 //! nice value, `USEREXPORT_EXPORT_NICE`). Nice is work-conserving: the attempts use every CPU
@@ -14,9 +14,9 @@
 //!
 //! Between tenants, the CPU goes by tenant rather than by attempt: a scope's first running
 //! attempt in this process runs in the lead lane (at `nice`), any other of the same scope in the
-//! extra lane ([`EXTRA_NICE`] lower still). So a tenant running two exports gets about the CPU of
-//! one and a third while another tenant's export runs (Linux weights: 110 per thread at nice 10,
-//! 36 at 15), not two thirds of it, and all of it when it is alone.
+//! extra lane ([`EXTRA_NICE`] lower still). So while another tenant's export runs, a tenant
+//! running two gets about 1.3 times its CPU, not twice (Linux weights: 110 per thread at nice 10,
+//! 36 at 15), and all of it when it is alone.
 //!
 //! Nice orders threads within one CPU cgroup only (a container, a systemd service): across them,
 //! their CPU weights decide. Outside Linux the threads keep the process's priority.
