@@ -22,12 +22,12 @@ use domain::{Batch, BatchId, ExecutionPolicy, Export, ExportId, QuotaBook, Scope
 use ports::{CancelOutcome, ExportRepository, Orchestrator, PortError, RunState, WaitOutcome};
 use service::meters::{self, InProgress};
 use service::{AttemptControl, ExportRunner, RunError};
-
-use crate::export_threads::ExportThreads;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
+
+use crate::export_threads::ExportThreads;
 
 type RunKey = (Scope, ExportId);
 

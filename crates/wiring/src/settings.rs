@@ -263,6 +263,14 @@ mod tests {
         }
     }
 
+    #[test]
+    fn an_export_nice_above_19_is_refused_by_name_and_the_default_starts() {
+        let err = PolicyArgs { export_nice: 20, ..PolicyArgs::default() }.export_threads().unwrap_err();
+        let err = format!("{err:#}");
+        assert!(err.contains("USEREXPORT_EXPORT_NICE") && !err.contains('\n'), "{err}");
+        assert!(PolicyArgs::default().export_threads().is_ok());
+    }
+
     fn tenants_with(url: &str, allow_private: bool) -> TenantArgs {
         let json = format!(
             r#"[{{"scope":"acme/prod","webhook_secret":"0123456789abcdef0123456789abcdef","callback_url":"{url}"}}]"#
