@@ -239,7 +239,9 @@ impl Application {
                     task_queue: config.temporal.task_queue.clone(),
                     policy,
                 })
-                .await?,
+                .await?
+                // A scope's burst waits as records; its workflows start a few at a time.
+                .with_admission(Arc::clone(&adapters.exports), Arc::clone(&quotas)),
             ),
         };
         let dyn_orchestrator = orchestrator.port();

@@ -233,6 +233,7 @@ pub struct ExportParts {
     pub resumed_from_row: Option<u64>,
     pub delete_attempts: u32,
     pub next_delete_at: Option<DateTime<Utc>>,
+    pub admitted_at: Option<DateTime<Utc>>,
 }
 
 /// The record of one export. Identity and request are public; everything the state machine
@@ -284,6 +285,11 @@ pub struct Export {
     /// When retention tries to delete the file again after a failure; `None`: at `expires_at`.
     #[serde(default)]
     next_delete_at: Option<DateTime<Utc>>,
+    /// When a run was started for the export under its scope's admission limit (Temporal mode,
+    /// [`crate::TenantQuotas::max_started`]); `None` while it waits for its turn, and always with
+    /// the in-process orchestrator, whose own queue decides.
+    #[serde(default)]
+    admitted_at: Option<DateTime<Utc>>,
 }
 
 impl Export {
@@ -322,6 +328,7 @@ impl Export {
             resumed_from_row: None,
             delete_attempts: 0,
             next_delete_at: None,
+            admitted_at: None,
         }
     }
 
@@ -353,6 +360,7 @@ impl Export {
             resumed_from_row: p.resumed_from_row,
             delete_attempts: p.delete_attempts,
             next_delete_at: p.next_delete_at,
+            admitted_at: p.admitted_at,
         }
     }
 
@@ -384,6 +392,7 @@ impl Export {
             resumed_from_row: self.resumed_from_row,
             delete_attempts: self.delete_attempts,
             next_delete_at: self.next_delete_at,
+            admitted_at: self.admitted_at,
         }
     }
 
@@ -436,6 +445,21 @@ impl Export {
     /// Records the workflow ID the export actually runs under (a scheduled run's own).
     pub fn set_workflow_id(&mut self, workflow_id: String) {
         self.workflow_id = (workflow_id != self.id.workflow_id(&self.scope)).then_some(workflow_id);
+    }
+    /// When a run was started for the export under its scope's admission limit; `None` while it
+    /// waits (or when the orchestrator admits nothing).
+    pub fn admitted_at(&self) -> Option<DateTime<Utc>> {
+        self.admitted_at
+    }
+    /// Whether the export is `pending` and no run was started for it yet: it waits for its
+    /// scope's turn.
+    pub fn awaits_admission(&self) -> bool {
+        self.status == ExportStatus::Pending && self.admitted_at.is_none()
+    }
+    /// Records that a run was started for the export (a workflow that creates its own record
+    /// runs already). Kept once set: stores never clear it.
+    pub fn mark_admitted(&mut self, now: DateTime<Utc>) {
+        self.admitted_at.get_or_insert(micros(now));
     }
     /// The key attempt `attempt` uploads to.
     pub fn attempt_key(&self, attempt: u32) -> ObjectKey {
@@ -840,6 +864,22 @@ mod tests {
         assert_eq!(Export::restore(e.to_parts()), e);
         e.set_workflow_id(derived.clone());
         assert_eq!(e.to_parts().workflow_id, None);
+    }
+
+    #[test]
+    fn admission_is_marked_once_and_only_a_pending_export_awaits_it() {
+        let mut e = export();
+        assert!(e.awaits_admission());
+        let first = e.created_at + TimeDelta::seconds(1);
+        e.mark_admitted(first);
+        e.mark_admitted(first + TimeDelta::seconds(5));
+        assert_eq!(e.admitted_at(), Some(first));
+        assert!(!e.awaits_admission());
+        assert_eq!(Export::restore(e.to_parts()), e);
+
+        let mut cancelled = export();
+        cancelled.cancel(cancelled.created_at).unwrap();
+        assert!(!cancelled.awaits_admission(), "only pending exports wait for a run");
     }
 
     #[test]

@@ -71,12 +71,25 @@ pub trait ExportRepository: Send + Sync {
         max_unfinished: u32,
     ) -> Result<QuotaCreateOutcome, PortError>;
 
+    /// Admits `scope`'s oldest `pending` exports that await admission
+    /// ([`Export::awaits_admission`]), oldest first (`created_at`, then `id`), as many as keep
+    /// the scope's admitted unfinished exports at or under `max_started`, marks them admitted
+    /// at `now` and returns them. One atomic step where the records are: concurrent calls (any
+    /// replica) never admit past the limit, nor one export twice.
+    async fn admit_waiting(
+        &self,
+        scope: &Scope,
+        max_started: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Export>, PortError>;
+
     /// The export `id` of `scope`; `None` when missing or when it belongs to another scope.
     async fn get(&self, scope: &Scope, id: ExportId) -> Result<Option<Export>, PortError>;
 
     /// Replaces the stored record with `export` only if the stored status is `expected` and the
     /// stored attempt is not higher than `export`'s (a compare-and-set, so a retried or duplicated
-    /// worker cannot move a finished export backwards or double-count).
+    /// worker cannot move a finished export backwards or double-count). The stored admission
+    /// time is kept: only [`ExportRepository::admit_waiting`] sets it.
     ///
     /// Returns `NotFound` when absent and `Conflict(stored)` when the condition fails.
     async fn update_if_status(

@@ -30,6 +30,9 @@ pub enum RunState {
     Live,
     /// No run exists (never started, or its process is gone).
     Missing,
+    /// No run yet: the export waits for its scope's turn, and the orchestrator starts it when
+    /// the scope has room ([`Orchestrator::admit_waiting`]).
+    Queued,
     /// The run ended without settling the record; how it ended.
     Closed(RunClosure),
 }
@@ -50,7 +53,9 @@ pub enum RunClosure {
 #[async_trait]
 pub trait Orchestrator: Send + Sync {
     /// Starts running a `pending` export asynchronously. Idempotent: starting an export that is
-    /// already started returns `Ok` and does not run it a second time.
+    /// already started returns `Ok` and does not run it a second time. An orchestrator that
+    /// admits a scope's exports a few at a time may instead leave it waiting for its turn
+    /// ([`RunState::Queued`]): it then runs, in order, as the scope's earlier exports finish.
     ///
     /// # Errors
     /// `Unavailable` when the orchestrator cannot accept work (unreachable, shutting down).
@@ -87,6 +92,17 @@ pub trait Orchestrator: Send + Sync {
     /// Whether `export` has a live run; what the reconciler checks before it starts or settles
     /// an unfinished record.
     async fn inspect(&self, export: &Export) -> Result<RunState, PortError>;
+
+    /// Starts runs for `scope`'s exports that wait for their turn, as many as the scope has room
+    /// for, and returns how many it started. Orchestrators that start every export at once
+    /// (in-process: its own queue orders them) have none waiting.
+    ///
+    /// # Errors
+    /// `Unavailable` when the records or the orchestrator cannot be reached.
+    async fn admit_waiting(&self, scope: &Scope) -> Result<usize, PortError> {
+        let _ = scope;
+        Ok(0)
+    }
 
     /// Checks that the orchestrator can accept work (for readiness).
     async fn ping(&self) -> Result<(), PortError>;

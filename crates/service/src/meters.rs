@@ -204,6 +204,15 @@ impl ExportRepository for MeteredExports {
         Ok(outcome)
     }
 
+    async fn admit_waiting(
+        &self,
+        scope: &Scope,
+        max_started: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Export>, PortError> {
+        self.inner.admit_waiting(scope, max_started, now).await
+    }
+
     async fn get(&self, scope: &Scope, id: ExportId) -> Result<Option<Export>, PortError> {
         self.inner.get(scope, id).await
     }

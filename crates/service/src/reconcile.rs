@@ -1,9 +1,11 @@
 //! The reconciler: every record settles. It finds unfinished exports with no live run and starts
-//! them (a `pending` record whose start failed, a `running` one whose process died), settles
+//! them (a `pending` record whose start failed, a `running` one whose process died), admits the
+//! waiting exports of scopes that have room (when the step that should have did not), settles
 //! those whose run closed without a word (terminated, timed out), and runs the notification step
 //! of finished exports that missed it. Both orchestrators run it on an interval (in-process: a
 //! task; Temporal: `ExportReconcileWorkflow` on a system schedule).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +24,9 @@ const NOTIFY_BATCH: usize = 100;
 pub struct ReconcileReport {
     /// Unfinished exports with a live run: left alone.
     pub live: usize,
-    /// Unfinished exports with no run, started (or resumed) again.
+    /// Pending exports waiting for their scope's turn ([`RunState::Queued`]).
+    pub queued: usize,
+    /// Unfinished exports with no run, started (or resumed) again, and waiting ones admitted.
     pub started: usize,
     /// Unfinished exports whose run closed without settling them, now settled.
     pub settled: usize,
@@ -73,13 +77,33 @@ impl Reconciler {
         let mut report = ReconcileReport::default();
         let now = Utc::now();
         let settled_before = now - delta(self.settings.start_grace);
+        let mut queued = BTreeSet::new();
         for export in self.exports.list_unfinished().await? {
             if export.updated_at() > settled_before {
                 continue;
             }
-            if let Err(err) = self.reconcile(&export, &mut report).await {
-                report.errors += 1;
-                warn!(export_id = %export.id, tenant = %export.scope.tenant, error = %err, "could not reconcile the export");
+            match self.reconcile(&export, &mut report).await {
+                Ok(RunState::Queued) => {
+                    report.queued += 1;
+                    queued.insert(export.scope);
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    report.errors += 1;
+                    warn!(export_id = %export.id, tenant = %export.scope.tenant, error = %err, "could not reconcile the export");
+                }
+            }
+        }
+        // The step that admits a scope's next exports when one ends may have been lost (a
+        // worker killed in between): scopes with room take their waiting exports now.
+        for scope in queued {
+            match self.orchestrator.admit_waiting(&scope).await {
+                Ok(admitted) => report.started += admitted,
+                Err(err) => {
+                    report.errors += 1;
+                    warn!(tenant = %scope.tenant, environment = %scope.environment, error = %err,
+                          "could not admit the scope's waiting exports");
+                }
             }
         }
         let notify_before = now - delta(self.settings.notify_grace);
@@ -95,6 +119,7 @@ impl Reconciler {
         if report != ReconcileReport::default() {
             info!(
                 live = report.live,
+                queued = report.queued,
                 started = report.started,
                 settled = report.settled,
                 notified = report.notified,
@@ -105,17 +130,25 @@ impl Reconciler {
         Ok(report)
     }
 
-    async fn reconcile(&self, export: &Export, report: &mut ReconcileReport) -> Result<(), anyhow::Error> {
-        let closure = match self.orchestrator.inspect(export).await? {
+    /// Handles one unfinished export; returns what the orchestrator said of its run.
+    async fn reconcile(
+        &self,
+        export: &Export,
+        report: &mut ReconcileReport,
+    ) -> Result<RunState, anyhow::Error> {
+        let state = self.orchestrator.inspect(export).await?;
+        let closure = match state {
             RunState::Live => {
                 report.live += 1;
-                return Ok(());
+                return Ok(state);
             }
+            // Admitted by scope, after the pass.
+            RunState::Queued => return Ok(state),
             RunState::Missing => {
                 info!(export_id = %export.id, status = %export.status(), "starting an export that has no run");
                 self.orchestrator.start(export).await?;
                 report.started += 1;
-                return Ok(());
+                return Ok(state);
             }
             RunState::Closed(closure) => closure,
         };
@@ -126,7 +159,7 @@ impl Reconciler {
                 info!(export_id = %id, "resuming an export whose run failed without settling it");
                 self.orchestrator.start(export).await?;
                 report.started += 1;
-                return Ok(());
+                return Ok(state);
             }
             RunClosure::Cancelled => self.runner.cancel_unfinished(scope, id).await,
             RunClosure::Terminated => {
@@ -150,7 +183,7 @@ impl Reconciler {
             Ok(_) | Err(RunError::Cancelled | RunError::Failed { .. }) => {
                 info!(export_id = %id, closure = ?closure, "settled an export whose run closed");
                 report.settled += 1;
-                Ok(())
+                Ok(state)
             }
             Err(err) => Err(err.into()),
         }

@@ -19,6 +19,7 @@ use adapters::temporal::{
 use anyhow::{Context, bail};
 use clap::Parser;
 use domain::{ExecutionPolicy, Scope};
+use ports::Orchestrator;
 use service::{ExportRunner, Reconciler};
 use temporalio_sdk::runtime::worker_tuner::{FixedSizeSlotSupplier, TunerHolder};
 use temporalio_sdk::{Runtime, Worker};
@@ -237,6 +238,12 @@ pub async fn run_with(
     ensure_search_attributes(&client).await.context("registering the export search attributes")?;
     let queues = TaskQueues::new(config.temporal.task_queue.as_str());
     let workloads = config.workloads();
+    let quotas = config.quotas.quota_book(&config.tenants.directory()?)?;
+    // Starts workflows as the API does, admitting a scope's waiting exports as others end.
+    let orchestrator: Arc<dyn Orchestrator> = Arc::new(
+        TemporalOrchestrator::new(client.clone(), config.temporal.task_queue.clone(), policy)
+            .with_admission(Arc::clone(&adapters.exports), Arc::clone(&quotas)),
+    );
     // The system schedules and the reconciler go with the control queue, where their workflows run.
     let reconciler = if workloads.contains(&Workload::Control) {
         ensure_retention_schedule(
@@ -248,11 +255,9 @@ pub async fn run_with(
         ensure_reconcile_schedule(&client, &config.temporal.task_queue, config.policy.reconcile_interval()?)
             .await?;
         // The reconciler inspects and starts workflows on this cluster, as the API would.
-        let orchestrator =
-            TemporalOrchestrator::new(client.clone(), config.temporal.task_queue.clone(), policy);
         Some(Arc::new(Reconciler::new(
             Arc::clone(&adapters.exports),
-            Arc::new(orchestrator),
+            Arc::clone(&orchestrator),
             Arc::clone(&runner),
             config.policy.reconcile_settings(),
         )))
@@ -263,7 +268,6 @@ pub async fn run_with(
         Runtime::from_current_tokio(telemetry.runtime_options()?).context("starting the Temporal runtime")?;
 
     let interrupt = CancellationToken::new();
-    let quotas = config.quotas.quota_book(&config.tenants.directory()?)?;
     let deps = WorkerDeps {
         quotas,
         runner,
@@ -273,6 +277,7 @@ pub async fn run_with(
         shutdown: interrupt.clone(),
         reconciler,
         export_threads: config.policy.export_threads()?,
+        admission: Some(orchestrator),
     };
     let mut workers = Vec::with_capacity(workloads.len());
     for (workload, mut options) in

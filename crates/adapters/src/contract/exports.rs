@@ -40,7 +40,8 @@ pub async fn run_all(repo: Arc<dyn ExportRepository>) {
     expired_are_listed_soonest_first_until_marked(repo.as_ref()).await;
     notifications_round_trip(repo.as_ref()).await;
     notify_due_are_listed_oldest_first_until_done(repo.as_ref()).await;
-    // Last: it leaves unfinished exports behind.
+    // Last: they leave unfinished exports behind.
+    admission_takes_the_oldest_waiting_within_the_limit(repo.clone()).await;
     the_unfinished_quota_holds_under_concurrent_creates(repo.clone()).await;
     repo.ping().await.unwrap();
 }
@@ -84,6 +85,69 @@ async fn the_unfinished_quota_holds_under_concurrent_creates(repo: Arc<dyn Expor
         repo.create_within_quota(&over, LIMIT).await.unwrap(),
         QuotaCreateOutcome::QuotaExceeded { .. }
     ));
+}
+
+async fn admission_takes_the_oldest_waiting_within_the_limit(repo: Arc<dyn ExportRepository>) {
+    const LIMIT: u32 = 3;
+    let scope = fresh_scope();
+    // One export of the scope already has a run (a workflow that created its own record).
+    let mut running = new_export(&scope, 100);
+    running.mark_admitted(Utc::now());
+    assert_eq!(repo.create_if_absent(&running).await.unwrap(), CreateOutcome::Created);
+    let mut waiting = Vec::new();
+    for age_s in [60, 50, 40, 30, 20, 10] {
+        let export = new_export(&scope, age_s);
+        assert_eq!(repo.create_if_absent(&export).await.unwrap(), CreateOutcome::Created);
+        waiting.push(export);
+    }
+    let other_scope = new_export(&fresh_scope(), 70);
+    repo.create_if_absent(&other_scope).await.unwrap();
+
+    // Concurrent admissions fill the room once, with the oldest, each admitted once.
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (repo, scope) = (repo.clone(), scope.clone());
+            tokio::spawn(async move { repo.admit_waiting(&scope, LIMIT, Utc::now()).await.unwrap() })
+        })
+        .collect();
+    let mut admitted = Vec::new();
+    for task in tasks {
+        let batch = task.await.unwrap();
+        assert!(batch.iter().all(|e| e.admitted_at().is_some() && !e.awaits_admission()));
+        admitted.extend(batch.into_iter().map(|e| e.id));
+    }
+    admitted.sort();
+    assert_eq!(admitted, vec![waiting[0].id, waiting[1].id], "the two oldest fill the room of three");
+    assert!(repo.admit_waiting(&scope, LIMIT, Utc::now()).await.unwrap().is_empty(), "no room left");
+
+    // An update from a copy read before the admission keeps it.
+    let mut stale = waiting[0].clone();
+    stale.start_attempt(1, Utc::now()).unwrap();
+    assert_eq!(repo.update_if_status(&stale, ExportStatus::Pending).await.unwrap(), UpdateOutcome::Updated);
+    let stored = repo.get(&scope, stale.id).await.unwrap().unwrap();
+    assert!(stored.admitted_at().is_some(), "an update cleared the admission");
+
+    // A cancelled waiting export is never admitted; a finished admitted one frees its place.
+    let mut cancelled = waiting[2].clone();
+    cancelled.cancel(Utc::now()).unwrap();
+    assert_eq!(
+        repo.update_if_status(&cancelled, ExportStatus::Pending).await.unwrap(),
+        UpdateOutcome::Updated
+    );
+    let mut finished = stored;
+    finished.fail(ExportFailure::new(FailureKind::Internal, "done"), Utc::now()).unwrap();
+    assert_eq!(
+        repo.update_if_status(&finished, ExportStatus::Running).await.unwrap(),
+        UpdateOutcome::Updated
+    );
+    let next = repo.admit_waiting(&scope, LIMIT, Utc::now()).await.unwrap();
+    assert_eq!(next.iter().map(|e| e.id).collect::<Vec<_>>(), vec![waiting[3].id]);
+
+    // A larger limit takes the rest in order; the other scope's export still waits.
+    let rest = repo.admit_waiting(&scope, 10, Utc::now()).await.unwrap();
+    assert_eq!(rest.iter().map(|e| e.id).collect::<Vec<_>>(), vec![waiting[4].id, waiting[5].id]);
+    let other = repo.get(&other_scope.scope, other_scope.id).await.unwrap().unwrap();
+    assert!(other.awaits_admission());
 }
 
 /// A completed export of `scope` whose file expires at `expires_at`.

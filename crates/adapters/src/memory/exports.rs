@@ -57,6 +57,31 @@ impl ExportRepository for MemoryExportRepository {
         Ok(QuotaCreateOutcome::Created)
     }
 
+    async fn admit_waiting(
+        &self,
+        scope: &Scope,
+        max_started: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Export>, PortError> {
+        let mut records = self.lock();
+        let in_scope = || records.values().filter(|e| &e.scope == scope);
+        let started = in_scope().filter(|e| !e.status().is_terminal() && e.admitted_at().is_some()).count();
+        let room = (max_started as usize).saturating_sub(started);
+        let mut waiting: Vec<ExportId> = in_scope().filter(|e| e.awaits_admission()).map(|e| e.id).collect();
+        waiting.sort_by_key(|id| {
+            let e = &records[&(scope.clone(), *id)];
+            (e.created_at, e.id)
+        });
+        let mut admitted = Vec::new();
+        for id in waiting.into_iter().take(room) {
+            if let Some(export) = records.get_mut(&(scope.clone(), id)) {
+                export.mark_admitted(now);
+                admitted.push(export.clone());
+            }
+        }
+        Ok(admitted)
+    }
+
     async fn get(&self, scope: &Scope, id: ExportId) -> Result<Option<Export>, PortError> {
         Ok(self.lock().get(&(scope.clone(), id)).cloned())
     }
@@ -73,7 +98,12 @@ impl ExportRepository for MemoryExportRepository {
         if stored.status() != expected || stored.attempt() > export.attempt() {
             return Ok(UpdateOutcome::Conflict(Box::new(stored.clone())));
         }
+        let admitted_at = stored.admitted_at();
         *stored = export.clone();
+        // Only `admit_waiting` sets it; a record read before its admission never clears it.
+        if let Some(admitted_at) = admitted_at {
+            stored.mark_admitted(admitted_at);
+        }
         Ok(UpdateOutcome::Updated)
     }
 

@@ -13,10 +13,20 @@ use sqlx::{AssertSqlSafe, Postgres, QueryBuilder, Row};
 
 use super::{lock_scope, to_i64, to_u64, translate};
 
-const COLUMNS: &str = "tenant_id, environment_id, id, idempotency_key, request_fingerprint, spec, object_key, \
+/// The record's columns, in [`decode`]'s and [`push_values`]' order.
+macro_rules! record_columns {
+    () => {
+        "tenant_id, environment_id, id, idempotency_key, request_fingerprint, spec, object_key, \
     status, attempt, rows_written, total_rows, record_count, bytes, sha256, error_kind, error_message, \
     created_at, started_at, finished_at, updated_at, expires_at, notification, consumed_attempts, workflow_id, \
-    callback, notify_due, checkpoint, resumed_from_row, delete_attempts, next_delete_at";
+    callback, notify_due, checkpoint, resumed_from_row, delete_attempts, next_delete_at"
+    };
+}
+/// What an update writes: every column but `admitted_at`, which only
+/// [`ExportRepository::admit_waiting`] sets, so a record read before its admission never clears it.
+const COLUMNS: &str = record_columns!();
+/// What is read and inserted.
+const ALL_COLUMNS: &str = concat!(record_columns!(), ", admitted_at");
 
 /// Export records in PostgreSQL. Status changes are `UPDATE ... WHERE status = $expected`, so
 /// concurrent writers cannot both win.
@@ -32,7 +42,7 @@ impl PgExportRepository {
 
     async fn fetch(&self, scope: &Scope, id: ExportId) -> Result<Option<Export>, PortError> {
         let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM exports WHERE tenant_id = $1 AND environment_id = $2 AND id = $3"
+            "SELECT {ALL_COLUMNS} FROM exports WHERE tenant_id = $1 AND environment_id = $2 AND id = $3"
         )))
         .bind(scope.tenant.as_str())
         .bind(scope.environment.as_str())
@@ -123,11 +133,24 @@ fn decode(row: &PgRow) -> Result<Export, PortError> {
             u32::try_from(attempts).map_err(|_| bad("delete_attempts", attempts))?
         },
         next_delete_at: row.try_get(29).map_err(translate)?,
+        admitted_at: row.try_get(30).map_err(translate)?,
     }))
 }
 
+/// Whether a statement writes the admission time ([`ALL_COLUMNS`]) or keeps the stored one
+/// ([`COLUMNS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    Written,
+    Kept,
+}
+
 /// Binds every column of `export`, in [`COLUMNS`] order, as one parenthesised tuple.
-fn push_values(q: &mut QueryBuilder<Postgres>, export: &Export) -> Result<(), PortError> {
+fn push_values(
+    q: &mut QueryBuilder<Postgres>,
+    export: &Export,
+    admission: Admission,
+) -> Result<(), PortError> {
     let p = export.to_parts();
     let outcome = p.outcome.as_ref();
     let opt = |n: Option<u64>, what: &str| n.map(|n| to_i64(n, what)).transpose();
@@ -166,6 +189,9 @@ fn push_values(q: &mut QueryBuilder<Postgres>, export: &Export) -> Result<(), Po
     t.push_bind(opt(p.resumed_from_row, "resumed_from_row")?);
     t.push_bind(i32::try_from(p.delete_attempts).unwrap_or(i32::MAX));
     t.push_bind(p.next_delete_at);
+    if admission == Admission::Written {
+        t.push_bind(p.admitted_at);
+    }
     t.push_unseparated(")");
     Ok(())
 }
@@ -173,8 +199,8 @@ fn push_values(q: &mut QueryBuilder<Postgres>, export: &Export) -> Result<(), Po
 #[async_trait]
 impl ExportRepository for PgExportRepository {
     async fn create_if_absent(&self, export: &Export) -> Result<CreateOutcome, PortError> {
-        let mut q = QueryBuilder::new(format!("INSERT INTO exports ({COLUMNS}) VALUES "));
-        push_values(&mut q, export)?;
+        let mut q = QueryBuilder::new(format!("INSERT INTO exports ({ALL_COLUMNS}) VALUES "));
+        push_values(&mut q, export, Admission::Written)?;
         q.push(" ON CONFLICT DO NOTHING");
         let inserted = q.build().execute(&self.pool).await.map_err(translate)?.rows_affected();
         if inserted == 1 {
@@ -199,7 +225,7 @@ impl ExportRepository for PgExportRepository {
         let mut tx = self.pool.begin().await.map_err(translate)?;
         lock_scope(&mut tx, "exports", scope).await?;
         let existing = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM exports WHERE tenant_id = $1 AND environment_id = $2 AND id = $3"
+            "SELECT {ALL_COLUMNS} FROM exports WHERE tenant_id = $1 AND environment_id = $2 AND id = $3"
         )))
         .bind(scope.tenant.as_str())
         .bind(scope.environment.as_str())
@@ -226,8 +252,8 @@ impl ExportRepository for PgExportRepository {
                 return Ok(QuotaCreateOutcome::QuotaExceeded { unfinished: to_u64(unfinished, "count")? });
             }
         }
-        let mut q = QueryBuilder::new(format!("INSERT INTO exports ({COLUMNS}) VALUES "));
-        push_values(&mut q, export)?;
+        let mut q = QueryBuilder::new(format!("INSERT INTO exports ({ALL_COLUMNS}) VALUES "));
+        push_values(&mut q, export, Admission::Written)?;
         q.push(" ON CONFLICT DO NOTHING");
         let inserted = q.build().execute(&mut *tx).await.map_err(translate)?.rows_affected();
         tx.commit().await.map_err(translate)?;
@@ -243,6 +269,49 @@ impl ExportRepository for PgExportRepository {
         }
     }
 
+    async fn admit_waiting(
+        &self,
+        scope: &Scope,
+        max_started: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Export>, PortError> {
+        // The scope's lock makes count-then-admit one step for every replica and worker.
+        let mut tx = self.pool.begin().await.map_err(translate)?;
+        lock_scope(&mut tx, "admission", scope).await?;
+        let started: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT 1 FROM exports WHERE tenant_id = $1 AND environment_id = $2 \
+             AND status IN ('pending', 'running') AND admitted_at IS NOT NULL LIMIT $3) AS started",
+        )
+        .bind(scope.tenant.as_str())
+        .bind(scope.environment.as_str())
+        .bind(i64::from(max_started))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(translate)?;
+        let room = i64::from(max_started) - started;
+        if room <= 0 {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            // `status` again outside: a cancel committed meanwhile is re-checked on the new row.
+            "UPDATE exports SET admitted_at = $3 WHERE tenant_id = $1 AND environment_id = $2 \
+             AND status = 'pending' AND admitted_at IS NULL AND id IN (SELECT id FROM exports \
+             WHERE tenant_id = $1 AND environment_id = $2 AND status = 'pending' AND admitted_at IS NULL \
+             ORDER BY created_at, id LIMIT $4) RETURNING {ALL_COLUMNS}"
+        )))
+        .bind(scope.tenant.as_str())
+        .bind(scope.environment.as_str())
+        .bind(now)
+        .bind(room)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(translate)?;
+        tx.commit().await.map_err(translate)?;
+        let mut admitted = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        admitted.sort_by_key(|e| (e.created_at, e.id));
+        Ok(admitted)
+    }
+
     async fn get(&self, scope: &Scope, id: ExportId) -> Result<Option<Export>, PortError> {
         self.fetch(scope, id).await
     }
@@ -254,7 +323,7 @@ impl ExportRepository for PgExportRepository {
     ) -> Result<UpdateOutcome, PortError> {
         // Row-valued SET keeps the column list in one place ([`COLUMNS`]).
         let mut q = QueryBuilder::new(format!("UPDATE exports SET ({COLUMNS}) = "));
-        push_values(&mut q, export)?;
+        push_values(&mut q, export, Admission::Kept)?;
         q.push(" WHERE tenant_id = ").push_bind(export.scope.tenant.as_str());
         q.push(" AND environment_id = ").push_bind(export.scope.environment.as_str());
         q.push(" AND id = ").push_bind(export.id.as_uuid());
@@ -273,7 +342,7 @@ impl ExportRepository for PgExportRepository {
 
     async fn list(&self, scope: &Scope, query: &ExportQuery) -> Result<ExportPage, PortError> {
         let limit = query.limit.clamp(1, 100);
-        let mut q = QueryBuilder::new(format!("SELECT {COLUMNS} FROM exports WHERE tenant_id = "));
+        let mut q = QueryBuilder::new(format!("SELECT {ALL_COLUMNS} FROM exports WHERE tenant_id = "));
         q.push_bind(scope.tenant.as_str());
         q.push(" AND environment_id = ").push_bind(scope.environment.as_str());
         if let Some(status) = query.status {
@@ -301,7 +370,7 @@ impl ExportRepository for PgExportRepository {
 
     async fn list_unfinished(&self) -> Result<Vec<Export>, PortError> {
         let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM exports WHERE status IN ('pending', 'running') ORDER BY created_at, id"
+            "SELECT {ALL_COLUMNS} FROM exports WHERE status IN ('pending', 'running') ORDER BY created_at, id"
         )))
         .fetch_all(&self.pool)
         .await
@@ -311,7 +380,7 @@ impl ExportRepository for PgExportRepository {
 
     async fn list_notify_due(&self, before: DateTime<Utc>, limit: usize) -> Result<Vec<Export>, PortError> {
         let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM exports WHERE notify_due AND updated_at <= $1 \
+            "SELECT {ALL_COLUMNS} FROM exports WHERE notify_due AND updated_at <= $1 \
              ORDER BY updated_at, tenant_id, environment_id, id LIMIT $2"
         )))
         .bind(before)
@@ -324,7 +393,7 @@ impl ExportRepository for PgExportRepository {
 
     async fn list_expired(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Export>, PortError> {
         let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM exports \
+            "SELECT {ALL_COLUMNS} FROM exports \
              WHERE status = 'completed' AND GREATEST(expires_at, next_delete_at) <= $1 \
              ORDER BY GREATEST(expires_at, next_delete_at), tenant_id, environment_id, id LIMIT $2"
         )))

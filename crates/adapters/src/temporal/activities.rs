@@ -13,7 +13,7 @@ use domain::{
     Checkpoint, EnvironmentId, ExecutionPolicy, Export, ExportFailure, ExportId, ExportSpec, ExportStatus,
     FailureClass, FailureKind, QuotaBook, Scope, TenantId,
 };
-use ports::{CreateOutcome, ExportRepository, PortError, QuotaCreateOutcome, UpdateOutcome};
+use ports::{CreateOutcome, ExportRepository, Orchestrator, PortError, QuotaCreateOutcome, UpdateOutcome};
 use serde_json::Value;
 use service::{AttemptControl, ExportRunner, RunError};
 use temporalio_macros::activities;
@@ -49,6 +49,8 @@ pub struct ExportActivities {
     tenant_slots: Arc<TenantSlots>,
     /// Where `ExportUserData` attempts run.
     threads: ExportThreads,
+    /// Starts a scope's waiting exports when one of its exports ends (admission).
+    admission: Option<Arc<dyn Orchestrator>>,
 }
 
 impl std::fmt::Debug for ExportActivities {
@@ -80,7 +82,16 @@ impl ExportActivities {
             quotas,
             tenant_slots,
             threads: ExportThreads::inline(),
+            admission: None,
         }
+    }
+
+    /// When an export ends, `orchestrator` starts its scope's waiting exports
+    /// ([`Orchestrator::admit_waiting`]).
+    #[must_use]
+    pub fn with_admission(mut self, orchestrator: Arc<dyn Orchestrator>) -> Self {
+        self.admission = Some(orchestrator);
+        self
     }
 
     /// Runs attempts on `threads` (by default, on the worker's runtime).
@@ -100,14 +111,18 @@ impl ExportActivities {
     }
 
     pub fn from_deps(deps: &super::WorkerDeps) -> Self {
-        Self::new(
+        let activities = Self::new(
             Arc::clone(&deps.runner),
             Arc::clone(&deps.exports),
             deps.default_policy,
             deps.shutdown.clone(),
         )
         .with_quotas(Arc::clone(&deps.quotas))
-        .with_export_threads(deps.export_threads.clone())
+        .with_export_threads(deps.export_threads.clone());
+        match &deps.admission {
+            Some(orchestrator) => activities.with_admission(Arc::clone(orchestrator)),
+            None => activities,
+        }
     }
 }
 
@@ -136,6 +151,8 @@ impl ExportActivities {
                 if let Some(workflow_id) = input.workflow_id {
                     export.set_workflow_id(workflow_id);
                 }
+                // This workflow is its run: it counts against the scope's started exports.
+                export.mark_admitted(Utc::now());
                 let limit = self.quotas.for_scope(&scope).max_unfinished;
                 match self.exports.create_within_quota(&export, limit).await.map_err(port_failure)? {
                     QuotaCreateOutcome::Created => {
@@ -213,6 +230,10 @@ impl ExportActivities {
         let attempt = Attempt { runner: Arc::clone(&self.runner), scope, id, control };
         let result =
             run_with_heartbeats(&self.threads, attempt, &ctx, heartbeat_timeout).instrument(span).await;
+        // A final record frees the scope's place for its next waiting export.
+        if result.as_ref().is_ok_and(|export| export.status().is_terminal()) {
+            self.admit_next(&input.export).await;
+        }
         match result {
             Ok(export) => match export.status() {
                 ExportStatus::Completed => ExportUserDataOutput::from_export(&export).ok_or_else(|| {
@@ -277,6 +298,9 @@ impl ExportActivities {
             return Ok(FinishOutput { status: None });
         }
         let export = self.exports.get(&scope, id).await.map_err(port_failure)?;
+        if export.as_ref().is_some_and(|e| e.status().is_terminal()) {
+            self.admit_next(&input.export).await;
+        }
         match export {
             None => Ok(FinishOutput { status: None }),
             Some(export) if export.status().is_terminal() => {
@@ -293,6 +317,23 @@ impl ExportActivities {
 }
 
 impl ExportActivities {
+    /// Starts the waiting exports of `export`'s scope now that it has ended. A failure only
+    /// delays them: the reconciler admits them on its next pass.
+    async fn admit_next(&self, export: &ExportRef) {
+        let Some(orchestrator) = &self.admission else { return };
+        let Ok((scope, _)) = parse_ref(export) else { return };
+        match orchestrator.admit_waiting(&scope).await {
+            Ok(0) => {}
+            Ok(admitted) => {
+                debug!(tenant = %scope.tenant, environment = %scope.environment, admitted, "started waiting exports");
+            }
+            Err(err) => {
+                warn!(tenant = %scope.tenant, environment = %scope.environment, error = %err,
+                      "could not start the scope's waiting exports; the reconciler starts them");
+            }
+        }
+    }
+
     /// Stores an export refused by the quota as `failed`, so its tenant sees it.
     async fn record_refused(&self, mut export: Export, limit: u32) -> Result<Export, ActivityError> {
         let message =

@@ -98,6 +98,9 @@ pub struct WorkerDeps {
     pub quotas: Arc<QuotaBook>,
     /// Where `ExportUserData` attempts run (`Default`: on the worker's runtime).
     pub export_threads: crate::export_threads::ExportThreads,
+    /// Starts a scope's waiting exports when one of its exports ends (a
+    /// [`TemporalOrchestrator::with_admission`]); `None`: exports are not admitted by scope.
+    pub admission: Option<Arc<dyn ports::Orchestrator>>,
 }
 
 impl std::fmt::Debug for WorkerDeps {

@@ -2,12 +2,14 @@
 //! `UserDataExportWorkflow`s on `userexport-worker` processes; this side only starts, waits for
 //! and cancels them.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use async_trait::async_trait;
-use domain::{Batch, ExecutionPolicy, Export, ExportId, ExportOrigin, Scope, fairness_key};
-use ports::{CancelOutcome, Orchestrator, PortError, RunClosure, RunState, WaitOutcome};
+use chrono::Utc;
+use domain::{Batch, ExecutionPolicy, Export, ExportId, ExportOrigin, QuotaBook, Scope, fairness_key};
+use ports::{CancelOutcome, ExportRepository, Orchestrator, PortError, RunClosure, RunState, WaitOutcome};
 use temporalio_client::errors::{WorkflowGetResultError, WorkflowInteractionError, WorkflowStartError};
 use temporalio_client::tonic::{Code, IntoRequest, Status};
 use temporalio_client::{
@@ -17,7 +19,8 @@ use temporalio_client::{
 };
 use temporalio_common::protos::temporal::api::workflowservice::v1::GetSystemInfoRequest;
 use temporalio_common::search_attributes::SearchAttributes;
-use tracing::{info, warn};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
 
 use super::batch::{BatchWorkflowInput, UserBatchExportWorkflow};
 use super::connect_client;
@@ -46,18 +49,37 @@ pub struct TemporalSettings {
 
 /// Starts exports as workflows with the deterministic ID [`ExportId::workflow_id`], so a
 /// duplicate start finds the first run instead of running the export twice. Cheap to clone.
+///
+/// With admission ([`TemporalOrchestrator::with_admission`]), a scope has at most
+/// [`domain::TenantQuotas::max_started`] export workflows at once: its other exports wait as
+/// `pending` records ([`RunState::Queued`]) and start, oldest first, as its running ones end
+/// (the worker's activities call [`Orchestrator::admit_waiting`]; the reconciler too). A burst
+/// of requests is then rows in the database, not workflows the Temporal server takes in, in
+/// order, ahead of every other tenant's.
 #[derive(Clone)]
 pub struct TemporalOrchestrator {
     client: Client,
     task_queue: String,
     policy: ExecutionPolicy,
+    admission: Option<Admission>,
 }
+
+/// Where admission counts and marks a scope's started exports.
+#[derive(Clone)]
+struct Admission {
+    exports: Arc<dyn ExportRepository>,
+    quotas: Arc<QuotaBook>,
+}
+
+/// How often a synchronous wait reads the record of an export that waits for its turn.
+const ADMISSION_POLL: Duration = Duration::from_millis(100);
 
 impl std::fmt::Debug for TemporalOrchestrator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TemporalOrchestrator")
             .field("namespace", &self.client.options().namespace)
             .field("task_queue", &self.task_queue)
+            .field("admission", &self.admission.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -78,7 +100,15 @@ impl TemporalOrchestrator {
 
     /// On an existing client (shared with a worker, or a test's).
     pub fn new(client: Client, task_queue: impl Into<String>, policy: ExecutionPolicy) -> Self {
-        Self { client, task_queue: task_queue.into(), policy }
+        Self { client, task_queue: task_queue.into(), policy, admission: None }
+    }
+
+    /// Admits each scope's exports a few at a time ([`domain::TenantQuotas::max_started`] of
+    /// `quotas`), counted on the records in `exports`.
+    #[must_use]
+    pub fn with_admission(mut self, exports: Arc<dyn ExportRepository>, quotas: Arc<QuotaBook>) -> Self {
+        self.admission = Some(Admission { exports, quotas });
+        self
     }
 
     pub fn client(&self) -> &Client {
@@ -100,50 +130,18 @@ impl Orchestrator for TemporalOrchestrator {
         if export.status().is_terminal() {
             return Ok(());
         }
-        let input = ExportWorkflowInput::for_export(export, Some(self.policy));
-        let attributes =
-            export_search_attributes(&export.scope.to_string(), request_format(&input.request), origin);
-        let memo = export_memo(&input.request);
-        let input = serde_json::to_value(input)
-            .map_err(|e| PortError::Other(anyhow!(e).context("encoding the workflow input")))?;
-        let workflow_id = export.workflow_id();
-        let options = |attributes: Option<SearchAttributes>| {
-            WorkflowStartOptions::new(self.task_queue.clone(), workflow_id.clone())
-                // A running export: the duplicate start returns the running workflow.
-                .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)
-                // A completed export is never run again; one whose run failed, was cancelled or
-                // terminated may be started again (its record decides whether anything runs).
-                .id_reuse_policy(WorkflowIdReusePolicy::AllowDuplicateFailedOnly)
-                // The export's deadline bounds the run; the reconciler settles a run that timed out.
-                .execution_timeout(self.policy.deadline + EXECUTION_TIMEOUT_MARGIN)
-                // The tenant scope is the fairness key of the workflow's tasks (its activities set
-                // theirs too): one tenant's backlog gets its share of dispatch, not all of it.
-                .priority(Priority::builder().fairness_key(fairness_key(&export.scope)).build())
-                .maybe_search_attributes(attributes)
-                .memo(memo.clone())
-                .rpc_options(rpc_options())
-                .build()
-        };
-        let start = |options| {
-            bounded(
-                "starting the workflow",
-                self.client.start_workflow(UserDataExportWorkflow::run, input.clone(), options),
-            )
-        };
-        let mut started = start(options(Some(attributes))).await?;
-        if matches!(&started, Err(WorkflowStartError::Rpc(status)) if lacks_search_attributes(status)) {
-            warn_unregistered();
-            started = start(options(None)).await?;
-        }
-        match started {
-            Ok(handle) => {
-                info!(export_id = %export.id, workflow_id, run_id = handle.run_id(), %origin, "export workflow started");
-                Ok(())
+        match &self.admission {
+            Some(admission) if export.awaits_admission() => {
+                self.admit(admission, &export.scope, Some((export.id, origin))).await.map(|_| ())
             }
-            // Rejected by the reuse policy: the export's workflow already completed.
-            Err(WorkflowStartError::AlreadyStarted { .. }) => Ok(()),
-            Err(WorkflowStartError::Rpc(status)) => Err(status_error(status, "starting the workflow")),
-            Err(err) => Err(PortError::Other(anyhow!(err).context("starting the workflow"))),
+            _ => self.start_workflow(export, origin).await,
+        }
+    }
+
+    async fn admit_waiting(&self, scope: &Scope) -> Result<usize, PortError> {
+        match &self.admission {
+            Some(admission) => self.admit(admission, scope, None).await,
+            None => Ok(0),
         }
     }
 
@@ -206,28 +204,22 @@ impl Orchestrator for TemporalOrchestrator {
     }
 
     async fn wait(&self, scope: &Scope, id: ExportId, timeout: Duration) -> Result<WaitOutcome, PortError> {
-        let handle = self.client.get_workflow_handle::<UserDataExportWorkflow>(id.workflow_id(scope));
-        let result =
-            match tokio::time::timeout(timeout, handle.get_result(WorkflowGetResultOptions::default())).await
-            {
-                Err(_) => return Ok(WaitOutcome::StillRunning),
-                Ok(result) => result,
-            };
-        match result {
-            // However the run ended, it ended; the record says how.
-            Ok(_)
-            | Err(
-                WorkflowGetResultError::Failed(_)
-                | WorkflowGetResultError::Cancelled { .. }
-                | WorkflowGetResultError::Terminated { .. }
-                | WorkflowGetResultError::TimedOut
-                | WorkflowGetResultError::PayloadConversion(_),
-            ) => Ok(WaitOutcome::Finished),
-            // Never started here: nothing will finish it (the in-process orchestrator answers
-            // the same for an export it does not run).
-            Err(WorkflowGetResultError::NotFound(_)) => Ok(WaitOutcome::StillRunning),
-            Err(WorkflowGetResultError::Rpc(status)) => Err(status_error(status, "waiting for the workflow")),
-            Err(err) => Err(PortError::Other(anyhow!(err).context("waiting for the workflow"))),
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(outcome) = self.wait_workflow(scope, id, deadline).await? {
+                return Ok(outcome);
+            }
+            // No workflow (yet): with admission, the export may wait for its scope's turn.
+            let Some(admission) = &self.admission else { return Ok(WaitOutcome::StillRunning) };
+            match admission.exports.get(scope, id).await? {
+                Some(export) if export.status().is_terminal() => return Ok(WaitOutcome::Finished),
+                Some(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(ADMISSION_POLL.min(deadline - Instant::now())).await;
+                }
+                // Never started here: nothing will finish it (the in-process orchestrator
+                // answers the same for an export it does not run).
+                _ => return Ok(WaitOutcome::StillRunning),
+            }
         }
     }
 
@@ -273,8 +265,125 @@ impl Orchestrator for TemporalOrchestrator {
 }
 
 impl TemporalOrchestrator {
+    /// Admits `scope`'s oldest waiting exports while it has room and starts their workflows.
+    /// `requested` is the export (and its origin) a request just stored: only its own start's
+    /// failure is the caller's error; the others' are logged (the reconciler starts them).
+    async fn admit(
+        &self,
+        admission: &Admission,
+        scope: &Scope,
+        requested: Option<(ExportId, ExportOrigin)>,
+    ) -> Result<usize, PortError> {
+        let limit = admission.quotas.for_scope(scope).max_started();
+        let admitted = admission.exports.admit_waiting(scope, limit, Utc::now()).await?;
+        let mut failed = None;
+        for export in &admitted {
+            // A waiting export's origin is not on its record: it starts as an API request's.
+            let origin = match requested {
+                Some((id, origin)) if id == export.id => origin,
+                _ => ExportOrigin::Api,
+            };
+            if let Err(err) = self.start_workflow(export, origin).await {
+                warn!(export_id = %export.id, tenant = %scope.tenant, environment = %scope.environment, error = %err,
+                      "an admitted export's workflow did not start; the reconciler starts it");
+                if requested.is_none_or(|(id, _)| id == export.id) {
+                    failed.get_or_insert(err);
+                }
+            }
+        }
+        if !admitted.is_empty() {
+            debug!(tenant = %scope.tenant, environment = %scope.environment, admitted = admitted.len(), limit,
+                   "admitted waiting exports");
+        }
+        failed.map_or(Ok(admitted.len()), Err)
+    }
+
+    /// Starts `export`'s workflow (or finds the one already started).
+    async fn start_workflow(&self, export: &Export, origin: ExportOrigin) -> Result<(), PortError> {
+        let input = ExportWorkflowInput::for_export(export, Some(self.policy));
+        let attributes =
+            export_search_attributes(&export.scope.to_string(), request_format(&input.request), origin);
+        let memo = export_memo(&input.request);
+        let input = serde_json::to_value(input)
+            .map_err(|e| PortError::Other(anyhow!(e).context("encoding the workflow input")))?;
+        let workflow_id = export.workflow_id();
+        let options = |attributes: Option<SearchAttributes>| {
+            WorkflowStartOptions::new(self.task_queue.clone(), workflow_id.clone())
+                // A running export: the duplicate start returns the running workflow.
+                .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)
+                // A completed export is never run again; one whose run failed, was cancelled or
+                // terminated may be started again (its record decides whether anything runs).
+                .id_reuse_policy(WorkflowIdReusePolicy::AllowDuplicateFailedOnly)
+                // The export's deadline bounds the run; the reconciler settles a run that timed out.
+                .execution_timeout(self.policy.deadline + EXECUTION_TIMEOUT_MARGIN)
+                // The tenant scope is the fairness key of the workflow's tasks (its activities set
+                // theirs too): one tenant's backlog gets its share of dispatch, not all of it.
+                .priority(Priority::builder().fairness_key(fairness_key(&export.scope)).build())
+                .maybe_search_attributes(attributes)
+                .memo(memo.clone())
+                .rpc_options(rpc_options())
+                .build()
+        };
+        let start = |options| {
+            bounded(
+                "starting the workflow",
+                self.client.start_workflow(UserDataExportWorkflow::run, input.clone(), options),
+            )
+        };
+        let mut started = start(options(Some(attributes))).await?;
+        if matches!(&started, Err(WorkflowStartError::Rpc(status)) if lacks_search_attributes(status)) {
+            warn_unregistered();
+            started = start(options(None)).await?;
+        }
+        match started {
+            Ok(handle) => {
+                info!(export_id = %export.id, workflow_id, run_id = handle.run_id(), %origin, "export workflow started");
+                Ok(())
+            }
+            // Rejected by the reuse policy: the export's workflow already completed.
+            Err(WorkflowStartError::AlreadyStarted { .. }) => Ok(()),
+            Err(WorkflowStartError::Rpc(status)) => Err(status_error(status, "starting the workflow")),
+            Err(err) => Err(PortError::Other(anyhow!(err).context("starting the workflow"))),
+        }
+    }
+
+    /// Waits until `deadline` for the workflow of export `id` to close; `None` when there is
+    /// no such workflow.
+    async fn wait_workflow(
+        &self,
+        scope: &Scope,
+        id: ExportId,
+        deadline: Instant,
+    ) -> Result<Option<WaitOutcome>, PortError> {
+        let handle = self.client.get_workflow_handle::<UserDataExportWorkflow>(id.workflow_id(scope));
+        let result =
+            match tokio::time::timeout_at(deadline, handle.get_result(WorkflowGetResultOptions::default()))
+                .await
+            {
+                Err(_) => return Ok(Some(WaitOutcome::StillRunning)),
+                Ok(result) => result,
+            };
+        match result {
+            // However the run ended, it ended; the record says how.
+            Ok(_)
+            | Err(
+                WorkflowGetResultError::Failed(_)
+                | WorkflowGetResultError::Cancelled { .. }
+                | WorkflowGetResultError::Terminated { .. }
+                | WorkflowGetResultError::TimedOut
+                | WorkflowGetResultError::PayloadConversion(_),
+            ) => Ok(Some(WaitOutcome::Finished)),
+            Err(WorkflowGetResultError::NotFound(_)) => Ok(None),
+            Err(WorkflowGetResultError::Rpc(status)) => Err(status_error(status, "waiting for the workflow")),
+            Err(err) => Err(PortError::Other(anyhow!(err).context("waiting for the workflow"))),
+        }
+    }
+
     /// The state of the workflow `export` runs under.
     async fn describe(&self, export: &Export) -> Result<RunState, PortError> {
+        if self.admission.is_some() && export.awaits_admission() {
+            return Ok(RunState::Queued);
+        }
         let handle = self.client.get_workflow_handle::<UserDataExportWorkflow>(export.workflow_id());
         let options = WorkflowDescribeOptions::builder().rpc_options(rpc_options()).build();
         let status = match bounded("describing the workflow", handle.describe(options)).await? {

@@ -42,6 +42,9 @@ pub(super) fn register(
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReconcileOutput {
     pub live: usize,
+    /// Waiting for their scope's turn (admission); absent from runs recorded before it existed.
+    #[serde(default)]
+    pub queued: usize,
     pub started: usize,
     pub settled: usize,
     pub notified: usize,
@@ -50,7 +53,14 @@ pub struct ReconcileOutput {
 
 impl From<ReconcileReport> for ReconcileOutput {
     fn from(r: ReconcileReport) -> Self {
-        Self { live: r.live, started: r.started, settled: r.settled, notified: r.notified, errors: r.errors }
+        Self {
+            live: r.live,
+            queued: r.queued,
+            started: r.started,
+            settled: r.settled,
+            notified: r.notified,
+            errors: r.errors,
+        }
     }
 }
 

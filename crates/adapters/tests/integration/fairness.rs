@@ -30,6 +30,9 @@ fn tenant_b() -> Scope {
     Scope::parse("tenant-b/prod").unwrap()
 }
 
+/// Workflows a scope has at once in Temporal mode: twice the default `max_running`.
+const MAX_STARTED: u32 = 4;
+
 fn quotas() -> Arc<QuotaBook> {
     Arc::new(QuotaBook::uniform(TenantQuotas { max_unfinished: 1_000, ..TenantQuotas::default() }))
 }
@@ -67,6 +70,13 @@ impl World {
             Duration::from_secs(60),
         )
         .with_quotas(quotas())
+    }
+
+    /// `scope`'s unfinished exports that have a run (admitted).
+    async fn started(&self, scope: &Scope) -> u32 {
+        let all = self.exports.list_unfinished().await.unwrap();
+        let started = all.iter().filter(|e| &e.scope == scope && e.admitted_at().is_some()).count();
+        u32::try_from(started).unwrap()
     }
 
     async fn unfinished(&self, scope: &Scope) -> usize {
@@ -196,9 +206,21 @@ mod temporal {
 
     use super::*;
 
+    /// The orchestrator as the API and the worker build it: a scope's exports admitted a few
+    /// at a time.
+    fn orchestrator(
+        world: &World,
+        client: &temporalio_client::Client,
+        task_queue: &str,
+    ) -> TemporalOrchestrator {
+        TemporalOrchestrator::new(client.clone(), task_queue, ExecutionPolicy::default())
+            .with_admission(world.exports.clone(), quotas())
+    }
+
     /// A worker as the binary builds it: 4 export slots, at most `max_running` (2) of a tenant,
-    /// its bookkeeping on the control queue's own slots, attempts on the export threads.
-    fn worker_options(world: &World, task_queue: &str) -> Vec<WorkerOptions> {
+    /// its bookkeeping on the control queue's own slots, attempts on the export threads, the
+    /// scope's next waiting export admitted when one ends.
+    fn worker_options(world: &World, orchestrator: &TemporalOrchestrator) -> Vec<WorkerOptions> {
         let deps = WorkerDeps {
             runner: world.runner.clone(),
             exports: world.exports.clone(),
@@ -208,8 +230,9 @@ mod temporal {
             reconciler: None,
             quotas: quotas(),
             export_threads: ExportThreads::start(DEFAULT_NICE).unwrap(),
+            admission: Some(Arc::new(orchestrator.clone())),
         };
-        let queues = TaskQueues::new(task_queue);
+        let queues = TaskQueues::new(orchestrator.task_queue());
         let all = workload_options(&queues, &Workload::ALL, &deps).unwrap();
         all.into_iter()
             .map(|(workload, mut options)| {
@@ -231,11 +254,112 @@ mod temporal {
         let world = world();
         let client = test_client().await;
         let task_queue = unique_task_queue("fairness");
-        let orchestrator =
-            TemporalOrchestrator::new(client.clone(), task_queue.clone(), ExecutionPolicy::default());
-        let service = world.service(Arc::new(orchestrator));
-        let options = worker_options(&world, &task_queue);
-        let (alone, behind, a_left) = with_workers(&client, options, measure(&world, &service)).await;
+        let orchestrator = orchestrator(&world, &client, &task_queue);
+        let service = world.service(Arc::new(orchestrator.clone()));
+        let options = worker_options(&world, &orchestrator);
+        let measured = async {
+            let measured = measure(&world, &service).await;
+            // A's backlog waits as records: only `max_started` of its exports have workflows.
+            assert!(world.started(&tenant_a()).await <= MAX_STARTED, "A has more workflows than admitted");
+            measured
+        };
+        let (alone, behind, a_left) = with_workers(&client, options, measured).await;
         assert_fair(alone, behind, a_left);
+    }
+
+    /// A scope's burst waits as records and runs in order, a few workflows at a time; a waiting
+    /// export can be waited for and cancelled; the reconciler admits what a lost step left.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn temporal_admission_runs_a_burst_a_few_workflows_at_a_time() {
+        const BURST: usize = 10;
+        let world = world();
+        let client = test_client().await;
+        let task_queue = unique_task_queue("admission");
+        let orchestrator = orchestrator(&world, &client, &task_queue);
+        let service = world.service(Arc::new(orchestrator.clone()));
+        let csv = || ExportSpec::new(ExportFormat::Csv);
+
+        // Before any worker polls: the first `max_started` have workflows, the rest wait.
+        let mut burst = Vec::new();
+        for _ in 0..BURST {
+            burst.push(service.request(&tenant_a(), csv(), None).await.unwrap().export);
+        }
+        assert_eq!(world.started(&tenant_a()).await, MAX_STARTED);
+        let has_workflow = |export: &domain::Export| {
+            let handle = client
+                .get_workflow_handle::<adapters::temporal::UserDataExportWorkflow>(export.workflow_id());
+            async move { handle.describe(Default::default()).await.is_ok() }
+        };
+        for (i, export) in burst.iter().enumerate() {
+            let stored = world.exports.get(&tenant_a(), export.id).await.unwrap().unwrap();
+            assert_eq!(stored.awaits_admission(), i >= MAX_STARTED as usize, "export {i}");
+            assert_eq!(has_workflow(export).await, i < MAX_STARTED as usize, "export {i}'s workflow");
+        }
+        let waiting = burst[BURST - 2].clone();
+        assert_eq!(orchestrator.inspect(&waiting).await.unwrap(), ports::RunState::Queued);
+        // Cancelling a waiting export only changes its record: it never gets a workflow.
+        let cancelled = service.cancel(&tenant_a(), burst[BURST - 1].id).await.unwrap();
+        assert_eq!(cancelled.status(), ExportStatus::Cancelled);
+
+        let options = worker_options(&world, &orchestrator);
+        with_workers(&client, options, async {
+            // A synchronous wait on a waiting export lasts until it ran.
+            let outcome = orchestrator.wait(&tenant_a(), waiting.id, Duration::from_secs(120)).await.unwrap();
+            assert_eq!(outcome, ports::WaitOutcome::Finished);
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while world.unfinished(&tenant_a()).await > 0 {
+                assert!(Instant::now() < deadline, "the burst did not finish");
+                assert!(world.started(&tenant_a()).await <= MAX_STARTED, "admitted past the limit");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        let mut stored = Vec::new();
+        for export in &burst {
+            stored.push(world.exports.get(&tenant_a(), export.id).await.unwrap().unwrap());
+        }
+        let (ran, last) = stored.split_at(BURST - 1);
+        assert!(ran.iter().all(|e| e.status() == ExportStatus::Completed), "{ran:?}");
+        assert_eq!(last[0].status(), ExportStatus::Cancelled);
+        assert!(!has_workflow(&last[0]).await, "a cancelled waiting export got a workflow");
+        // Admitted oldest first.
+        let admitted: Vec<_> = ran.iter().map(|e| e.admitted_at().unwrap()).collect();
+        assert!(admitted.is_sorted(), "{admitted:?}");
+
+        // Waiting exports whose admitting step was lost: the reconciler admits them.
+        let lost: Vec<_> = (0..MAX_STARTED + 2)
+            .map(|_| {
+                let created = chrono::Utc::now() - chrono::TimeDelta::minutes(5);
+                domain::Export::new(
+                    domain::ExportId::from_uuid(uuid::Uuid::now_v7()),
+                    tenant_b(),
+                    csv(),
+                    None,
+                    created,
+                )
+            })
+            .collect();
+        for export in &lost {
+            world.exports.create_if_absent(export).await.unwrap();
+        }
+        let reconciler = service::Reconciler::new(
+            world.exports.clone(),
+            Arc::new(orchestrator.clone()),
+            world.runner.clone(),
+            service::ReconcileSettings {
+                start_grace: Duration::from_secs(60),
+                notify_grace: Duration::from_secs(60),
+            },
+        );
+        let report = reconciler.reconcile_once().await.unwrap();
+        assert_eq!(
+            (report.queued, report.started, report.errors),
+            (lost.len(), MAX_STARTED as usize, 0),
+            "{report:?}"
+        );
+        assert_eq!(world.started(&tenant_b()).await, MAX_STARTED);
+        for export in &lost {
+            service.cancel(&tenant_b(), export.id).await.unwrap();
+        }
     }
 }

@@ -410,6 +410,7 @@ async fn with_temporal_an_event_published_twice_gives_one_completed_export() {
     let deps = WorkerDeps {
         quotas: Default::default(),
         export_threads: Default::default(),
+        admission: None,
         runner,
         exports: exports.clone(),
         storage,

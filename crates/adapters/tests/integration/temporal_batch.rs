@@ -91,6 +91,7 @@ impl Harness {
         let deps = WorkerDeps {
             quotas: Default::default(),
             export_threads: Default::default(),
+            admission: None,
             runner,
             exports: exports.clone(),
             storage,

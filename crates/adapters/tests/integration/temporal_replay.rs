@@ -240,6 +240,7 @@ async fn record_histories() {
     let deps = WorkerDeps {
         quotas: Default::default(),
         export_threads: Default::default(),
+        admission: None,
         runner,
         exports: exports.clone(),
         storage: storage.clone() as Arc<dyn ExportStorage>,

@@ -68,6 +68,7 @@ async fn the_retention_workflow_expires_due_exports_in_batches_and_keeps_the_res
     let deps = WorkerDeps {
         quotas: Default::default(),
         export_threads: Default::default(),
+        admission: None,
         runner,
         exports: exports.clone(),
         storage: storage.clone(),

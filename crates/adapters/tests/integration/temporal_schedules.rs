@@ -75,6 +75,7 @@ impl Harness {
         WorkerDeps {
             quotas: Default::default(),
             export_threads: Default::default(),
+            admission: None,
             runner: self.runner.clone(),
             exports: self.exports.clone(),
             storage: self.storage.clone(),

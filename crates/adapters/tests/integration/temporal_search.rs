@@ -110,6 +110,7 @@ impl World {
         let deps = WorkerDeps {
             quotas: Default::default(),
             export_threads: Default::default(),
+            admission: None,
             runner,
             exports: exports.clone(),
             storage,

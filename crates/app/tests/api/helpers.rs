@@ -377,6 +377,14 @@ impl ExportRepository for FailingExports {
     ) -> Result<ports::QuotaCreateOutcome, PortError> {
         self.inner.create_within_quota(export, max_unfinished).await
     }
+    async fn admit_waiting(
+        &self,
+        scope: &Scope,
+        max_started: u32,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<Export>, PortError> {
+        self.inner.admit_waiting(scope, max_started, now).await
+    }
     async fn get(&self, scope: &Scope, id: ExportId) -> Result<Option<Export>, PortError> {
         self.check()?;
         self.inner.get(scope, id).await
