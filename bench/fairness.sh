@@ -5,8 +5,8 @@
 # five) and behind A's queued backlog (the median of five, half a second apart), their ratio
 # (target <= 3), the worst of the five, and how many of A's exports were still unfinished when B's
 # last completed (B must never wait for A's whole queue). A's backlog counts as queued once its
-# newest admitted export's attempt is on the task queue (Temporal mode admits a scope's exports a
-# few at a time, twice max_running: the rest wait as pending rows). B's latency right after A's
+# newest admitted export's attempt is on the task queue (Temporal mode admits a scope's exports
+# max_running at a time: the rest wait as pending rows). B's latency right after A's
 # 200 requests were answered is printed apart ("B in A's intake", with its ratio; same target).
 # Users and records in PostgreSQL, local
 # storage, release builds, 4 export slots (in-process) or activity slots (worker), the default

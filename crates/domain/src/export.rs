@@ -285,9 +285,9 @@ pub struct Export {
     /// When retention tries to delete the file again after a failure; `None`: at `expires_at`.
     #[serde(default)]
     next_delete_at: Option<DateTime<Utc>>,
-    /// When a run was started for the export under its scope's admission limit (Temporal mode,
-    /// [`crate::TenantQuotas::max_started`]); `None` while it waits for its turn, and always with
-    /// the in-process orchestrator, whose own queue decides.
+    /// When a run was started for the export under its scope's admission limit (Temporal mode:
+    /// `max_running` of the scope's exports have runs at once); `None` while it waits for its
+    /// turn, and always with the in-process orchestrator, whose own queue decides.
     #[serde(default)]
     admitted_at: Option<DateTime<Utc>>,
 }

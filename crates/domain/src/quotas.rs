@@ -61,14 +61,6 @@ impl TenantQuotas {
         }
     }
 
-    /// How many of the scope's unfinished exports may have a run started at once in Temporal
-    /// mode: twice `max_running`, so a finished export's successor is already queued at the
-    /// worker while the rest wait as `pending` records (an export burst is rows in the database,
-    /// not workflows the Temporal server must take in at once).
-    pub fn max_started(&self) -> u32 {
-        self.max_running.saturating_mul(2)
-    }
-
     /// The first limit that is zero, if any (a zero limit would refuse everything).
     pub fn zero_limit(&self) -> Option<Quota> {
         [Quota::MaxUnfinished, Quota::MaxRunning, Quota::MaxSchedules]
@@ -164,13 +156,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-
-    #[test]
-    fn a_scope_may_start_twice_its_running_limit() {
-        assert_eq!(TenantQuotas::default().max_started(), 4);
-        let big = TenantQuotas { max_running: u32::MAX, ..TenantQuotas::default() };
-        assert_eq!(big.max_started(), u32::MAX);
-    }
 
     #[test]
     fn overrides_replace_only_the_limits_they_name() {

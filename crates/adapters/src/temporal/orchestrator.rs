@@ -50,8 +50,8 @@ pub struct TemporalSettings {
 /// Starts exports as workflows with the deterministic ID [`ExportId::workflow_id`], so a
 /// duplicate start finds the first run instead of running the export twice. Cheap to clone.
 ///
-/// With admission ([`TemporalOrchestrator::with_admission`]), a scope has at most
-/// [`domain::TenantQuotas::max_started`] export workflows at once: its other exports wait as
+/// With admission ([`TemporalOrchestrator::with_admission`]), a scope has at most its
+/// `max_running` export workflows at once, cluster-wide: its other exports wait as
 /// `pending` records ([`RunState::Queued`]) and start, oldest first, as its running ones end
 /// (the worker's activities call [`Orchestrator::admit_waiting`]; the reconciler too). A burst
 /// of requests is then rows in the database, not workflows the Temporal server takes in, in
@@ -103,8 +103,8 @@ impl TemporalOrchestrator {
         Self { client, task_queue: task_queue.into(), policy, admission: None }
     }
 
-    /// Admits each scope's exports a few at a time ([`domain::TenantQuotas::max_started`] of
-    /// `quotas`), counted on the records in `exports`.
+    /// Admits each scope's exports a few at a time (its `max_running` in `quotas`), counted on
+    /// the records in `exports`.
     #[must_use]
     pub fn with_admission(mut self, exports: Arc<dyn ExportRepository>, quotas: Arc<QuotaBook>) -> Self {
         self.admission = Some(Admission { exports, quotas });
@@ -274,7 +274,9 @@ impl TemporalOrchestrator {
         scope: &Scope,
         requested: Option<(ExportId, ExportOrigin)>,
     ) -> Result<usize, PortError> {
-        let limit = admission.quotas.for_scope(scope).max_started();
+        // As many workflows as the scope may run exports: each admitted one runs at once (a
+        // second queued behind it at the worker only adds `TenantBusy` churn on the server).
+        let limit = admission.quotas.for_scope(scope).max_running;
         let admitted = admission.exports.admit_waiting(scope, limit, Utc::now()).await?;
         let mut failed = None;
         for export in &admitted {

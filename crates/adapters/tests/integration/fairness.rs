@@ -30,8 +30,8 @@ fn tenant_b() -> Scope {
     Scope::parse("tenant-b/prod").unwrap()
 }
 
-/// Workflows a scope has at once in Temporal mode: twice the default `max_running`.
-const MAX_STARTED: u32 = 4;
+/// Workflows a scope has at once in Temporal mode: the default `max_running`.
+const MAX_STARTED: u32 = 2;
 
 fn quotas() -> Arc<QuotaBook> {
     Arc::new(QuotaBook::uniform(TenantQuotas { max_unfinished: 1_000, ..TenantQuotas::default() }))
@@ -259,7 +259,7 @@ mod temporal {
         let options = worker_options(&world, &orchestrator);
         let measured = async {
             let measured = measure(&world, &service).await;
-            // A's backlog waits as records: only `max_started` of its exports have workflows.
+            // A's backlog waits as records: only `max_running` of its exports have workflows.
             assert!(world.started(&tenant_a()).await <= MAX_STARTED, "A has more workflows than admitted");
             measured
         };
@@ -279,7 +279,7 @@ mod temporal {
         let service = world.service(Arc::new(orchestrator.clone()));
         let csv = || ExportSpec::new(ExportFormat::Csv);
 
-        // Before any worker polls: the first `max_started` have workflows, the rest wait.
+        // Before any worker polls: the first `max_running` have workflows, the rest wait.
         let mut burst = Vec::new();
         for _ in 0..BURST {
             burst.push(service.request(&tenant_a(), csv(), None).await.unwrap().export);
